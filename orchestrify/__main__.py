@@ -1,0 +1,3 @@
+from orchestrify.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""One root error for everything orchestrify raises, with subclasses a caller can act on.
+
+Adapters (Docker, HTTP, nginx, ansible-runner) translate foreign exceptions into these
+at their border, raising ``from`` the cause, so nothing above them sees a foreign type.
+"""
+
+from __future__ import annotations
+
+
+class OrchestrifyError(Exception):
+    """Base of every error orchestrify raises on purpose."""
+
+
+class NotFound(OrchestrifyError):
+    """A named or numbered resource does not exist."""
+
+
+class Conflict(OrchestrifyError):
+    """The request clashes with what is stored (a name taken, a node draining...)."""
+
+
+class InvalidSpec(OrchestrifyError):
+    """Input failed validation. ``field`` names the offending field when known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Unauthorized(OrchestrifyError):
+    """A missing or wrong credential."""
+
+
+class NodeUnreachable(OrchestrifyError):
+    """A node, controller or other peer did not answer."""
+
+
+class DockerFailure(OrchestrifyError):
+    """The Docker engine refused or failed an operation."""
+
+
+class ImagePullFailed(DockerFailure):
+    """An image could not be pulled (missing, no registry, auth)."""
+
+
+class NginxFailure(OrchestrifyError):
+    """nginx rejected a configuration or failed to reload."""
+
+
+class PlaybookFailed(OrchestrifyError):
+    """An Ansible run could not start or ended in failure."""
+
+
+class ControllerError(OrchestrifyError):
+    """The controller answered with an error the client cannot map more precisely."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status

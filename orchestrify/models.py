@@ -1,0 +1,278 @@
+"""Values that cross a border: API bodies, store rows as seen from outside, the wire protocol.
+
+Validation lives here, so the API, the CLI and the store agree on what a valid service is.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest]
+IMAGE_REF = re.compile(
+    r"^(?:(?:[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"  # optional registry host
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # first path component
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # more path components
+    r"(?::[\w][\w.-]{0,127})?"  # tag
+    r"(?:@sha256:[a-f0-9]{64})?$"  # digest
+)
+
+
+class NodeState(StrEnum):
+    READY = "ready"
+    NOT_READY = "not_ready"
+    DRAINING = "draining"
+
+
+class ReplicaState(StrEnum):
+    ASSIGNED = "assigned"
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class DesiredState(StrEnum):
+    """What the controller wants of a replica; the agent acts on ``run`` and ``stop``."""
+
+    RUN = "run"
+    DRAIN = "drain"  # out of Nginx, container still running until the drain period ends
+    STOP = "stop"  # the agent stops and removes the container, then reports ``stopped``
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScalingPolicy(Strict):
+    """How a service reacts to alerts. Defaults follow Kubernetes' HPA and the seed tools."""
+
+    scale_up_stabilization_s: float = Field(
+        0, ge=0, description="Seconds a scale-out signal must persist; 0 as in Kubernetes."
+    )
+    scale_down_stabilization_s: float = Field(
+        300, ge=0, description="Seconds load must stay low before scaling in (Kubernetes: 300)."
+    )
+    cooldown_s: float = Field(30, ge=0, description="Seconds after any scaling action.")
+    max_step: int = Field(1, ge=1, le=100, description="Most replicas added/removed per action.")
+    latency_target_ms: float = Field(
+        100, gt=0, description="p95 latency target (the first seed tool's 100 ms)."
+    )
+    requests_per_replica: int = Field(
+        20, ge=1, description="Requests per window one replica handles (the second seed: 20)."
+    )
+    request_window_s: int = Field(120, ge=10, description="Window for requests_per_replica.")
+    dry_run: bool = Field(False, description="Decide and record, but do not act.")
+
+
+class ServiceSpec(Strict):
+    """What a user deploys. Field names are the public API: keep them."""
+
+    name: str = Field(description="DNS-style name: lowercase letters, digits, dashes.")
+    image: str = Field(description="Docker image reference, e.g. orchestrify/demo:latest.")
+    env: dict[str, str] = Field(default_factory=dict)
+    port: int = Field(8000, description="Container port the service listens on.")
+    host_port: int | None = Field(
+        None, description="Fixed published port (at most one replica per node); default: any."
+    )
+    replicas: int = Field(1, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(10, ge=0)
+    health_path: str = Field("/health")
+    max_per_node: int | None = Field(None, ge=1, description="Cap of replicas per node.")
+    memory_mb: int | None = Field(None, ge=4, description="Memory limit per container.")
+    cpus: float | None = Field(None, gt=0, description="CPU limit per container (cores).")
+    drain_s: float = Field(10, ge=0, le=3600, description="Seconds to drain before stopping.")
+    policy: ScalingPolicy = Field(default_factory=ScalingPolicy)
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SERVICE_NAME.match(v):
+            raise ValueError("must be 1-63 lowercase letters, digits or dashes, not starting or ending with a dash")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if len(v) > 255 or not IMAGE_REF.match(v):
+            raise ValueError(f"not a valid image reference: {v!r}")
+        return v
+
+    @field_validator("port", "host_port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            raise ValueError("must be between 1 and 65535")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_KEY.match(key):
+                raise ValueError(f"env key {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        return v
+
+    @field_validator("health_path")
+    @classmethod
+    def _health(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError("must be a URL path starting with / and without spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServiceSpec:
+        check_bounds(self.replicas, self.min_replicas, self.max_replicas)
+        if self.host_port is not None:
+            self.max_per_node = 1
+        return self
+
+
+def check_bounds(replicas: int, min_replicas: int, max_replicas: int) -> None:
+    if min_replicas > max_replicas:
+        raise ValueError(f"min_replicas ({min_replicas}) is greater than max_replicas ({max_replicas})")
+    if not min_replicas <= replicas <= max_replicas:
+        raise ValueError(f"replicas ({replicas}) must be within min_replicas..max_replicas ({min_replicas}..{max_replicas})")
+
+
+class ServicePatch(Strict):
+    """A partial update (``PATCH /v1/services/{name}``); unset fields keep their value."""
+
+    image: str | None = None
+    env: dict[str, str] | None = None
+    port: int | None = None
+    replicas: int | None = Field(None, ge=0)
+    min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=0)
+    health_path: str | None = None
+    max_per_node: int | None = Field(None, ge=1)
+    memory_mb: int | None = Field(None, ge=4)
+    cpus: float | None = Field(None, gt=0)
+    drain_s: float | None = Field(None, ge=0, le=3600)
+    policy: ScalingPolicy | None = None
+
+
+class Service(ServiceSpec):
+    model_config = ConfigDict(extra="ignore")
+    created_at: datetime
+    updated_at: datetime
+    generation: int = Field(1, description="Bumped on every spec change (not on scaling).")
+
+
+class NodeRegistration(Strict):
+    name: str = Field(min_length=1, max_length=253)
+    address: str = Field(min_length=1, max_length=253, description="Address replicas publish on.")
+    node_id: str | None = Field(None, description="Set when re-registering after a restart.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    cpus: int | None = None
+    memory_total: int | None = Field(None, description="Bytes.")
+    agent_url: str | None = Field(None, description="Where the agent's /metrics is served.")
+
+
+class NodeCredentials(BaseModel):
+    node_id: str
+    node_token: str
+
+
+class Heartbeat(Strict):
+    cpu_percent: float | None = None
+    memory_total: int | None = None
+    memory_free: int | None = None
+    disk_free: int | None = None
+    replica_count: int | None = None
+
+
+class Node(BaseModel):
+    id: str
+    name: str
+    address: str
+    state: NodeState
+    labels: dict[str, str] = Field(default_factory=dict)
+    cpus: int | None = None
+    cpu_percent: float | None = None
+    memory_total: int | None = None
+    memory_free: int | None = None
+    disk_free: int | None = None
+    replica_count: int = 0
+    agent_url: str | None = None
+    last_heartbeat: datetime | None = None
+    created_at: datetime
+
+
+class Replica(BaseModel):
+    id: str
+    service: str
+    node: str = Field(description="Node id.")
+    node_name: str | None = None
+    state: ReplicaState
+    desired: DesiredState = DesiredState.RUN
+    address: str | None = Field(None, description="host:port once running.")
+    container_id: str | None = None
+    error: str | None = None
+    restarts: int = 0
+    stop_after: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ReplicaReport(Strict):
+    """What an agent observed of one replica."""
+
+    id: str
+    state: ReplicaState | str = Field(description="A ReplicaState, or 'stopped' once removed.")
+    address: str | None = None
+    container_id: str | None = None
+    error: str | None = None
+    restarts: int | None = None
+
+
+class ReplicaReports(Strict):
+    replicas: list[ReplicaReport]
+    full: bool = Field(
+        False, description="True when this is every replica the agent has (periodic resync)."
+    )
+
+
+class Assignment(BaseModel):
+    """One replica a node must run (or stop), with the service spec it needs."""
+
+    replica: str
+    service: str
+    desired: DesiredState
+    image: str
+    env: dict[str, str]
+    port: int
+    host_port: int | None
+    health_path: str
+    memory_mb: int | None
+    cpus: float | None
+    generation: int
+
+
+class Assignments(BaseModel):
+    version: int
+    node: str
+    replicas: list[Assignment]
+
+
+class Event(BaseModel):
+    id: int
+    time: datetime
+    kind: str = Field(description="alert | decision | action | node | replica | config | job")
+    service: str | None = None
+    node: str | None = None
+    replica: str | None = None
+    action: str | None = None
+    outcome: str | None = Field(None, description="ok | refused | failed | info")
+    reason: str | None = None
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
