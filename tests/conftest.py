@@ -1,0 +1,39 @@
+"""Shared test helpers.
+
+Integration tests use real components. When one is missing, a developer's run skips
+with a message saying what to install; under CI (``CI`` set) it is a failure, never a
+skip, because CI is where we prove the real thing works.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+TEST_LABEL = "orchestrify.test"  # every container/network a test creates carries it
+
+
+def require(ok: bool, what: str) -> None:
+    """Fail (under CI) or skip (elsewhere) when a real component is missing."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"missing component under CI: {what}", pytrace=False)
+    pytest.skip(f"missing component: {what}")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"`{name}` on PATH (see .ci/run for how it is installed)")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
