@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-_RESERVED = set(vars(logging.makeLogRecord({})))
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,3 +61,6 @@ def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
+    # Every HTTP call at INFO would drown the events that matter.
+    for name in ("httpx", "httpcore", "docker", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

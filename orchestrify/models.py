@@ -97,7 +97,10 @@ class ServiceSpec(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not SERVICE_NAME.match(v):
-            raise ValueError("must be 1-63 lowercase letters, digits or dashes, not starting or ending with a dash")
+            raise ValueError(
+                "must be 1-63 lowercase letters, digits or dashes, "
+                "not starting or ending with a dash"
+            )
         return v
 
     @field_validator("image")
@@ -137,11 +140,35 @@ class ServiceSpec(Strict):
         return self
 
 
+class FieldError(ValueError):
+    """A ValueError that knows which field it is about (model-level checks have no loc)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def check_bounds(replicas: int, min_replicas: int, max_replicas: int) -> None:
     if min_replicas > max_replicas:
-        raise ValueError(f"min_replicas ({min_replicas}) is greater than max_replicas ({max_replicas})")
+        raise FieldError(
+            "min_replicas",
+            f"min_replicas ({min_replicas}) is greater than max_replicas ({max_replicas})",
+        )
     if not min_replicas <= replicas <= max_replicas:
-        raise ValueError(f"replicas ({replicas}) must be within min_replicas..max_replicas ({min_replicas}..{max_replicas})")
+        raise FieldError(
+            "replicas",
+            f"replicas ({replicas}) must be within min_replicas..max_replicas "
+            f"({min_replicas}..{max_replicas})",
+        )
+
+
+def error_location(err: dict[str, Any]) -> tuple[str, ...]:
+    """Where a pydantic error is, including model-level FieldErrors' own field."""
+    loc = tuple(str(p) for p in err.get("loc", ()))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        loc = (*loc, cause.field)
+    return loc
 
 
 class ServicePatch(Strict):

@@ -2,14 +2,66 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+from orchestrify.cli.common import CliConfig
+from orchestrify.cli.controller import controller
+from orchestrify.cli.events import events
+from orchestrify.cli.nodes import node_app
+from orchestrify.cli.replicas import ps, replica_app
+from orchestrify.cli.services import service_app
+from orchestrify.client import DEFAULT_URL
+from orchestrify.logs import setup_logging
 
 app = typer.Typer(
     name="orchestrify",
-    help="Keep HTTP services fast and alive on plain Docker hosts.",
+    help="Keep HTTP services fast and alive on plain Docker hosts: self-healing, "
+    "autoscaling from Prometheus alerts, Nginx kept in step.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    controller_url: str = typer.Option(
+        DEFAULT_URL, "--controller", envvar="ORCHESTRIFY_URL", help="Controller API URL."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="ORCHESTRIFY_TOKEN", help="Admin token of the controller."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text (people) or json (machines)."
+    ),
+) -> None:
+    setup_logging(level=log_level, fmt=log_format)
+    if token is None:
+        token = _token_from_default_data_dir()
+    ctx.obj = CliConfig(controller=controller_url, token=token)
+
+
+def _token_from_default_data_dir() -> str | None:
+    """On the controller's own host, the CLI finds the admin token without being told."""
+    from orchestrify.controller.settings import default_data_dir
+
+    path = default_data_dir() / "admin.token"
+    try:
+        return path.read_text().strip() if os.access(path, os.R_OK) else None
+    except OSError:
+        return None
+
+
+app.command("controller")(controller)
+app.add_typer(service_app, name="service")
+app.add_typer(node_app, name="node")
+app.add_typer(replica_app, name="replica")
+app.command("ps")(ps)
+app.command("events")(events)
 
 
 def main() -> None:

@@ -1,0 +1,805 @@
+"""The controller's state store: services, nodes, replicas and the event trail.
+
+Every write is one transaction; after it commits, subscribers are told (the change
+feed that wakes long-polling agents and edges, the metrics that count decisions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrify.errors import Conflict, InvalidSpec, NotFound, Unauthorized
+from orchestrify.models import (
+    Assignment,
+    DesiredState,
+    Event,
+    Heartbeat,
+    Node,
+    NodeRegistration,
+    NodeState,
+    Replica,
+    ReplicaReport,
+    ReplicaState,
+    Service,
+    ServicePatch,
+    ServiceSpec,
+    error_location,
+)
+from orchestrify.store.tables import Base, EventRow, NodeRow, ReplicaRow, ServiceRow
+
+__all__ = ["ChangeKind", "Store", "utcnow"]
+
+ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back without a zone; everything stored is UTC.
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _service(row: ServiceRow) -> Service:
+    return Service.model_validate(
+        {
+            **row.spec,
+            "created_at": _utc(row.created_at),
+            "updated_at": _utc(row.updated_at),
+            "generation": row.generation,
+        }
+    )
+
+
+def _node(row: NodeRow) -> Node:
+    return Node(
+        id=row.id,
+        name=row.name,
+        address=row.address,
+        state=NodeState(row.state),
+        labels=row.labels or {},
+        cpus=row.cpus,
+        cpu_percent=row.cpu_percent,
+        memory_total=row.memory_total,
+        memory_free=row.memory_free,
+        disk_free=row.disk_free,
+        replica_count=row.replica_count,
+        agent_url=row.agent_url,
+        last_heartbeat=_utc(row.last_heartbeat),
+        created_at=_utc(row.created_at) or utcnow(),
+    )
+
+
+def _replica(row: ReplicaRow, node_names: dict[str, str] | None = None) -> Replica:
+    return Replica(
+        id=row.id,
+        service=row.service,
+        node=row.node,
+        node_name=(node_names or {}).get(row.node),
+        state=ReplicaState(row.state),
+        desired=DesiredState(row.desired),
+        address=row.address,
+        container_id=row.container_id,
+        error=row.error,
+        restarts=row.restarts,
+        stop_after=_utc(row.stop_after),
+        created_at=_utc(row.created_at) or utcnow(),
+        updated_at=_utc(row.updated_at) or utcnow(),
+    )
+
+
+def _event(row: EventRow) -> Event:
+    return Event(
+        id=row.id,
+        time=_utc(row.time) or utcnow(),
+        kind=row.kind,
+        service=row.service,
+        node=row.node,
+        replica=row.replica,
+        action=row.action,
+        outcome=row.outcome,
+        reason=row.reason,
+        message=row.message,
+        data=row.data or {},
+    )
+
+
+class Store:
+    """Durable controller state. Thread-safe: API handlers run in a thread pool."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, connect_args=_connect_args(url))
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.RLock()
+        self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
+        self._event_listeners: list[Callable[[Event], None]] = []
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{data_dir / 'orchestrify.db'}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- subscriptions -------------------------------------------------------------
+    def on_change(self, listener: Callable[[set[ChangeKind]], None]) -> None:
+        self._change_listeners.append(listener)
+
+    def on_event(self, listener: Callable[[Event], None]) -> None:
+        self._event_listeners.append(listener)
+
+    def _write(self) -> _WriteTx:
+        return _WriteTx(self)
+
+    # --- events --------------------------------------------------------------------
+    def record_event(
+        self,
+        message: str,
+        *,
+        kind: str,
+        service: str | None = None,
+        node: str | None = None,
+        replica: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Event:
+        with self._write() as tx:
+            ev = self._add_event(
+                tx,
+                message,
+                kind=kind,
+                service=service,
+                node=node,
+                replica=replica,
+                action=action,
+                outcome=outcome,
+                reason=reason,
+                data=data,
+            )
+        return ev
+
+    def _add_event(self, tx: _WriteTx, message: str, **fields: Any) -> Event:
+        row = EventRow(
+            time=utcnow(), message=message, **{**fields, "data": fields.get("data") or {}}
+        )
+        tx.session.add(row)
+        tx.session.flush()
+        ev = _event(row)
+        tx.events.append(ev)
+        return ev
+
+    def list_events(
+        self,
+        *,
+        service: str | None = None,
+        since: datetime | None = None,
+        kind: str | None = None,
+        after_id: int | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        with self._sessions() as s:
+            q = select(EventRow)
+            if service:
+                q = q.where(EventRow.service == service)
+            if since:
+                q = q.where(EventRow.time >= since)
+            if kind:
+                q = q.where(EventRow.kind == kind)
+            if after_id is not None:
+                q = q.where(EventRow.id > after_id)
+            q = q.order_by(EventRow.id.desc()).limit(limit)
+            return [_event(r) for r in reversed(s.scalars(q).all())]
+
+    # --- services ------------------------------------------------------------------
+    def create_service(self, spec: ServiceSpec) -> Service:
+        now = utcnow()
+        with self._write() as tx:
+            existing = tx.session.get(ServiceRow, spec.name)
+            if existing is not None:
+                if existing.deleting:
+                    raise Conflict(
+                        f"service {spec.name!r} is still being removed; retry in a few seconds"
+                    )
+                raise Conflict(f"service {spec.name!r} already exists")
+            row = ServiceRow(
+                name=spec.name, spec=spec.model_dump(mode="json"), created_at=now, updated_at=now
+            )
+            tx.session.add(row)
+            self._add_event(
+                tx,
+                f"service {spec.name} created with {spec.replicas} replica(s) of {spec.image}",
+                kind="action",
+                service=spec.name,
+                action="create_service",
+                outcome="ok",
+            )
+            tx.changes.add("spec")
+            tx.session.flush()
+            return _service(row)
+
+    def list_services(self) -> list[Service]:
+        with self._sessions() as s:
+            rows = s.scalars(
+                select(ServiceRow).where(ServiceRow.deleting.is_(False)).order_by(ServiceRow.name)
+            ).all()
+            return [_service(r) for r in rows]
+
+    def get_service(self, name: str) -> Service:
+        with self._sessions() as s:
+            row = s.get(ServiceRow, name)
+            if row is None or row.deleting:
+                raise NotFound(f"no service named {name!r}")
+            return _service(row)
+
+    def update_service(
+        self, name: str, patch: ServicePatch, *, reason: str = "requested through the API"
+    ) -> Service:
+        with self._write() as tx:
+            row = tx.session.get(ServiceRow, name)
+            if row is None or row.deleting:
+                raise NotFound(f"no service named {name!r}")
+            current = ServiceSpec.model_validate(row.spec)
+            changes = patch.model_dump(exclude_unset=True)
+            merged = current.model_dump() | changes
+            try:
+                updated = ServiceSpec.model_validate(merged)
+            except ValueError as exc:  # pydantic.ValidationError is a ValueError
+                raise _invalid_from(exc) from exc
+            spec_fields = set(changes) - {"replicas", "min_replicas", "max_replicas", "policy"}
+            if any(changes[k] != current.model_dump()[k] for k in spec_fields):
+                row.generation += 1
+            row.spec = updated.model_dump(mode="json")
+            row.updated_at = utcnow()
+            if "replicas" in changes and changes["replicas"] != current.replicas:
+                self._add_event(
+                    tx,
+                    f"service {name} scaled from {current.replicas} "
+                    f"to {updated.replicas}: {reason}",
+                    kind="action",
+                    service=name,
+                    action="scale",
+                    outcome="ok",
+                    reason=reason,
+                    data={"from": current.replicas, "to": updated.replicas},
+                )
+            others = sorted(set(changes) - {"replicas"})
+            if others:
+                self._add_event(
+                    tx,
+                    f"service {name} updated: {', '.join(others)}",
+                    kind="action",
+                    service=name,
+                    action="update_service",
+                    outcome="ok",
+                )
+            tx.changes.add("spec")
+            return _service(row)
+
+    def scale_service(self, name: str, replicas: int, *, reason: str) -> Service:
+        return self.update_service(name, ServicePatch(replicas=replicas), reason=reason)
+
+    def delete_service(self, name: str) -> None:
+        """Mark a service for removal: its replicas drain out of Nginx, then stop."""
+        now = utcnow()
+        with self._write() as tx:
+            row = tx.session.get(ServiceRow, name)
+            if row is None or row.deleting:
+                raise NotFound(f"no service named {name!r}")
+            row.deleting = True
+            drain_s = float(row.spec.get("drain_s", 10))
+            for rep in tx.session.scalars(select(ReplicaRow).where(ReplicaRow.service == name)):
+                if rep.desired == DesiredState.RUN:
+                    rep.desired = DesiredState.DRAIN
+                    rep.stop_after = now + timedelta(seconds=drain_s)
+                    rep.updated_at = now
+            self._add_event(
+                tx,
+                f"service {name} removed; its replicas drain for {drain_s:g}s, then stop",
+                kind="action",
+                service=name,
+                action="remove_service",
+                outcome="ok",
+            )
+            tx.changes.update({"spec", "state"})
+
+    def purge_deleted_services(self) -> list[str]:
+        """Drop services marked for removal once none of their replicas is left."""
+        with self._write() as tx:
+            gone = []
+            for row in tx.session.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(True))):
+                left = tx.session.scalars(
+                    select(ReplicaRow.id).where(ReplicaRow.service == row.name).limit(1)
+                ).first()
+                if left is None:
+                    tx.session.delete(row)
+                    gone.append(row.name)
+            return gone
+
+    # --- nodes ---------------------------------------------------------------------
+    def register_node(self, reg: NodeRegistration) -> tuple[Node, str]:
+        """Register (or re-register) a node; returns it and its fresh node token."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self._write() as tx:
+            row = tx.session.get(NodeRow, reg.node_id) if reg.node_id else None
+            if row is None:
+                same_name = tx.session.scalars(
+                    select(NodeRow).where(NodeRow.name == reg.name)
+                ).first()
+                if same_name is not None:
+                    if same_name.state == NodeState.READY and _fresh(same_name, now):
+                        raise Conflict(
+                            f"a ready node is already named {reg.name!r}; pick another --name"
+                        )
+                    row = same_name  # a host that lost its state file comes back
+            created = row is None
+            if row is None:
+                row = NodeRow(
+                    id=reg.node_id or secrets.token_hex(6),
+                    created_at=now,
+                    replica_count=0,
+                )
+                tx.session.add(row)
+            row.name = reg.name
+            row.address = reg.address
+            row.labels = reg.labels
+            row.cpus = reg.cpus
+            row.memory_total = reg.memory_total
+            row.agent_url = reg.agent_url
+            row.token_hash = _hash_token(token)
+            row.last_heartbeat = now
+            if created or row.state == NodeState.NOT_READY:
+                row.state = NodeState.READY
+            self._add_event(
+                tx,
+                f"node {reg.name} {'registered' if created else 're-registered'} at {reg.address}",
+                kind="node",
+                node=reg.name,
+                action="register",
+                outcome="ok",
+            )
+            tx.changes.update({"spec", "state"})
+            tx.session.flush()
+            return _node(row), token
+
+    def authenticate_node(self, node_id: str, token: str) -> None:
+        with self._sessions() as s:
+            row = s.get(NodeRow, node_id)
+            if row is None:
+                raise NotFound(f"no node with id {node_id!r}; register again")
+            if not secrets.compare_digest(row.token_hash, _hash_token(token)):
+                raise Unauthorized("wrong node token")
+
+    def heartbeat(self, node_id: str, hb: Heartbeat) -> Node:
+        now = utcnow()
+        with self._write() as tx:
+            row = tx.session.get(NodeRow, node_id)
+            if row is None:
+                raise NotFound(f"no node with id {node_id!r}; register again")
+            row.last_heartbeat = now
+            for key, value in hb.model_dump(exclude_none=True).items():
+                setattr(row, key, value)
+            if row.state == NodeState.NOT_READY:
+                row.state = NodeState.READY
+                self._add_event(
+                    tx,
+                    f"node {row.name} is ready again (heartbeat received)",
+                    kind="node",
+                    node=row.name,
+                    action="node_ready",
+                    outcome="info",
+                )
+                tx.changes.update({"spec", "state"})
+            return _node(row)
+
+    def list_nodes(self) -> list[Node]:
+        with self._sessions() as s:
+            return [_node(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name)).all()]
+
+    def get_node(self, id_or_name: str) -> Node:
+        with self._sessions() as s:
+            return _node(self._node_row(s, id_or_name))
+
+    @staticmethod
+    def _node_row(s: Session, id_or_name: str) -> NodeRow:
+        row = (
+            s.get(NodeRow, id_or_name)
+            or s.scalars(select(NodeRow).where(NodeRow.name == id_or_name)).first()
+        )
+        if row is None:
+            raise NotFound(f"no node with id or name {id_or_name!r}")
+        return row
+
+    def set_node_draining(self, id_or_name: str, *, draining: bool, remove: bool = False) -> Node:
+        with self._write() as tx:
+            row = self._node_row(tx.session, id_or_name)
+            if draining:
+                row.state = NodeState.DRAINING
+                row.removing = row.removing or remove
+                what = "removal requested: draining first" if remove else "draining"
+            else:
+                row.state = NodeState.READY if _fresh(row, utcnow()) else NodeState.NOT_READY
+                row.removing = False
+                what = "active again"
+            self._add_event(
+                tx,
+                f"node {row.name}: {what}",
+                kind="node",
+                node=row.name,
+                action="remove_node" if remove else ("drain" if draining else "activate"),
+                outcome="ok",
+            )
+            tx.changes.update({"spec", "state"})
+            return _node(row)
+
+    def delete_node(self, id_or_name: str) -> None:
+        """Forget a node and its replicas now (used once it is drained, or with --force)."""
+        with self._write() as tx:
+            row = self._node_row(tx.session, id_or_name)
+            tx.session.execute(delete(ReplicaRow).where(ReplicaRow.node == row.id))
+            tx.session.delete(row)
+            self._add_event(
+                tx,
+                f"node {row.name} removed",
+                kind="node",
+                node=row.name,
+                action="remove_node",
+                outcome="ok",
+            )
+            tx.changes.update({"spec", "state"})
+
+    def mark_stale_nodes(self, *, timeout: timedelta) -> list[Node]:
+        """Nodes whose last heartbeat is older than ``timeout`` become not_ready."""
+        now = utcnow()
+        changed = []
+        with self._write() as tx:
+            for row in tx.session.scalars(select(NodeRow).where(NodeRow.state == NodeState.READY)):
+                last = _utc(row.last_heartbeat)
+                if last is None or now - last > timeout:
+                    row.state = NodeState.NOT_READY
+                    seconds = (now - last).total_seconds() if last else float("inf")
+                    self._add_event(
+                        tx,
+                        f"node {row.name} is not ready: no heartbeat for {seconds:.0f}s",
+                        kind="node",
+                        node=row.name,
+                        action="node_not_ready",
+                        outcome="info",
+                        reason=f"missed heartbeats (timeout {timeout.total_seconds():g}s)",
+                    )
+                    changed.append(_node(row))
+            if changed:
+                tx.changes.update({"spec", "state"})
+        return changed
+
+    # --- replicas ------------------------------------------------------------------
+    def list_replicas(
+        self, *, service: str | None = None, node: str | None = None
+    ) -> list[Replica]:
+        with self._sessions() as s:
+            q = select(ReplicaRow)
+            if service:
+                q = q.where(ReplicaRow.service == service)
+            if node:
+                q = q.where(ReplicaRow.node == self._node_row(s, node).id)
+            names = dict(s.execute(select(NodeRow.id, NodeRow.name)).tuples().all())
+            rows = s.scalars(q.order_by(ReplicaRow.service, ReplicaRow.created_at)).all()
+            return [_replica(r, names) for r in rows]
+
+    def get_replica(self, replica_id: str) -> Replica:
+        with self._sessions() as s:
+            row = s.get(ReplicaRow, replica_id)
+            if row is None:
+                raise NotFound(f"no replica with id {replica_id!r}")
+            names = dict(s.execute(select(NodeRow.id, NodeRow.name)).tuples().all())
+            return _replica(row, names)
+
+    def remove_replica(
+        self, replica_id: str, *, reason: str = "removed through the API"
+    ) -> Replica:
+        """Drain one replica out; the reconciler replaces it unless the service shrank."""
+        now = utcnow()
+        with self._write() as tx:
+            row = tx.session.get(ReplicaRow, replica_id)
+            if row is None:
+                raise NotFound(f"no replica with id {replica_id!r}")
+            if row.desired == DesiredState.RUN:
+                svc = tx.session.get(ServiceRow, row.service)
+                drain_s = float(svc.spec.get("drain_s", 10)) if svc else 0.0
+                row.desired = DesiredState.DRAIN
+                row.stop_after = now + timedelta(seconds=drain_s)
+                row.updated_at = now
+                self._add_event(
+                    tx,
+                    f"replica {row.id} draining for {drain_s:g}s before it stops: {reason}",
+                    kind="action",
+                    service=row.service,
+                    replica=row.id,
+                    action="remove_replica",
+                    outcome="ok",
+                    reason=reason,
+                )
+                tx.changes.update({"spec", "state"})
+            return _replica(row)
+
+    def create_replicas(
+        self, service: str, node_ids: Sequence[str], *, reason: str
+    ) -> list[Replica]:
+        now = utcnow()
+        created = []
+        with self._write() as tx:
+            names = dict(tx.session.execute(select(NodeRow.id, NodeRow.name)).tuples().all())
+            for node_id in node_ids:
+                row = ReplicaRow(
+                    id=f"{service}-{secrets.token_hex(4)}",
+                    service=service,
+                    node=node_id,
+                    state=ReplicaState.ASSIGNED,
+                    desired=DesiredState.RUN,
+                    restarts=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                tx.session.add(row)
+                self._add_event(
+                    tx,
+                    f"replica {row.id} of {service} assigned to node {names.get(node_id, node_id)}",
+                    kind="action",
+                    service=service,
+                    node=names.get(node_id, node_id),
+                    replica=row.id,
+                    action="place_replica",
+                    outcome="ok",
+                    reason=reason,
+                )
+                created.append(_replica(row, names))
+            tx.changes.update({"spec", "state"})
+        return created
+
+    def set_desired(
+        self,
+        replica_ids: Iterable[str],
+        desired: DesiredState,
+        *,
+        reason: str,
+        drain_s: float = 0.0,
+        quiet: bool = False,
+    ) -> None:
+        now = utcnow()
+        with self._write() as tx:
+            for rid in replica_ids:
+                row = tx.session.get(ReplicaRow, rid)
+                if row is None or row.desired == desired:
+                    continue
+                row.desired = desired
+                row.updated_at = now
+                if desired == DesiredState.DRAIN:
+                    row.stop_after = now + timedelta(seconds=drain_s)
+                if desired != DesiredState.RUN and row.state != ReplicaState.FAILED:
+                    row.state = ReplicaState.STOPPING
+                if not quiet:
+                    self._add_event(
+                        tx,
+                        f"replica {rid} -> {desired.value}: {reason}",
+                        kind="action",
+                        service=row.service,
+                        replica=rid,
+                        action=f"{desired.value}_replica",
+                        outcome="ok",
+                        reason=reason,
+                    )
+                tx.changes.update({"spec", "state"})
+
+    def delete_replicas(self, replica_ids: Iterable[str], *, reason: str) -> None:
+        with self._write() as tx:
+            for rid in replica_ids:
+                row = tx.session.get(ReplicaRow, rid)
+                if row is None:
+                    continue
+                tx.session.delete(row)
+                self._add_event(
+                    tx,
+                    f"replica {rid} forgotten: {reason}",
+                    kind="replica",
+                    service=row.service,
+                    replica=rid,
+                    action="forget_replica",
+                    outcome="info",
+                    reason=reason,
+                )
+                tx.changes.update({"spec", "state"})
+
+    def apply_reports(self, node_id: str, reports: Sequence[ReplicaReport], *, full: bool) -> None:
+        """Take what an agent observed. ``stopped`` means the container is gone."""
+        now = utcnow()
+        with self._write() as tx:
+            node = tx.session.get(NodeRow, node_id)
+            if node is None:
+                raise NotFound(f"no node with id {node_id!r}; register again")
+            seen = set()
+            for rep in reports:
+                seen.add(rep.id)
+                row = tx.session.get(ReplicaRow, rep.id)
+                if row is None or row.node != node_id:
+                    continue  # not ours (any more): the agent removes it at its next sync
+                if rep.state == "stopped":
+                    if row.desired == DesiredState.STOP:
+                        tx.session.delete(row)
+                        tx.changes.update({"spec", "state"})
+                    continue
+                try:
+                    state = ReplicaState(rep.state)
+                except ValueError as exc:
+                    raise InvalidSpec(
+                        f"unknown replica state {rep.state!r}", field="state"
+                    ) from exc
+                if row.desired != DesiredState.RUN and state != ReplicaState.FAILED:
+                    state = ReplicaState.STOPPING
+                before = (row.state, row.address, row.error, row.container_id, row.restarts)
+                row.state = state
+                if rep.address is not None:
+                    row.address = rep.address
+                if rep.container_id is not None:
+                    row.container_id = rep.container_id
+                row.error = rep.error
+                if rep.restarts is not None:
+                    row.restarts = rep.restarts
+                after = (row.state, row.address, row.error, row.container_id, row.restarts)
+                if before != after:
+                    row.updated_at = now
+                    tx.changes.add("state")
+                    if before[0] != row.state:
+                        self._add_event(
+                            tx,
+                            f"replica {row.id} on {node.name}: {before[0]} -> {row.state}"
+                            + (f" ({row.error})" if row.error else ""),
+                            kind="replica",
+                            service=row.service,
+                            node=node.name,
+                            replica=row.id,
+                            action="observe",
+                            outcome="info",
+                            reason=row.error,
+                        )
+            if full:
+                # A replica told to stop that the agent no longer has is gone.
+                for row in tx.session.scalars(
+                    select(ReplicaRow).where(
+                        ReplicaRow.node == node_id, ReplicaRow.desired == DesiredState.STOP
+                    )
+                ):
+                    if row.id not in seen:
+                        tx.session.delete(row)
+                        tx.changes.update({"spec", "state"})
+
+    def assignments(self, node_id: str) -> list[Assignment]:
+        with self._sessions() as s:
+            if s.get(NodeRow, node_id) is None:
+                raise NotFound(f"no node with id {node_id!r}; register again")
+            specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
+            out = []
+            for row in s.scalars(
+                select(ReplicaRow).where(ReplicaRow.node == node_id).order_by(ReplicaRow.id)
+            ):
+                svc = specs.get(row.service)
+                if svc is None:
+                    continue
+                spec = svc.spec
+                out.append(
+                    Assignment(
+                        replica=row.id,
+                        service=row.service,
+                        desired=DesiredState(row.desired),
+                        image=spec["image"],
+                        env=spec.get("env", {}),
+                        port=spec["port"],
+                        host_port=spec.get("host_port"),
+                        health_path=spec.get("health_path", "/health"),
+                        memory_mb=spec.get("memory_mb"),
+                        cpus=spec.get("cpus"),
+                        generation=svc.generation,
+                    )
+                )
+            return out
+
+    def snapshot(self) -> tuple[list[Service], list[ServiceRow], list[Node], list[Replica]]:
+        """Everything the reconciler decides on, read in one transaction."""
+        with self._sessions() as s:
+            svc_rows = list(s.scalars(select(ServiceRow)).all())
+            nodes = [_node(r) for r in s.scalars(select(NodeRow)).all()]
+            names = {n.id: n.name for n in nodes}
+            reps = [_replica(r, names) for r in s.scalars(select(ReplicaRow)).all()]
+            live = [_service(r) for r in svc_rows if not r.deleting]
+            return live, svc_rows, nodes, reps
+
+    def node_removals_pending(self) -> list[str]:
+        with self._sessions() as s:
+            return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())
+
+
+def _fresh(row: NodeRow, now: datetime, within: timedelta = timedelta(seconds=15)) -> bool:
+    last = _utc(row.last_heartbeat)
+    return last is not None and now - last <= within
+
+
+def _invalid_from(exc: ValueError) -> InvalidSpec:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(error_location(first)) or None
+        msg = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return InvalidSpec(f"{loc}: {msg}" if loc else msg, field=loc)
+    return InvalidSpec(str(exc))
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    return {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class _WriteTx:
+    """One serialized write transaction; tells subscribers after it commits."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.session: Session
+        self.changes: set[ChangeKind] = set()
+        self.events: list[Event] = []
+
+    def __enter__(self) -> _WriteTx:
+        self.store._write_lock.acquire()
+        self.session = self.store._sessions()
+        self.session.begin()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.session.commit()
+                except IntegrityError as err:
+                    self.session.rollback()
+                    raise Conflict(f"conflicts with what is stored: {err.orig}") from err
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()
+            self.store._write_lock.release()
+        if exc_type is None:
+            for ev in self.events:
+                for listener in self.store._event_listeners:
+                    listener(ev)
+            if self.changes:
+                for change_listener in self.store._change_listeners:
+                    change_listener(self.changes)

@@ -1,0 +1,122 @@
+"""What every CLI command shares: the API client, tables/JSON output, error exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from orchestrify.client import DEFAULT_URL, ControllerClient
+from orchestrify.errors import InvalidSpec, OrchestrifyError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Piped output keeps whole lines (no folding at 80 columns) so it can be grepped.
+console = Console(highlight=False, soft_wrap=False)
+if not console.is_terminal:
+    console = Console(highlight=False, soft_wrap=False, width=int(os.environ.get("COLUMNS", 200)))
+err_console = Console(stderr=True, highlight=False)
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+@dataclass
+class CliConfig:
+    controller: str = DEFAULT_URL
+    token: str | None = None
+
+    def client(self) -> ControllerClient:
+        return ControllerClient(self.controller, self.token)
+
+
+def config(ctx: typer.Context) -> CliConfig:
+    obj = ctx.find_root().obj
+    if isinstance(obj, CliConfig):
+        return obj
+    return CliConfig(
+        os.environ.get("ORCHESTRIFY_URL", DEFAULT_URL), os.environ.get("ORCHESTRIFY_TOKEN")
+    )
+
+
+def fail(message: str, *, code: int = 1) -> typer.Exit:
+    err_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn orchestrify errors into one line on stderr and a non-zero exit (2 for bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidSpec as exc:
+            raise fail(str(exc), code=2) from None
+        except OrchestrifyError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str) -> None:
+    rows = list(rows)
+    if not rows:
+        console.print(empty, markup=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if v is None or v == "" else str(v) for v in row))
+    console.print(table)
+
+
+def print_fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in pairs:
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
+
+
+def ago(value: str | None) -> str:
+    """'12s ago' style age of an ISO timestamp from the API."""
+    if not value:
+        return "-"
+    then = datetime.fromisoformat(value)
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    secs = max(0, int((datetime.now(UTC) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"
+
+
+def human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}TiB"

@@ -1,0 +1,72 @@
+"""`orchestrify controller`: run the API, state store and reconciler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from orchestrify.cli.common import err_console
+from orchestrify.controller.settings import (
+    ControllerSettings,
+    default_data_dir,
+    load_or_create_token,
+)
+
+
+def resolve_tokens(settings: ControllerSettings) -> ControllerSettings:
+    """Load or generate both tokens now, printing any generated one once."""
+    admin, new_admin = load_or_create_token(settings.data_dir, "admin", settings.token)
+    join, new_join = load_or_create_token(settings.data_dir, "join", settings.join_token)
+    for label, token, new, name in (
+        ("admin token", admin, new_admin, "admin"),
+        ("join token", join, new_join, "join"),
+    ):
+        if new:
+            err_console.print(
+                f"{label} generated and stored in {settings.data_dir / (name + '.token')}: {token}",
+                markup=False,
+            )
+    return settings.model_copy(update={"token": admin, "join_token": join})
+
+
+def controller(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(18080, "--port", help="Port of the REST API."),
+    data_dir: Path = typer.Option(
+        default_data_dir(), "--data-dir", help="Where the SQLite store and tokens live."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="ORCHESTRIFY_TOKEN", help="Admin bearer token (generated if unset)."
+    ),
+    join_token: str | None = typer.Option(
+        None,
+        "--join-token",
+        envvar="ORCHESTRIFY_JOIN_TOKEN",
+        help="Token agents register with (generated if unset).",
+    ),
+    node_timeout: float = typer.Option(
+        15.0, "--node-timeout", help="Seconds without heartbeat before a node is not_ready."
+    ),
+    public_url: str | None = typer.Option(
+        None, "--public-url", help="URL others reach this controller at (for discovery)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Decide scaling, record it, never act."),
+) -> None:
+    """Run the controller: REST API under /v1 (docs at /docs), state store and reconciler."""
+    from orchestrify.controller.app import create_app
+
+    settings = resolve_tokens(
+        ControllerSettings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            token=token,
+            join_token=join_token,
+            node_timeout_s=node_timeout,
+            public_url=public_url,
+            dry_run=dry_run,
+        )
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

@@ -1,0 +1,185 @@
+"""`orchestrify service ...`: deploy, list, scale and remove services (Swarm's grammar)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from orchestrify.cli.common import (
+    JsonOpt,
+    ago,
+    config,
+    handle_errors,
+    print_fields,
+    print_json,
+    print_table,
+)
+from orchestrify.cli.replicas import print_replicas
+from orchestrify.errors import InvalidSpec
+
+service_app = typer.Typer(
+    help="Deploy and manage services (an image run as N replicas behind Nginx).",
+    no_args_is_help=True,
+)
+
+
+def parse_env(pairs: list[str], *, sep: str, flag: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, found, value = pair.partition(sep)
+        if not found or not key:
+            raise InvalidSpec(f"{flag} {pair!r}: expected KEY{sep}VALUE", field="env")
+        env[key] = value
+    return env
+
+
+def parse_port(value: str) -> tuple[int | None, int]:
+    """``8000`` (container port) or the seed tool's ``HOST:CONTAINER``."""
+    host, sep, container = value.rpartition(":")
+    try:
+        return (int(host) if sep else None), int(container)
+    except ValueError:
+        raise InvalidSpec(
+            f"--port {value!r}: expected CONTAINER_PORT or HOST:CONTAINER, both numbers",
+            field="port",
+        ) from None
+
+
+@service_app.command("create")
+@handle_errors
+def create(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., help="Docker image, e.g. orchestrify/demo:latest."),
+    name: str = typer.Option(
+        ..., "--name", help="Service name: lowercase letters, digits, dashes."
+    ),
+    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable."),
+    environment: list[str] = typer.Option(
+        [], "--environment", help="KEY:VALUE, repeatable (the original tool's form)."
+    ),
+    port: str = typer.Option(
+        "8000", "--port", "-p", help="Container port, or HOST:CONTAINER to fix the host port."
+    ),
+    replicas: int = typer.Option(1, "--replicas", help="How many replicas to run."),
+    min_replicas: int | None = typer.Option(None, "--min", help="Autoscaling lower bound."),
+    max_replicas: int | None = typer.Option(None, "--max", help="Autoscaling upper bound."),
+    health_path: str = typer.Option("/health", "--health-path", help="Probed every second."),
+    drain: float = typer.Option(
+        10.0, "--drain", help="Seconds to drain a replica before stopping."
+    ),
+    memory_mb: int | None = typer.Option(None, "--memory", help="Memory limit per replica, MiB."),
+    cpus: float | None = typer.Option(None, "--cpus", help="CPU limit per replica, cores."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create a service and start its replicas on the least busy ready nodes."""
+    host_port, container_port = parse_port(port)
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "env": parse_env(environment, sep=":", flag="--environment")
+        | parse_env(env, sep="=", flag="--env"),
+        "port": container_port,
+        "host_port": host_port,
+        "replicas": replicas,
+        "min_replicas": min_replicas if min_replicas is not None else min(1, replicas),
+        "max_replicas": max_replicas if max_replicas is not None else max(10, replicas),
+        "health_path": health_path,
+        "drain_s": drain,
+        "memory_mb": memory_mb,
+        "cpus": cpus,
+    }
+    with config(ctx).client() as api:
+        svc = api.request("POST", "/v1/services", json=spec)
+    if json_out:
+        print_json(svc)
+    else:
+        typer.echo(
+            f"service {svc['name']} created: {svc['replicas']} replica(s) of {svc['image']}; "
+            f"watch them with `orchestrify service ps {svc['name']}`"
+        )
+
+
+@service_app.command("ls")
+@handle_errors
+def ls(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
+    """List services with their healthy and desired replica counts."""
+    with config(ctx).client() as api:
+        services = api.get("/v1/services")
+        replicas = api.get("/v1/replicas")
+    if json_out:
+        print_json(services)
+        return
+    healthy: dict[str, int] = {}
+    for r in replicas:
+        if r["state"] == "healthy" and r["desired"] == "run":
+            healthy[r["service"]] = healthy.get(r["service"], 0) + 1
+    print_table(
+        ["NAME", "IMAGE", "REPLICAS", "MIN", "MAX", "PORT", "HEALTH", "UPDATED"],
+        (
+            [
+                s["name"],
+                s["image"],
+                f"{healthy.get(s['name'], 0)}/{s['replicas']}",
+                s["min_replicas"],
+                s["max_replicas"],
+                s["port"],
+                s["health_path"],
+                ago(s["updated_at"]),
+            ]
+            for s in services
+        ),
+        empty="no services yet: create one with `orchestrify service create IMAGE --name NAME`",
+    )
+
+
+@service_app.command("inspect")
+@handle_errors
+def inspect(ctx: typer.Context, name: str, json_out: bool = JsonOpt) -> None:
+    """Show a service's full spec and scaling policy."""
+    with config(ctx).client() as api:
+        svc = api.get(f"/v1/services/{name}")
+    if json_out:
+        print_json(svc)
+        return
+    policy = svc.pop("policy", {})
+    print_fields([*svc.items(), *((f"policy.{k}", v) for k, v in policy.items())])
+
+
+@service_app.command("scale")
+@handle_errors
+def scale(
+    ctx: typer.Context,
+    targets: list[str] = typer.Argument(..., help="NAME=REPLICAS, one or more."),
+) -> None:
+    """Set the desired replica count, e.g. `orchestrify service scale web=3`."""
+    parsed = []
+    for target in targets:
+        name, _, count = target.partition("=")
+        if not name or not count.isdigit():
+            raise InvalidSpec(f"{target!r}: expected NAME=REPLICAS, e.g. web=3", field="replicas")
+        parsed.append((name, int(count)))
+    with config(ctx).client() as api:
+        for name, number in parsed:
+            api.request("PATCH", f"/v1/services/{name}", json={"replicas": number})
+            typer.echo(f"{name} scaled to {number}")
+
+
+@service_app.command("ps")
+@handle_errors
+def ps(ctx: typer.Context, name: str, json_out: bool = JsonOpt) -> None:
+    """List a service's replicas: node, state, address."""
+    with config(ctx).client() as api:
+        api.get(f"/v1/services/{name}")  # a clear 404 for an unknown service
+        replicas = api.get("/v1/replicas", service=name)
+    print_replicas(replicas, json_out=json_out)
+
+
+@service_app.command("rm")
+@handle_errors
+def rm(ctx: typer.Context, names: list[str] = typer.Argument(..., help="Service names.")) -> None:
+    """Remove services: their replicas leave Nginx, drain, then stop."""
+    with config(ctx).client() as api:
+        for name in names:
+            api.request("DELETE", f"/v1/services/{name}")
+            typer.echo(f"{name} removed (replicas drain, then stop)")

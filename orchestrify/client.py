@@ -1,0 +1,141 @@
+"""HTTP adapter to the controller's API, for the CLI (sync) and the agent and edge (async).
+
+httpx errors and non-2xx answers become orchestrify errors here; nothing above sees httpx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from orchestrify.errors import (
+    Conflict,
+    ControllerError,
+    InvalidSpec,
+    NodeUnreachable,
+    NotFound,
+    OrchestrifyError,
+    Unauthorized,
+)
+
+DEFAULT_URL = "http://127.0.0.1:18080"
+
+
+def _message(resp: httpx.Response) -> tuple[str, str | None]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip() or resp.reason_phrase, None
+    if isinstance(body, dict):
+        if isinstance(body.get("message"), str):
+            detail = body.get("detail")
+            field = None
+            if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+                field = ".".join(
+                    str(p) for p in detail[0].get("loc", []) if p not in ("body", "query")
+                )
+            return body["message"], field or None
+        detail = body.get("detail")
+        if isinstance(detail, str):
+            return detail, None
+        if isinstance(detail, list) and detail:
+            first = detail[0]
+            loc = ".".join(str(p) for p in first.get("loc", []) if p not in ("body", "query"))
+            return f"{loc}: {first.get('msg')}", loc or None
+    return str(body), None
+
+
+def raise_for_status(resp: httpx.Response) -> None:
+    if resp.is_success:
+        return
+    msg, field = _message(resp)
+    if resp.status_code == 401:
+        hint = "" if "ORCHESTRIFY_TOKEN" in msg else " (check --token or ORCHESTRIFY_TOKEN)"
+        raise Unauthorized(msg + hint)
+    if resp.status_code == 404:
+        raise NotFound(msg)
+    if resp.status_code == 409:
+        raise Conflict(msg)
+    if resp.status_code == 422:
+        raise InvalidSpec(msg, field=field)
+    raise ControllerError(f"controller answered {resp.status_code}: {msg}", status=resp.status_code)
+
+
+def _unreachable(url: str, exc: Exception) -> NodeUnreachable:
+    return NodeUnreachable(
+        f"cannot reach the controller at {url} ({type(exc).__name__}: {exc}); "
+        "is `orchestrify controller` (or `orchestrify up`) running? "
+        "Set --controller or ORCHESTRIFY_URL."
+    )
+
+
+class ControllerClient:
+    """Blocking client, one method per API call the CLI makes."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ControllerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, exc) from exc
+        raise_for_status(resp)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+
+class AsyncControllerClient:
+    """Non-blocking client for the agent and the edge (long-polls, reports)."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    def set_token(self, token: str) -> None:
+        self.token = token
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        extra: dict[str, Any] = {}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        try:
+            resp = await self._http.request(method, path, headers=headers, **kwargs, **extra)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, exc) from exc
+        raise_for_status(resp)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncControllerClient",
+    "ControllerClient",
+    "OrchestrifyError",
+    "raise_for_status",
+]

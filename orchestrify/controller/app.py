@@ -1,0 +1,170 @@
+"""The controller's FastAPI application: routers, error mapping, metrics, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from orchestrify import __version__
+from orchestrify.controller.deps import ControllerState
+from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.metrics import ControllerMetrics
+from orchestrify.controller.reconcile import Reconciler
+from orchestrify.controller.routers import discovery, events, nodes, replicas, services
+from orchestrify.controller.settings import ControllerSettings, load_or_create_token
+from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
+from orchestrify.models import error_location
+from orchestrify.store import Store
+
+log = logging.getLogger(__name__)
+
+Startup = Callable[[FastAPI, ControllerState], Awaitable[None]]
+
+
+def create_app(
+    settings: ControllerSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    run_reconciler: bool = True,
+    extra_startup: list[Startup] | None = None,
+) -> FastAPI:
+    """Build the app. State is opened in ``lifespan`` so a test can build many apps."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = open_state(settings, registry=registry)
+        state.feed.bind(asyncio.get_running_loop())
+        app.state.controller = state
+        tasks = []
+        if run_reconciler:
+            tasks.append(asyncio.create_task(state.reconciler.run_forever(), name="reconciler"))
+        for hook in extra_startup or []:
+            await hook(app, state)
+        log.info(
+            "controller ready",
+            extra={"data_dir": str(settings.data_dir), "version": __version__},
+        )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            state.store.close()
+
+    app = FastAPI(
+        title="orchestrify controller",
+        version=__version__,
+        description="Services, nodes, replicas and the event trail of an orchestrify fleet.",
+        lifespan=lifespan,
+    )
+    for router in (services.router, nodes.router, replicas.router, events.router, discovery.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    _install_metrics(app)
+    return app
+
+
+def open_state(
+    settings: ControllerSettings, *, registry: CollectorRegistry | None = None
+) -> ControllerState:
+    store = Store.in_data_dir(settings.data_dir)
+    feed = ChangeFeed()
+    store.on_change(feed.bump)
+    admin, _ = load_or_create_token(settings.data_dir, "admin", settings.token)
+    join, _ = load_or_create_token(settings.data_dir, "join", settings.join_token)
+    return ControllerState(
+        settings=settings,
+        store=store,
+        feed=feed,
+        reconciler=Reconciler(
+            store,
+            feed,
+            interval_s=settings.reconcile_interval_s,
+            node_timeout_s=settings.node_timeout_s,
+        ),
+        metrics=ControllerMetrics(store, registry),
+        admin_token=admin,
+        join_token=join,
+    )
+
+
+def _error(status: int, message: str, *, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": message}
+    if field is not None:
+        body["detail"] = [
+            {"loc": ["body", *field.split(".")], "msg": message, "type": "value_error"}
+        ]
+        body["message"] = message
+    return JSONResponse(status_code=status, content=body)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    statuses: list[tuple[type[OrchestrifyError], int]] = [
+        (NotFound, 404),
+        (Conflict, 409),
+        (Unauthorized, 401),
+    ]
+
+    @app.exception_handler(OrchestrifyError)
+    async def orchestrify_error(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, InvalidSpec):
+            return _error(422, str(exc), field=exc.field)
+        for cls, status in statuses:
+            if isinstance(exc, cls):
+                return _error(status, str(exc))
+        log.error("request failed", extra={"error": str(exc), "type": type(exc).__name__})
+        return _error(500, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        parts = []
+        detail = []
+        for err in errors:
+            full = error_location(err)
+            detail.append({"loc": list(full), "msg": err.get("msg"), "type": err.get("type")})
+            loc = ".".join(p for p in full if p not in ("body", "query", "path"))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return JSONResponse(
+            status_code=422, content={"detail": detail, "message": "; ".join(parts)}
+        )
+
+
+def _install_metrics(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state: ControllerState | None = getattr(request.app.state, "controller", None)
+        if state is not None and not path.endswith("/assignments"):  # long-polls skew latency
+            state.metrics.api_latency.labels(
+                request.method, path, str(response.status_code)
+            ).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def metrics(request: Request) -> Response:
+        state: ControllerState = request.app.state.controller
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

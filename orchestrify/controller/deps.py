@@ -1,0 +1,73 @@
+"""Dependencies shared by the routers: the app's state and the two kinds of credential."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.metrics import ControllerMetrics
+from orchestrify.controller.reconcile import Reconciler
+from orchestrify.controller.settings import ControllerSettings
+from orchestrify.errors import NotFound, Unauthorized
+from orchestrify.store import Store
+
+
+@dataclass
+class ControllerState:
+    settings: ControllerSettings
+    store: Store
+    feed: ChangeFeed
+    reconciler: Reconciler
+    metrics: ControllerMetrics
+    admin_token: str
+    join_token: str
+
+
+def get_state(request: Request) -> ControllerState:
+    state: ControllerState = request.app.state.controller
+    return state
+
+
+State = Annotated[ControllerState, Depends(get_state)]
+_bearer = HTTPBearer(
+    auto_error=False, description="Admin token (or a node's token for its own node)."
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_admin(state: State, creds: Credentials) -> None:
+    if creds is None or not secrets.compare_digest(creds.credentials, state.admin_token):
+        raise _unauthorized("a valid admin bearer token is required (--token / ORCHESTRIFY_TOKEN)")
+
+
+def require_join(state: State, creds: Credentials) -> None:
+    ok = creds is not None and (
+        secrets.compare_digest(creds.credentials, state.join_token)
+        or secrets.compare_digest(creds.credentials, state.admin_token)
+    )
+    if not ok:
+        raise _unauthorized("a valid join token is required (--join-token)")
+
+
+def require_node(node_id: str, state: State, creds: Credentials) -> None:
+    """The node's own token, or the admin token."""
+    if creds is None:
+        raise _unauthorized("a node token is required")
+    if secrets.compare_digest(creds.credentials, state.admin_token):
+        return
+    try:
+        state.store.authenticate_node(node_id, creds.credentials)
+    except (Unauthorized, NotFound) as exc:
+        raise _unauthorized(str(exc)) from exc
+
+
+Admin = Depends(require_admin)

@@ -1,0 +1,90 @@
+"""The controller's Prometheus metrics, on an explicit registry (tests use a fresh one)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orchestrify.models import Event, NodeState, ReplicaState
+from orchestrify.store import Store
+
+
+class StoreCollector(Collector):
+    """Gauges read from the store at scrape time, so they are never stale."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        services, _rows, nodes, replicas = self.store.snapshot()
+        by_state = Counter(n.state for n in nodes)
+        g = GaugeMetricFamily("orchestrify_nodes", "Nodes by state.", labels=["state"])
+        for state in NodeState:
+            g.add_metric([state.value], by_state.get(state, 0))
+        yield g
+        up = GaugeMetricFamily(
+            "orchestrify_node_up",
+            "1 when the node is ready or draining, 0 when not ready.",
+            labels=["node"],
+        )
+        for n in nodes:
+            up.add_metric([n.name], 0 if n.state == NodeState.NOT_READY else 1)
+        yield up
+        reps = GaugeMetricFamily(
+            "orchestrify_replicas", "Replicas by service and state.", labels=["service", "state"]
+        )
+        counts = Counter((r.service, r.state) for r in replicas)
+        for svc in services:
+            for rstate in ReplicaState:
+                reps.add_metric([svc.name, rstate.value], counts.get((svc.name, rstate), 0))
+        yield reps
+        per_service = {
+            "orchestrify_service_desired_replicas": ("Desired replicas.", lambda s: s.replicas),
+            "orchestrify_service_min_replicas": ("Lower bound.", lambda s: s.min_replicas),
+            "orchestrify_service_max_replicas": ("Upper bound.", lambda s: s.max_replicas),
+            "orchestrify_service_latency_target_seconds": (
+                "p95 latency target.",
+                lambda s: s.policy.latency_target_ms / 1000,
+            ),
+            "orchestrify_service_requests_per_replica": (
+                "Requests one replica takes per window.",
+                lambda s: s.policy.requests_per_replica,
+            ),
+            "orchestrify_service_request_window_seconds": (
+                "Window of requests_per_replica.",
+                lambda s: s.policy.request_window_s,
+            ),
+        }
+        for name, (doc, get) in per_service.items():
+            fam = GaugeMetricFamily(name, doc, labels=["service"])
+            for svc in services:
+                fam.add_metric([svc.name], float(get(svc)))
+            yield fam
+
+
+class ControllerMetrics:
+    def __init__(self, store: Store, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.registry.register(StoreCollector(store))
+        self.decisions = PromCounter(
+            "orchestrify_decisions_total",
+            "Decisions and actions by action and outcome (ok, refused, failed).",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
+        self.api_latency = Histogram(
+            "orchestrify_api_request_duration_seconds",
+            "API request latency by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        store.on_event(self.count_event)
+
+    def count_event(self, ev: Event) -> None:
+        if ev.kind in {"decision", "action"} and ev.action:
+            self.decisions.labels(ev.action, ev.outcome or "info").inc()

@@ -1,0 +1,368 @@
+"""The controller's reconcile step: desired replica counts vs the replicas that exist.
+
+``plan_cycle`` is a pure function of a snapshot (services, nodes, replicas, time) that
+returns steps; ``Reconciler`` reads the snapshot, plans, applies each step once and
+records the outcome. One failing step never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from orchestrify.controller.feed import ChangeFeed
+from orchestrify.models import DesiredState, Node, NodeState, Replica, ReplicaState, Service
+from orchestrify.scheduling import NodeView, place_replicas
+from orchestrify.store import Store, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Place:
+    service: str
+    nodes: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    replicas: tuple[str, ...]
+    drain_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    replicas: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    replicas: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unplaceable:
+    service: str
+    missing: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RemoveNode:
+    node: str
+
+
+Step = Place | Drain | Stop | Forget | Unplaceable | RemoveNode
+
+
+@dataclass
+class Snapshot:
+    services: Sequence[Service]
+    deleting: frozenset[str]
+    nodes: Sequence[Node]
+    replicas: Sequence[Replica]
+    removing_nodes: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Fleet:
+    """Mutable placement counts, updated as this cycle places replicas."""
+
+    views: dict[str, NodeView]
+    by_service: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def view_list(self, service: str) -> list[NodeView]:
+        return [
+            NodeView(
+                id=v.id,
+                state=v.state,
+                replicas_total=v.replicas_total,
+                replicas_by_service={service: self.by_service[v.id][service]},
+                memory_free=v.memory_free,
+            )
+            for v in self.views.values()
+        ]
+
+    def add(self, node_id: str, service: str) -> None:
+        v = self.views[node_id]
+        self.views[node_id] = NodeView(
+            id=v.id,
+            state=v.state,
+            replicas_total=v.replicas_total + 1,
+            memory_free=v.memory_free,
+        )
+        self.by_service[node_id][service] += 1
+
+
+def plan_cycle(
+    snap: Snapshot,
+    *,
+    now: datetime,
+    avoid_hints: Mapping[str, frozenset[str]] | None = None,
+) -> list[Step]:
+    """Decide what to do so every service has its desired count of running replicas.
+
+    ``avoid_hints`` maps a service to nodes its *new* replicas should avoid (a slow
+    replica's node); it is a preference: with no other node, the same node is used.
+    """
+    avoid_hints = avoid_hints or {}
+    nodes = {n.id: n for n in snap.nodes}
+    names = {n.id: n.name for n in snap.nodes}
+    steps: list[Step] = []
+
+    fleet = _Fleet(
+        views={
+            n.id: NodeView(id=n.id, state=n.state, replicas_total=0, memory_free=n.memory_free)
+            for n in snap.nodes
+        }
+    )
+    for r in snap.replicas:
+        if r.node in fleet.views and r.desired == DesiredState.RUN:
+            fleet.add(r.node, r.service)
+
+    by_service: dict[str, list[Replica]] = defaultdict(list)
+    for r in snap.replicas:
+        by_service[r.service].append(r)
+    live = {s.name: s for s in snap.services}
+
+    for name, reps in sorted(by_service.items()):
+        if name not in live:
+            # Removed service (or one never known): drain, then stop everything.
+            steps.extend(_wind_down(reps, nodes, now, reason=f"service {name} was removed"))
+    for svc in sorted(live.values(), key=lambda s: s.name):
+        steps.extend(
+            _plan_service(
+                svc,
+                by_service.get(svc.name, []),
+                nodes=nodes,
+                names=names,
+                fleet=fleet,
+                now=now,
+                avoid=avoid_hints.get(svc.name, frozenset()),
+            )
+        )
+    for node_id in sorted(snap.removing_nodes):
+        if not any(r.node == node_id for r in snap.replicas):
+            steps.append(RemoveNode(node=node_id))
+    return steps
+
+
+def _node_gone(r: Replica, nodes: Mapping[str, Node]) -> Node | None:
+    node = nodes.get(r.node)
+    return None if node is None or node.state == NodeState.NOT_READY else node
+
+
+def _wind_down(
+    reps: Sequence[Replica], nodes: Mapping[str, Node], now: datetime, *, reason: str
+) -> list[Step]:
+    steps: list[Step] = []
+    forget = [r.id for r in reps if _node_gone(r, nodes) is None]
+    if forget:
+        steps.append(Forget(tuple(forget), reason=f"{reason}; its node is not ready"))
+    rest = [r for r in reps if r.id not in forget]
+    drain = [r.id for r in rest if r.desired == DesiredState.RUN]
+    if drain:
+        steps.append(Drain(tuple(drain), drain_s=0.0, reason=reason))
+    stop = [r.id for r in rest if r.desired == DesiredState.DRAIN and _drained(r, now)]
+    if stop:
+        steps.append(Stop(tuple(stop), reason=f"{reason}; drain period over"))
+    return steps
+
+
+def _drained(r: Replica, now: datetime) -> bool:
+    if r.state != ReplicaState.HEALTHY:
+        return True  # never in Nginx's upstream, nothing to drain
+    return r.stop_after is None or r.stop_after <= now
+
+
+def _plan_service(
+    svc: Service,
+    reps: Sequence[Replica],
+    *,
+    nodes: Mapping[str, Node],
+    names: Mapping[str, str],
+    fleet: _Fleet,
+    now: datetime,
+    avoid: frozenset[str],
+) -> list[Step]:
+    steps: list[Step] = []
+    forget: list[str] = []
+    stop: list[str] = []
+    drain: list[str] = []
+    avoid_new = set(avoid)
+    reasons: list[str] = []
+
+    active: list[Replica] = []
+    for r in reps:
+        node = _node_gone(r, nodes)
+        if node is None:
+            forget.append(r.id)
+            if r.desired == DesiredState.RUN:
+                reasons.append(f"node {names.get(r.node, r.node)} is not ready")
+            continue
+        if r.desired == DesiredState.RUN:
+            if r.state == ReplicaState.FAILED:
+                stop.append(r.id)
+                avoid_new.add(r.node)
+                reasons.append(f"replica {r.id} failed on {node.name}")
+            elif node.state == NodeState.DRAINING:
+                drain.append(r.id)
+                avoid_new.add(r.node)
+                reasons.append(f"node {node.name} is draining")
+            else:
+                active.append(r)
+        elif r.desired == DesiredState.DRAIN and _drained(r, now):
+            stop.append(r.id)
+
+    if forget:
+        steps.append(Forget(tuple(forget), reason="its node is not ready (rescheduled elsewhere)"))
+    if drain:
+        steps.append(Drain(tuple(drain), drain_s=svc.drain_s, reason="its node is draining"))
+
+    missing = svc.replicas - len(active)
+    if missing > 0:
+        reason = "; ".join(dict.fromkeys(reasons)) or f"service wants {svc.replicas} replica(s)"
+        placement = place_replicas(
+            service=svc.name,
+            count=missing,
+            nodes=fleet.view_list(svc.name),
+            avoid=frozenset(avoid_new),
+            max_per_node=svc.max_per_node,
+            memory_per_replica=svc.memory_mb * 2**20 if svc.memory_mb else None,
+        )
+        chosen = list(placement.nodes)
+        if placement.unplaced and avoid_new:
+            # "On a different worker" is a preference: with no other node, use the same one.
+            retry = place_replicas(
+                service=svc.name,
+                count=placement.unplaced,
+                nodes=fleet.view_list(svc.name),
+                max_per_node=svc.max_per_node,
+                memory_per_replica=svc.memory_mb * 2**20 if svc.memory_mb else None,
+            )
+            if retry.nodes:
+                reason += "; no other node was eligible, so placed on the same node"
+            chosen += retry.nodes
+            placement = retry
+        for node_id in chosen:
+            fleet.add(node_id, svc.name)
+        if chosen:
+            steps.append(Place(svc.name, tuple(chosen), reason=reason))
+        if placement.unplaced:
+            steps.append(
+                Unplaceable(svc.name, placement.unplaced, reason=placement.reason or "no node")
+            )
+    elif missing < 0:
+        victims = _pick_victims(active, -missing, fleet, svc.name)
+        steps.append(
+            Drain(
+                tuple(victims),
+                drain_s=svc.drain_s,
+                reason=f"service wants {svc.replicas} replica(s), has {len(active)}",
+            )
+        )
+    if stop:
+        steps.append(Stop(tuple(stop), reason="drain period over, or replica failed"))
+    return steps
+
+
+def _pick_victims(active: Sequence[Replica], count: int, fleet: _Fleet, service: str) -> list[str]:
+    """Scale in the least useful first: not yet healthy, then crowded nodes, then newest."""
+    order = sorted(
+        active,
+        key=lambda r: (
+            r.state == ReplicaState.HEALTHY,
+            -fleet.by_service[r.node][service],
+            -r.created_at.timestamp(),
+        ),
+    )
+    chosen = []
+    for r in order[:count]:
+        chosen.append(r.id)
+        fleet.by_service[r.node][service] -= 1
+    return chosen
+
+
+class Reconciler:
+    """Runs ``plan_cycle`` on every spec change and at least every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        store: Store,
+        feed: ChangeFeed,
+        *,
+        interval_s: float = 1.0,
+        node_timeout_s: float = 15.0,
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.interval_s = interval_s
+        self.node_timeout = timedelta(seconds=node_timeout_s)
+        self._lock = threading.Lock()
+        self._last_refusal: dict[str, str] = {}
+
+    def run_once(self, *, avoid: Mapping[str, frozenset[str]] | None = None) -> list[Step]:
+        with self._lock:
+            self.store.mark_stale_nodes(timeout=self.node_timeout)
+            services, rows, nodes, replicas = self.store.snapshot()
+            snap = Snapshot(
+                services=services,
+                deleting=frozenset(r.name for r in rows if r.deleting),
+                nodes=nodes,
+                replicas=replicas,
+                removing_nodes=frozenset(self.store.node_removals_pending()),
+            )
+            steps = plan_cycle(snap, now=utcnow(), avoid_hints=avoid or {})
+            for step in steps:
+                try:
+                    self._apply(step)
+                except Exception:  # one failing step never stops the loop
+                    log.exception("reconcile step failed", extra={"step": repr(step)})
+            self.store.purge_deleted_services()
+            return steps
+
+    def _apply(self, step: Step) -> None:
+        match step:
+            case Place(service, nodes, reason):
+                self._last_refusal.pop(service, None)
+                self.store.create_replicas(service, nodes, reason=reason)
+            case Drain(replicas, drain_s, reason):
+                self.store.set_desired(replicas, DesiredState.DRAIN, reason=reason, drain_s=drain_s)
+            case Stop(replicas, reason):
+                self.store.set_desired(replicas, DesiredState.STOP, reason=reason)
+            case Forget(replicas, reason):
+                self.store.delete_replicas(replicas, reason=reason)
+            case Unplaceable(service, missing, reason):
+                # Said once per distinct reason, not every second.
+                if self._last_refusal.get(service) != reason:
+                    self._last_refusal[service] = reason
+                    self.store.record_event(
+                        f"cannot place {missing} replica(s) of {service}: {reason}",
+                        kind="decision",
+                        service=service,
+                        action="place_replica",
+                        outcome="refused",
+                        reason=reason,
+                    )
+            case RemoveNode(node):
+                self.store.delete_node(node)
+
+    async def run_forever(self) -> None:
+        version = self.feed.version("spec")
+        while True:
+            try:
+                await asyncio.to_thread(self.run_once)
+            except Exception:
+                log.exception("reconcile cycle failed; retrying")
+            version = await self.feed.wait("spec", version, self.interval_s)
+            # Let a burst of API writes settle into one cycle.
+            await asyncio.sleep(0.02)

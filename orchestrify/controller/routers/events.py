@@ -1,0 +1,50 @@
+"""/v1/events: the audit trail of every alert, decision and action."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter, HTTPException, Query
+
+from orchestrify.controller.deps import Admin, State
+from orchestrify.models import Event
+from orchestrify.store import utcnow
+
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Admin])
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str) -> datetime:
+    """A duration back from now (``90s``, ``15m``, ``2h``, ``1d``) or an ISO 8601 time."""
+    m = _DURATION.match(value.strip())
+    if m:
+        return utcnow() - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"since: {value!r} is neither a duration like 15m nor an ISO 8601 time"
+        ) from exc
+    return dt if dt.tzinfo else dt.astimezone()
+
+
+@router.get("", response_model=list[Event])
+def list_events(
+    state: State,
+    service: str | None = Query(None),
+    since: str | None = Query(None, description="Duration (15m, 2h) or ISO 8601 time."),
+    kind: str | None = Query(None, description="alert, decision, action, node, replica, job"),
+    after: int | None = Query(None, description="Only events with a larger id (for following)."),
+    limit: int = Query(500, ge=1, le=10000),
+) -> list[Event]:
+    try:
+        since_dt = parse_since(since) if since else None
+    except ValueError as exc:
+        raise HTTPException(
+            422, detail=[{"loc": ["query", "since"], "msg": str(exc), "type": "value_error"}]
+        ) from exc
+    return state.store.list_events(
+        service=service, since=since_dt, kind=kind, after_id=after, limit=limit
+    )

@@ -1,0 +1,92 @@
+"""/v1/nodes: worker hosts, and the agents' side of the protocol.
+
+Agents register with the join token and get a node token back; with it they
+heartbeat, long-poll their assignments and report what they observe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from orchestrify.controller.deps import Admin, State, require_join, require_node
+from orchestrify.models import (
+    Assignments,
+    Heartbeat,
+    Node,
+    NodeCredentials,
+    NodeRegistration,
+    ReplicaReports,
+)
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+NodeAuth = Depends(require_node)
+
+
+@router.post("/register", response_model=NodeCredentials, dependencies=[Depends(require_join)])
+def register_node(reg: NodeRegistration, state: State) -> NodeCredentials:
+    node, token = state.store.register_node(reg)
+    return NodeCredentials(node_id=node.id, node_token=token)
+
+
+@router.get("", response_model=list[Node], dependencies=[Admin])
+def list_nodes(state: State) -> list[Node]:
+    return state.store.list_nodes()
+
+
+@router.get("/{node_id}", response_model=Node, dependencies=[Admin])
+def get_node(node_id: str, state: State) -> Node:
+    return state.store.get_node(node_id)
+
+
+@router.post("/{node_id}/drain", response_model=Node, dependencies=[Admin])
+def drain_node(node_id: str, state: State) -> Node:
+    """Move the node's replicas elsewhere and place nothing new on it."""
+    return state.store.set_node_draining(node_id, draining=True)
+
+
+@router.post("/{node_id}/activate", response_model=Node, dependencies=[Admin])
+def activate_node(node_id: str, state: State) -> Node:
+    """Undo a drain: the node takes replicas again."""
+    return state.store.set_node_draining(node_id, draining=False)
+
+
+@router.delete("/{node_id}", status_code=202, dependencies=[Admin])
+def remove_node(
+    node_id: str,
+    state: State,
+    force: bool = Query(False, description="Forget it now, without draining."),
+) -> Response:
+    """Drain the node, then forget it once no replica is left (202: in progress)."""
+    if force:
+        state.store.delete_node(node_id)
+        return Response(status_code=204)
+    state.store.set_node_draining(node_id, draining=True, remove=True)
+    return Response(status_code=202)
+
+
+@router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
+def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
+    return state.store.heartbeat(node_id, hb)
+
+
+@router.get("/{node_id}/assignments", response_model=Assignments, dependencies=[NodeAuth])
+async def watch_assignments(
+    node_id: str,
+    state: State,
+    version: int | None = Query(None, description="Last version seen; omit for an answer now."),
+    timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
+) -> Assignments:
+    """Long-poll: answers at once if the assignments' version differs from ``version``,
+    otherwise when they change or after ``timeout`` seconds."""
+    wait = min(timeout, state.settings.watch_timeout_s)
+    current = await state.feed.wait("spec", version, wait)
+    replicas = await asyncio.to_thread(state.store.assignments, node_id)
+    return Assignments(version=current, node=node_id, replicas=replicas)
+
+
+@router.post("/{node_id}/replicas", status_code=204, dependencies=[NodeAuth])
+def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
+    state.store.apply_reports(node_id, body.replicas, full=body.full)
+    return Response(status_code=204)

@@ -1,0 +1,57 @@
+"""Controller settings: flags, or ORCHESTRIFY_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "orchestrify"
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRIFY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on; loopback by default.")
+    port: int = Field(18080, ge=1, le=65535, description="API port (the seed tool's 18080).")
+    data_dir: Path = Field(default_factory=default_data_dir, description="SQLite and tokens.")
+    token: str | None = Field(None, description="Admin bearer token; generated when unset.")
+    join_token: str | None = Field(None, description="Agents register with it; generated.")
+    node_timeout_s: float = Field(
+        15.0, gt=0, description="Seconds without heartbeat before a node is not_ready."
+    )
+    reconcile_interval_s: float = Field(
+        1.0, gt=0, description="Longest wait between reconcile cycles (they also run on change)."
+    )
+    watch_timeout_s: float = Field(
+        30.0, gt=0, le=300, description="Longest a long-poll waits before answering unchanged."
+    )
+    dry_run: bool = Field(False, description="Decide and record scaling, but never act.")
+    public_url: str | None = Field(
+        None, description="How others reach this controller (Prometheus discovery)."
+    )
+
+
+def load_or_create_token(data_dir: Path, name: str, given: str | None) -> tuple[str, bool]:
+    """Return the token and whether it was generated now (to print it once).
+
+    A given token wins; otherwise the one stored in ``data_dir/<name>.token`` (mode 0600)
+    is reused, or a new one is generated and stored.
+    """
+    if given:
+        return given, False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"{name}.token"
+    if path.exists():
+        return path.read_text().strip(), False
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, True

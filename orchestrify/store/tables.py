@@ -1,0 +1,87 @@
+"""SQLAlchemy tables: SQLite by default; nothing SQLite-specific, so PostgreSQL stays possible."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class ServiceRow(Base):
+    __tablename__ = "services"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    deleting: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    address: Mapped[str] = mapped_column(String(253))
+    state: Mapped[str] = mapped_column(String(16))
+    removing: Mapped[bool] = mapped_column(default=False)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cpus: Mapped[int | None]
+    cpu_percent: Mapped[float | None] = mapped_column(Float)
+    memory_total: Mapped[int | None]
+    memory_free: Mapped[int | None]
+    disk_free: Mapped[int | None]
+    replica_count: Mapped[int] = mapped_column(Integer, default=0)
+    agent_url: Mapped[str | None] = mapped_column(String(512))
+    last_heartbeat: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class ReplicaRow(Base):
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    service: Mapped[str] = mapped_column(String(63), index=True)
+    node: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    desired: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str | None] = mapped_column(String(300))
+    container_id: Mapped[str | None] = mapped_column(String(80))
+    error: Mapped[str | None] = mapped_column(Text)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    stop_after: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    service: Mapped[str | None] = mapped_column(String(63))
+    node: Mapped[str | None] = mapped_column(String(253))
+    replica: Mapped[str | None] = mapped_column(String(80))
+    action: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_events_service_time", "service", "time"),)
+
+
+class MetaRow(Base):
+    """Small key/value facts about the store itself (schema version...)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
