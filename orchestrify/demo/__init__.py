@@ -27,9 +27,9 @@ from orchestrify.errors import DockerFailure
 
 __all__ = [
     "BUSYBOX_CANDIDATES",
+    "DEFAULT_TAG",
     "DEMO_IMAGE_LABEL",
     "DEMO_PORT",
-    "DEFAULT_TAG",
     "build_demo_image",
     "find_static_busybox",
 ]
