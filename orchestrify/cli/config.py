@@ -17,6 +17,12 @@ config_app = typer.Typer(
 )
 
 _LIST_VARIABLES = frozenset({"alertmanager_targets", "rule_files"})
+_USED_BY = {
+    "prometheus.yml": "Prometheus (--config.file)",
+    "rules.yml": "Prometheus (keep beside prometheus.yml)",
+    "alertmanager.yml": "Alertmanager (--config.file)",
+    "grafana-dashboard.json": "Grafana (Dashboards > Import)",
+}
 
 
 def _fail(message: str) -> typer.Exit:
@@ -96,11 +102,14 @@ def render(
     except (OrchestrifyError, OSError) as exc:
         raise _fail(str(exc)) from exc
 
-    table = Table(title=f"Wrote {len(paths)} files")
+    table = Table(title=f"Wrote {len(paths)} files to {out}", title_justify="left")
     table.add_column("file")
     table.add_column("mode")
     table.add_column("bytes", justify="right")
+    table.add_column("used by")
     for path in paths:
         stat = path.stat()
-        table.add_row(str(path), oct(stat.st_mode & 0o777)[2:], str(stat.st_size))
+        table.add_row(
+            path.name, oct(stat.st_mode & 0o777)[2:], str(stat.st_size), _USED_BY[path.name]
+        )
     Console().print(table)
