@@ -41,7 +41,7 @@ def test_renders_four_files_that_parse(tmp_path: Path) -> None:
     for config in jobs.values():
         (sd,) = config["http_sd_configs"]
         assert sd["url"] == f"{URL}/v1/discovery/prometheus"
-        assert sd["authorization"] == {"credentials": TOKEN}
+        assert sd["authorization"] == {"type": "Bearer", "credentials": TOKEN}
     assert jobs["orchestrify-controller"]["static_configs"] == [{"targets": ["127.0.0.1:18080"]}]
     assert prometheus["rule_files"] == ["rules.yml"]
     assert prometheus["global"] == {"scrape_interval": "5s", "evaluation_interval": "5s"}
@@ -72,7 +72,7 @@ def test_alertmanager_posts_to_the_webhook_with_the_token(tmp_path: Path) -> Non
     (webhook,) = receiver["webhook_configs"]
     assert webhook["url"] == f"{URL}/v1/alerts"
     assert webhook["send_resolved"] is True
-    assert webhook["http_config"]["authorization"]["credentials"] == TOKEN
+    assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials": TOKEN}
     route = config["route"]
     assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
         "5s",
