@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -112,6 +113,10 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def _is_ready(address: str) -> bool:
+    return _get(f"http://{address}/-/ready")[0] == 200
+
+
 def _wait_until(check: Callable[[], Any], *, seconds: float, what: str, logs: list[Path]) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -176,12 +181,8 @@ def test_prometheus_and_alertmanager_start_ready_with_the_rendered_config(
     prom, prom_log = _start_prometheus(processes, tmp_path)
     logs = [am_log, prom_log]
     for address in (am, prom):
-        _wait_until(
-            lambda a=address: _get(f"http://{a}/-/ready")[0] == 200,
-            seconds=30,
-            what=f"{address}/-/ready",
-            logs=logs,
-        )
+        ready = functools.partial(_is_ready, address)
+        _wait_until(ready, seconds=30, what=f"{address}/-/ready", logs=logs)
 
     _, body = _get(f"http://{prom}/api/v1/rules")
     names = {r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]}
