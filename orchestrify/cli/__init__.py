@@ -7,6 +7,7 @@ import os
 import typer
 
 from orchestrify.cli.common import CliConfig
+from orchestrify.cli.config import config_app
 from orchestrify.cli.controller import controller
 from orchestrify.cli.demo import demo_image
 from orchestrify.cli.events import events
@@ -64,6 +65,7 @@ app.add_typer(replica_app, name="replica")
 app.command("ps")(ps)
 app.command("events")(events)
 app.command("demo-image")(demo_image)
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:

@@ -1,0 +1,269 @@
+"""Render the shipped Prometheus, Alertmanager and Grafana configuration.
+
+The templates live in the repository's top-level ``templates/`` folder, the one place
+Ansible renders them from as well. ``orchestrify/_templates`` is a symlink to that
+folder, listed in the package data, so ``build_py`` copies the real files into the
+wheel: one lookup (``orchestrify/_templates``) works from a checkout and from an
+installed wheel, and there is no second copy to keep in sync.
+
+Rendering is all or nothing: every file is rendered and parsed before any is written,
+and each is then swapped in atomically, so a bad render never reaches a running
+Prometheus or Alertmanager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+import yaml
+
+from orchestrify.errors import InvalidSpec
+
+__all__ = ["OUTPUTS", "TEMPLATE_DEFAULTS", "render_config", "templates_dir"]
+
+
+@dataclass(frozen=True)
+class ConfigOutput:
+    """One rendered file: which template, which file name, whether it holds the token."""
+
+    template: str
+    filename: str
+    holds_token: bool
+    kind: str  # "yaml" or "json": how the render is checked before it is written
+
+
+OUTPUTS: tuple[ConfigOutput, ...] = (
+    ConfigOutput("prometheus/prometheus.yml.j2", "prometheus.yml", True, "yaml"),
+    ConfigOutput("prometheus/rules.yml.j2", "rules.yml", False, "yaml"),
+    ConfigOutput("alertmanager/alertmanager.yml.j2", "alertmanager.yml", True, "yaml"),
+    ConfigOutput("grafana/orchestrify-dashboard.json.j2", "grafana-dashboard.json", False, "json"),
+)
+
+# The defaults the templates themselves carry (`| default(...)`), repeated here only so
+# that overrides can be checked by name and the CLI/docs can show them. The templates
+# stay the source of truth: Ansible renders them without this module.
+TEMPLATE_DEFAULTS: Mapping[str, Any] = {
+    "scrape_interval": "5s",
+    "evaluation_interval": "5s",
+    "sd_refresh_interval": "15s",
+    "alertmanager_targets": ["127.0.0.1:9093"],
+    "rule_files": ["rules.yml"],
+    "group_wait": "5s",
+    "group_interval": "10s",
+    "repeat_interval": "1m",
+    "for_latency": "30s",
+    "for_rate": "30s",
+    "for_health": "10s",
+    "for_node": "30s",
+    "latency_range": "1m",
+    "rate_range": "2m",
+    "scale_in_ratio": 0.8,
+    "dashboard_title": "orchestrify",
+    "dashboard_refresh": "10s",
+}
+
+# Durations that must be positive (intervals, ranges); the `for_*` ones may be 0s.
+_POSITIVE_DURATIONS = frozenset(
+    {
+        "scrape_interval",
+        "evaluation_interval",
+        "sd_refresh_interval",
+        "group_wait",
+        "group_interval",
+        "repeat_interval",
+        "latency_range",
+        "rate_range",
+        "dashboard_refresh",
+    }
+)
+_DURATIONS = _POSITIVE_DURATIONS | {"for_latency", "for_rate", "for_health", "for_node"}
+
+# Prometheus' duration syntax (model.ParseDuration): units in decreasing order.
+_DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+def templates_dir() -> Path:
+    """The folder holding the Jinja templates (see the module docstring for why)."""
+    shipped = Path(__file__).resolve().parent / "_templates"
+    if shipped.is_dir():
+        return shipped
+    # A checkout where the symlink did not survive (git with core.symlinks=false).
+    checkout = Path(__file__).resolve().parent.parent / "templates"
+    if checkout.is_dir():
+        return checkout
+    raise FileNotFoundError(f"orchestrify's templates are missing: looked in {shipped}, {checkout}")
+
+
+def render_config(
+    *, out_dir: Path, controller_url: str, token: str, **overrides: Any
+) -> list[Path]:
+    """Render prometheus.yml, rules.yml, alertmanager.yml and grafana-dashboard.json.
+
+    ``overrides`` are template variables (see ``TEMPLATE_DEFAULTS``); unknown names are
+    refused so a typo does not silently keep a default. Files holding the token are
+    written with mode 0600, the others 0644. Returns the written paths, in
+    ``OUTPUTS`` order. Raises ``InvalidSpec`` naming the field on bad input.
+    """
+    _check_controller_url(controller_url)
+    _check_token(token)
+    variables = {name: _check_override(name, value) for name, value in overrides.items()}
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidSpec(f"{out_dir} exists and is not a directory", field="out_dir")
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # YAML and JSON, not HTML; values are quoted with `tojson`
+    )
+    context = {"controller_url": controller_url, "token": token, **variables}
+    rendered = [(output, _render_one(env, output, context)) for output in OUTPUTS]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for output, text in rendered:
+        path = out_dir / output.filename
+        _write_atomically(path, text.encode(), mode=0o600 if output.holds_token else 0o644)
+        paths.append(path)
+    return paths
+
+
+def _render_one(env: jinja2.Environment, output: ConfigOutput, context: Mapping[str, Any]) -> str:
+    try:
+        text = env.get_template(output.template).render(context)
+    except jinja2.UndefinedError as exc:
+        raise InvalidSpec(f"{output.template}: {exc.message}") from exc
+    # A render that does not even parse is a bug or a hostile value: refuse it here
+    # rather than let Prometheus or Alertmanager refuse it at reload.
+    try:
+        if output.kind == "json":
+            json.loads(text)
+        else:
+            yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise InvalidSpec(
+            f"{output.filename} did not render to valid {output.kind}: {exc}"
+        ) from exc
+    return text
+
+
+def _write_atomically(path: Path, data: bytes, *, mode: int) -> bool:
+    """Swap ``path`` to ``data`` with a temp file + os.replace; True if the bytes changed.
+
+    The temp file is created 0600 by mkstemp, so a token is never readable by others,
+    not even for a moment.
+    """
+    try:
+        unchanged = path.read_bytes() == data
+    except FileNotFoundError:
+        unchanged = False
+    if unchanged:
+        os.chmod(path, mode)
+        return False
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _check_controller_url(url: object) -> None:
+    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+        raise InvalidSpec(
+            "controller_url must be an http(s) URL such as http://127.0.0.1:18080",
+            field="controller_url",
+        )
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidSpec(
+            f"controller_url has a bad port: {url!r}", field="controller_url"
+        ) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidSpec(
+            f"controller_url must be an http(s) URL such as http://127.0.0.1:18080, got {url!r}",
+            field="controller_url",
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise InvalidSpec(
+            "controller_url must not carry a query, fragment or credentials "
+            "(the token goes in `token`)",
+            field="controller_url",
+        )
+
+
+def _check_token(token: object) -> None:
+    if not isinstance(token, str) or not token:
+        raise InvalidSpec("token must not be empty", field="token")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        # It travels in an Authorization header: no spaces, newlines or control chars.
+        raise InvalidSpec("token must not contain spaces or control characters", field="token")
+
+
+def _check_override(name: str, value: Any) -> Any:
+    if name not in TEMPLATE_DEFAULTS:
+        known = ", ".join(sorted(TEMPLATE_DEFAULTS))
+        raise InvalidSpec(f"unknown template variable {name!r}; known: {known}", field=name)
+    if name in _DURATIONS:
+        if not isinstance(value, str) or not value or not _DURATION.match(value):
+            raise InvalidSpec(
+                f"{name} must be a Prometheus duration like 30s, 1m or 1h30m, got {value!r}",
+                field=name,
+            )
+        if name in _POSITIVE_DURATIONS and not re.search(r"[1-9]", value):
+            raise InvalidSpec(f"{name} must be longer than 0, got {value!r}", field=name)
+        return value
+    if name == "alertmanager_targets":
+        targets = _string_list(name, value)
+        for target in targets:
+            match = _HOST_PORT.match(target)
+            if not match or not 0 < int(match.group(2)) < 65536:
+                raise InvalidSpec(
+                    f"alertmanager_targets entries are host:port, got {target!r}", field=name
+                )
+        return targets
+    if name == "rule_files":
+        files = _string_list(name, value)
+        if not files or not all(files):
+            raise InvalidSpec("rule_files must list at least one non-empty path", field=name)
+        return files
+    if name == "scale_in_ratio":
+        try:
+            ratio = float(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSpec(
+                f"scale_in_ratio must be a number, got {value!r}", field=name
+            ) from exc
+        if not 0 < ratio <= 1:
+            raise InvalidSpec(f"scale_in_ratio must be in (0, 1], got {ratio}", field=name)
+        return ratio
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(f"{name} must be a non-empty string", field=name)
+    return value
+
+
+def _string_list(name: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidSpec(f"{name} must be a list of strings, got {value!r}", field=name)
+    if not all(isinstance(item, str) for item in value):
+        raise InvalidSpec(f"{name} must be a list of strings, got {value!r}", field=name)
+    return list(value)

@@ -1,0 +1,238 @@
+"""Rendering the shipped monitoring config: it parses, carries the token, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrify.cli import app
+from orchestrify.config_render import render_config, templates_dir
+from orchestrify.errors import InvalidSpec
+
+URL = "http://127.0.0.1:18080"
+TOKEN = "s3cret-token"
+
+
+def _render(tmp_path: Path, **overrides: object) -> dict[str, Path]:
+    paths = render_config(out_dir=tmp_path, controller_url=URL, token=TOKEN, **overrides)
+    return {p.name: p for p in paths}
+
+
+def test_renders_four_files_that_parse(tmp_path: Path) -> None:
+    files = _render(tmp_path)
+    assert set(files) == {
+        "prometheus.yml",
+        "rules.yml",
+        "alertmanager.yml",
+        "grafana-dashboard.json",
+    }
+    prometheus = yaml.safe_load(files["prometheus.yml"].read_text())
+    rules = yaml.safe_load(files["rules.yml"].read_text())
+    alertmanager = yaml.safe_load(files["alertmanager.yml"].read_text())
+    dashboard = json.loads(files["grafana-dashboard.json"].read_text())
+
+    jobs = {c["job_name"]: c for c in prometheus["scrape_configs"]}
+    assert set(jobs) == {"orchestrify-controller", "orchestrify-agent", "orchestrify-edge"}
+    for config in jobs.values():
+        (sd,) = config["http_sd_configs"]
+        assert sd["url"] == f"{URL}/v1/discovery/prometheus"
+        assert sd["authorization"] == {"type": "Bearer", "credentials": TOKEN}
+    assert jobs["orchestrify-controller"]["static_configs"] == [{"targets": ["127.0.0.1:18080"]}]
+    assert prometheus["rule_files"] == ["rules.yml"]
+    assert prometheus["global"] == {"scrape_interval": "5s", "evaluation_interval": "5s"}
+
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "ServiceLatencyHigh",
+        "ServiceRequestRateHigh",
+        "ServiceRequestRateLow",
+        "ReplicaUnhealthy",
+        "NodeDown",
+    }
+    for rule in alerts.values():
+        assert rule["labels"]["severity"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    # Prometheus' own {{ }} survive the Jinja render.
+    assert "{{ $labels.service }}" in alerts["ServiceLatencyHigh"]["annotations"]["summary"]
+
+    assert [p["title"] for p in dashboard["panels"]][2:] == ["Replicas by state", "Nodes by state"]
+    assert alertmanager["route"]["group_by"] == ["alertname", "service"]
+
+
+def test_alertmanager_posts_to_the_webhook_with_the_token(tmp_path: Path) -> None:
+    files = _render(tmp_path)
+    assert TOKEN in files["alertmanager.yml"].read_text()
+    config = yaml.safe_load(files["alertmanager.yml"].read_text())
+    (receiver,) = config["receivers"]
+    (webhook,) = receiver["webhook_configs"]
+    assert webhook["url"] == f"{URL}/v1/alerts"
+    assert webhook["send_resolved"] is True
+    assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials": TOKEN}
+    route = config["route"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        "5s",
+        "10s",
+        "1m",
+    )
+
+
+def test_files_holding_the_token_are_private(tmp_path: Path) -> None:
+    files = _render(tmp_path)
+    modes = {name: stat.S_IMODE(path.stat().st_mode) for name, path in files.items()}
+    assert modes == {
+        "prometheus.yml": 0o600,
+        "alertmanager.yml": 0o600,
+        "rules.yml": 0o644,
+        "grafana-dashboard.json": 0o644,
+    }
+    assert TOKEN not in files["rules.yml"].read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_overrides_reach_the_files(tmp_path: Path) -> None:
+    files = _render(
+        tmp_path,
+        scrape_interval="15s",
+        for_latency="2m",
+        alertmanager_targets=["10.1.0.5:9093", "10.1.0.6:9093"],
+        repeat_interval="5m",
+    )
+    prometheus = yaml.safe_load(files["prometheus.yml"].read_text())
+    assert prometheus["global"]["scrape_interval"] == "15s"
+    (am,) = prometheus["alerting"]["alertmanagers"]
+    assert am["static_configs"] == [{"targets": ["10.1.0.5:9093", "10.1.0.6:9093"]}]
+    rules = yaml.safe_load(files["rules.yml"].read_text())
+    latency = rules["groups"][0]["rules"][0]
+    assert (latency["alert"], latency["for"]) == ("ServiceLatencyHigh", "2m")
+    alertmanager = yaml.safe_load(files["alertmanager.yml"].read_text())
+    assert alertmanager["route"]["repeat_interval"] == "5m"
+
+
+def test_controller_url_with_path_prefix_and_default_port(tmp_path: Path) -> None:
+    paths = render_config(out_dir=tmp_path, controller_url="https://ctl.example/orch/", token="t")
+    prometheus = yaml.safe_load(paths[0].read_text())
+    controller = prometheus["scrape_configs"][0]
+    assert controller["scheme"] == "https"
+    assert controller["metrics_path"] == "/orch/metrics"
+    assert controller["static_configs"] == [{"targets": ["ctl.example:443"]}]
+    assert (
+        controller["http_sd_configs"][0]["url"]
+        == "https://ctl.example/orch/v1/discovery/prometheus"
+    )
+
+
+def test_a_token_with_quotes_stays_one_yaml_string(tmp_path: Path) -> None:
+    token = "a\"b'c:#{d}"
+    paths = render_config(out_dir=tmp_path, controller_url=URL, token=token)
+    alertmanager = yaml.safe_load(paths[2].read_text())
+    webhook = alertmanager["receivers"][0]["webhook_configs"][0]
+    assert webhook["http_config"]["authorization"]["credentials"] == token
+
+
+def test_rerender_with_same_input_keeps_the_files(tmp_path: Path) -> None:
+    first = _render(tmp_path)
+    before = {name: path.stat().st_ino for name, path in first.items()}
+    second = _render(tmp_path)
+    assert {name: path.stat().st_ino for name, path in second.items()} == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://host:21",
+        "127.0.0.1:18080",
+        "",
+        "http://",
+        "http://host:99999",
+        "http://h x",
+        "http://u:p@h",
+    ],
+)
+def test_bad_controller_url_names_the_field(tmp_path: Path, url: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        render_config(out_dir=tmp_path, controller_url=url, token=TOKEN)
+    assert info.value.field == "controller_url"
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("token", ""),
+        ("token", "two words"),
+        ("scrape_interval", "5 seconds"),
+        ("scrape_interval", "0s"),
+        ("for_latency", 30),
+        ("alertmanager_targets", "127.0.0.1:9093"),
+        ("alertmanager_targets", ["no-port"]),
+        ("rule_files", []),
+        ("scale_in_ratio", 1.5),
+        ("for_latncy", "30s"),  # a typo is refused, not silently ignored
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, field: str, value: object) -> None:
+    kwargs: dict[str, object] = {"controller_url": URL, "token": TOKEN, field: value}
+    with pytest.raises(InvalidSpec) as info:
+        render_config(out_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_templates_are_found_inside_the_package() -> None:
+    folder = templates_dir()
+    assert folder.name == "_templates"
+    assert (folder / "prometheus" / "rules.yml.j2").is_file()
+    # In a checkout it is the repository's templates/ folder, not a copy.
+    repo_templates = Path(__file__).resolve().parents[2] / "templates"
+    if repo_templates.is_dir():
+        assert folder.resolve() == repo_templates.resolve()
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_render_writes_and_lists_the_files(tmp_path: Path) -> None:
+    out = tmp_path / "monitoring"
+    result = CliRunner().invoke(
+        app,
+        ["config", "render", "--out", str(out), "--token", TOKEN, "--set", "for_rate=1m"],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("prometheus.yml", "rules.yml", "alertmanager.yml", "grafana-dashboard.json"):
+        assert (out / name).is_file()
+        assert name in result.output
+    assert "for: 1m" in (out / "rules.yml").read_text()
+
+
+def test_cli_takes_the_token_from_the_environment(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["config", "render", "--out", str(tmp_path), "--alertmanager", "127.0.0.1:19093"],
+        env={"ORCHESTRIFY_TOKEN": "from-env"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "from-env" in (tmp_path / "alertmanager.yml").read_text()
+    assert "127.0.0.1:19093" in (tmp_path / "prometheus.yml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--controller-url", "ftp://x", "--token", "t"], "error: controller_url"),
+        (["--token", "t", "--set", "nonsense"], "error: --set takes NAME=VALUE"),
+        (["--token", "t", "--set", "for_rate=soon"], "error: for_rate must be"),
+        ([], "error: no token"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(
+        app, ["config", "render", "--out", str(tmp_path), *args], env={"ORCHESTRIFY_TOKEN": ""}
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
