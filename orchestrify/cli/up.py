@@ -88,7 +88,7 @@ def up(
         f"  join token:  {ctx.join_token}  (for `orchestrify agent` on other hosts)\n"
         "Next steps, in another shell:\n"
         "  orchestrify demo-image\n"
-        "  orchestrify service deploy --help   # e.g. deploy orchestrify/demo:latest\n"
+        "  orchestrify service create orchestrify/demo:latest --name web --replicas 3\n"
         "  orchestrify ps\n"
         "Ctrl-C stops orchestrify; the containers keep running.",
         markup=False,
