@@ -7,6 +7,7 @@ and the test's run id, and is removed in teardown by those labels only.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,10 +121,8 @@ def cluster(tmp_path: Path, demo_image: str) -> Iterator[Cluster]:
         api.close()
         controller.stop()
         for container in c.containers():
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
         client.close()
 
 
