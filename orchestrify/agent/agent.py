@@ -237,7 +237,7 @@ class Agent:
         self._registrations += 1
         self._full_next = True  # tell the (maybe new) controller everything
         self._report_now.set()
-        log.info("registered", extra={"node_id": identity.node_id, "name": s.name})
+        log.info("registered", extra={"node_id": identity.node_id, "node_name": s.name})
 
     def _node_path(self, suffix: str) -> str:
         assert self.identity is not None

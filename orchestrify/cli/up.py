@@ -110,6 +110,7 @@ async def run_up(
         port=settings.port,
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=2,  # agents' long-polls would hold shut-down for 30 s
     )
     server = _EmbeddedServer(config)
     serving = asyncio.create_task(server.serve(), name="controller")

@@ -62,7 +62,14 @@ def start_controller(data_dir: Path, port: int) -> RunningController:
     )
     app = create_app(settings, registry=CollectorRegistry())
     server = _ThreadServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
     )
     thread = threading.Thread(target=server.run, name="controller", daemon=True)
     thread.start()

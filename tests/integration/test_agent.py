@@ -8,6 +8,7 @@ and the test's run id, and is removed in teardown by those labels only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,7 +108,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, demo_image: str) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, demo_image: str, caplog: pytest.LogCaptureFixture) -> Iterator[Cluster]:
+    caplog.set_level(logging.INFO, logger="orchestrify")  # every log line is formatted
     client = _docker()
     run_id = uuid.uuid4().hex[:10]
     controller = start_controller(tmp_path / "controller", free_port())
