@@ -26,6 +26,7 @@ import httpx
 
 from orchestrify.agent import HealSettings
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from orchestrify.logs import setup_logging
 from tests.agent.harness import (
     RUN_LABEL,
     RunningAgent,
@@ -81,7 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--health", type=int, default=5)
+    parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
+    setup_logging(level=args.log_level)
 
     # Defaults as shipped, except the replacement window: the benchmark faults the same
     # replica again and again, and measures the first-replacement path, not the backoff.
