@@ -6,6 +6,7 @@ import os
 
 import typer
 
+from orchestrify.cli.agent import agent
 from orchestrify.cli.common import CliConfig
 from orchestrify.cli.config import config_app
 from orchestrify.cli.controller import controller
@@ -14,6 +15,7 @@ from orchestrify.cli.events import events
 from orchestrify.cli.nodes import node_app
 from orchestrify.cli.replicas import ps, replica_app
 from orchestrify.cli.services import service_app
+from orchestrify.cli.up import up
 from orchestrify.client import DEFAULT_URL
 from orchestrify.logs import setup_logging
 
@@ -58,7 +60,9 @@ def _token_from_default_data_dir() -> str | None:
         return None
 
 
+app.command("up")(up)
 app.command("controller")(controller)
+app.command("agent")(agent)
 app.add_typer(service_app, name="service")
 app.add_typer(node_app, name="node")
 app.add_typer(replica_app, name="replica")

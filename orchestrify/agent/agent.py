@@ -1,0 +1,325 @@
+"""The agent program: register, heartbeat, watch assignments, report, heal.
+
+It talks to the controller only through ``AsyncControllerClient`` and to Docker only
+through ``DockerEngine``. The controller may vanish at any time: the agent keeps
+probing and healing from its last known assignments, retries with backoff, and
+registers again when the controller no longer knows it (401/404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psutil
+from prometheus_client import start_http_server
+
+from orchestrify.agent.docker_engine import ContainerEvent, DockerEngine, Engine
+from orchestrify.agent.metrics import AgentMetrics
+from orchestrify.agent.probe import HttpProber
+from orchestrify.agent.reconcile import NodeReconciler
+from orchestrify.agent.settings import AgentSettings
+from orchestrify.agent.state import (
+    NodeIdentity,
+    load_assignments,
+    load_identity,
+    save_assignments,
+    save_identity,
+)
+from orchestrify.client import AsyncControllerClient
+from orchestrify.errors import NotFound, OrchestrifyError, Unauthorized
+from orchestrify.models import Assignments, Heartbeat, NodeRegistration, ReplicaReports
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RESYNC_ENGINE_S = 10.0  # a missed Docker event is noticed at the latest after this
+
+
+class Agent:
+    """One node's agent. ``run()`` until cancelled; containers outlive it on purpose."""
+
+    def __init__(self, settings: AgentSettings, *, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        self._engine = engine
+        self.identity: NodeIdentity | None = None
+        self.reconciler: NodeReconciler | None = None
+        self.metrics_port: int | None = None
+        self._report_now = asyncio.Event()
+        self._register_lock = asyncio.Lock()
+        self._registrations = 0
+        self._full_next = True  # the first report, and the first after registering, is full
+
+    async def run(self) -> None:
+        s = self.settings
+        s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        engine = self._engine or DockerEngine(s.docker_url)
+        prober = HttpProber(timeout_s=s.heal.probe_timeout_s)
+        client = AsyncControllerClient(s.controller_url, s.join_token)
+        rec = NodeReconciler(
+            engine=engine,
+            prober=prober,
+            heal=s.heal,
+            metrics=self.metrics,
+            advertise_address=s.advertise_address,
+            bind_address=s.bind_address,
+            extra_labels=s.container_labels,
+            log_max_size=s.log_max_size,
+            log_max_file=s.log_max_file,
+        )
+        rec.on_change = self._report_now.set
+        self.reconciler = rec
+        stop_metrics = self._serve_metrics()
+        stop_events: Callable[[], None] | None = None
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            self.identity = load_identity(s.state_dir)
+            if self.identity is not None:
+                # Known node: heal what we have right away, controller or not.
+                stop_events = await self._start_local(rec, engine, self.identity.node_id)
+                saved = load_assignments(s.state_dir)
+                if saved is not None:
+                    rec.set_assignments(saved)
+                tasks += self._local_tasks(rec, engine)
+            await self._with_controller("register", lambda: self._register(client), client)
+            assert self.identity is not None
+            if stop_events is None:
+                stop_events = await self._start_local(rec, engine, self.identity.node_id)
+                tasks += self._local_tasks(rec, engine)
+            tasks += [
+                asyncio.create_task(self._heartbeat_loop(client, rec), name="heartbeat"),
+                asyncio.create_task(self._watch_loop(client, rec), name="watch"),
+                asyncio.create_task(self._report_loop(client, rec), name="report"),
+            ]
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if stop_events is not None:
+                stop_events()
+            stop_metrics()
+            await prober.aclose()
+            await client.aclose()
+            if self._engine is None and isinstance(engine, DockerEngine):
+                engine.close()
+            log.info("agent stopped; its containers keep running")
+
+    # --- local side: engine and probes ---
+    async def _start_local(
+        self, rec: NodeReconciler, engine: Engine, node_id: str
+    ) -> Callable[[], None]:
+        rec.node_id = node_id
+        stop: Callable[[], None] = lambda: None  # noqa: E731
+        if isinstance(engine, DockerEngine):
+            loop = asyncio.get_running_loop()
+
+            def hand_over(event: ContainerEvent) -> None:
+                loop.call_soon_threadsafe(rec.on_event, event)  # from the events thread
+
+            stop = engine.watch_events(node_id, hand_over)
+        containers = await self._retry_engine(lambda: engine.list_containers(node_id))
+        rec.observe(containers)  # adoption: these are claimed, not duplicated
+        log.info(
+            "agent watching its containers",
+            extra={"node_id": node_id, "containers": len(containers)},
+        )
+        return stop
+
+    def _local_tasks(self, rec: NodeReconciler, engine: Engine) -> list[asyncio.Task[Any]]:
+        return [
+            asyncio.create_task(rec.run_forever(), name="reconcile"),
+            asyncio.create_task(rec.probe_forever(), name="probes"),
+            asyncio.create_task(self._resync_loop(rec, engine), name="engine-resync"),
+        ]
+
+    async def _resync_loop(self, rec: NodeReconciler, engine: Engine) -> None:
+        assert rec.node_id is not None
+        while True:
+            await asyncio.sleep(RESYNC_ENGINE_S)
+            epochs = rec.epochs()
+            try:
+                containers = await engine.list_containers(rec.node_id)
+            except OrchestrifyError as exc:
+                log.warning("cannot list containers", extra={"error": str(exc)})
+                continue
+            rec.observe(containers, epochs=epochs)
+
+    async def _retry_engine(self, fn: Callable[[], Awaitable[T]]) -> T:
+        delays = self.settings.controller_backoff_s
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except OrchestrifyError as exc:
+                delay = delays[min(attempt, len(delays) - 1)]
+                log.warning("Docker engine not usable; retrying", extra={"error": str(exc)})
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _serve_metrics(self) -> Callable[[], None]:
+        port = self.settings.metrics_port
+        if port is None:
+            return lambda: None
+        server, thread = start_http_server(
+            port, addr=self.settings.bind_address, registry=self.metrics.registry
+        )
+        self.metrics_port = int(server.server_port)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=2)
+
+        return stop
+
+    # --- controller side ---
+    async def _with_controller(
+        self, what: str, call: Callable[[], Awaitable[T]], client: AsyncControllerClient
+    ) -> T:
+        """Call until it works: back off while unreachable, register again on 401/404."""
+        delays = self.settings.controller_backoff_s
+        attempt = 0
+        while True:
+            seen = self._registrations
+            try:
+                return await call()
+            except (Unauthorized, NotFound) as exc:
+                if what == "register":
+                    log.error("registration refused", extra={"error": str(exc)})
+                else:
+                    log.warning("controller does not know us; registering again")
+                    await self._reregister(client, seen)
+                    continue
+            except OrchestrifyError as exc:
+                if attempt == 0 or attempt % 10 == 0:
+                    log.warning(f"{what} failed; retrying", extra={"error": str(exc)})
+            await asyncio.sleep(delays[min(attempt, len(delays) - 1)])
+            attempt += 1
+
+    async def _reregister(self, client: AsyncControllerClient, seen: int) -> None:
+        async with self._register_lock:
+            if self._registrations == seen:  # nobody else did it meanwhile
+                await self._with_controller("register", lambda: self._register(client), client)
+
+    async def _register(self, client: AsyncControllerClient) -> None:
+        s = self.settings
+        client.set_token(s.join_token)
+        reg = NodeRegistration(
+            name=s.name,
+            address=s.advertise_address,
+            node_id=self.identity.node_id if self.identity else None,
+            cpus=psutil.cpu_count(),
+            memory_total=psutil.virtual_memory().total,
+            agent_url=(
+                f"http://{s.advertise_address}:{self.metrics_port}"
+                if self.metrics_port is not None
+                else None
+            ),
+        )
+        body = await client.request("POST", "/v1/nodes/register", json=reg.model_dump())
+        identity = NodeIdentity(node_id=body["node_id"], node_token=body["node_token"])
+        if self.identity is not None and identity.node_id != self.identity.node_id:
+            log.warning(
+                "controller gave a new node id",
+                extra={"old": self.identity.node_id, "new": identity.node_id},
+            )
+        save_identity(s.state_dir, identity)
+        self.identity = identity
+        client.set_token(identity.node_token)
+        self._registrations += 1
+        self._full_next = True  # tell the (maybe new) controller everything
+        self._report_now.set()
+        log.info("registered", extra={"node_id": identity.node_id, "node_name": s.name})
+
+    def _node_path(self, suffix: str) -> str:
+        assert self.identity is not None
+        return f"/v1/nodes/{self.identity.node_id}/{suffix}"
+
+    async def _heartbeat_loop(self, client: AsyncControllerClient, rec: NodeReconciler) -> None:
+        psutil.cpu_percent(interval=None)  # primes the counter; the first value is 0
+        while True:
+            hb = await asyncio.to_thread(self._heartbeat, rec.running_count())
+
+            async def send(hb: Heartbeat = hb) -> None:
+                await client.request("POST", self._node_path("heartbeat"), json=hb.model_dump())
+
+            await self._with_controller("heartbeat", send, client)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    def _heartbeat(self, replica_count: int) -> Heartbeat:
+        mem = psutil.virtual_memory()
+        try:
+            disk_free: int | None = psutil.disk_usage(str(self.settings.state_dir)).free
+        except OSError:
+            disk_free = None
+        return Heartbeat(
+            cpu_percent=psutil.cpu_percent(interval=None),
+            memory_total=mem.total,
+            memory_free=mem.available,
+            disk_free=disk_free,
+            replica_count=replica_count,
+        )
+
+    async def _watch_loop(self, client: AsyncControllerClient, rec: NodeReconciler) -> None:
+        version: int | None = None
+        timeout = self.settings.watch_timeout_s
+        while True:
+
+            async def poll(version: int | None = version) -> Assignments:
+                params: dict[str, Any] = {"timeout": timeout}
+                if version is not None:
+                    params["version"] = version
+                body = await client.request(
+                    "GET", self._node_path("assignments"), params=params, timeout=timeout + 10
+                )
+                return Assignments.model_validate(body)
+
+            seen = self._registrations
+            answer = await self._with_controller("watch assignments", poll, client)
+            if answer.version != version or seen != self._registrations:
+                version = answer.version
+                rec.set_assignments(answer.replicas)
+                await asyncio.to_thread(save_assignments, self.settings.state_dir, answer.replicas)
+                log.debug("assignments", extra={"version": version, "n": len(answer.replicas)})
+
+    async def _report_loop(self, client: AsyncControllerClient, rec: NodeReconciler) -> None:
+        loop = asyncio.get_running_loop()
+        last_full = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._report_now.wait(), self.settings.full_report_interval_s
+                )
+            await asyncio.sleep(0.02)  # gather a burst of changes into one report
+            self._report_now.clear()
+            full = (
+                self._full_next or loop.time() - last_full >= self.settings.full_report_interval_s
+            )
+            self._full_next = False
+            reports = rec.take_reports(full=full)
+            if not reports and not full:
+                continue
+            body = ReplicaReports(replicas=reports, full=full)
+
+            async def send(body: ReplicaReports = body) -> None:
+                await client.request("POST", self._node_path("replicas"), json=body.model_dump())
+
+            try:
+                await self._with_controller("report", send, client)
+            except asyncio.CancelledError:
+                raise
+            if full:
+                last_full = loop.time()
+            # Changes made while sending are already in rec.changed for the next round.
+
+
+def default_node_name() -> str:
+    return socket.gethostname()

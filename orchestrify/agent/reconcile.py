@@ -1,0 +1,580 @@
+"""The node's reconcile loop: desired (assignments) vs actual (containers, probes).
+
+``decide`` is a pure function of one replica's record and the time: it returns what to
+do as a value. ``NodeReconciler`` applies those values through the engine, one task per
+replica, so a replica whose image pull hangs or fails never holds up the others, and
+records each outcome on the replica (kopf's style: success, retry after a delay, or
+permanent failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from orchestrify.agent.docker_engine import (
+    LABEL_GENERATION,
+    LABEL_NODE,
+    LABEL_REPLICA,
+    LABEL_RESTARTS,
+    LABEL_SERVICE,
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    Engine,
+)
+from orchestrify.agent.metrics import AgentMetrics
+from orchestrify.agent.probe import Prober
+from orchestrify.agent.settings import HealSettings
+from orchestrify.errors import OrchestrifyError
+from orchestrify.models import Assignment, DesiredState, ReplicaReport, ReplicaState
+
+log = logging.getLogger(__name__)
+
+STOPPED = "stopped"  # reported once a replica told to stop has no container any more
+
+
+# --- what to do: values -------------------------------------------------------------
+@dataclass(frozen=True)
+class Nothing:
+    """Desired and actual agree."""
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """A replacement is due but backing off until ``at`` (monotonic seconds)."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Start:
+    """Run a (new) container for the replica, removing its old one first if any."""
+
+    replacement: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove the replica's container: it was told to stop."""
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Too many replacements in the window: report ``failed``, the controller reschedules."""
+
+    reason: str
+
+
+Action = Nothing | WaitUntil | Start | Remove | GiveUp
+
+
+@dataclass
+class LocalReplica:
+    """What the agent knows of one assigned replica; mutated only on the event loop."""
+
+    assignment: Assignment
+    container: ContainerInfo | None = None
+    state: str = ReplicaState.STARTING
+    error: str | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive failed probes
+    unhealthy_reason: str | None = None  # set when probes decided it must be replaced
+    started_at: float | None = None  # monotonic time its current container started
+    attempts: list[float] = field(default_factory=list)  # replacement attempt times
+    next_probe_at: float = 0.0
+    busy: bool = False  # an engine action is in flight
+    probing: bool = False
+    epoch: int = 0  # bumped whenever an action changed the container
+
+    @property
+    def id(self) -> str:
+        return self.assignment.replica
+
+    @property
+    def service(self) -> str:
+        return self.assignment.service
+
+
+def decide(rep: LocalReplica, *, now: float, heal: HealSettings) -> Action:
+    """What one replica needs now. Pure: no I/O, the clock is an argument."""
+    desired = rep.assignment.desired
+    if desired == DesiredState.STOP:
+        return Remove() if rep.container is not None else Nothing()
+    if rep.state == ReplicaState.FAILED:
+        return Nothing()  # the controller stops it and places it elsewhere
+    container = rep.container
+    if container is None:
+        if desired == DesiredState.DRAIN:
+            return Nothing()  # never start a replica that is on its way out
+        reason = "no container yet" if not rep.attempts else (rep.error or "start failed")
+        return _replace_or_give_up(rep, now=now, heal=heal, reason=reason, first=True)
+    if desired != DesiredState.RUN:
+        return Nothing()  # draining: leave it as it is until told to stop
+    if not container.running:
+        code = f" (exit code {container.exit_code})" if container.exit_code is not None else ""
+        return _replace_or_give_up(
+            rep, now=now, heal=heal, reason=f"container {container.status}{code}"
+        )
+    if rep.unhealthy_reason is not None:
+        return _replace_or_give_up(rep, now=now, heal=heal, reason=rep.unhealthy_reason)
+    gen = container.generation
+    if gen is not None and gen != rep.assignment.generation:
+        # A spec change (image, env...) is an update, not a failure: no backoff, no count.
+        return Start(replacement=False, reason=f"spec changed (generation {gen} -> new)")
+    return Nothing()
+
+
+def _replace_or_give_up(
+    rep: LocalReplica, *, now: float, heal: HealSettings, reason: str, first: bool = False
+) -> Action:
+    recent = [t for t in rep.attempts if now - t < heal.replacement_window_s]
+    if len(recent) >= heal.max_replacements:
+        return GiveUp(
+            f"{len(recent)} replacements within {heal.replacement_window_s:g}s; last: {reason}"
+        )
+    if recent:
+        due = recent[-1] + heal.backoff(len(recent))
+        if now < due:
+            return WaitUntil(due)
+    return Start(replacement=not first, reason=reason)
+
+
+# --- applying them ------------------------------------------------------------------
+class NodeReconciler:
+    """Keeps the node's containers in line with its assignments, and heals them."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        prober: Prober,
+        heal: HealSettings,
+        metrics: AgentMetrics,
+        advertise_address: str,
+        bind_address: str = "0.0.0.0",
+        extra_labels: dict[str, str] | None = None,
+        log_max_size: str = "10m",
+        log_max_file: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.prober = prober
+        self.heal = heal
+        self.metrics = metrics
+        self.advertise_address = advertise_address
+        self.bind_address = bind_address
+        self.extra_labels = dict(extra_labels or {})
+        self.log_max_size = log_max_size
+        self.log_max_file = log_max_file
+        self.clock = clock
+        self.node_id: str | None = None
+        self.replicas: dict[str, LocalReplica] = {}
+        self.assignments_known = False  # until then, unassigned containers are left alone
+        self.unclaimed: dict[str, ContainerInfo] = {}  # labelled containers not yet ours
+        self.changed: set[str] = set()  # replica ids whose report changed
+        self.on_change: Callable[[], None] = lambda: None
+        self._removing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._next_due: float | None = None
+
+    # --- inputs ---
+    def set_assignments(self, assignments: Iterable[Assignment]) -> None:
+        """Take the controller's latest list for this node (or the last one saved)."""
+        wanted = {a.replica: a for a in assignments}
+        for rid, a in wanted.items():
+            rep = self.replicas.get(rid)
+            if rep is None:
+                self.replicas[rid] = LocalReplica(assignment=a)
+                self._mark(rid)
+            elif rep.assignment != a:
+                rep.assignment = a
+                self._mark(rid)
+        for rid in list(self.replicas):
+            if rid not in wanted:
+                rep = self.replicas.pop(rid)
+                self.metrics.forget(rep.service, rid)
+                if rep.container is not None:
+                    self.unclaimed[rep.container.id] = rep.container  # removed at next step
+        self.assignments_known = True
+        self.wake()
+
+    def epochs(self) -> dict[str, int]:
+        """Snapshot to pass to ``observe``: records changed since are not second-guessed."""
+        return {rid: rep.epoch for rid, rep in self.replicas.items()}
+
+    def observe(
+        self, containers: Iterable[ContainerInfo], *, epochs: dict[str, int] | None = None
+    ) -> None:
+        """Take the engine's view (at start-up: adoption; later: a periodic resync).
+
+        ``epochs`` is what ``epochs()`` returned before the engine was listed: a replica
+        whose container changed while the list was taken is left alone.
+        """
+        current = {
+            r.container.id: r
+            for r in self.replicas.values()
+            if r.container and (epochs is None or epochs.get(r.id) == r.epoch)
+        }
+        mine = {r.container.id for r in self.replicas.values() if r.container}
+        listed = {c.id: c for c in containers}
+        for cid, c in listed.items():
+            rep = current.get(cid)
+            if rep is not None:
+                if (
+                    not rep.busy
+                    and rep.container is not None
+                    and rep.container.running
+                    and not c.running
+                ):
+                    rep.container = c
+                    self._mark(rep.id)
+            elif (
+                cid not in mine
+                and cid not in self._removing
+                and not self._busy_replica(c.replica)
+                and not self._changed_since(c.replica, epochs)
+            ):
+                self.unclaimed[cid] = c
+        for cid, rep in current.items():
+            if cid not in listed and not rep.busy and rep.container is not None:
+                # Removed behind our back (docker rm): the same as dead.
+                rep.container = dataclasses.replace(rep.container, running=False, status="removed")
+                self._mark(rep.id)
+        self.wake()
+
+    def on_event(self, event: ContainerEvent) -> None:
+        """A Docker event for one of the node's containers (called on the event loop)."""
+        if event.action not in ("die", "destroy", "oom", "kill"):
+            return
+        if event.action == "kill":
+            return  # the "die" that follows carries the exit code
+        for rep in self.replicas.values():
+            c = rep.container
+            if c is not None and c.id == event.container_id and c.running:
+                status = "removed" if event.action == "destroy" else "exited"
+                rep.container = dataclasses.replace(
+                    c, running=False, status=status, exit_code=event.exit_code
+                )
+                log.info(
+                    "container died",
+                    extra={"replica": rep.id, "service": rep.service, "exit_code": event.exit_code},
+                )
+                self._set_healthy(rep, False)
+                self._mark(rep.id)
+                self.wake()
+                return
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- the reconcile step ---
+    def step(self) -> None:
+        """Decide for every replica and start the engine work; never raises."""
+        now = self.clock()
+        self._next_due = None
+        self._claim_or_remove_unclaimed()
+        for rep in list(self.replicas.values()):
+            if rep.busy:
+                continue
+            try:
+                action = decide(rep, now=now, heal=self.heal)
+            except Exception:
+                log.exception("decision failed", extra={"replica": rep.id})
+                continue
+            if isinstance(action, Nothing):
+                if rep.assignment.desired == DesiredState.STOP and rep.state != STOPPED:
+                    rep.state = STOPPED
+                    self._mark(rep.id)
+                continue
+            if isinstance(action, WaitUntil):
+                self._next_due = (
+                    action.at if self._next_due is None else min(self._next_due, action.at)
+                )
+                continue
+            if isinstance(action, GiveUp):
+                log.warning(
+                    "giving up on replica", extra={"replica": rep.id, "reason": action.reason}
+                )
+                rep.state = ReplicaState.FAILED
+                rep.error = action.reason
+                self._set_healthy(rep, False)
+                self._mark(rep.id)
+                continue
+            rep.busy = True
+            self._spawn(self._apply(rep, action), name=f"replica-{rep.id}")
+
+    async def run_forever(self) -> None:
+        while True:
+            timeout = 5.0
+            if self._next_due is not None:
+                timeout = max(0.0, min(timeout, self._next_due - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            self.step()
+
+    async def settle(self) -> None:
+        """Wait for every engine action and probe in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _claim_or_remove_unclaimed(self) -> None:
+        for cid, c in list(self.unclaimed.items()):
+            rep = self.replicas.get(c.replica)
+            if rep is not None and rep.busy:
+                continue
+            if (
+                rep is not None
+                and rep.container is None
+                and rep.assignment.desired != DesiredState.STOP
+                and c.service == rep.service
+            ):
+                del self.unclaimed[cid]
+                rep.container = c
+                rep.restarts = max(rep.restarts, c.restarts)
+                rep.started_at = self.clock()
+                rep.next_probe_at = 0.0
+                rep.state = ReplicaState.STARTING
+                log.info("adopted container", extra={"replica": rep.id, "container": cid[:12]})
+                self._mark(rep.id)
+                continue
+            if rep is None and not self.assignments_known:
+                continue  # do not remove anything before we know what is assigned
+            # Not assigned, told to stop, or a duplicate: remove it.
+            del self.unclaimed[cid]
+            self._removing.add(cid)
+            self._spawn(self._remove_orphan(c), name=f"remove-{cid[:12]}")
+
+    async def _remove_orphan(self, c: ContainerInfo) -> None:
+        try:
+            await self.engine.remove(c.id)
+            log.info(
+                "removed unassigned container",
+                extra={"replica": c.replica, "container": c.id[:12]},
+            )
+        except OrchestrifyError as exc:
+            log.warning(
+                "cannot remove container", extra={"container": c.id[:12], "error": str(exc)}
+            )
+            self.unclaimed[c.id] = c  # retried at the next step
+        finally:
+            self._removing.discard(c.id)
+
+    async def _apply(self, rep: LocalReplica, action: Action) -> None:
+        try:
+            if isinstance(action, Remove):
+                await self._remove(rep)
+            elif isinstance(action, Start):
+                await self._start(rep, action)
+        except Exception as exc:  # an outcome, never the end of the loop
+            log.exception("replica action failed", extra={"replica": rep.id})
+            rep.error = str(exc)
+            self._mark(rep.id)
+        finally:
+            rep.busy = False
+            rep.epoch += 1
+            self.wake()
+
+    async def _remove(self, rep: LocalReplica) -> None:
+        assert rep.container is not None
+        try:
+            await self.engine.remove(rep.container.id)
+        except OrchestrifyError as exc:
+            rep.error = str(exc)
+            self._mark(rep.id)
+            return
+        log.info("stopped and removed replica", extra={"replica": rep.id, "service": rep.service})
+        rep.container = None
+        rep.state = STOPPED
+        self._set_healthy(rep, False)
+        self._mark(rep.id)
+
+    async def _start(self, rep: LocalReplica, action: Start) -> None:
+        a = rep.assignment
+        now = self.clock()
+        if action.replacement:
+            rep.attempts.append(now)  # counts towards backoff and giving up
+        log.info(
+            "replacing replica" if action.replacement else "starting replica",
+            extra={"replica": rep.id, "service": a.service, "reason": action.reason},
+        )
+        old = rep.container
+        restarts = rep.restarts + (1 if action.replacement else 0)
+        try:
+            if old is not None:
+                await self.engine.remove(old.id)
+                rep.container = None
+            await self.engine.ensure_image(a.image)
+            info = await self.engine.run(self._spec(a, restarts))
+        except OrchestrifyError as exc:
+            log.warning("replica did not start", extra={"replica": rep.id, "error": str(exc)})
+            if not action.replacement:
+                rep.attempts.append(now)  # a failed first start counts as well
+            rep.error = str(exc)
+            rep.state = ReplicaState.STARTING if old is None else ReplicaState.UNHEALTHY
+            self._set_healthy(rep, False)
+            self._mark(rep.id)
+            return
+        if action.replacement:
+            self.metrics.replacements.labels(a.service).inc()
+        rep.container = info
+        rep.restarts = restarts
+        rep.state = ReplicaState.STARTING
+        rep.error = None
+        rep.failures = 0
+        rep.unhealthy_reason = None
+        rep.started_at = self.clock()
+        rep.next_probe_at = 0.0
+        self._mark(rep.id)
+
+    def _spec(self, a: Assignment, restarts: int) -> ContainerSpec:
+        assert self.node_id is not None, "the node id is set before any container starts"
+        labels = {
+            **self.extra_labels,
+            LABEL_SERVICE: a.service,
+            LABEL_REPLICA: a.replica,
+            LABEL_NODE: self.node_id,
+            LABEL_GENERATION: str(a.generation),
+            LABEL_RESTARTS: str(restarts),
+        }
+        return ContainerSpec(
+            name=f"orchestrify-{a.service}-{a.replica}",
+            image=a.image,
+            env={**a.env, "ORCHESTRIFY_REPLICA": a.replica, "ORCHESTRIFY_SERVICE": a.service},
+            port=a.port,
+            host_port=a.host_port,
+            bind_address=self.bind_address,
+            labels=labels,
+            memory_mb=a.memory_mb,
+            cpus=a.cpus,
+            log_max_size=self.log_max_size,
+            log_max_file=self.log_max_file,
+        )
+
+    # --- health probes ---
+    def probe_due(self) -> list[asyncio.Task[None]]:
+        """Start the probes that are due; returns their tasks."""
+        now = self.clock()
+        started = []
+        for rep in self.replicas.values():
+            c = rep.container
+            if (
+                rep.busy
+                or rep.probing
+                or c is None
+                or not c.running
+                or c.host_port is None
+                or rep.state in (ReplicaState.FAILED, STOPPED)
+                or rep.assignment.desired == DesiredState.STOP
+                or now < rep.next_probe_at
+            ):
+                continue
+            rep.probing = True
+            started.append(self._spawn(self._probe(rep, c), name=f"probe-{rep.id}"))
+        return started
+
+    async def probe_forever(self) -> None:
+        tick = min(self.heal.startup_probe_interval_s, self.heal.fault_interval_s)
+        while True:
+            self.probe_due()
+            await asyncio.sleep(tick)
+
+    async def _probe(self, rep: LocalReplica, c: ContainerInfo) -> None:
+        try:
+            url = f"http://{self.advertise_address}:{c.host_port}{rep.assignment.health_path}"
+            result = await self.prober.probe(url)
+            self.metrics.probe_duration.observe(result.duration_s)
+            if rep.container is None or rep.container.id != c.id or rep.busy:
+                return  # replaced meanwhile: this answer is about a container now gone
+            now = self.clock()
+            starting = rep.state == ReplicaState.STARTING
+            if result.ok:
+                rep.failures = 0
+                if rep.state != ReplicaState.HEALTHY:
+                    log.info("replica healthy", extra={"replica": rep.id, "service": rep.service})
+                    rep.state = ReplicaState.HEALTHY
+                    rep.error = None
+                    self._mark(rep.id)
+                self._set_healthy(rep, True)
+            else:
+                in_grace = (
+                    starting
+                    and rep.started_at is not None
+                    and now - rep.started_at < self.heal.startup_grace_s
+                )
+                if not in_grace:
+                    rep.failures += 1
+                    if rep.failures >= self.heal.unhealthy_threshold:
+                        reason = (
+                            f"{rep.failures} failed health probes on "
+                            f"{rep.assignment.health_path}: {result.detail}"
+                        )
+                        if rep.state != ReplicaState.UNHEALTHY:
+                            log.warning(
+                                "replica unhealthy", extra={"replica": rep.id, "reason": reason}
+                            )
+                        rep.state = ReplicaState.UNHEALTHY
+                        rep.error = reason
+                        rep.unhealthy_reason = reason
+                        self._set_healthy(rep, False)
+                        self._mark(rep.id)
+                        self.wake()
+            fast = rep.state == ReplicaState.STARTING
+            rep.next_probe_at = now + (
+                self.heal.startup_probe_interval_s if fast else self.heal.fault_interval_s
+            )
+        finally:
+            rep.probing = False
+
+    # --- outputs ---
+    def report(self, rep: LocalReplica) -> ReplicaReport:
+        c = rep.container
+        address = (
+            f"{self.advertise_address}:{c.host_port}" if c is not None and c.host_port else None
+        )
+        return ReplicaReport(
+            id=rep.id,
+            state=rep.state,
+            address=address,
+            container_id=c.id if c is not None else None,
+            error=rep.error,
+            restarts=rep.restarts,
+        )
+
+    def take_reports(self, *, full: bool) -> list[ReplicaReport]:
+        """Reports of the replicas that changed (or all of them), clearing the changed set."""
+        ids = list(self.replicas) if full else [r for r in self.changed if r in self.replicas]
+        self.changed.clear()
+        return [self.report(self.replicas[r]) for r in ids]
+
+    def running_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.container and r.container.running)
+
+    def _changed_since(self, replica: str, epochs: dict[str, int] | None) -> bool:
+        rep = self.replicas.get(replica)
+        return epochs is not None and rep is not None and epochs.get(replica) != rep.epoch
+
+    def _busy_replica(self, replica: str) -> bool:
+        rep = self.replicas.get(replica)
+        return rep is not None and rep.busy
+
+    def _set_healthy(self, rep: LocalReplica, healthy: bool) -> None:
+        self.metrics.replica_healthy.labels(rep.service, rep.id).set(1 if healthy else 0)
+
+    def _mark(self, replica_id: str) -> None:
+        self.changed.add(replica_id)
+        self.on_change()
+
+    def _spawn(self, coro: object, *, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

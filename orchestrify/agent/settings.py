@@ -1,0 +1,83 @@
+"""Agent settings: every field says its unit and why its default was chosen."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_METRICS_PORT = 18081  # next to the controller's 18080
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+
+
+def default_state_dir() -> Path:
+    from orchestrify.controller.settings import default_data_dir
+
+    return default_data_dir() / "agent"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealSettings:
+    """How the agent probes replicas and replaces sick ones."""
+
+    fault_interval_s: float = 1.0
+    """Seconds between health probes of a running replica (the seed tool probed every 1 s)."""
+    probe_timeout_s: float = 0.8
+    """Seconds a probe may take; below fault_interval so probes never pile up."""
+    unhealthy_threshold: int = 3
+    """Consecutive failed probes before a replica is unhealthy (Kubernetes' default: 3)."""
+    startup_probe_interval_s: float = 0.1
+    """Seconds between probes of a just-started replica, so it turns healthy quickly."""
+    startup_grace_s: float = 10.0
+    """Seconds a new container may fail its probes before the failures count."""
+    backoff_s: tuple[float, ...] = (0, 1, 2, 4, 8, 16, 30)
+    """Delay before the n-th replacement within the window; the last value is the cap."""
+    max_replacements: int = 5
+    """Replacements within ``replacement_window_s`` before the replica is reported failed."""
+    replacement_window_s: float = 120.0
+    """Window for max_replacements; a replica healthy longer than this starts afresh."""
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before replacement number ``attempt`` (0-based) in the window."""
+        if not self.backoff_s:
+            return 0.0
+        return float(self.backoff_s[min(max(attempt, 0), len(self.backoff_s) - 1)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    """Everything `orchestrify agent` takes from its flags."""
+
+    controller_url: str
+    join_token: str
+    name: str
+    advertise_address: str = "127.0.0.1"
+    docker_url: str = DEFAULT_DOCKER_URL
+    state_dir: Path = field(default_factory=default_state_dir)
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    """Port of the agent's /metrics; 0 picks a free one, None serves none (tests)."""
+    heal: HealSettings = field(default_factory=HealSettings)
+    heartbeat_interval_s: float = 5.0
+    """Seconds between heartbeats; a third of the controller's 15 s node timeout."""
+    watch_timeout_s: float = 30.0
+    """Longest long-poll, seconds (the protocol's 30 s)."""
+    full_report_interval_s: float = 30.0
+    """Seconds between full reports (the protocol asks for at least every 30 s)."""
+    controller_backoff_s: tuple[float, ...] = (0.5, 1, 2, 4, 8, 10)
+    """Delays between retries while the controller is unreachable; the last is the cap."""
+    container_labels: dict[str, str] = field(default_factory=dict)
+    """Extra labels on every container (tests mark theirs for clean-up)."""
+    log_max_size: str = "10m"
+    """json-file rotation: size of one log file (Docker's own unit syntax)."""
+    log_max_file: int = 3
+    """json-file rotation: number of files kept."""
+
+    @property
+    def bind_address(self) -> str:
+        """Where ports and /metrics listen: loopback stays loopback, anything else is all."""
+        try:
+            if ipaddress.ip_address(self.advertise_address).is_loopback:
+                return self.advertise_address
+        except ValueError:
+            pass
+        return "0.0.0.0"

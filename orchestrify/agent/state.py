@@ -1,0 +1,75 @@
+"""What the agent keeps on disk between restarts: its identity and last assignments.
+
+The identity file holds the node token, so it is written 0600, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from orchestrify.models import Assignment
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "node.json"
+ASSIGNMENTS_FILE = "assignments.json"
+_assignments = TypeAdapter(list[Assignment])
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    node_id: str
+    node_token: str
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_identity(state_dir: Path) -> NodeIdentity | None:
+    path = state_dir / IDENTITY_FILE
+    try:
+        data = json.loads(path.read_text())
+        return NodeIdentity(node_id=str(data["node_id"]), node_token=str(data["node_token"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable state file", extra={"path": str(path), "error": exc})
+        return None
+
+
+def save_identity(state_dir: Path, identity: NodeIdentity) -> None:
+    text = json.dumps({"node_id": identity.node_id, "node_token": identity.node_token})
+    _write_private(state_dir / IDENTITY_FILE, text + "\n")
+
+
+def load_assignments(state_dir: Path) -> list[Assignment] | None:
+    """The last assignments seen, so healing goes on while the controller is away."""
+    path = state_dir / ASSIGNMENTS_FILE
+    try:
+        return _assignments.validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as exc:
+        log.warning("ignoring unreadable assignments", extra={"path": str(path), "error": exc})
+        return None
+
+
+def save_assignments(state_dir: Path, assignments: list[Assignment]) -> None:
+    _write_private(state_dir / ASSIGNMENTS_FILE, _assignments.dump_json(assignments).decode())

@@ -1,0 +1,87 @@
+"""`orchestrify agent`: run the agent of one worker host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import typer
+
+from orchestrify.agent import Agent, AgentSettings, HealSettings, default_node_name
+from orchestrify.agent.settings import DEFAULT_DOCKER_URL, DEFAULT_METRICS_PORT, default_state_dir
+from orchestrify.cli.lifecycle import run_until_signalled
+
+
+def agent(
+    controller_url: str = typer.Option(
+        ...,
+        "--controller",
+        envvar="ORCHESTRIFY_URL",
+        help="URL of the controller, e.g. http://10.0.0.1:18080.",
+    ),
+    join_token: str = typer.Option(
+        ...,
+        "--join-token",
+        envvar="ORCHESTRIFY_JOIN_TOKEN",
+        help="The controller's join token (in its DATA_DIR/join.token).",
+    ),
+    name: str = typer.Option(
+        default_node_name(), "--name", help="Node name shown in `orchestrify node ls`."
+    ),
+    advertise_address: str = typer.Option(
+        "127.0.0.1",
+        "--advertise-address",
+        help="Address of this host that Nginx and the controller reach replicas at.",
+    ),
+    docker_url: str = typer.Option(
+        DEFAULT_DOCKER_URL, "--docker-url", help="Docker engine to run the containers on."
+    ),
+    fault_interval: float = typer.Option(
+        1.0, "--fault-interval", min=0.05, help="Seconds between health probes of a replica."
+    ),
+    unhealthy_threshold: int = typer.Option(
+        3, "--unhealthy-threshold", min=1, help="Failed probes in a row before replacing."
+    ),
+    max_replacements: int = typer.Option(
+        5,
+        "--max-replacements",
+        min=1,
+        help="Replacements within --replacement-window before the replica is reported "
+        "failed (the controller then moves it to another node).",
+    ),
+    replacement_window: float = typer.Option(
+        120.0, "--replacement-window", min=1, help="Seconds, for --max-replacements."
+    ),
+    state_dir: Path = typer.Option(
+        default_state_dir(),
+        "--state-dir",
+        help="Where the node id and token are kept, so a restart is the same node.",
+    ),
+    metrics_port: int = typer.Option(
+        DEFAULT_METRICS_PORT, "--metrics-port", help="Port of the agent's Prometheus /metrics."
+    ),
+) -> None:
+    """Run the agent of this host: register with the controller, run the replicas it
+    assigns here on the local Docker engine, probe their health and replace sick ones.
+
+    Containers keep running when the agent stops; the next start adopts them.
+    """
+    settings = AgentSettings(
+        controller_url=controller_url,
+        join_token=join_token,
+        name=name,
+        advertise_address=advertise_address,
+        docker_url=docker_url,
+        state_dir=state_dir,
+        metrics_port=metrics_port,
+        heal=HealSettings(
+            fault_interval_s=fault_interval,
+            probe_timeout_s=min(0.8, fault_interval * 0.8),
+            unhealthy_threshold=unhealthy_threshold,
+            max_replacements=max_replacements,
+            replacement_window_s=replacement_window,
+        ),
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_until_signalled([Agent(settings).run()]))

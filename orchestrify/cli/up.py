@@ -1,0 +1,132 @@
+"""`orchestrify up`: the whole system on this host, in one process.
+
+The controller (uvicorn inside this asyncio loop) and an agent on the local Docker
+engine. More programs (the edge) join as one more entry in ``EXTRA_PROGRAMS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+import uvicorn
+
+from orchestrify.agent import Agent, AgentSettings, default_node_name
+from orchestrify.agent.settings import DEFAULT_METRICS_PORT
+from orchestrify.cli.common import err_console, fail
+from orchestrify.cli.controller import resolve_tokens
+from orchestrify.cli.lifecycle import run_until_signalled
+from orchestrify.controller.settings import ControllerSettings, default_data_dir
+
+
+@dataclass(frozen=True)
+class UpContext:
+    """What every program started by `up` may need."""
+
+    controller_url: str
+    admin_token: str
+    join_token: str
+    data_dir: Path
+
+
+# ---- EXTRA PROGRAMS ---------------------------------------------------------------
+# Each entry builds one more long-running coroutine from the context; `up` runs it next
+# to the controller and the agent, and cancels it on Ctrl-C. The edge goes here, e.g.
+#     EXTRA_PROGRAMS.append(lambda ctx: run_edge(controller=ctx.controller_url, ...))
+EXTRA_PROGRAMS: list[Callable[[UpContext], Coroutine[Any, Any, Any]]] = []
+# ------------------------------------------------------------------------------------
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `up` owns SIGINT/SIGTERM for everyone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def up(
+    data_dir: Path = typer.Option(
+        default_data_dir(), "--data-dir", help="Where the store, tokens and agent state live."
+    ),
+    port: int = typer.Option(18080, "--port", help="Port of the controller's REST API."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the API listens on."),
+    metrics_port: int = typer.Option(
+        DEFAULT_METRICS_PORT, "--metrics-port", help="Port of the agent's Prometheus /metrics."
+    ),
+) -> None:
+    """Run everything on this host in one process: the controller and an agent that runs
+    replicas on the local Docker engine. The quickest way to start.
+
+    Ctrl-C stops orchestrify but leaves the containers running; the next `up` adopts them.
+    """
+    settings = resolve_tokens(ControllerSettings(host=host, port=port, data_dir=data_dir))
+    assert settings.token is not None and settings.join_token is not None
+    connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    ctx = UpContext(
+        controller_url=f"http://{connect}:{port}",
+        admin_token=settings.token,
+        join_token=settings.join_token,
+        data_dir=data_dir,
+    )
+    agent_settings = AgentSettings(
+        controller_url=ctx.controller_url,
+        join_token=ctx.join_token,
+        name=default_node_name(),
+        advertise_address="127.0.0.1",
+        state_dir=data_dir / "agent",
+        metrics_port=metrics_port,
+    )
+    err_console.print(
+        f"orchestrify is starting: API {ctx.controller_url} (docs at /docs), data in {data_dir}\n"
+        f"  admin token: {ctx.admin_token}\n"
+        f"  join token:  {ctx.join_token}  (for `orchestrify agent` on other hosts)\n"
+        "Next steps, in another shell:\n"
+        "  orchestrify demo-image\n"
+        "  orchestrify service create orchestrify/demo:latest --name web --replicas 3\n"
+        "  orchestrify ps\n"
+        "Ctrl-C stops orchestrify; the containers keep running.",
+        markup=False,
+        soft_wrap=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_up(settings, agent_settings, ctx))
+
+
+async def run_up(
+    settings: ControllerSettings, agent_settings: AgentSettings, ctx: UpContext
+) -> None:
+    """The controller, the agent and any extra program, until a signal."""
+    from orchestrify.controller.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,  # agents' long-polls would hold shut-down for 30 s
+    )
+    server = _EmbeddedServer(config)
+    serving = asyncio.create_task(server.serve(), name="controller")
+    while not server.started:
+        if serving.done():
+            serving.result()  # its error, e.g. the port in use
+            raise fail(f"the controller stopped while starting on port {settings.port}")
+        await asyncio.sleep(0.05)
+    programs = [Agent(agent_settings).run(), *(make(ctx) for make in EXTRA_PROGRAMS)]
+    try:
+        await run_until_signalled([*programs, _wait(serving)])
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+async def _wait(task: asyncio.Task[Any]) -> None:
+    await asyncio.shield(task)
