@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-import uvicorn
 
 from orchestrify.cli.common import err_console
 from orchestrify.controller.settings import (
@@ -55,7 +54,7 @@ def controller(
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide scaling, record it, never act."),
 ) -> None:
     """Run the controller: REST API under /v1 (docs at /docs), state store and reconciler."""
-    from orchestrify.controller.app import create_app
+    from orchestrify.controller.app import serve_controller
 
     settings = resolve_tokens(
         ControllerSettings(
@@ -69,4 +68,4 @@ def controller(
             dry_run=dry_run,
         )
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    serve_controller(settings)

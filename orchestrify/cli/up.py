@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,6 @@ class UpContext:
 #     EXTRA_PROGRAMS.append(lambda ctx: run_edge(controller=ctx.controller_url, ...))
 EXTRA_PROGRAMS: list[Callable[[UpContext], Coroutine[Any, Any, Any]]] = []
 # ------------------------------------------------------------------------------------
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: `up` owns SIGINT/SIGTERM for everyone."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def up(
@@ -102,7 +94,7 @@ async def run_up(
     settings: ControllerSettings, agent_settings: AgentSettings, ctx: UpContext
 ) -> None:
     """The controller, the agent and any extra program, until a signal."""
-    from orchestrify.controller.app import create_app
+    from orchestrify.controller.app import ControllerServer, create_app
 
     config = uvicorn.Config(
         create_app(settings),
@@ -112,7 +104,8 @@ async def run_up(
         access_log=False,
         timeout_graceful_shutdown=2,  # agents' long-polls would hold shut-down for 30 s
     )
-    server = _EmbeddedServer(config)
+    # `up` owns SIGINT/SIGTERM for every program it runs.
+    server = ControllerServer(config, handle_signals=False)
     serving = asyncio.create_task(server.serve(), name="controller")
     while not server.started:
         if serving.done():

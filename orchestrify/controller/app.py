@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -74,6 +76,43 @@ def create_app(
     _install_error_handlers(app)
     _install_metrics(app)
     return app
+
+
+class ControllerServer(uvicorn.Server):
+    """uvicorn that first answers open long-polls, so shutting down never waits on them."""
+
+    def __init__(self, config: uvicorn.Config, *, handle_signals: bool = True) -> None:
+        super().__init__(config)
+        self.handle_signals = handle_signals
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if self.handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield  # the embedding program owns SIGINT/SIGTERM
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.loaded_app if self.config.loaded else self.config.app
+        for candidate in (app, getattr(app, "app", None)):
+            state = getattr(getattr(candidate, "state", None), "controller", None)
+            if isinstance(state, ControllerState):
+                await state.feed.close()
+        await super().shutdown(sockets)
+
+
+def serve_controller(settings: ControllerSettings) -> None:
+    """Run the controller in the foreground until SIGINT/SIGTERM."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    ControllerServer(config).run()
 
 
 def open_state(

@@ -24,6 +24,7 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cond: asyncio.Condition | None = None
+        self.closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -42,6 +43,11 @@ class ChangeFeed:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
 
+    async def close(self) -> None:
+        """Answer every waiting long-poll now: the server is shutting down."""
+        self.closed = True
+        await self._notify()
+
     async def _notify(self) -> None:
         if self._cond is None:
             return
@@ -50,11 +56,11 @@ class ChangeFeed:
 
     async def wait(self, kind: str, since: int | None, timeout: float) -> int:
         """Return the current version at once if it differs from ``since``, else wait."""
-        if since is None or self._versions[kind] != since or self._cond is None:
+        if since is None or self._versions[kind] != since or self._cond is None or self.closed:
             return self._versions[kind]
         deadline = asyncio.get_running_loop().time() + timeout
         async with self._cond:
-            while self._versions[kind] == since:
+            while self._versions[kind] == since and not self.closed:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
