@@ -408,13 +408,21 @@ class NodeReconciler:
         )
         old = rep.container
         restarts = rep.restarts + (1 if action.replacement else 0)
+        removing: asyncio.Task[None] | None = None
         try:
             if old is not None:
-                await self.engine.remove(old.id)
+                if a.host_port is None:
+                    # Each attempt has its own container name, so the replacement starts
+                    # while the old container is removed: recovery is not serialized on it.
+                    removing = asyncio.get_running_loop().create_task(self.engine.remove(old.id))
+                else:
+                    await self.engine.remove(old.id)  # a fixed host port is free only then
                 rep.container = None
             await self.engine.ensure_image(a.image)
             info = await self.engine.run(self._spec(a, restarts))
         except OrchestrifyError as exc:
+            if removing is not None:
+                await self._finish_removal(removing, old)
             log.warning("replica did not start", extra={"replica": rep.id, "error": str(exc)})
             if not action.replacement:
                 rep.attempts.append(now)  # a failed first start counts as well
@@ -423,6 +431,8 @@ class NodeReconciler:
             self._set_healthy(rep, False)
             self._mark(rep.id)
             return
+        if removing is not None:
+            await self._finish_removal(removing, old)
         if action.replacement:
             self.metrics.replacements.labels(a.service).inc()
         rep.container = info
@@ -435,6 +445,18 @@ class NodeReconciler:
         rep.next_probe_at = 0.0
         self._mark(rep.id)
 
+    async def _finish_removal(
+        self, removing: asyncio.Task[None], old: ContainerInfo | None
+    ) -> None:
+        try:
+            await removing
+        except OrchestrifyError as exc:
+            # The old container is not ours any more: the next sync removes it as unclaimed.
+            log.warning(
+                "cannot remove replaced container",
+                extra={"container": old.id[:12] if old else "?", "error": str(exc)},
+            )
+
     def _spec(self, a: Assignment, restarts: int) -> ContainerSpec:
         assert self.node_id is not None, "the node id is set before any container starts"
         labels = {
@@ -446,7 +468,7 @@ class NodeReconciler:
             LABEL_RESTARTS: str(restarts),
         }
         return ContainerSpec(
-            name=f"orchestrify-{a.service}-{a.replica}",
+            name=f"orchestrify-{a.replica}-{restarts}",
             image=a.image,
             env={**a.env, "ORCHESTRIFY_REPLICA": a.replica, "ORCHESTRIFY_SERVICE": a.service},
             port=a.port,

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,11 @@ import uvicorn
 
 from orchestrify.agent import Agent, AgentSettings, HealSettings
 from orchestrify.client import ControllerClient
-from orchestrify.controller.app import create_app
+from orchestrify.controller.app import ControllerServer, create_app
 from orchestrify.controller.settings import ControllerSettings
 from tests.conftest import TEST_LABEL
 
 RUN_LABEL = "orchestrify.test.run"
-
-
-class _ThreadServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -38,7 +32,7 @@ class RunningController:
     url: str
     admin_token: str
     join_token: str
-    server: _ThreadServer
+    server: ControllerServer
     thread: threading.Thread
 
     def client(self) -> ControllerClient:
@@ -61,7 +55,7 @@ def start_controller(data_dir: Path, port: int) -> RunningController:
         reconcile_interval_s=0.5,
     )
     app = create_app(settings, registry=CollectorRegistry())
-    server = _ThreadServer(
+    server = ControllerServer(
         uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -69,7 +63,8 @@ def start_controller(data_dir: Path, port: int) -> RunningController:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=2,
-        )
+        ),
+        handle_signals=False,  # signals belong to the main thread (pytest)
     )
     thread = threading.Thread(target=server.run, name="controller", daemon=True)
     thread.start()
