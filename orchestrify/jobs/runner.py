@@ -168,8 +168,8 @@ class JobRunner:
     def get(self, job_id: str) -> Job:
         return self.jobs.get(job_id)
 
-    def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
-        return self.jobs.list(status=status, limit=limit)
+    def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
+        return self.jobs.list_jobs(status=status, limit=limit)
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         return self.jobs.events(job_id, after=after, limit=limit)
@@ -361,7 +361,8 @@ def trim_event(event: dict[str, Any]) -> JobEvent | None:
 
 def _failure_summary(event: dict[str, Any]) -> str:
     data = event.get("event_data") or {}
-    res = data.get("res") if isinstance(data.get("res"), dict) else {}
+    raw = data.get("res")
+    res: dict[str, Any] = raw if isinstance(raw, dict) else {}
     msg = str(res.get("msg") or res.get("stderr") or "").strip().splitlines()
     what = "unreachable" if event.get("event") == "runner_on_unreachable" else "failed"
     detail = f": {msg[0][:300]}" if msg else ""

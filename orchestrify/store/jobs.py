@@ -89,7 +89,7 @@ class JobStore:
                 raise NotFound(f"no job with id {job_id!r}")
             return _job(row)
 
-    def list(self, *, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
+    def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
         with self.store._sessions() as s:
             q = select(JobRow)
             if status is not None:
@@ -157,10 +157,10 @@ class JobStore:
         """At start-up: fail jobs left running; return (failed now, still pending)."""
         failed = [
             self.finish(j.id, status=JobStatus.FAILED, rc=None, error=reason)
-            for j in self.list(status=JobStatus.RUNNING, limit=100_000)
+            for j in self.list_jobs(status=JobStatus.RUNNING, limit=100_000)
         ]
         pending = sorted(
-            self.list(status=JobStatus.PENDING, limit=100_000), key=lambda j: j.created_at
+            self.list_jobs(status=JobStatus.PENDING, limit=100_000), key=lambda j: j.created_at
         )
         return failed, pending
 
