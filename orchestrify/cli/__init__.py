@@ -9,6 +9,7 @@ import typer
 from orchestrify.cli.common import CliConfig
 from orchestrify.cli.controller import controller
 from orchestrify.cli.events import events
+from orchestrify.cli.jobs import job_app
 from orchestrify.cli.nodes import node_app
 from orchestrify.cli.replicas import ps, replica_app
 from orchestrify.cli.services import service_app
@@ -60,6 +61,7 @@ app.command("controller")(controller)
 app.add_typer(service_app, name="service")
 app.add_typer(node_app, name="node")
 app.add_typer(replica_app, name="replica")
+app.add_typer(job_app, name="job")
 app.command("ps")(ps)
 app.command("events")(events)
 
