@@ -139,7 +139,7 @@ def condense(ev: dict[str, Any]) -> str | None:
     """One line per result, as ansible-playbook prints them, without the banners."""
     name, host, task = ev["event"], ev.get("host"), ev.get("task")
     if name == "playbook_on_play_start":
-        return ev.get("stdout") and f"PLAY [{ev.get('play') or ''}]"
+        return f"PLAY [{ev.get('play') or ''}]"
     if name == "runner_on_ok":
         return f"{'changed' if ev.get('changed') else 'ok'}: [{host}] {task}"
     if name == "runner_on_skipped":
