@@ -166,7 +166,8 @@ def show_recap(job: dict[str, Any]) -> None:
         verdict += f" (rc {job['rc']})"
     if job.get("error"):
         verdict += f": {job['error']}"
-    (console if job["status"] == "successful" else err_console).print(verdict, markup=False)
+    out = console if job["status"] == "successful" else err_console
+    out.print(verdict, markup=False, soft_wrap=True)
 
 
 @job_app.command("ls")

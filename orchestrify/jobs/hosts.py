@@ -22,7 +22,8 @@ from orchestrify.errors import PlaybookFailed
 log = logging.getLogger(__name__)
 
 EVERY_HOST = "*"
-_SPLIT = re.compile(r"[,:](?![^\[]*\])")  # ':' inside host[1:3] is a range, not a separator
+# Ansible splits on commas when there is one, else on ':' (outside host[1:3] ranges).
+_COLON_SPLIT = re.compile(r":(?![^\[]*\])")
 
 
 class Inventory:
@@ -60,7 +61,8 @@ class Inventory:
         """Hosts matched by ``limit``; ``{EVERY_HOST}`` when not exactly knowable."""
         if limit is None:
             return frozenset({EVERY_HOST})
-        parts = [p for p in _SPLIT.split(limit) if p]
+        pieces = limit.split(",") if "," in limit else _COLON_SPLIT.split(limit)
+        parts = [p.strip() for p in pieces if p.strip()]
         if not parts:
             return frozenset({EVERY_HOST})
         if parts[0][0] in "!&":

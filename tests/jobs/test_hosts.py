@@ -30,6 +30,12 @@ def test_union_intersection_and_exclusion_follow_ansible() -> None:
     assert resolve("workers:&web") == {"a", "b"}
     assert resolve("!workers") == {"d"}
     assert resolve("w*") == {"a", "b", "c"}
+    assert resolve("web:&workers:!a") == {"b"}
+
+
+def test_commas_win_over_colons_as_ansible_splits_them() -> None:
+    # ansible-core reads "web:!b,c" as the two patterns "web:!b" (matching nothing) and "c".
+    assert resolve("web:!b,c") == {"web:!b", "c"}
 
 
 def test_unknown_names_stay_as_hosts_so_they_still_serialize() -> None:
