@@ -18,6 +18,27 @@ EXTRA_VAR_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # One element of a host pattern: a host, group, wildcard or range (web*, host[1:3]).
 _ELEMENT = r"[!&]?[A-Za-z0-9_*][A-Za-z0-9_.*\-]*(?:\[[0-9a-z]+:[0-9a-z]+\])?[A-Za-z0-9_.*\-]*"
 LIMIT_PATTERN = re.compile(rf"^{_ELEMENT}(?:[,:]{_ELEMENT})*$")
+# Extra vars win over every other variable. ``ansible_*`` ones pick the connection, the
+# interpreter and the become command, so a value there runs commands of its choosing;
+# the magic variables are Ansible's own. Alert labels become extra vars: keep them out.
+RESERVED_EXTRA_VAR_PREFIX = "ansible_"
+RESERVED_EXTRA_VARS = frozenset(
+    {
+        "environment",
+        "group_names",
+        "groups",
+        "hostvars",
+        "inventory_dir",
+        "inventory_file",
+        "inventory_hostname",
+        "inventory_hostname_short",
+        "omit",
+        "play_hosts",
+        "playbook_dir",
+        "role_path",
+        "vars",
+    }
+)
 MAX_LIMIT_LEN = 2048
 MAX_EXTRA_VARS_BYTES = 64 * 1024
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
@@ -74,6 +95,12 @@ def check_extra_vars(extra_vars: dict[str, Any]) -> dict[str, Any]:
             raise InvalidSpec(
                 f"extra_vars: key {key!r} is not a variable name "
                 "(letters, digits and '_', not starting with a digit)",
+                field=f"extra_vars.{key}",
+            )
+        if key.lower().startswith(RESERVED_EXTRA_VAR_PREFIX) or key in RESERVED_EXTRA_VARS:
+            raise InvalidSpec(
+                f"extra_vars: {key!r} is reserved by Ansible (connection, interpreter and "
+                "magic variables cannot be set from a job)",
                 field=f"extra_vars.{key}",
             )
         _check_json_value(value, f"extra_vars.{key}")

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,10 @@ def wait_for(
     raise AssertionError(f"job {job_id} never reached {wanted}: {job}")
 
 
+def at(job: dict[str, Any], field: str) -> datetime:
+    return datetime.fromisoformat(job[field])
+
+
 def events(client: TestClient, job_id: str, **params: Any) -> list[dict[str, Any]]:
     resp = client.get(f"/v1/jobs/{job_id}/events", params=params)
     assert resp.status_code == 200
@@ -163,7 +168,7 @@ def test_successful_job_reports_status_rc_stats_and_events(client: TestClient) -
         }
     }
     assert done["extra_vars"] == {"who": "orchestrify"}
-    assert done["created_at"] <= done["started_at"] <= done["finished_at"]
+    assert at(done, "created_at") <= at(done, "started_at") <= at(done, "finished_at")
 
     evs = events(client, job["id"])
     counters = [e["counter"] for e in evs]
@@ -228,7 +233,7 @@ def test_jobs_on_the_same_host_run_one_after_the_other(client: TestClient) -> No
     two = wait_for(client, second["id"])
     assert one["status"] == two["status"] == "successful"
     assert two["hosts"] == ["a"]
-    assert one["finished_at"] <= two["started_at"]
+    assert at(one, "finished_at") <= at(two, "started_at")
 
 
 def test_jobs_on_different_hosts_run_at_the_same_time(client: TestClient) -> None:
@@ -237,8 +242,8 @@ def test_jobs_on_different_hosts_run_at_the_same_time(client: TestClient) -> Non
     one = wait_for(client, on_a["id"])
     two = wait_for(client, on_b["id"])
     assert one["status"] == two["status"] == "successful"
-    assert one["started_at"] < two["finished_at"]
-    assert two["started_at"] < one["finished_at"]
+    assert at(one, "started_at") < at(two, "finished_at")
+    assert at(two, "started_at") < at(one, "finished_at")
 
 
 def test_a_job_without_limit_waits_for_every_other_job(client: TestClient) -> None:
@@ -247,7 +252,7 @@ def test_a_job_without_limit_waits_for_every_other_job(client: TestClient) -> No
     one = wait_for(client, on_a["id"])
     two = wait_for(client, everywhere["id"])
     assert two["hosts"] == ["*"]
-    assert one["finished_at"] <= two["started_at"]
+    assert at(one, "finished_at") <= at(two, "started_at")
     assert set(two["stats"]) == {"a", "b"}
 
 

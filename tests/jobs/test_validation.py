@@ -115,6 +115,16 @@ def test_extra_var_keys_must_be_identifiers(key: str) -> None:
     assert err.value.field == f"extra_vars.{key}"
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["ansible_ssh_common_args", "ansible_python_interpreter", "ANSIBLE_become_exe", "hostvars"],
+)
+def test_extra_vars_cannot_override_connection_or_magic_variables(key: str) -> None:
+    with pytest.raises(InvalidSpec, match="reserved") as err:
+        check_extra_vars({key: "-o ProxyCommand=touch /tmp/pwned"})
+    assert err.value.field == f"extra_vars.{key}"
+
+
 @pytest.mark.parametrize("value", [object(), {1, 2}, b"bytes", float("nan"), {"k": (1, 2)}])
 def test_extra_var_values_must_be_json(value: object) -> None:
     with pytest.raises(InvalidSpec) as err:
