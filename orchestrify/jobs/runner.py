@@ -21,6 +21,7 @@ import secrets
 import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -196,12 +197,16 @@ class JobRunner:
                 if self._stopping:
                     return
                 unresolved = [q for q in self._queue if q.hosts is None]
-            if unresolved:
-                self._resolve_hosts(unresolved)
-            with self._lock:
-                if self._stopping:
-                    return
-                self._start_eligible()
+            try:
+                if unresolved:
+                    self._resolve_hosts(unresolved)
+                with self._lock:
+                    if self._stopping:
+                        return
+                    self._start_eligible()
+            except Exception:  # the dispatcher must outlive any one bad round
+                log.exception("job dispatch failed; retrying")
+                time.sleep(1.0)
 
     def _startable_or_unresolved(self) -> bool:
         busy = [r.hosts for r in self._running.values()]
