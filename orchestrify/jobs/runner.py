@@ -90,6 +90,7 @@ class JobRunner:
     # --- life cycle ----------------------------------------------------------------
     def start(self) -> None:
         """Fail jobs a previous controller left running, requeue pending ones, dispatch."""
+        ensure_ansible_on_path()
         failed, pending = self.jobs.interrupted(reason=INTERRUPTED)
         for job in failed:
             log.warning("job interrupted by a restart", extra={"job": job.id})
@@ -396,9 +397,19 @@ def _host_stats(stats: dict[str, dict[str, int]] | None) -> dict[str, HostStats]
 
 
 def _ansible_env() -> dict[str, str]:
-    """Plain output, and ansible-playbook found next to this Python when not on PATH."""
-    env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    """Plain output for the event stream; no retry files beside the playbooks."""
+    return {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+
+
+def ensure_ansible_on_path() -> bool:
+    """ansible-runner finds ansible-playbook and ansible-inventory on PATH only. When the
+    controller runs from a virtualenv that is not on PATH, add the virtualenv's bin."""
+    if shutil.which("ansible-playbook"):
+        return True
     here = Path(sys.executable).parent
-    if shutil.which("ansible-playbook") is None and (here / "ansible-playbook").exists():
-        env["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
-    return env
+    if (here / "ansible-playbook").exists():
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
+        log.info("added %s to PATH for ansible-runner", here)
+        return True
+    log.warning("ansible-playbook is not on PATH: every job will fail until it is installed")
+    return False
