@@ -5,6 +5,8 @@ httpx errors and non-2xx answers become orchestrify errors here; nothing above s
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -99,6 +101,24 @@ class ControllerClient:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def stream_ndjson(self, path: str, **params: Any) -> Iterator[Any]:
+        """GET a newline-delimited JSON stream, yielding one decoded object per line.
+
+        No read timeout: a followed stream may stay quiet while a task runs.
+        """
+        query = {k: v for k, v in params.items() if v is not None}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        try:
+            with self._http.stream("GET", path, params=query, timeout=timeout) as resp:
+                if not resp.is_success:
+                    resp.read()
+                    raise_for_status(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, exc) from exc
 
 
 class AsyncControllerClient:

@@ -12,6 +12,7 @@ from orchestrify.cli.config import config_app
 from orchestrify.cli.controller import controller
 from orchestrify.cli.demo import demo_image
 from orchestrify.cli.events import events
+from orchestrify.cli.jobs import job_app
 from orchestrify.cli.nodes import node_app
 from orchestrify.cli.replicas import ps, replica_app
 from orchestrify.cli.services import service_app
@@ -66,6 +67,7 @@ app.command("agent")(agent)
 app.add_typer(service_app, name="service")
 app.add_typer(node_app, name="node")
 app.add_typer(replica_app, name="replica")
+app.add_typer(job_app, name="job")
 app.command("ps")(ps)
 app.command("events")(events)
 app.command("demo-image")(demo_image)

@@ -10,6 +10,7 @@ from orchestrify.cli.common import err_console
 from orchestrify.controller.settings import (
     ControllerSettings,
     default_data_dir,
+    default_playbook_dir,
     load_or_create_token,
 )
 
@@ -52,6 +53,24 @@ def controller(
         None, "--public-url", help="URL others reach this controller at (for discovery)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide scaling, record it, never act."),
+    playbook_dir: Path | None = typer.Option(
+        None,
+        "--playbook-dir",
+        envvar="ORCHESTRIFY_PLAYBOOK_DIR",
+        help="Directory of the playbooks jobs may run (default: the checkout's playbooks/).",
+    ),
+    inventory: Path | None = typer.Option(
+        None,
+        "--inventory",
+        envvar="ORCHESTRIFY_INVENTORY",
+        help="Ansible inventory file or directory that jobs run against.",
+    ),
+    jobs_dir: Path | None = typer.Option(
+        None,
+        "--jobs-dir",
+        envvar="ORCHESTRIFY_JOBS_DIR",
+        help="Where each job's ansible-runner directory goes (default: DATA_DIR/jobs).",
+    ),
 ) -> None:
     """Run the controller: REST API under /v1 (docs at /docs), state store and reconciler."""
     from orchestrify.controller.app import serve_controller
@@ -66,6 +85,9 @@ def controller(
             node_timeout_s=node_timeout,
             public_url=public_url,
             dry_run=dry_run,
+            playbook_dir=playbook_dir or default_playbook_dir(),
+            inventory=inventory,
+            jobs_dir=jobs_dir,
         )
     )
     serve_controller(settings)

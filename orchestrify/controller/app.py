@@ -21,9 +21,10 @@ from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
-from orchestrify.controller.routers import discovery, events, nodes, replicas, services
+from orchestrify.controller.routers import discovery, events, jobs, nodes, replicas, services
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
+from orchestrify.jobs.runner import JobRunner
 from orchestrify.models import error_location
 from orchestrify.store import Store
 
@@ -46,6 +47,7 @@ def create_app(
         state = open_state(settings, registry=registry)
         state.feed.bind(asyncio.get_running_loop())
         app.state.controller = state
+        state.jobs.start()
         tasks = []
         if run_reconciler:
             tasks.append(asyncio.create_task(state.reconciler.run_forever(), name="reconciler"))
@@ -63,6 +65,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await asyncio.to_thread(state.jobs.close)
             state.store.close()
 
     app = FastAPI(
@@ -71,7 +74,14 @@ def create_app(
         description="Services, nodes, replicas and the event trail of an orchestrify fleet.",
         lifespan=lifespan,
     )
-    for router in (services.router, nodes.router, replicas.router, events.router, discovery.router):
+    for router in (
+        services.router,
+        nodes.router,
+        replicas.router,
+        events.router,
+        discovery.router,
+        jobs.router,
+    ):
         app.include_router(router)
     _install_error_handlers(app)
     _install_metrics(app)
@@ -136,6 +146,13 @@ def open_state(
         metrics=ControllerMetrics(store, registry),
         admin_token=admin,
         join_token=join,
+        jobs=JobRunner(
+            store,
+            playbook_dir=settings.playbook_dir,
+            inventory=settings.inventory,
+            jobs_dir=settings.resolved_jobs_dir,
+            job_timeout_s=settings.job_timeout_s,
+        ),
     )
 
 

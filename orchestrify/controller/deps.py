@@ -14,6 +14,7 @@ from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.errors import NotFound, Unauthorized
+from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
 
 
@@ -26,6 +27,7 @@ class ControllerState:
     metrics: ControllerMetrics
     admin_token: str
     join_token: str
+    jobs: JobRunner
 
 
 def get_state(request: Request) -> ControllerState:

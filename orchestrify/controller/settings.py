@@ -10,6 +10,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_playbook_dir() -> Path | None:
+    """The checkout's top-level ``playbooks/`` when the package runs from a checkout."""
+    candidate = Path(__file__).resolve().parents[2] / "playbooks"
+    return candidate if candidate.is_dir() else None
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "orchestrify"
@@ -36,6 +42,27 @@ class ControllerSettings(BaseSettings):
     public_url: str | None = Field(
         None, description="How others reach this controller (Prometheus discovery)."
     )
+    playbook_dir: Path | None = Field(
+        default_factory=default_playbook_dir,
+        description="Jobs may run only playbooks inside this directory (default: the "
+        "checkout's playbooks/ when present).",
+    )
+    inventory: Path | None = Field(
+        None, description="Ansible inventory (file or directory) that jobs run against."
+    )
+    jobs_dir: Path | None = Field(
+        None, description="Private data dirs of jobs (ansible-runner); default DATA_DIR/jobs."
+    )
+    job_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds before a job is stopped: provisioning a fresh host takes "
+        "minutes; an hour stops a hung SSH session without cutting a slow apt run.",
+    )
+
+    @property
+    def resolved_jobs_dir(self) -> Path:
+        return self.jobs_dir or self.data_dir / "jobs"
 
 
 def load_or_create_token(data_dir: Path, name: str, given: str | None) -> tuple[str, bool]:

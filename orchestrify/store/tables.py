@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -85,3 +85,40 @@ class MetaRow(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class JobRow(Base):
+    """One ansible-runner run requested through /v1/jobs or by an alert rule."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    playbook: Mapped[str] = mapped_column(String(512))
+    limit: Mapped[str | None] = mapped_column(String(2048))
+    extra_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    rc: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    hosts: Mapped[list[str] | None] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobEventRow(Base):
+    """One ansible-runner event of a job, trimmed to what the event stream shows."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    counter: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(253))
+    task: Mapped[str | None] = mapped_column(Text)
+    play: Mapped[str | None] = mapped_column(Text)
+    changed: Mapped[bool | None]
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("job_id", "counter", name="uq_job_events_counter"),)

@@ -1,0 +1,89 @@
+"""Values that cross a border for jobs: the request, the job as stored, its events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"  # accepted; waiting for its hosts to be free (or to be resolved)
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class JobRequest(BaseModel):
+    """Body of ``POST /v1/jobs``. Checked by :func:`orchestrify.jobs.validation`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    playbook: str = Field(
+        description="Playbook file relative to the controller's playbook directory, "
+        "e.g. workers.yml."
+    )
+    limit: str | None = Field(
+        None,
+        description="Ansible --limit pattern: hosts and groups separated by commas, "
+        "with ':', '!' and '&' (e.g. 'workers:!host3'). Omit for every host.",
+    )
+    extra_vars: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Variables passed to Ansible as extra vars (keys are identifiers).",
+    )
+    reason: str | None = Field(
+        None, max_length=500, description="Why the job runs; recorded in the event trail."
+    )
+
+
+class HostStats(BaseModel):
+    """One host's line of Ansible's PLAY RECAP."""
+
+    ok: int = 0
+    changed: int = 0
+    failures: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+
+
+class Job(BaseModel):
+    id: str
+    playbook: str
+    limit: str | None
+    extra_vars: dict[str, Any]
+    reason: str | None
+    status: JobStatus
+    rc: int | None = Field(None, description="ansible-playbook's exit code once finished.")
+    error: str | None = Field(None, description="Why the job failed or was canceled, if known.")
+    hosts: list[str] | None = Field(
+        None,
+        description="Hosts the job may touch, resolved from its limit; ['*'] when unknown "
+        "(the job then waits for every other job). None until resolved.",
+    )
+    stats: dict[str, HostStats] = Field(default_factory=dict, description="Per host.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobEvent(BaseModel):
+    """One ansible-runner event, trimmed to what a person reads."""
+
+    counter: int = Field(description="ansible-runner's event counter; resume with ?after=N.")
+    event: str = Field(description="e.g. playbook_on_task_start, runner_on_ok, runner_on_failed.")
+    host: str | None = None
+    task: str | None = None
+    play: str | None = None
+    changed: bool | None = None
+    stdout: str = ""
+    created: datetime | None = None
