@@ -216,3 +216,30 @@ def test_max_per_node_is_respected_by_the_plan() -> None:
     assert sorted(place.nodes) == ["a", "b"]
     (refusal,) = of(steps, Unplaceable)
     assert refusal.missing == 1 and "max_per_node=1" in refusal.reason
+
+
+def test_drain_period_holds_once_the_store_marks_the_replica_stopping() -> None:
+    """The store turns a drained replica's state into ``stopping`` at once; a replica that
+    was serving (it has an address) must still get its full drain period."""
+    draining = rep(
+        "r2",
+        "b",
+        state=ReplicaState.STOPPING,
+        desired=DesiredState.DRAIN,
+        stop_after=NOW + timedelta(seconds=10),
+    ).model_copy(update={"address": "10.0.0.2:32768"})
+    steps = plan([svc(replicas=1)], [nd("a"), nd("b")], [rep("r1", "a"), draining])
+    assert of(steps, Stop) == []
+
+
+def test_never_served_replica_is_stopped_without_waiting() -> None:
+    starting = rep(
+        "r2",
+        "b",
+        state=ReplicaState.STOPPING,
+        desired=DesiredState.DRAIN,
+        stop_after=NOW + timedelta(seconds=10),
+    )
+    steps = plan([svc(replicas=1)], [nd("a"), nd("b")], [rep("r1", "a"), starting])
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("r2",)
