@@ -51,8 +51,8 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     """Build apps on ``tmp_path`` with settings overrides; all are closed at teardown."""
     opened: list[TestClient] = []
 
-    def make(**kw: Any) -> TestClient:
-        app: FastAPI = create_app(settings(tmp_path, **kw))
+    def make(*, run_reconciler: bool = True, **kw: Any) -> TestClient:
+        app: FastAPI = create_app(settings(tmp_path, **kw), run_reconciler=run_reconciler)
         client = TestClient(app, headers=AUTH)
         client.__enter__()
         opened.append(client)
@@ -66,6 +66,12 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def api(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+def reconcile(client: TestClient) -> list[Any]:
+    """One reconcile cycle, for tests that run without the background loop."""
+    steps: list[Any] = client.app.state.controller.reconciler.run_once()  # type: ignore[attr-defined]
+    return steps
 
 
 def register(
