@@ -98,5 +98,7 @@ def replicas_of(client: TestClient, service: str) -> list[dict[str, Any]]:
     return rows
 
 
-def running(client: TestClient, service: str) -> list[dict[str, Any]]:
-    return [r for r in replicas_of(client, service) if r["desired"] == "run"]
+def running(client: TestClient, service: str, *, count: int | None = None) -> list[dict[str, Any]]:
+    """Replicas meant to run; with ``count``, empty unless there are exactly that many."""
+    rows = [r for r in replicas_of(client, service) if r["desired"] == "run"]
+    return rows if count is None or len(rows) == count else []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from orchestrify.controller.app import create_app
-from tests.api.conftest import AUTH, bearer, register, service_spec, settings
+from tests.api.conftest import AUTH, JOIN, bearer, register, service_spec, settings
 
 OPEN = {"/healthz", "/metrics"}
 # FastAPI's own documentation pages. docs/protocol.md says only /healthz and /metrics are
@@ -18,7 +20,7 @@ FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def _api_routes() -> list[tuple[str, str]]:
-    app = create_app(settings(__import__("pathlib").Path("/nonexistent")), run_reconciler=False)
+    app = create_app(settings(Path("/nonexistent")), run_reconciler=False)
     return sorted(
         (method.upper(), path)
         for path, methods in app.openapi()["paths"].items()
@@ -35,17 +37,32 @@ def test_routes_were_found() -> None:
     assert len(PROTECTED) >= 15
 
 
-@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
-@pytest.mark.parametrize("token", [None, "wrong-token", "join-secret"])
+AUTH_CASES = [
+    (method, path, token)
+    for method, path in PROTECTED
+    for token in (None, "wrong-token", JOIN)
+    if not (token == JOIN and path == "/v1/nodes/register")  # the join token is valid there
+]
+
+
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One app for the many read-only auth checks (an app per case is slow)."""
+    app = create_app(settings(tmp_path_factory.mktemp("auth")), run_reconciler=False)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "token"), AUTH_CASES, ids=[f"{m} {p} {t}" for m, p, t in AUTH_CASES]
+)
 def test_protected_endpoints_need_a_valid_token(
-    api: TestClient, method: str, path: str, token: str | None
+    shared_api: TestClient, method: str, path: str, token: str | None
 ) -> None:
-    if token == "join-secret" and path == "/v1/nodes/register":
-        pytest.skip("the join token is the valid credential here")
     url = re.sub(r"\{[^}]+\}", "x", path)
     headers = {"Authorization": ""} if token is None else bearer(token)
     kw: dict[str, Any] = {"json": {}} if method in {"POST", "PATCH"} else {}
-    resp = api.request(method, url, headers=headers, **kw)
+    resp = shared_api.request(method, url, headers=headers, **kw)
     assert resp.status_code == 401, resp.text
     assert resp.headers.get("www-authenticate") == "Bearer"
 
@@ -54,7 +71,8 @@ def test_only_health_metrics_and_docs_are_open(api: TestClient) -> None:
     for path in OPEN:
         assert api.get(path, headers={"Authorization": ""}).status_code == 200
     open_paths = {
-        getattr(r, "path", None) for r in api.app.routes  # type: ignore[attr-defined]
+        getattr(r, "path", None)
+        for r in api.app.routes  # type: ignore[attr-defined]
     } - {None}
     assert not (open_paths - FASTAPI_DOCS - {p for _, p in ROUTES})
 
@@ -63,7 +81,9 @@ def test_node_token_only_works_for_its_own_node(api: TestClient) -> None:
     a_id, a_token = register(api, "a")
     b_id, _ = register(api, "b")
     assert api.post(f"/v1/nodes/{a_id}/heartbeat", json={}, headers=bearer(a_token)).is_success
-    assert api.post(f"/v1/nodes/{b_id}/heartbeat", json={}, headers=bearer(a_token)).status_code == 401
+    assert (
+        api.post(f"/v1/nodes/{b_id}/heartbeat", json={}, headers=bearer(a_token)).status_code == 401
+    )
     assert api.get(f"/v1/nodes/{b_id}/assignments", headers=bearer(a_token)).status_code == 401
     assert api.get("/v1/services", headers=bearer(a_token)).status_code == 401
     # The admin token works for any node.
@@ -89,7 +109,9 @@ def test_node_token_only_works_for_its_own_node(api: TestClient) -> None:
     ],
 )
 def test_unknown_id_or_name_is_404(api: TestClient, method: str, path: str) -> None:
-    body = {"replicas": []} if path.endswith("/replicas") and method == "POST" else {}
+    body: dict[str, Any] = (
+        {"replicas": []} if path.endswith("/replicas") and method == "POST" else {}
+    )
     kw: dict[str, Any] = {"json": body} if method in {"POST", "PATCH"} else {}
     resp = api.request(method, path, **kw)
     assert resp.status_code == 404, resp.text
@@ -97,7 +119,9 @@ def test_unknown_id_or_name_is_404(api: TestClient, method: str, path: str) -> N
 
 
 def test_name_conflict_is_409_and_keeps_the_first(api: TestClient) -> None:
-    assert api.post("/v1/services", json=service_spec(replicas=0, min_replicas=0)).status_code == 201
+    assert (
+        api.post("/v1/services", json=service_spec(replicas=0, min_replicas=0)).status_code == 201
+    )
     resp = api.post("/v1/services", json=service_spec(image="redis:7"))
     assert resp.status_code == 409
     assert "already exists" in resp.json()["detail"]
@@ -135,7 +159,9 @@ def _assert_names_field(resp: Any, field: str) -> None:
     assert field in body["message"]
 
 
-@pytest.mark.parametrize(("field", "bad"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)])
+@pytest.mark.parametrize(
+    ("field", "bad"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)]
+)
 def test_invalid_spec_is_422_naming_the_field_and_stores_nothing(
     api: TestClient, field: str, bad: dict[str, Any]
 ) -> None:
@@ -157,7 +183,9 @@ PATCHES = [
 
 @pytest.mark.parametrize(("field", "bad"), PATCHES, ids=[f for f, _ in PATCHES])
 def test_rejected_patch_changes_nothing(api: TestClient, field: str, bad: dict[str, Any]) -> None:
-    assert api.post("/v1/services", json=service_spec(replicas=0, min_replicas=0)).status_code == 201
+    assert (
+        api.post("/v1/services", json=service_spec(replicas=0, min_replicas=0)).status_code == 201
+    )
     before = api.get("/v1/services/web").json()
     events_before = api.get("/v1/events").json()
     resp = api.patch("/v1/services/web", json=bad)

@@ -12,9 +12,12 @@ def test_register_with_join_or_admin_token_and_heartbeat(api: TestClient) -> Non
     assert token not in {JOIN, "admin-secret"}
     other_id, _ = register(api, "worker-2", token="admin-secret")
     assert other_id != node_id
-    assert api.post(
-        "/v1/nodes/register", json={"name": "x", "address": "y"}, headers=bearer("nope")
-    ).status_code == 401
+    assert (
+        api.post(
+            "/v1/nodes/register", json={"name": "x", "address": "y"}, headers=bearer("nope")
+        ).status_code
+        == 401
+    )
 
     hb = api.post(
         f"/v1/nodes/{node_id}/heartbeat",
@@ -39,9 +42,10 @@ def test_reregistering_with_node_id_keeps_the_node(api: TestClient) -> None:
     assert resp.json()["node_id"] == node_id
     new_token = resp.json()["node_token"]
     assert api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(new_token)).is_success
-    assert api.post(
-        f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(old_token)
-    ).status_code == 401
+    assert (
+        api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(old_token)).status_code
+        == 401
+    )
 
 
 def test_drain_moves_replicas_and_activate_takes_them_again(api: TestClient) -> None:
@@ -56,16 +60,12 @@ def test_drain_moves_replicas_and_activate_takes_them_again(api: TestClient) -> 
         lambda: {r["node"] for r in running(api, "web")} == {b} and len(running(api, "web")) == 2,
         what="replicas moved to b",
     )
-    assert all(
-        r["desired"] != "run" for r in api.get("/v1/replicas", params={"node": a}).json()
-    )
+    assert all(r["desired"] != "run" for r in api.get("/v1/replicas", params={"node": a}).json())
 
     activated = api.post(f"/v1/nodes/{a}/activate")
     assert activated.status_code == 200 and activated.json()["state"] == "ready"
     api.patch("/v1/services/web", json={"replicas": 3})
-    wait_for(
-        lambda: any(r["node"] == a for r in running(api, "web")), what="a placed on again"
-    )
+    wait_for(lambda: any(r["node"] == a for r in running(api, "web")), what="a placed on again")
 
 
 def test_rm_drains_first_and_the_node_goes_once_empty(api: TestClient) -> None:
@@ -83,7 +83,9 @@ def test_rm_drains_first_and_the_node_goes_once_empty(api: TestClient) -> None:
     )
     assert api.get(f"/v1/nodes/{a}").status_code == 200  # still there: not empty yet
     report = {"replicas": [{"id": rep["id"], "state": "stopped"}]}
-    assert api.post(f"/v1/nodes/{a}/replicas", json=report, headers=bearer(a_token)).status_code == 204
+    assert (
+        api.post(f"/v1/nodes/{a}/replicas", json=report, headers=bearer(a_token)).status_code == 204
+    )
     wait_for(lambda: api.get(f"/v1/nodes/{a}").status_code == 404, what="node a removed")
     assert [n["id"] for n in api.get("/v1/nodes", headers=AUTH).json()] == [b]
 

@@ -43,9 +43,7 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
         assert second.get("/v1/services", headers=auth).json() == services_before
         assert second.get("/v1/services/web", headers=auth).json()["env"] == {"A": "1"}
         nodes = second.get("/v1/nodes", headers=auth).json()
-        assert [(n["id"], n["name"]) for n in nodes] == [
-            (n["id"], n["name"]) for n in nodes_before
-        ]
+        assert [(n["id"], n["name"]) for n in nodes] == [(n["id"], n["name"]) for n in nodes_before]
         after = second.get("/v1/events", params={"kind": "action"}, headers=auth).json()
         assert after[: len(events_before)] == events_before
         # The node's token from before the restart still works.

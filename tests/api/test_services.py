@@ -38,7 +38,7 @@ def test_scale_through_patch_places_and_drains(api: TestClient) -> None:
     scaled = api.patch("/v1/services/web", json={"replicas": 3})
     assert scaled.status_code == 200 and scaled.json()["replicas"] == 3
     assert scaled.json()["generation"] == 1  # scaling is not a spec change
-    reps = wait_for(lambda: len(r := running(api, "web")) == 3 and r, what="3 replicas")
+    reps = wait_for(lambda: running(api, "web", count=3), what="3 replicas")
     assert len({r["node"] for r in reps}) == 3  # spread over the three nodes
 
     api.patch("/v1/services/web", json={"replicas": 1})

@@ -131,9 +131,7 @@ def test_surplus_drains_newest_when_otherwise_equal() -> None:
 
 
 def test_drain_becomes_stop_only_after_the_drain_period() -> None:
-    draining = rep(
-        "r2", "b", desired=DesiredState.DRAIN, stop_after=NOW + timedelta(seconds=10)
-    )
+    draining = rep("r2", "b", desired=DesiredState.DRAIN, stop_after=NOW + timedelta(seconds=10))
     services, nodes = [svc(replicas=1)], [nd("a"), nd("b")]
     early = plan(services, nodes, [rep("r1", "a"), draining])
     assert of(early, Stop) == []
