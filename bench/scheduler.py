@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrify.models import NodeState  # noqa: E402
-from orchestrify.scheduling import NodeView, place_replicas  # noqa: E402
+from orchestrify.models import NodeState
+from orchestrify.scheduling import NodeView, place_replicas
 
 GOAL_PER_S = 20_000
 
@@ -46,8 +46,7 @@ def _node_ids(count: int) -> list[str]:
 def bench_one_service(*, nodes: int, replicas: int) -> BenchResult:
     ids = _node_ids(nodes)
     views = [
-        NodeView(id=i, state=NodeState.READY, memory_free=8 * 2**30 + k)
-        for k, i in enumerate(ids)
+        NodeView(id=i, state=NodeState.READY, memory_free=8 * 2**30 + k) for k, i in enumerate(ids)
     ]
     start = time.perf_counter()
     p = place_replicas(service="web", count=replicas, nodes=views, memory_per_replica=2**20)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +28,15 @@ def test_events_filter_by_service_and_since(api: TestClient) -> None:
 
     last = everything[-1]["id"]
     assert api.get("/v1/events", params={"after": last}).json() == []
+
+
+def test_since_with_an_offset_means_the_same_instant(api: TestClient) -> None:
+    api.post("/v1/services", json=service_spec(replicas=0, min_replicas=0))
+    new_york = timezone(timedelta(hours=-5))
+    future = (datetime.now(UTC) + timedelta(hours=1)).astimezone(new_york).isoformat()
+    assert api.get("/v1/events", params={"since": future}).json() == []
+    past = (datetime.now(UTC) - timedelta(hours=1)).astimezone(timezone(timedelta(hours=9)))
+    assert api.get("/v1/events", params={"since": past.isoformat()}).json() != []
 
 
 def test_bad_since_is_422_naming_since(api: TestClient) -> None:
