@@ -16,7 +16,10 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest]
 IMAGE_REF = re.compile(
-    r"^(?:(?:[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"  # optional registry host
+    # Optional registry host. As in Docker, a first component is a host only when it has
+    # a dot or a port or is localhost; otherwise it is a (lowercase) path component.
+    r"^(?:(?:localhost(?::[0-9]+)?|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+(?::[0-9]+)?"
+    r"|[a-zA-Z0-9-]+:[0-9]+)/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # first path component
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # more path components
     r"(?::[\w][\w.-]{0,127})?"  # tag

@@ -179,7 +179,12 @@ def _wind_down(
 
 
 def _drained(r: Replica, now: datetime) -> bool:
-    if r.state != ReplicaState.HEALTHY:
+    # The store marks a replica ``stopping`` as soon as it is told to drain, so
+    # ``stopping`` with an address may still be in Nginx: it waits like a healthy one.
+    serving = r.state == ReplicaState.HEALTHY or (
+        r.state == ReplicaState.STOPPING and r.address is not None
+    )
+    if not serving:
         return True  # never in Nginx's upstream, nothing to drain
     return r.stop_after is None or r.stop_after <= now
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, HTTPException, Query
 
@@ -27,7 +27,9 @@ def parse_since(value: str) -> datetime:
         raise ValueError(
             f"since: {value!r} is neither a duration like 15m nor an ISO 8601 time"
         ) from exc
-    return dt if dt.tzinfo else dt.astimezone()
+    # The store compares wall-clock UTC (SQLite keeps no offset), so convert to UTC here;
+    # a naive time is taken as local time.
+    return (dt if dt.tzinfo else dt.astimezone()).astimezone(UTC)
 
 
 @router.get("", response_model=list[Event])

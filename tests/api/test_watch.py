@@ -1,0 +1,69 @@
+"""The assignments long-poll: at once on a new version, on change, or same version on timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import bearer, reconcile, register, service_spec
+
+
+def test_answers_at_once_without_or_with_another_version(
+    make_client: Callable[..., TestClient],
+) -> None:
+    api = make_client(run_reconciler=False)
+    node_id, token = register(api, "a")
+    first = api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).json()
+    assert first["node"] == node_id and first["replicas"] == []
+    other = api.get(
+        f"/v1/nodes/{node_id}/assignments",
+        params={"version": first["version"] - 1, "timeout": 300},
+        headers=bearer(token),
+    ).json()
+    assert other["version"] == first["version"]
+
+
+def test_times_out_with_the_same_version(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(run_reconciler=False)
+    node_id, token = register(api, "a")
+    v = api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).json()["version"]
+    same = api.get(
+        f"/v1/nodes/{node_id}/assignments",
+        params={"version": v, "timeout": 0.2},
+        headers=bearer(token),
+    ).json()
+    assert same["version"] == v and same["replicas"] == []
+
+
+def test_waits_then_returns_on_change(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(run_reconciler=False)
+    node_id, token = register(api, "a")
+    api.post("/v1/services", json=service_spec(replicas=1, env={"K": "v"}))
+    v = api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).json()["version"]
+
+    result: dict[str, Any] = {}
+
+    def watch() -> None:
+        resp = api.get(
+            f"/v1/nodes/{node_id}/assignments",
+            params={"version": v, "timeout": 120},
+            headers=bearer(token),
+        )
+        result.update(resp.json())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.2)  # let the watch start waiting (a later start answers at once: also fine)
+    assert not result  # nothing changed yet, so it is still waiting
+    reconcile(api)  # places the replica on node a: a change of what a must run
+    watcher.join(timeout=60)
+    assert not watcher.is_alive()
+    assert result["version"] != v
+    (assignment,) = result["replicas"]
+    assert assignment["service"] == "web" and assignment["desired"] == "run"
+    assert assignment["image"] == "nginx:1.27" and assignment["env"] == {"K": "v"}
+    assert assignment["port"] == 80

@@ -1,0 +1,243 @@
+"""plan_cycle: the pure reconcile decision, on hand-built snapshots."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from orchestrify.controller.reconcile import (
+    Drain,
+    Forget,
+    Place,
+    RemoveNode,
+    Snapshot,
+    Step,
+    Stop,
+    Unplaceable,
+    plan_cycle,
+)
+from orchestrify.models import DesiredState, Node, NodeState, Replica, ReplicaState, Service
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def svc(name: str = "web", replicas: int = 1, **kw: Any) -> Service:
+    return Service(
+        name=name,
+        image="nginx:1.27",
+        replicas=replicas,
+        min_replicas=0,
+        max_replicas=100,
+        created_at=NOW,
+        updated_at=NOW,
+        **kw,
+    )
+
+
+def nd(node_id: str, state: NodeState = NodeState.READY) -> Node:
+    return Node(id=node_id, name=f"host-{node_id}", address="10.0.0.1", state=state, created_at=NOW)
+
+
+def rep(
+    rid: str,
+    node: str,
+    *,
+    service: str = "web",
+    state: ReplicaState = ReplicaState.HEALTHY,
+    desired: DesiredState = DesiredState.RUN,
+    age_s: float = 100,
+    stop_after: datetime | None = None,
+) -> Replica:
+    t = NOW - timedelta(seconds=age_s)
+    return Replica(
+        id=rid,
+        service=service,
+        node=node,
+        state=state,
+        desired=desired,
+        stop_after=stop_after,
+        created_at=t,
+        updated_at=t,
+    )
+
+
+def plan(
+    services: list[Service],
+    nodes: list[Node],
+    replicas: list[Replica],
+    *,
+    removing: frozenset[str] = frozenset(),
+    now: datetime = NOW,
+) -> list[Step]:
+    snap = Snapshot(
+        services=services,
+        deleting=frozenset(),
+        nodes=nodes,
+        replicas=replicas,
+        removing_nodes=removing,
+    )
+    return plan_cycle(snap, now=now)
+
+
+def of(steps: list[Step], kind: type) -> list[Any]:
+    return [s for s in steps if isinstance(s, kind)]
+
+
+def test_steady_state_does_nothing() -> None:
+    steps = plan([svc(replicas=2)], [nd("a"), nd("b")], [rep("r1", "a"), rep("r2", "b")])
+    assert steps == []
+
+
+def test_deficit_is_placed_spread_over_nodes() -> None:
+    steps = plan([svc(replicas=3)], [nd("a"), nd("b"), nd("c")], [rep("r1", "a")])
+    (place,) = of(steps, Place)
+    assert place.service == "web"
+    assert sorted(place.nodes) == ["b", "c"]
+
+
+def test_deficit_with_no_node_is_unplaceable_with_reason() -> None:
+    steps = plan([svc(replicas=2)], [nd("a", NodeState.DRAINING)], [])
+    assert of(steps, Place) == []
+    (refusal,) = of(steps, Unplaceable)
+    assert refusal.missing == 2 and "no node is ready" in refusal.reason
+
+
+def test_surplus_drains_unhealthy_first() -> None:
+    reps = [
+        rep("old-ok", "a", age_s=300),
+        rep("sick", "b", state=ReplicaState.UNHEALTHY, age_s=500),
+        rep("new-ok", "c", age_s=10),
+    ]
+    steps = plan([svc(replicas=2)], [nd("a"), nd("b"), nd("c")], reps)
+    (drain,) = of(steps, Drain)
+    assert drain.replicas == ("sick",)
+    assert of(steps, Place) == []
+
+
+def test_surplus_drains_from_crowded_node_first() -> None:
+    reps = [rep("a1", "a", age_s=1), rep("b1", "b", age_s=300), rep("b2", "b", age_s=200)]
+    steps = plan([svc(replicas=2)], [nd("a"), nd("b")], reps)
+    (drain,) = of(steps, Drain)
+    assert drain.replicas[0] in {"b1", "b2"}
+
+
+def test_surplus_drains_newest_when_otherwise_equal() -> None:
+    reps = [rep("old", "a", age_s=300), rep("new", "b", age_s=5), rep("mid", "c", age_s=100)]
+    steps = plan([svc(replicas=1, drain_s=7)], [nd("a"), nd("b"), nd("c")], reps)
+    (drain,) = of(steps, Drain)
+    assert drain.replicas == ("new", "mid")
+    assert drain.drain_s == 7
+
+
+def test_drain_becomes_stop_only_after_the_drain_period() -> None:
+    draining = rep("r2", "b", desired=DesiredState.DRAIN, stop_after=NOW + timedelta(seconds=10))
+    services, nodes = [svc(replicas=1)], [nd("a"), nd("b")]
+    early = plan(services, nodes, [rep("r1", "a"), draining])
+    assert of(early, Stop) == []
+    late = plan(services, nodes, [rep("r1", "a"), draining], now=NOW + timedelta(seconds=11))
+    (stop,) = of(late, Stop)
+    assert stop.replicas == ("r2",)
+
+
+def test_failed_replica_is_stopped_and_replaced_on_another_node() -> None:
+    reps = [rep("bad", "a", state=ReplicaState.FAILED), rep("ok", "b")]
+    steps = plan([svc(replicas=2)], [nd("a"), nd("b"), nd("c")], reps)
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("bad",)
+    (place,) = of(steps, Place)
+    assert place.nodes == ("c",)  # b has one already, a is where it failed
+    assert "failed" in place.reason
+
+
+def test_failed_replica_with_no_other_node_is_replaced_on_the_same_one() -> None:
+    steps = plan([svc(replicas=1)], [nd("a")], [rep("bad", "a", state=ReplicaState.FAILED)])
+    (place,) = of(steps, Place)
+    assert place.nodes == ("a",) and "same node" in place.reason
+
+
+def test_not_ready_node_replicas_are_forgotten_and_replaced_elsewhere() -> None:
+    reps = [rep("lost", "a"), rep("ok", "b")]
+    steps = plan([svc(replicas=2)], [nd("a", NodeState.NOT_READY), nd("b"), nd("c")], reps)
+    (forget,) = of(steps, Forget)
+    assert forget.replicas == ("lost",)
+    (place,) = of(steps, Place)
+    assert place.nodes == ("c",)
+    assert "host-a is not ready" in place.reason
+
+
+def test_draining_node_replicas_are_drained_and_replaced_elsewhere() -> None:
+    reps = [rep("moving", "a"), rep("ok", "b")]
+    steps = plan(
+        [svc(replicas=2, drain_s=5)], [nd("a", NodeState.DRAINING), nd("b"), nd("c")], reps
+    )
+    (drain,) = of(steps, Drain)
+    assert drain.replicas == ("moving",) and drain.drain_s == 5
+    (place,) = of(steps, Place)
+    assert place.nodes == ("c",)
+
+
+def test_removed_service_winds_down() -> None:
+    reps = [
+        rep("running", "a", service="gone"),
+        rep("drained", "a", service="gone", desired=DesiredState.DRAIN, stop_after=NOW),
+        rep("lost", "x", service="gone"),  # its node is unknown
+    ]
+    steps = plan([], [nd("a")], reps)
+    (forget,) = of(steps, Forget)
+    assert forget.replicas == ("lost",)
+    (drain,) = of(steps, Drain)
+    assert drain.replicas == ("running",)
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("drained",)
+    assert of(steps, Place) == []
+
+
+def test_node_is_removed_only_once_empty() -> None:
+    nodes = [nd("a", NodeState.DRAINING), nd("b")]
+    busy = plan([svc(replicas=1)], nodes, [rep("r", "a")], removing=frozenset({"a"}))
+    assert of(busy, RemoveNode) == []
+    empty = plan([svc(replicas=1)], nodes, [rep("r", "b")], removing=frozenset({"a"}))
+    assert of(empty, RemoveNode) == [RemoveNode(node="a")]
+
+
+def test_several_services_share_the_fleet_counts() -> None:
+    """Placements made earlier in a cycle count for later services (spread overall)."""
+    steps = plan([svc("api", replicas=2), svc("web", replicas=2)], [nd("a"), nd("b")], [])
+    placed = Counter(n for p in of(steps, Place) for n in p.nodes)
+    assert placed == {"a": 2, "b": 2}
+
+
+def test_max_per_node_is_respected_by_the_plan() -> None:
+    steps = plan([svc(replicas=3, max_per_node=1)], [nd("a"), nd("b")], [])
+    (place,) = of(steps, Place)
+    assert sorted(place.nodes) == ["a", "b"]
+    (refusal,) = of(steps, Unplaceable)
+    assert refusal.missing == 1 and "max_per_node=1" in refusal.reason
+
+
+def test_drain_period_holds_once_the_store_marks_the_replica_stopping() -> None:
+    """The store turns a drained replica's state into ``stopping`` at once; a replica that
+    was serving (it has an address) must still get its full drain period."""
+    draining = rep(
+        "r2",
+        "b",
+        state=ReplicaState.STOPPING,
+        desired=DesiredState.DRAIN,
+        stop_after=NOW + timedelta(seconds=10),
+    ).model_copy(update={"address": "10.0.0.2:32768"})
+    steps = plan([svc(replicas=1)], [nd("a"), nd("b")], [rep("r1", "a"), draining])
+    assert of(steps, Stop) == []
+
+
+def test_never_served_replica_is_stopped_without_waiting() -> None:
+    starting = rep(
+        "r2",
+        "b",
+        state=ReplicaState.STOPPING,
+        desired=DesiredState.DRAIN,
+        stop_after=NOW + timedelta(seconds=10),
+    )
+    steps = plan([svc(replicas=1)], [nd("a"), nd("b")], [rep("r1", "a"), starting])
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("r2",)
