@@ -125,7 +125,8 @@ def _event(row: EventRow) -> Event:
 class Store:
     """Durable controller state. Thread-safe: API handlers run in a thread pool."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, node_timeout_s: float = 15.0) -> None:
+        self.node_timeout = timedelta(seconds=node_timeout_s)
         self.engine: Engine = create_engine(url, connect_args=_connect_args(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -136,9 +137,9 @@ class Store:
         self._event_listeners: list[Callable[[Event], None]] = []
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> Store:
+    def in_data_dir(cls, data_dir: Path, *, node_timeout_s: float = 15.0) -> Store:
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{data_dir / 'orchestrify.db'}")
+        return cls(f"sqlite:///{data_dir / 'orchestrify.db'}", node_timeout_s=node_timeout_s)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -351,7 +352,7 @@ class Store:
                     select(NodeRow).where(NodeRow.name == reg.name)
                 ).first()
                 if same_name is not None:
-                    if same_name.state == NodeState.READY and _fresh(same_name, now):
+                    if same_name.state != NodeState.NOT_READY and self._fresh(same_name, now):
                         raise Conflict(
                             f"a ready node is already named {reg.name!r}; pick another --name"
                         )
@@ -373,7 +374,7 @@ class Store:
             row.token_hash = _hash_token(token)
             row.last_heartbeat = now
             if created or row.state == NodeState.NOT_READY:
-                row.state = NodeState.READY
+                row.state = NodeState.DRAINING if row.draining else NodeState.READY
             self._add_event(
                 tx,
                 f"node {reg.name} {'registered' if created else 're-registered'} at {reg.address}",
@@ -404,10 +405,10 @@ class Store:
             for key, value in hb.model_dump(exclude_none=True).items():
                 setattr(row, key, value)
             if row.state == NodeState.NOT_READY:
-                row.state = NodeState.READY
+                row.state = NodeState.DRAINING if row.draining else NodeState.READY
                 self._add_event(
                     tx,
-                    f"node {row.name} is ready again (heartbeat received)",
+                    f"node {row.name} is {row.state} again (heartbeat received)",
                     kind="node",
                     node=row.name,
                     action="node_ready",
@@ -437,12 +438,14 @@ class Store:
     def set_node_draining(self, id_or_name: str, *, draining: bool, remove: bool = False) -> Node:
         with self._write() as tx:
             row = self._node_row(tx.session, id_or_name)
+            row.draining = draining
+            fresh = self._fresh(row, utcnow())
             if draining:
-                row.state = NodeState.DRAINING
+                row.state = NodeState.DRAINING if fresh else NodeState.NOT_READY
                 row.removing = row.removing or remove
                 what = "removal requested: draining first" if remove else "draining"
             else:
-                row.state = NodeState.READY if _fresh(row, utcnow()) else NodeState.NOT_READY
+                row.state = NodeState.READY if fresh else NodeState.NOT_READY
                 row.removing = False
                 what = "active again"
             self._add_event(
@@ -477,7 +480,8 @@ class Store:
         now = utcnow()
         changed = []
         with self._write() as tx:
-            for row in tx.session.scalars(select(NodeRow).where(NodeRow.state == NodeState.READY)):
+            live = (NodeState.READY, NodeState.DRAINING)
+            for row in tx.session.scalars(select(NodeRow).where(NodeRow.state.in_(live))):
                 last = _utc(row.last_heartbeat)
                 if last is None or now - last > timeout:
                     row.state = NodeState.NOT_READY
@@ -506,7 +510,7 @@ class Store:
                 q = q.where(ReplicaRow.service == service)
             if node:
                 q = q.where(ReplicaRow.node == self._node_row(s, node).id)
-            names = dict(s.execute(select(NodeRow.id, NodeRow.name)).tuples().all())
+            names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
             rows = s.scalars(q.order_by(ReplicaRow.service, ReplicaRow.created_at)).all()
             return [_replica(r, names) for r in rows]
 
@@ -515,7 +519,7 @@ class Store:
             row = s.get(ReplicaRow, replica_id)
             if row is None:
                 raise NotFound(f"no replica with id {replica_id!r}")
-            names = dict(s.execute(select(NodeRow.id, NodeRow.name)).tuples().all())
+            names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
             return _replica(row, names)
 
     def remove_replica(
@@ -552,7 +556,7 @@ class Store:
         now = utcnow()
         created = []
         with self._write() as tx:
-            names = dict(tx.session.execute(select(NodeRow.id, NodeRow.name)).tuples().all())
+            names = {i: n for i, n in tx.session.execute(select(NodeRow.id, NodeRow.name))}
             for node_id in node_ids:
                 row = ReplicaRow(
                     id=f"{service}-{secrets.token_hex(4)}",
@@ -736,14 +740,13 @@ class Store:
             live = [_service(r) for r in svc_rows if not r.deleting]
             return live, svc_rows, nodes, reps
 
+    def _fresh(self, row: NodeRow, now: datetime) -> bool:
+        last = _utc(row.last_heartbeat)
+        return last is not None and now - last <= self.node_timeout
+
     def node_removals_pending(self) -> list[str]:
         with self._sessions() as s:
             return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())
-
-
-def _fresh(row: NodeRow, now: datetime, within: timedelta = timedelta(seconds=15)) -> bool:
-    last = _utc(row.last_heartbeat)
-    return last is not None and now - last <= within
 
 
 def _invalid_from(exc: ValueError) -> InvalidSpec:

@@ -32,6 +32,8 @@ class NodeRow(Base):
     name: Mapped[str] = mapped_column(String(253), unique=True)
     address: Mapped[str] = mapped_column(String(253))
     state: Mapped[str] = mapped_column(String(16))
+    # Draining is the operator's choice and survives the node going silent and coming back.
+    draining: Mapped[bool] = mapped_column(default=False)
     removing: Mapped[bool] = mapped_column(default=False)
     token_hash: Mapped[str] = mapped_column(String(64))
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

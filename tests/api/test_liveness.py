@@ -56,3 +56,28 @@ def test_silent_node_goes_not_ready_and_its_replicas_move(
     # Its next heartbeat makes it ready again.
     api.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(a_token))
     assert api.get(f"/v1/nodes/{a}").json()["state"] == "ready"
+
+
+def test_silent_draining_node_goes_not_ready_and_rm_completes(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A dead host being removed must not wait forever for replicas that never report."""
+    api = make_client(node_timeout_s=1.0, reconcile_interval_s=0.05)
+    a, a_token = register(api, "a")
+    with heartbeating(api, a, a_token):
+        api.post("/v1/services", json=service_spec(replicas=1))
+        wait_for(lambda: running(api, "web"), what="replica on a")
+        assert api.delete(f"/v1/nodes/{a}").status_code == 202
+        assert api.get(f"/v1/nodes/{a}").json()["state"] == "draining"
+    # a falls silent while draining: it goes not_ready, its replica is forgotten, and
+    # the pending removal completes.
+    wait_for(lambda: api.get(f"/v1/nodes/{a}").status_code == 404, what="a removed")
+
+
+def test_draining_survives_a_silence(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(node_timeout_s=1.0, reconcile_interval_s=0.05)
+    a, a_token = register(api, "a")
+    api.post(f"/v1/nodes/{a}/drain")
+    wait_for(lambda: api.get(f"/v1/nodes/{a}").json()["state"] == "not_ready", what="a silent")
+    api.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(a_token))
+    assert api.get(f"/v1/nodes/{a}").json()["state"] == "draining"
