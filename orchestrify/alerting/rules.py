@@ -72,7 +72,7 @@ class Matcher(BaseModel):
             if quoted is not None
             else (m.group("bare") or "")
         )
-        matcher = cls(label=m.group("label"), op=m.group("op"), value=value)  # type: ignore[arg-type]
+        matcher = cls(label=m.group("label"), op=m.group("op"), value=value)
         if matcher.op in ("=~", "!~"):
             try:
                 matcher._regex = re.compile(f"(?:{value})")

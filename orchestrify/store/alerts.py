@@ -294,7 +294,7 @@ class AlertStore:
             svc.updated_at = now
             self.store._add_event(
                 tx,
-                f"service {d.service} scaled from {d.replicas_from} to {d.replicas_to}: {d.reason}",
+                f"service {d.service} scaled from {d.replicas_from} to {d.replicas_to}",
                 kind="action",
                 service=d.service,
                 action="scale",

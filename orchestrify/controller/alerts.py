@@ -1,0 +1,287 @@
+"""The controller's alert processing: store a notification, decide on each new alert,
+apply the decision; and, on a timer, re-evaluate firing alerts and pending scale-ins.
+
+Decisions come from the pure ``orchestrify.alerting.policy``; this module only gathers
+their inputs from the store and writes their outcome (``AlertStore.commit``: one
+transaction). One lock serializes processing, so the webhook thread and the timer never
+decide on the same alert twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrify.alerting.payload import AlertBatch
+from orchestrify.alerting.policy import (
+    AlertFacts,
+    Decision,
+    Inputs,
+    PolicyState,
+    decide,
+    decide_settle,
+    episode_over,
+)
+from orchestrify.alerting.rules import (
+    Action,
+    AlertRule,
+    RuleSet,
+    default_rules,
+    load_rules,
+    parse_rules,
+)
+from orchestrify.controller.reconcile import Reconciler
+from orchestrify.models import Replica, Service
+from orchestrify.store import Store, utcnow
+from orchestrify.store.alerts import AlertInstance, AlertStore, Intake, Receipt
+
+log = logging.getLogger(__name__)
+
+# Refusals the timer repeats every tick while nothing changes: said once, not every tick.
+_REPEATING = frozenset(
+    {
+        "cooldown",
+        "stabilization",
+        "at_max",
+        "at_min",
+        "no_eligible_node",
+        "rule_disabled",
+        "unavailable",
+        "unknown_service",
+    }
+)
+
+
+class AlertProcessor:
+    def __init__(
+        self,
+        store: Store,
+        reconciler: Reconciler,
+        *,
+        dry_run: bool = False,
+        stale_after_s: float = 3600.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.alerts = AlertStore(store)
+        self.reconciler = reconciler
+        self.dry_run = dry_run
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self.rules: RuleSet = default_rules()
+        self.rules_source = "default"
+        self._lock = threading.Lock()
+        self._said: dict[tuple[str | None, str], str] = {}
+
+    # --- rules ---------------------------------------------------------------------
+    def load_rules(self, path: Path | None) -> None:
+        """At start: a --rules file wins, else what the API stored, else the default."""
+        if path is not None:
+            rules = load_rules(path)
+            self.set_rules(rules, source=f"file {path}")
+            return
+        stored = self.alerts.get_rules()
+        if stored is not None:
+            data, source = stored
+            try:
+                self.rules, self.rules_source = parse_rules(data), source
+            except Exception:
+                log.exception("stored alert rules are no longer valid; using the default")
+
+    def set_rules(self, rules: RuleSet, *, source: str) -> None:
+        data: dict[str, Any] = rules.model_dump(mode="json", exclude_defaults=True)
+        self.alerts.put_rules(data, source=source)
+        with self._lock:
+            self.rules, self.rules_source = rules, source
+
+    # --- intake --------------------------------------------------------------------
+    def receive(self, batch: AlertBatch) -> Intake:
+        """Store the notification durably, then decide. A failure to decide is logged:
+        the alerts stay pending and the timer (or the next start) processes them."""
+        intake = self.alerts.store_batch(batch, now=self.clock())
+        if intake.new:
+            try:
+                self.process_pending()
+            except Exception:
+                log.exception("deciding on stored alerts failed; they stay pending")
+        return intake
+
+    def process_pending(self) -> int:
+        with self._lock:
+            return self._process_pending()
+
+    def _process_pending(self) -> int:
+        done = 0
+        for receipt in self.alerts.pending():
+            try:
+                self._process(receipt)
+                done += 1
+            except Exception:  # one bad alert never blocks the others
+                log.exception("processing alert failed", extra={"alert": receipt.key})
+        return done
+
+    def _process(self, receipt: Receipt) -> None:
+        now = self.clock()
+        rule = self.rules.match(receipt.labels)
+        service_name = receipt.labels.get("service")
+        known = self.alerts.instance(receipt.instance)
+        if receipt.status == "firing" and known is not None and known.status == "resolved":
+            decision: Decision | None = Decision(
+                action=str(rule.action) if rule else "none",
+                outcome="refused",
+                refusal="already_resolved",
+                reason=f"{receipt.alertname} fired after its resolution had arrived; ignored",
+                service=service_name,
+                rule=rule.name if rule else None,
+            )
+            self._commit(receipt=receipt, decision=decision, now=now)
+            return
+        inputs = self._inputs(service_name)
+        state = inputs.state
+        extra_state = None
+        if _scales_out(rule) and inputs.service is not None:
+            # The policy's "last time a scale-out alert fired": now, firing or resolving.
+            state = replace(state, last_scale_out_firing_at=now)
+            extra_state = (inputs.service.name, state)
+            inputs = replace(inputs, state=state)
+        facts = AlertFacts(
+            alertname=receipt.alertname,
+            status="firing" if receipt.status == "firing" else "resolved",
+            labels=receipt.labels,
+            starts_at=receipt.starts_at,
+            instance=receipt.instance,
+        )
+        decision = decide(facts, rule, inputs, now=now)
+        if decision is not None and decision.new_state is not None:
+            extra_state = None  # the decision's state already includes it
+        self._commit(receipt=receipt, decision=decision, state=extra_state, now=now)
+
+    # --- timer ---------------------------------------------------------------------
+    def tick(self) -> None:
+        """Re-evaluate firing alerts (scale out/in one step per cooldown) and settle
+        services whose scale-out alerts are gone (scale-in after stabilization)."""
+        with self._lock:
+            self._process_pending()
+            now = self.clock()
+            firing = [a for a in self.alerts.firing() if self._fresh(a, now)]
+            scale_out: dict[str, tuple[AlertInstance, AlertRule]] = {}
+            scale_in: dict[str, tuple[AlertInstance, AlertRule]] = {}
+            for inst in firing:
+                rule = self.rules.match(inst.labels)
+                if rule is None or not rule.enabled or inst.service is None:
+                    continue
+                if rule.action == Action.SCALE_OUT:
+                    scale_out.setdefault(inst.service, (inst, rule))
+                elif rule.action == Action.SCALE_IN:
+                    scale_in.setdefault(inst.service, (inst, rule))
+            for inst, rule in scale_out.values():
+                self._reevaluate(inst, rule, scale_out_firing=True, now=now)
+            for service, (inst, rule) in scale_in.items():
+                self._reevaluate(inst, rule, scale_out_firing=service in scale_out, now=now)
+            for service, state in self.alerts.policy_states().items():
+                if state.baseline is None or service in scale_out:
+                    continue
+                inputs = self._inputs(service)
+                if inputs.service is None or episode_over(inputs.service, state):
+                    self._commit(state=(service, replace(state, baseline=None)), now=now)
+                    continue
+                self._commit(
+                    decision=decide_settle(inputs, scale_out_firing=False, now=now),
+                    now=now,
+                    quiet=True,
+                )
+
+    def _reevaluate(
+        self, inst: AlertInstance, rule: AlertRule, *, scale_out_firing: bool, now: datetime
+    ) -> None:
+        inputs = self._inputs(inst.service)
+        if scale_out_firing:
+            inputs = replace(inputs, state=replace(inputs.state, last_scale_out_firing_at=now))
+        facts = AlertFacts(
+            alertname=inst.alertname,
+            status="firing",
+            labels=inst.labels,
+            starts_at=inst.starts_at,
+            instance=inst.id,
+        )
+        self._commit(decision=decide(facts, rule, inputs, now=now), now=now, quiet=True)
+
+    def _fresh(self, inst: AlertInstance, now: datetime) -> bool:
+        return (now - inst.last_seen_at).total_seconds() <= self.stale_after_s
+
+    async def run_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("alert re-evaluation failed; retrying")
+
+    # --- helpers -------------------------------------------------------------------
+    def _inputs(self, service_name: str | None) -> Inputs:
+        services, _rows, nodes, replicas = self.store.snapshot()
+        svc = _find(services, service_name)
+        state = self.alerts.policy_state(svc.name) if svc is not None else PolicyState()
+        return Inputs(
+            service=svc,
+            replicas=replicas,
+            nodes=nodes,
+            state=state,
+            dry_run=self.dry_run,
+        )
+
+    def _commit(
+        self,
+        *,
+        now: datetime,
+        receipt: Receipt | None = None,
+        decision: Decision | None = None,
+        state: tuple[str, PolicyState] | None = None,
+        quiet: bool = False,
+    ) -> Decision | None:
+        if decision is not None:
+            key = (decision.service, str(decision.action))
+            repeating = decision.outcome == "refused" and decision.refusal in _REPEATING
+            if quiet and repeating and self._said.get(key) == decision.refusal:
+                decision = None  # same refusal as last time: nothing new to record
+            elif repeating and decision.refusal is not None:
+                self._said[key] = decision.refusal
+            else:
+                self._said.pop(key, None)
+        if decision is None and receipt is None and state is None:
+            return None
+        if decision is None or not decision.acts or decision.dry_run:
+            return self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state)
+        avoid = {
+            name: decision.avoid_nodes
+            for name in _affected_services(decision, self.store.snapshot()[3])
+        }
+        recorded, _steps = self.reconciler.run_with(
+            lambda: self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state),
+            avoid={k: v for k, v in avoid.items() if v},
+        )
+        return recorded
+
+
+def _scales_out(rule: AlertRule | None) -> bool:
+    return rule is not None and rule.enabled and rule.action == Action.SCALE_OUT
+
+
+def _find(services: list[Service], name: str | None) -> Service | None:
+    return next((s for s in services if s.name == name), None) if name else None
+
+
+def _affected_services(decision: Decision, replicas: list[Replica]) -> set[str]:
+    names = {r.service for r in replicas if r.id in decision.drain}
+    if decision.service:
+        names.add(decision.service)
+    return names
+
+
+__all__ = ["AlertProcessor"]
