@@ -108,9 +108,12 @@ def _cooldown_left(policy_cooldown: float, state: PolicyState, now: datetime) ->
 def _dry(decision: Decision, inputs: Inputs, now: datetime) -> Decision:
     """Turn an acting decision into a recorded-only one when dry run is on."""
     svc = inputs.service
-    if not decision.acts or svc is None or not (inputs.dry_run or svc.policy.dry_run):
+    per_service = svc is not None and svc.policy.dry_run
+    if not decision.acts or not (inputs.dry_run or per_service):
         return decision
-    why = "controller --dry-run" if inputs.dry_run else f"policy.dry_run of {svc.name}"
+    why = (
+        "controller --dry-run" if inputs.dry_run or svc is None else f"policy.dry_run of {svc.name}"
+    )
     return replace(
         decision,
         outcome="refused",
