@@ -62,3 +62,25 @@ def test_missing_fingerprint_falls_back_to_a_stable_label_hash() -> None:
     one = AlertBatch.model_validate(am_payload(a)).alerts[0]
     two = AlertBatch.model_validate(am_payload(dict(a))).alerts[0]
     assert one.identity and one.identity == two.identity
+
+
+# Captured verbatim from prometheus-alertmanager 0.25.0 (Debian), webhook receiver.
+CAPTURED_025 = (
+    '{"receiver":"r","status":"resolved","alerts":[{"status":"resolved","labels":'
+    '{"alertname":"ServiceLatencyHigh","node":"n1","replica":"web-1","service":"web"},'
+    '"annotations":{"summary":"s"},"startsAt":"2026-11-21T22:30:07.021106034Z",'
+    '"endsAt":"2026-11-21T22:30:10Z","generatorURL":"http://prom/graph",'
+    '"fingerprint":"34ea01bd4fe92603"}],"groupLabels":{"alertname":"ServiceLatencyHigh",'
+    '"service":"web"},"commonLabels":{"alertname":"ServiceLatencyHigh","node":"n1",'
+    '"replica":"web-1","service":"web"},"commonAnnotations":{"summary":"s"},'
+    '"externalURL":"http://vm:39112","version":"4","groupKey":'
+    '"{}:{alertname=\\"ServiceLatencyHigh\\", service=\\"web\\"}","truncatedAlerts":0}'
+)
+
+
+def test_captured_alertmanager_payload() -> None:
+    batch = AlertBatch.model_validate_json(CAPTURED_025)
+    (alert,) = batch.alerts
+    assert batch.status == alert.status == "resolved"
+    assert alert.ends_at == datetime(2026, 11, 21, 22, 30, 10, tzinfo=UTC)
+    assert alert.labels["replica"] == "web-1"
