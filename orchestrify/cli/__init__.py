@@ -11,6 +11,7 @@ from orchestrify.cli.controller import controller
 from orchestrify.cli.events import events
 from orchestrify.cli.nodes import node_app
 from orchestrify.cli.replicas import ps, replica_app
+from orchestrify.cli.rules import rules_app
 from orchestrify.cli.services import service_app
 from orchestrify.client import DEFAULT_URL
 from orchestrify.logs import setup_logging
@@ -62,6 +63,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(replica_app, name="replica")
 app.command("ps")(ps)
 app.command("events")(events)
+app.add_typer(rules_app, name="rules")
 
 
 def main() -> None:

@@ -53,9 +53,23 @@ def controller(
         None, "--public-url", help="URL others reach this controller at (for discovery)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide scaling, record it, never act."),
+    rules: Path | None = typer.Option(
+        None,
+        "--rules",
+        help="Alert -> action rules (YAML), applied at every start; default: the shipped ones.",
+    ),
 ) -> None:
     """Run the controller: REST API under /v1 (docs at /docs), state store and reconciler."""
+    from orchestrify.alerting.rules import load_rules
     from orchestrify.controller.app import create_app
+    from orchestrify.errors import InvalidSpec
+
+    if rules is not None:
+        try:
+            load_rules(rules)  # fail before listening, with a clear message and exit 2
+        except InvalidSpec as exc:
+            err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     settings = resolve_tokens(
         ControllerSettings(
@@ -67,6 +81,7 @@ def controller(
             node_timeout_s=node_timeout,
             public_url=public_url,
             dry_run=dry_run,
+            rules_file=rules,
         )
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

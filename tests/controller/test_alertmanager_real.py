@@ -5,7 +5,6 @@ decided on, and scales a service out onto a registered node; its resolution arri
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -14,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 from tests.conftest import free_port, require_binary
+from tests.controller.live import serve
 
 pytestmark = pytest.mark.integration
 TOKEN = "am-admin-token"
@@ -41,23 +40,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 @pytest.fixture
 def controller(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    settings = ControllerSettings(
-        data_dir=tmp_path / "controller", token=TOKEN, join_token="join", port=port
-    )
-    app = create_app(settings, registry=CollectorRegistry())
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for("the controller", lambda: httpx.get(f"{url}/healthz").status_code == 200)
-    try:
+    settings = ControllerSettings(data_dir=tmp_path / "controller", token=TOKEN, join_token="join")
+    with serve(create_app(settings, registry=CollectorRegistry())) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
