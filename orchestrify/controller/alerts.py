@@ -37,9 +37,9 @@ from orchestrify.alerting.rules import (
     parse_rules,
 )
 from orchestrify.controller.reconcile import Reconciler
-from orchestrify.models import Replica, Service
+from orchestrify.models import Node, Replica, Service
 from orchestrify.store import Store, utcnow
-from orchestrify.store.alerts import AlertInstance, AlertStore, Intake, Receipt
+from orchestrify.store.alerts import AlertInstance, AlertStore, Commit, Intake, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +117,62 @@ class AlertProcessor:
             return self._process_pending()
 
     def _process_pending(self) -> int:
-        done = 0
-        for receipt in self.alerts.pending():
+        pending = self.alerts.pending()
+        if not pending:
+            return 0
+        view = self._view(pending)
+        quiet: list[Commit] = []  # decisions that do not act: written together
+        for receipt in pending:
+            now = self.clock()
             try:
-                self._process(receipt)
-                done += 1
+                item = self._decide(receipt, view, now)
             except Exception:  # one bad alert never blocks the others
-                log.exception("processing alert failed", extra={"alert": receipt.key})
-        return done
+                log.exception("deciding on an alert failed", extra={"alert": receipt.key})
+                continue
+            d = item.decision
+            if d is not None and d.acts and not d.dry_run:
+                self._write(quiet, now)
+                quiet = []
+                self._commit(receipt=receipt, decision=d, state=item.state, now=now)
+                view = self._view(pending, resolved=view.resolved)  # the fleet changed
+            else:
+                quiet.append(item)
+            view.remember(item)
+        self._write(quiet, self.clock())
+        return len(pending)
 
-    def _process(self, receipt: Receipt) -> None:
-        now = self.clock()
+    def _write(self, items: list[Commit], now: datetime) -> None:
+        if not items:
+            return
+        try:
+            self.alerts.commit_many(items, now=now)
+        except Exception:
+            log.exception("recording decisions failed; retrying one by one")
+            for item in items:
+                try:
+                    self.alerts.commit(
+                        now=now, receipt=item.receipt, decision=item.decision, state=item.state
+                    )
+                except Exception:
+                    log.exception("recording a decision failed; the alert stays pending")
+
+    def _view(self, pending: list[Receipt], *, resolved: set[str] | None = None) -> _View:
+        services, _rows, nodes, replicas = self.store.snapshot()
+        if resolved is None:
+            resolved = self.alerts.resolved_instances(sorted({r.instance for r in pending}))
+        return _View(
+            services={s.name: s for s in services},
+            nodes=nodes,
+            replicas=replicas,
+            states=self.alerts.policy_states(),
+            resolved=resolved,
+        )
+
+    def _decide(self, receipt: Receipt, view: _View, now: datetime) -> Commit:
         rule = self.rules.match(receipt.labels)
         service_name = receipt.labels.get("service")
-        known = self.alerts.instance(receipt.instance)
-        if receipt.status == "firing" and known is not None and known.status == "resolved":
-            decision: Decision | None = Decision(
+        if receipt.status == "firing" and receipt.instance in view.resolved:
+            late = Decision(
                 action=str(rule.action) if rule else "none",
                 outcome="refused",
                 refusal="already_resolved",
@@ -140,16 +180,17 @@ class AlertProcessor:
                 service=service_name,
                 rule=rule.name if rule else None,
             )
-            self._commit(receipt=receipt, decision=decision, now=now)
-            return
-        inputs = self._inputs(service_name)
-        state = inputs.state
+            return Commit(receipt, self._note(late, quiet=False), None)
+        svc = view.services.get(service_name) if service_name else None
+        state = view.states.get(svc.name, PolicyState()) if svc is not None else PolicyState()
         extra_state = None
-        if _scales_out(rule) and inputs.service is not None:
+        if _scales_out(rule) and svc is not None:
             # The policy's "last time a scale-out alert fired": now, firing or resolving.
             state = replace(state, last_scale_out_firing_at=now)
-            extra_state = (inputs.service.name, state)
-            inputs = replace(inputs, state=state)
+            extra_state = (svc.name, state)
+        inputs = Inputs(
+            service=svc, replicas=view.replicas, nodes=view.nodes, state=state, dry_run=self.dry_run
+        )
         facts = AlertFacts(
             alertname=receipt.alertname,
             status="firing" if receipt.status == "firing" else "resolved",
@@ -160,7 +201,7 @@ class AlertProcessor:
         decision = decide(facts, rule, inputs, now=now)
         if decision is not None and decision.new_state is not None:
             extra_state = None  # the decision's state already includes it
-        self._commit(receipt=receipt, decision=decision, state=extra_state, now=now)
+        return Commit(receipt, self._note(decision, quiet=False), extra_state)
 
     # --- timer ---------------------------------------------------------------------
     def tick(self) -> None:
@@ -212,6 +253,21 @@ class AlertProcessor:
         )
         self._commit(decision=decide(facts, rule, inputs, now=now), now=now, quiet=True)
 
+    def _note(self, decision: Decision | None, *, quiet: bool) -> Decision | None:
+        """Remember the last refusal per service and action; with ``quiet`` (the timer),
+        drop a refusal identical to the last one said: nothing new to record."""
+        if decision is None:
+            return None
+        key = (decision.service, str(decision.action))
+        repeating = decision.outcome == "refused" and decision.refusal in _REPEATING
+        if quiet and repeating and self._said.get(key) == decision.refusal:
+            return None
+        if repeating and decision.refusal is not None:
+            self._said[key] = decision.refusal
+        else:
+            self._said.pop(key, None)
+        return decision
+
     def _fresh(self, inst: AlertInstance, now: datetime) -> bool:
         return (now - inst.last_seen_at).total_seconds() <= self.stale_after_s
 
@@ -245,15 +301,7 @@ class AlertProcessor:
         state: tuple[str, PolicyState] | None = None,
         quiet: bool = False,
     ) -> Decision | None:
-        if decision is not None:
-            key = (decision.service, str(decision.action))
-            repeating = decision.outcome == "refused" and decision.refusal in _REPEATING
-            if quiet and repeating and self._said.get(key) == decision.refusal:
-                decision = None  # same refusal as last time: nothing new to record
-            elif repeating and decision.refusal is not None:
-                self._said[key] = decision.refusal
-            else:
-                self._said.pop(key, None)
+        decision = self._note(decision, quiet=quiet)
         if decision is None and receipt is None and state is None:
             return None
         if decision is None or not decision.acts or decision.dry_run:
@@ -267,6 +315,35 @@ class AlertProcessor:
             avoid={k: v for k, v in avoid.items() if v},
         )
         return recorded
+
+
+class _View:
+    """What decisions read, loaded once per run of pending alerts and kept current in
+    memory as decisions that do not act are taken (reloaded after one that acts)."""
+
+    def __init__(
+        self,
+        *,
+        services: dict[str, Service],
+        nodes: list[Node],
+        replicas: list[Replica],
+        states: dict[str, PolicyState],
+        resolved: set[str],
+    ) -> None:
+        self.services = services
+        self.nodes = nodes
+        self.replicas = replicas
+        self.states = states
+        self.resolved = resolved
+
+    def remember(self, item: Commit) -> None:
+        receipt, decision, state = item
+        if receipt is not None and receipt.status == "resolved":
+            self.resolved.add(receipt.instance)
+        if decision is not None and decision.new_state is not None and decision.service:
+            self.states[decision.service] = decision.new_state
+        if state is not None:
+            self.states[state[0]] = state[1]
 
 
 def _scales_out(rule: AlertRule | None) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
@@ -60,6 +60,14 @@ class AlertInstance:
     starts_at: datetime
     last_seen_at: datetime
     resolved_at: datetime | None
+
+
+class Commit(NamedTuple):
+    """What one processed alert writes: all of it, or none of it."""
+
+    receipt: Receipt | None
+    decision: Decision | None
+    state: tuple[str, PolicyState] | None
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,16 @@ class AlertStore:
     def policy_state(self, service: str) -> PolicyState:
         return self.policy_states().get(service, PolicyState())
 
+    def resolved_instances(self, ids: list[str]) -> set[str]:
+        with self.store._sessions() as s:
+            return set(
+                s.scalars(
+                    select(AlertInstanceRow.id).where(
+                        AlertInstanceRow.id.in_(ids), AlertInstanceRow.status == "resolved"
+                    )
+                ).all()
+            )
+
     # --- the one write of a decision -----------------------------------------------
     def commit(
         self,
@@ -224,21 +242,32 @@ class AlertStore:
         None when the receipt had already been processed.
         """
         with self.store._write() as tx:
-            s = tx.session
-            if receipt is not None:
-                row = s.get(AlertReceiptRow, receipt.id)
-                if row is None or row.processed_at is not None:
-                    return None
-                row.processed_at = now
-                self._update_instance(tx, receipt, now)
-            if decision is not None:
-                decision = self._apply(tx, decision, now)
-                self._record(tx, decision)
-                if decision.new_state is not None and decision.service:
-                    self._put_state(tx, decision.service, decision.new_state)
-            if state is not None:
-                self._put_state(tx, *state)
-            return decision
+            return self._commit(tx, Commit(receipt, decision, state), now)
+
+    def commit_many(self, items: list[Commit], *, now: datetime) -> None:
+        """Several commits in one transaction (the decisions of one batch that do not
+        act: one disk sync instead of one per alert)."""
+        with self.store._write() as tx:
+            for item in items:
+                self._commit(tx, item, now)
+
+    def _commit(self, tx: _WriteTx, item: Commit, now: datetime) -> Decision | None:
+        s = tx.session
+        receipt, decision, state = item
+        if receipt is not None:
+            row = s.get(AlertReceiptRow, receipt.id)
+            if row is None or row.processed_at is not None:
+                return None
+            row.processed_at = now
+            self._update_instance(tx, receipt, now)
+        if decision is not None:
+            decision = self._apply(tx, decision, now)
+            self._record(tx, decision)
+            if decision.new_state is not None and decision.service:
+                self._put_state(tx, decision.service, decision.new_state)
+        if state is not None:
+            self._put_state(tx, *state)
+        return decision
 
     def _update_instance(self, tx: _WriteTx, receipt: Receipt, now: datetime) -> None:
         s = tx.session
