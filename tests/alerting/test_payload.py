@@ -32,7 +32,7 @@ def test_parses_alertmanager_025_payload_and_keeps_extra_fields() -> None:
         (lambda b: b["alerts"][0].update(startsAt="yesterday"), "startsAt"),
     ],
 )
-def test_malformed_payload_names_the_field(mutate, where: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_payload_names_the_field(mutate, where: str) -> None:
     body = am_payload(am_alert("NodeDown", node="n1"))
     mutate(body)
     with pytest.raises(ValidationError) as err:

@@ -93,7 +93,7 @@ def test_run_playbook_is_one_flag_away(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rs.rules[0].action == Action.RUN_PLAYBOOK
 
 
-def test_duplicate_names_and_bad_yaml(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_names_and_bad_yaml(tmp_path) -> None:
     with pytest.raises(InvalidSpec, match="used twice"):
         parse_rules({"rules": [{"name": "r", "matchers": ['a="b"'], "action": "scale_in"}] * 2})
     bad = tmp_path / "rules.yml"

@@ -22,7 +22,7 @@ def url(tmp_path: Path) -> Iterator[str]:
         yield u
 
 
-def cli(url: str, *args: str):  # type: ignore[no-untyped-def]
+def cli(url: str, *args: str):
     return runner.invoke(app, ["--controller", url, "--token", "tok", *args])
 
 

@@ -333,3 +333,39 @@ def test_rules_file_wins_at_start_and_api_rules_survive_a_restart(tmp_path: Path
         )
     with make_client(tmp_path / "b") as c:
         assert c.get("/v1/rules", headers=ADMIN).json()["rules"][0]["name"] == "k"
+
+
+@pytest.mark.parametrize("slow_index", [0, 1])
+def test_avoid_hint_decides_the_node_when_the_spread_is_a_tie(
+    tmp_path: Path, slow_index: int
+) -> None:
+    # Two nodes with one replica each: only the avoid hint tells them apart.
+    with make_client(tmp_path) as c:
+        deploy(c, replicas=2)
+        ordered = sorted(replicas(c), key=lambda r: r["node"])
+        assert len({r["node"] for r in ordered}) == 2
+        slow = ordered[slow_index]
+        body = am_payload(am_alert("ServiceLatencyHigh", service="web", replica=slow["id"]))
+        assert post(c, body).status_code == 200
+        new = [r for r in replicas(c) if r["id"] not in {o["id"] for o in ordered}]
+        assert len(new) == 1 and new[0]["node"] != slow["node"]
+
+
+def test_disabled_rule_refuses_and_is_counted(client: TestClient) -> None:
+    deploy(client)
+    rules = {
+        "rules": [
+            {
+                "name": "off",
+                "matchers": ['alertname="ServiceRequestRateHigh"'],
+                "action": "scale_out",
+                "enabled": False,
+            }
+        ]
+    }
+    assert client.put("/v1/rules", json=rules, headers=ADMIN).status_code == 200
+    post(client, rate_high())
+    assert desired(client) == 1
+    assert decisions(client)[-1]["reason"] == "rule_disabled"
+    metrics = client.get("/metrics").text
+    assert 'orchestrify_decisions_total{action="scale_out",outcome="refused"} 1.0' in metrics
