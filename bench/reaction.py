@@ -6,6 +6,7 @@ many notifications, goal < 10 ms:
     on a fleet of 20 nodes, 20 services, 200 replicas;
   * ``http dry-run``: POST /v1/alerts on a real uvicorn (loopback), the batch stored
     durably in SQLite, decided and recorded, not acted on;
+  * ``http /healthz``: the floor: uvicorn + FastAPI + httpx on loopback, no work;
   * ``http acting``: the same, and the scale-out applied (desired count + the new
     replica placed by the reconciler with its avoid hint) before the 200.
 
@@ -141,7 +142,10 @@ def bench_pure(batches: int, per_batch: int) -> list[float]:
     return samples
 
 
-def bench_http(batches: int, per_batch: int, *, dry_run: bool) -> list[float]:
+def bench_http(
+    batches: int, per_batch: int, *, dry_run: bool, floor: list[float] | None = None
+) -> list[float]:
+    """POST /v1/alerts timings; ``floor`` gets GET /healthz timings (the HTTP stack alone)."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = ControllerSettings(
             data_dir=Path(tmp), token="bench", join_token="join", dry_run=dry_run
@@ -169,6 +173,11 @@ def bench_http(batches: int, per_batch: int, *, dry_run: bool) -> list[float]:
                     "policy": {"cooldown_s": 0},
                 },
             ).raise_for_status()
+            if floor is not None:
+                for _ in range(batches):
+                    start = time.perf_counter()
+                    api.get("/healthz").raise_for_status()
+                    floor.append(time.perf_counter() - start)
             samples = []
             for i in range(batches):
                 body = payload(i, per_batch=per_batch)
@@ -197,9 +206,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--alerts-per-batch", type=int, default=5)
     args = parser.parse_args()
+    floor: list[float] = []
     runs: list[tuple[str, Callable[[], list[float]]]] = [
         ("pure", lambda: bench_pure(args.batches, args.alerts_per_batch)),
-        ("http dry-run", lambda: bench_http(args.batches, args.alerts_per_batch, dry_run=True)),
+        (
+            "http dry-run",
+            lambda: bench_http(args.batches, args.alerts_per_batch, dry_run=True, floor=floor),
+        ),
+        ("http /healthz", lambda: floor),
         ("http acting", lambda: bench_http(args.batches, 1, dry_run=False)),
     ]
     load = os.getloadavg()[0]
