@@ -117,13 +117,13 @@ class AlertStore:
         new = dup = 0
         with self.store._write() as tx:
             s = tx.session
-            seen: set[str] = set()
-            for alert in batch.alerts:
-                key = alert.receipt_key
-                duplicate = key in seen or (
-                    s.scalars(select(AlertReceiptRow.id).where(AlertReceiptRow.key == key)).first()
-                    is not None
-                )
+            keys = [a.receipt_key for a in batch.alerts]
+            # One query for the whole batch, not one per alert.
+            seen = set(
+                s.scalars(select(AlertReceiptRow.key).where(AlertReceiptRow.key.in_(keys))).all()
+            )
+            for alert, key in zip(batch.alerts, keys, strict=True):
+                duplicate = key in seen
                 seen.add(key)
                 if duplicate:
                     dup += 1
@@ -248,8 +248,28 @@ class AlertStore:
         """Several commits in one transaction (the decisions of one batch that do not
         act: one disk sync instead of one per alert)."""
         with self.store._write() as tx:
+            self._prefetch(tx, items)
             for item in items:
                 self._commit(tx, item, now)
+
+    def _prefetch(self, tx: _WriteTx, items: list[Commit]) -> None:
+        """Load the rows the commits touch in three queries; ``get`` then finds them in
+        the session instead of asking the database once per row."""
+        s = tx.session
+        receipts = [i.receipt for i in items if i.receipt is not None]
+        services = {i.decision.service for i in items if i.decision and i.decision.service}
+        services |= {i.state[0] for i in items if i.state is not None}
+        if receipts:
+            s.scalars(
+                select(AlertReceiptRow).where(AlertReceiptRow.id.in_([r.id for r in receipts]))
+            ).all()
+            s.scalars(
+                select(AlertInstanceRow).where(
+                    AlertInstanceRow.id.in_({r.instance for r in receipts})
+                )
+            ).all()
+        if services:
+            s.scalars(select(ScalingStateRow).where(ScalingStateRow.service.in_(services))).all()
 
     def _commit(self, tx: _WriteTx, item: Commit, now: datetime) -> Decision | None:
         s = tx.session
