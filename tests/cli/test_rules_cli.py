@@ -59,3 +59,11 @@ def test_rules_apply_validates_then_puts(url: str, tmp_path: Path) -> None:
     assert r.exit_code == 2
     assert "rules.0.action: run_playbook needs the Ansible jobs API" in r.output
     assert "web-only" in cli(url, "rules", "ls").output  # nothing replaced
+
+
+def test_controller_refuses_a_bad_rules_file_before_listening(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.yml"
+    bad.write_text("rules:\n  - name: x\n    matchers: ['a=\"b\"']\n    action: scale_sideways\n")
+    r = runner.invoke(app, ["controller", "--data-dir", str(tmp_path / "d"), "--rules", str(bad)])
+    assert r.exit_code == 2
+    assert "rules.0.action" in r.output
