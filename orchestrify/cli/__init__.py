@@ -15,6 +15,7 @@ from orchestrify.cli.events import events
 from orchestrify.cli.jobs import job_app
 from orchestrify.cli.nodes import node_app
 from orchestrify.cli.replicas import ps, replica_app
+from orchestrify.cli.rules import rules_app
 from orchestrify.cli.services import service_app
 from orchestrify.cli.up import up
 from orchestrify.client import DEFAULT_URL
@@ -72,6 +73,7 @@ app.command("ps")(ps)
 app.command("events")(events)
 app.command("demo-image")(demo_image)
 app.add_typer(config_app, name="config")
+app.add_typer(rules_app, name="rules")
 
 
 def main() -> None:

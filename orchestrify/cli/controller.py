@@ -71,9 +71,23 @@ def controller(
         envvar="ORCHESTRIFY_JOBS_DIR",
         help="Where each job's ansible-runner directory goes (default: DATA_DIR/jobs).",
     ),
+    rules: Path | None = typer.Option(
+        None,
+        "--rules",
+        help="Alert -> action rules (YAML), applied at every start; default: the shipped ones.",
+    ),
 ) -> None:
     """Run the controller: REST API under /v1 (docs at /docs), state store and reconciler."""
+    from orchestrify.alerting.rules import load_rules
     from orchestrify.controller.app import serve_controller
+    from orchestrify.errors import InvalidSpec
+
+    if rules is not None:
+        try:
+            load_rules(rules)  # fail before listening, with a clear message and exit 2
+        except InvalidSpec as exc:
+            err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     settings = resolve_tokens(
         ControllerSettings(
@@ -88,6 +102,7 @@ def controller(
             playbook_dir=playbook_dir or default_playbook_dir(),
             inventory=inventory,
             jobs_dir=jobs_dir,
+            rules_file=rules,
         )
     )
     serve_controller(settings)

@@ -17,11 +17,20 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from orchestrify import __version__
+from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
-from orchestrify.controller.routers import discovery, events, jobs, nodes, replicas, services
+from orchestrify.controller.routers import (
+    alerts,
+    discovery,
+    events,
+    jobs,
+    nodes,
+    replicas,
+    services,
+)
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
 from orchestrify.jobs.runner import JobRunner
@@ -48,9 +57,17 @@ def create_app(
         state.feed.bind(asyncio.get_running_loop())
         app.state.controller = state
         state.jobs.start()
+        state.alerts.load_rules(settings.rules_file)
+        # Alerts stored before a crash but not yet decided on are decided now.
+        await asyncio.to_thread(state.alerts.process_pending)
         tasks = []
         if run_reconciler:
             tasks.append(asyncio.create_task(state.reconciler.run_forever(), name="reconciler"))
+            tasks.append(
+                asyncio.create_task(
+                    state.alerts.run_forever(settings.alert_eval_interval_s), name="alerts"
+                )
+            )
         for hook in extra_startup or []:
             await hook(app, state)
         log.info(
@@ -81,6 +98,7 @@ def create_app(
         events.router,
         discovery.router,
         jobs.router,
+        alerts.router,
     ):
         app.include_router(router)
     _install_error_handlers(app)
@@ -133,25 +151,34 @@ def open_state(
     store.on_change(feed.bump)
     admin, _ = load_or_create_token(settings.data_dir, "admin", settings.token)
     join, _ = load_or_create_token(settings.data_dir, "join", settings.join_token)
+    reconciler = Reconciler(
+        store,
+        feed,
+        interval_s=settings.reconcile_interval_s,
+        node_timeout_s=settings.node_timeout_s,
+    )
+    jobs = JobRunner(
+        store,
+        playbook_dir=settings.playbook_dir,
+        inventory=settings.inventory,
+        jobs_dir=settings.resolved_jobs_dir,
+        job_timeout_s=settings.job_timeout_s,
+    )
     return ControllerState(
         settings=settings,
         store=store,
         feed=feed,
-        reconciler=Reconciler(
-            store,
-            feed,
-            interval_s=settings.reconcile_interval_s,
-            node_timeout_s=settings.node_timeout_s,
-        ),
+        reconciler=reconciler,
         metrics=ControllerMetrics(store, registry),
         admin_token=admin,
         join_token=join,
-        jobs=JobRunner(
+        jobs=jobs,
+        alerts=AlertProcessor(
             store,
-            playbook_dir=settings.playbook_dir,
-            inventory=settings.inventory,
-            jobs_dir=settings.resolved_jobs_dir,
-            job_timeout_s=settings.job_timeout_s,
+            reconciler,
+            dry_run=settings.dry_run,
+            stale_after_s=settings.alert_stale_after_s,
+            jobs=jobs,
         ),
     )
 
@@ -184,7 +211,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         parts = []
@@ -195,6 +222,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             loc = ".".join(p for p in full if p not in ("body", "query", "path"))
             msg = str(err.get("msg", "")).removeprefix("Value error, ")
             parts.append(f"{loc}: {msg}" if loc else msg)
+        # Logged: a rejected webhook notification would otherwise vanish unnoticed
+        # (Alertmanager does not retry a 4xx).
+        log.warning(
+            "request rejected",
+            extra={"path": request.url.path, "method": request.method, "error": "; ".join(parts)},
+        )
         return JSONResponse(
             status_code=422, content={"detail": detail, "message": "; ".join(parts)}
         )

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
@@ -28,6 +29,7 @@ class ControllerState:
     admin_token: str
     join_token: str
     jobs: JobRunner
+    alerts: AlertProcessor
 
 
 def get_state(request: Request) -> ControllerState:

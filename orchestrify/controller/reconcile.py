@@ -11,9 +11,10 @@ import asyncio
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.models import DesiredState, Node, NodeState, Replica, ReplicaState, Service
@@ -21,6 +22,7 @@ from orchestrify.scheduling import NodeView, place_replicas
 from orchestrify.store import Store, utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -317,23 +319,38 @@ class Reconciler:
 
     def run_once(self, *, avoid: Mapping[str, frozenset[str]] | None = None) -> list[Step]:
         with self._lock:
-            self.store.mark_stale_nodes(timeout=self.node_timeout)
-            services, rows, nodes, replicas = self.store.snapshot()
-            snap = Snapshot(
-                services=services,
-                deleting=frozenset(r.name for r in rows if r.deleting),
-                nodes=nodes,
-                replicas=replicas,
-                removing_nodes=frozenset(self.store.node_removals_pending()),
-            )
-            steps = plan_cycle(snap, now=utcnow(), avoid_hints=avoid or {})
-            for step in steps:
-                try:
-                    self._apply(step)
-                except Exception:  # one failing step never stops the loop
-                    log.exception("reconcile step failed", extra={"step": repr(step)})
-            self.store.purge_deleted_services()
-            return steps
+            return self._cycle(avoid)
+
+    def run_with(
+        self, change: Callable[[], T], *, avoid: Mapping[str, frozenset[str]] | None = None
+    ) -> tuple[T, list[Step]]:
+        """Apply ``change`` (a store write) and run a cycle right after, under one lock.
+
+        A scale-out then places its replica at once with ``avoid``; the background cycle
+        cannot slip in between and place it without the hint.
+        """
+        with self._lock:
+            result = change()
+            return result, self._cycle(avoid)
+
+    def _cycle(self, avoid: Mapping[str, frozenset[str]] | None) -> list[Step]:
+        self.store.mark_stale_nodes(timeout=self.node_timeout)
+        services, rows, nodes, replicas = self.store.snapshot()
+        snap = Snapshot(
+            services=services,
+            deleting=frozenset(r.name for r in rows if r.deleting),
+            nodes=nodes,
+            replicas=replicas,
+            removing_nodes=frozenset(self.store.node_removals_pending()),
+        )
+        steps = plan_cycle(snap, now=utcnow(), avoid_hints=avoid or {})
+        for step in steps:
+            try:
+                self._apply(step)
+            except Exception:  # one failing step never stops the loop
+                log.exception("reconcile step failed", extra={"step": repr(step)})
+        self.store.purge_deleted_services()
+        return steps
 
     def _apply(self, step: Step) -> None:
         match step:

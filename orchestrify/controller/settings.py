@@ -39,6 +39,22 @@ class ControllerSettings(BaseSettings):
         30.0, gt=0, le=300, description="Longest a long-poll waits before answering unchanged."
     )
     dry_run: bool = Field(False, description="Decide and record scaling, but never act.")
+    rules_file: Path | None = Field(
+        None, description="Alert -> action rules (YAML) applied at start; default: shipped."
+    )
+    alert_eval_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between re-evaluations of firing alerts and pending scale-ins; "
+        "short next to the default 30 s cooldown, so steps are not late by much.",
+    )
+    alert_stale_after_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A firing alert not re-notified for this long stops driving scaling "
+        "(Alertmanager re-sends every repeat_interval; lost 'resolved' notices must not "
+        "scale forever).",
+    )
     public_url: str | None = Field(
         None, description="How others reach this controller (Prometheus discovery)."
     )

@@ -36,6 +36,7 @@ from orchestrify.models import (
     ServiceSpec,
     error_location,
 )
+from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (creates its tables)
 from orchestrify.store.tables import Base, EventRow, NodeRow, ReplicaRow, ServiceRow
 
 __all__ = ["ChangeKind", "Store", "utcnow"]

@@ -1,0 +1,394 @@
+"""The controller's alert processing: store a notification, decide on each new alert,
+apply the decision; and, on a timer, re-evaluate firing alerts and pending scale-ins.
+
+Decisions come from the pure ``orchestrify.alerting.policy``; this module only gathers
+their inputs from the store and writes their outcome (``AlertStore.commit``: one
+transaction). One lock serializes processing, so the webhook thread and the timer never
+decide on the same alert twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrify.alerting.payload import AlertBatch
+from orchestrify.alerting.policy import (
+    AlertFacts,
+    Decision,
+    Inputs,
+    PolicyState,
+    decide,
+    decide_settle,
+    episode_over,
+)
+from orchestrify.alerting.rules import (
+    Action,
+    AlertRule,
+    RuleSet,
+    default_rules,
+    load_rules,
+    parse_rules,
+)
+from orchestrify.controller.reconcile import Reconciler
+from orchestrify.errors import OrchestrifyError
+from orchestrify.jobs.runner import JobRunner
+from orchestrify.models import Node, Replica, Service
+from orchestrify.store import Store, utcnow
+from orchestrify.store.alerts import AlertInstance, AlertStore, Commit, Intake, Receipt
+
+log = logging.getLogger(__name__)
+
+# Refusals the timer repeats every tick while nothing changes: said once, not every tick.
+_REPEATING = frozenset(
+    {
+        "cooldown",
+        "stabilization",
+        "at_max",
+        "at_min",
+        "no_eligible_node",
+        "rule_disabled",
+        "unavailable",
+        "unknown_service",
+    }
+)
+
+
+class AlertProcessor:
+    def __init__(
+        self,
+        store: Store,
+        reconciler: Reconciler,
+        *,
+        dry_run: bool = False,
+        stale_after_s: float = 3600.0,
+        clock: Callable[[], datetime] = utcnow,
+        jobs: JobRunner | None = None,
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.alerts = AlertStore(store)
+        self.reconciler = reconciler
+        self.dry_run = dry_run
+        self.stale_after_s = stale_after_s
+        self.clock = clock
+        self.rules: RuleSet = default_rules()
+        self.rules_source = "default"
+        self._lock = threading.Lock()
+        self._said: dict[tuple[str | None, str], str] = {}
+
+    # --- rules ---------------------------------------------------------------------
+    def load_rules(self, path: Path | None) -> None:
+        """At start: a --rules file wins, else what the API stored, else the default."""
+        if path is not None:
+            rules = load_rules(path)
+            self.set_rules(rules, source=f"file {path}")
+            return
+        stored = self.alerts.get_rules()
+        if stored is not None:
+            data, source = stored
+            try:
+                self.rules, self.rules_source = parse_rules(data), source
+            except Exception:
+                log.exception("stored alert rules are no longer valid; using the default")
+
+    def set_rules(self, rules: RuleSet, *, source: str) -> None:
+        data: dict[str, Any] = rules.model_dump(mode="json", exclude_defaults=True)
+        self.alerts.put_rules(data, source=source)
+        with self._lock:
+            self.rules, self.rules_source = rules, source
+
+    # --- intake --------------------------------------------------------------------
+    def receive(self, batch: AlertBatch) -> Intake:
+        """Store the notification durably, then decide. A failure to decide is logged:
+        the alerts stay pending and the timer (or the next start) processes them."""
+        intake = self.alerts.store_batch(batch, now=self.clock())
+        if intake.new:
+            try:
+                self.process_pending()
+            except Exception:
+                log.exception("deciding on stored alerts failed; they stay pending")
+        return intake
+
+    def process_pending(self) -> int:
+        with self._lock:
+            return self._process_pending()
+
+    def _process_pending(self) -> int:
+        pending = self.alerts.pending()
+        if not pending:
+            return 0
+        view = self._view(pending)
+        quiet: list[Commit] = []  # decisions that do not act: written together
+        for receipt in pending:
+            now = self.clock()
+            try:
+                item = self._decide(receipt, view, now)
+            except Exception:  # one bad alert never blocks the others
+                log.exception("deciding on an alert failed", extra={"alert": receipt.key})
+                continue
+            d = item.decision
+            if d is not None and d.acts and not d.dry_run:
+                self._write(quiet, now)
+                quiet = []
+                self._commit(receipt=receipt, decision=d, state=item.state, now=now)
+                view = self._view(pending, resolved=view.resolved)  # the fleet changed
+            else:
+                quiet.append(item)
+            view.remember(item)
+        self._write(quiet, self.clock())
+        return len(pending)
+
+    def _write(self, items: list[Commit], now: datetime) -> None:
+        if not items:
+            return
+        try:
+            self.alerts.commit_many(items, now=now)
+        except Exception:
+            log.exception("recording decisions failed; retrying one by one")
+            for item in items:
+                try:
+                    self.alerts.commit(
+                        now=now, receipt=item.receipt, decision=item.decision, state=item.state
+                    )
+                except Exception:
+                    log.exception("recording a decision failed; the alert stays pending")
+
+    def _view(self, pending: list[Receipt], *, resolved: set[str] | None = None) -> _View:
+        services, _rows, nodes, replicas = self.store.snapshot()
+        if resolved is None:
+            resolved = self.alerts.resolved_instances(sorted({r.instance for r in pending}))
+        return _View(
+            services={s.name: s for s in services},
+            nodes=nodes,
+            replicas=replicas,
+            states=self.alerts.policy_states(),
+            resolved=resolved,
+        )
+
+    def _decide(self, receipt: Receipt, view: _View, now: datetime) -> Commit:
+        rule = self.rules.match(receipt.labels)
+        service_name = receipt.labels.get("service")
+        if receipt.status == "firing" and receipt.instance in view.resolved:
+            late = Decision(
+                action=str(rule.action) if rule else "none",
+                outcome="refused",
+                refusal="already_resolved",
+                reason=f"{receipt.alertname} fired after its resolution had arrived; ignored",
+                service=service_name,
+                rule=rule.name if rule else None,
+            )
+            return Commit(receipt, self._note(late, quiet=False), None)
+        svc = view.services.get(service_name) if service_name else None
+        state = view.states.get(svc.name, PolicyState()) if svc is not None else PolicyState()
+        extra_state = None
+        if _scales_out(rule) and svc is not None:
+            # The policy's "last time a scale-out alert fired": now, firing or resolving.
+            state = replace(state, last_scale_out_firing_at=now)
+            extra_state = (svc.name, state)
+        inputs = Inputs(
+            service=svc, replicas=view.replicas, nodes=view.nodes, state=state, dry_run=self.dry_run
+        )
+        facts = AlertFacts(
+            alertname=receipt.alertname,
+            status="firing" if receipt.status == "firing" else "resolved",
+            labels=receipt.labels,
+            starts_at=receipt.starts_at,
+            instance=receipt.instance,
+        )
+        decision = decide(facts, rule, inputs, now=now)
+        if decision is not None and decision.new_state is not None:
+            extra_state = None  # the decision's state already includes it
+        return Commit(receipt, self._note(decision, quiet=False), extra_state)
+
+    # --- timer ---------------------------------------------------------------------
+    def tick(self) -> None:
+        """Re-evaluate firing alerts (scale out/in one step per cooldown) and settle
+        services whose scale-out alerts are gone (scale-in after stabilization)."""
+        with self._lock:
+            self._process_pending()
+            now = self.clock()
+            firing = [a for a in self.alerts.firing() if self._fresh(a, now)]
+            scale_out: dict[str, tuple[AlertInstance, AlertRule]] = {}
+            scale_in: dict[str, tuple[AlertInstance, AlertRule]] = {}
+            for inst in firing:
+                rule = self.rules.match(inst.labels)
+                if rule is None or not rule.enabled or inst.service is None:
+                    continue
+                if rule.action == Action.SCALE_OUT:
+                    scale_out.setdefault(inst.service, (inst, rule))
+                elif rule.action == Action.SCALE_IN:
+                    scale_in.setdefault(inst.service, (inst, rule))
+            for inst, rule in scale_out.values():
+                self._reevaluate(inst, rule, scale_out_firing=True, now=now)
+            for service, (inst, rule) in scale_in.items():
+                self._reevaluate(inst, rule, scale_out_firing=service in scale_out, now=now)
+            for service, state in self.alerts.policy_states().items():
+                if state.baseline is None or service in scale_out:
+                    continue
+                inputs = self._inputs(service)
+                if inputs.service is None or episode_over(inputs.service, state):
+                    self._commit(state=(service, replace(state, baseline=None)), now=now)
+                    continue
+                self._commit(
+                    decision=decide_settle(inputs, scale_out_firing=False, now=now),
+                    now=now,
+                    quiet=True,
+                )
+
+    def _reevaluate(
+        self, inst: AlertInstance, rule: AlertRule, *, scale_out_firing: bool, now: datetime
+    ) -> None:
+        inputs = self._inputs(inst.service)
+        if scale_out_firing:
+            inputs = replace(inputs, state=replace(inputs.state, last_scale_out_firing_at=now))
+        facts = AlertFacts(
+            alertname=inst.alertname,
+            status="firing",
+            labels=inst.labels,
+            starts_at=inst.starts_at,
+            instance=inst.id,
+        )
+        self._commit(decision=decide(facts, rule, inputs, now=now), now=now, quiet=True)
+
+    def _note(self, decision: Decision | None, *, quiet: bool) -> Decision | None:
+        """Remember the last refusal per service and action; with ``quiet`` (the timer),
+        drop a refusal identical to the last one said: nothing new to record."""
+        if decision is None:
+            return None
+        key = (decision.service, str(decision.action))
+        repeating = decision.outcome == "refused" and decision.refusal in _REPEATING
+        if quiet and repeating and self._said.get(key) == decision.refusal:
+            return None
+        if repeating and decision.refusal is not None:
+            self._said[key] = decision.refusal
+        else:
+            self._said.pop(key, None)
+        return decision
+
+    def _fresh(self, inst: AlertInstance, now: datetime) -> bool:
+        return (now - inst.last_seen_at).total_seconds() <= self.stale_after_s
+
+    async def run_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("alert re-evaluation failed; retrying")
+
+    # --- helpers -------------------------------------------------------------------
+    def _inputs(self, service_name: str | None) -> Inputs:
+        services, _rows, nodes, replicas = self.store.snapshot()
+        svc = _find(services, service_name)
+        state = self.alerts.policy_state(svc.name) if svc is not None else PolicyState()
+        return Inputs(
+            service=svc,
+            replicas=replicas,
+            nodes=nodes,
+            state=state,
+            dry_run=self.dry_run,
+        )
+
+    def _commit(
+        self,
+        *,
+        now: datetime,
+        receipt: Receipt | None = None,
+        decision: Decision | None = None,
+        state: tuple[str, PolicyState] | None = None,
+        quiet: bool = False,
+    ) -> Decision | None:
+        decision = self._note(decision, quiet=quiet)
+        if decision is None and receipt is None and state is None:
+            return None
+        if decision is None or not decision.acts or decision.dry_run:
+            return self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state)
+        if decision.playbook is not None:
+            decision = self._submit_playbook(decision)
+            return self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state)
+        avoid = {
+            name: decision.avoid_nodes
+            for name in _affected_services(decision, self.store.snapshot()[3])
+        }
+        recorded, _steps = self.reconciler.run_with(
+            lambda: self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state),
+            avoid={k: v for k, v in avoid.items() if v},
+        )
+        return recorded
+
+    def _submit_playbook(self, decision: Decision) -> Decision:
+        """Queue the Ansible job; a rejected job is a refused decision with the reason."""
+        assert decision.playbook is not None
+        if self.jobs is None:
+            return replace(
+                decision, outcome="refused", refusal="unavailable", reason="no job runner"
+            )
+        try:
+            job = self.jobs.submit(
+                playbook=decision.playbook,
+                limit=decision.limit,
+                extra_vars=dict(decision.extra_vars),
+                reason=decision.reason,
+            )
+        except OrchestrifyError as exc:
+            return replace(
+                decision,
+                outcome="refused",
+                refusal="job_rejected",
+                reason=f"{decision.reason}: the job was rejected: {exc}",
+            )
+        return replace(decision, reason=f"{decision.reason}: job {job.id} queued")
+
+
+class _View:
+    """What decisions read, loaded once per run of pending alerts and kept current in
+    memory as decisions that do not act are taken (reloaded after one that acts)."""
+
+    def __init__(
+        self,
+        *,
+        services: dict[str, Service],
+        nodes: list[Node],
+        replicas: list[Replica],
+        states: dict[str, PolicyState],
+        resolved: set[str],
+    ) -> None:
+        self.services = services
+        self.nodes = nodes
+        self.replicas = replicas
+        self.states = states
+        self.resolved = resolved
+
+    def remember(self, item: Commit) -> None:
+        receipt, decision, state = item
+        if receipt is not None and receipt.status == "resolved":
+            self.resolved.add(receipt.instance)
+        if decision is not None and decision.new_state is not None and decision.service:
+            self.states[decision.service] = decision.new_state
+        if state is not None:
+            self.states[state[0]] = state[1]
+
+
+def _scales_out(rule: AlertRule | None) -> bool:
+    return rule is not None and rule.enabled and rule.action == Action.SCALE_OUT
+
+
+def _find(services: list[Service], name: str | None) -> Service | None:
+    return next((s for s in services if s.name == name), None) if name else None
+
+
+def _affected_services(decision: Decision, replicas: list[Replica]) -> set[str]:
+    names = {r.service for r in replicas if r.id in decision.drain}
+    if decision.service:
+        names.add(decision.service)
+    return names
+
+
+__all__ = ["AlertProcessor"]

@@ -1,0 +1,426 @@
+"""The store side of the Alertmanager webhook: receipts, alert instances, policy state,
+the alert rules, and the one transaction that records a decision together with its effect.
+
+Everything a decision changes (the receipt marked processed, the alert instance, the
+policy state, the service's desired count or the drained replicas, and the events) is
+written in one transaction: a crash leaves the receipt pending and nothing half done, and
+the controller processes pending receipts at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import select
+
+from orchestrify.alerting.payload import AlertBatch
+from orchestrify.alerting.policy import Decision, PolicyState
+from orchestrify.models import DesiredState, ReplicaState, check_bounds
+from orchestrify.store import Store, _WriteTx
+from orchestrify.store.alert_tables import AlertInstanceRow, AlertReceiptRow, ScalingStateRow
+from orchestrify.store.tables import MetaRow, ReplicaRow, ServiceRow
+
+RULES_KEY = "alert_rules"
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def _utc_req(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+@dataclass(frozen=True)
+class Receipt:
+    id: int
+    key: str
+    instance: str
+    fingerprint: str
+    alertname: str
+    status: str
+    starts_at: datetime
+    labels: dict[str, str]
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class AlertInstance:
+    id: str
+    fingerprint: str
+    alertname: str
+    service: str | None
+    labels: dict[str, str]
+    status: str
+    starts_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+
+
+class Commit(NamedTuple):
+    """What one processed alert writes: all of it, or none of it."""
+
+    receipt: Receipt | None
+    decision: Decision | None
+    state: tuple[str, PolicyState] | None
+
+
+@dataclass(frozen=True)
+class Intake:
+    received: int
+    new: int
+    duplicates: int
+
+
+def _receipt(row: AlertReceiptRow) -> Receipt:
+    return Receipt(
+        id=row.id,
+        key=row.key,
+        instance=row.instance,
+        fingerprint=row.fingerprint,
+        alertname=row.alertname,
+        status=row.status,
+        starts_at=_utc_req(row.starts_at),
+        labels=dict(row.labels),
+        received_at=_utc_req(row.received_at),
+    )
+
+
+def _instance(row: AlertInstanceRow) -> AlertInstance:
+    return AlertInstance(
+        id=row.id,
+        fingerprint=row.fingerprint,
+        alertname=row.alertname,
+        service=row.service,
+        labels=dict(row.labels),
+        status=row.status,
+        starts_at=_utc_req(row.starts_at),
+        last_seen_at=_utc_req(row.last_seen_at),
+        resolved_at=_utc(row.resolved_at),
+    )
+
+
+class AlertStore:
+    """Alert intake and policy state on top of the controller's ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- intake --------------------------------------------------------------------
+    def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
+        """Record every alert of a notification; each idempotency key is stored once."""
+        new = dup = 0
+        with self.store._write() as tx:
+            s = tx.session
+            keys = [a.receipt_key for a in batch.alerts]
+            # One query for the whole batch, not one per alert.
+            seen = set(
+                s.scalars(select(AlertReceiptRow.key).where(AlertReceiptRow.key.in_(keys))).all()
+            )
+            for alert, key in zip(batch.alerts, keys, strict=True):
+                duplicate = key in seen
+                seen.add(key)
+                if duplicate:
+                    dup += 1
+                    inst = s.get(AlertInstanceRow, alert.instance)
+                    if inst is not None and inst.status == alert.status == "firing":
+                        inst.last_seen_at = now  # a repeat notification: still firing
+                else:
+                    new += 1
+                    s.add(
+                        AlertReceiptRow(
+                            key=key,
+                            instance=alert.instance,
+                            fingerprint=alert.identity,
+                            alertname=alert.alertname,
+                            status=alert.status,
+                            starts_at=alert.starts_at,
+                            ends_at=alert.ends_at,
+                            labels=alert.labels,
+                            annotations=alert.annotations,
+                            receiver=batch.receiver,
+                            group_key=batch.group_key,
+                            generator_url=alert.generator_url,
+                            received_at=now,
+                            processed_at=None,
+                        )
+                    )
+                labels = alert.labels
+                self.store._add_event(
+                    tx,
+                    f"alert {alert.alertname} {alert.status}"
+                    + "".join(
+                        f" {k}={labels[k]}" for k in ("service", "replica", "node") if k in labels
+                    )
+                    + (" (duplicate, already stored)" if duplicate else ""),
+                    kind="alert",
+                    service=labels.get("service"),
+                    node=labels.get("node"),
+                    replica=labels.get("replica"),
+                    outcome="info",
+                    reason="duplicate" if duplicate else None,
+                    data={
+                        "status": alert.status,
+                        "fingerprint": alert.identity,
+                        "startsAt": alert.starts_at.isoformat(),
+                        "labels": labels,
+                        "annotations": alert.annotations,
+                        "receiver": batch.receiver,
+                        "groupKey": batch.group_key,
+                        "duplicate": duplicate,
+                    },
+                )
+        return Intake(received=len(batch.alerts), new=new, duplicates=dup)
+
+    def pending(self, *, limit: int = 1000) -> list[Receipt]:
+        with self.store._sessions() as s:
+            rows = s.scalars(
+                select(AlertReceiptRow)
+                .where(AlertReceiptRow.processed_at.is_(None))
+                .order_by(AlertReceiptRow.id)
+                .limit(limit)
+            ).all()
+            return [_receipt(r) for r in rows]
+
+    def instance(self, instance_id: str) -> AlertInstance | None:
+        with self.store._sessions() as s:
+            row = s.get(AlertInstanceRow, instance_id)
+            return _instance(row) if row is not None else None
+
+    def firing(self) -> list[AlertInstance]:
+        with self.store._sessions() as s:
+            rows = s.scalars(
+                select(AlertInstanceRow)
+                .where(AlertInstanceRow.status == "firing")
+                .order_by(AlertInstanceRow.starts_at)
+            ).all()
+            return [_instance(r) for r in rows]
+
+    # --- policy state --------------------------------------------------------------
+    def policy_states(self) -> dict[str, PolicyState]:
+        with self.store._sessions() as s:
+            return {
+                r.service: PolicyState(
+                    last_action_at=_utc(r.last_action_at),
+                    last_scale_out_firing_at=_utc(r.last_scale_out_firing_at),
+                    baseline=r.baseline,
+                )
+                for r in s.scalars(select(ScalingStateRow)).all()
+            }
+
+    def policy_state(self, service: str) -> PolicyState:
+        return self.policy_states().get(service, PolicyState())
+
+    def resolved_instances(self, ids: list[str]) -> set[str]:
+        with self.store._sessions() as s:
+            return set(
+                s.scalars(
+                    select(AlertInstanceRow.id).where(
+                        AlertInstanceRow.id.in_(ids), AlertInstanceRow.status == "resolved"
+                    )
+                ).all()
+            )
+
+    # --- the one write of a decision -----------------------------------------------
+    def commit(
+        self,
+        *,
+        now: datetime,
+        receipt: Receipt | None = None,
+        decision: Decision | None = None,
+        state: tuple[str, PolicyState] | None = None,
+    ) -> Decision | None:
+        """Mark ``receipt`` processed (updating its alert instance), apply ``decision``'s
+        effect, record it and store the policy state: all or nothing.
+
+        Returns the decision as recorded (refused if the service changed meanwhile), or
+        None when the receipt had already been processed.
+        """
+        with self.store._write() as tx:
+            return self._commit(tx, Commit(receipt, decision, state), now)
+
+    def commit_many(self, items: list[Commit], *, now: datetime) -> None:
+        """Several commits in one transaction (the decisions of one batch that do not
+        act: one disk sync instead of one per alert)."""
+        with self.store._write() as tx:
+            self._prefetch(tx, items)
+            for item in items:
+                self._commit(tx, item, now)
+
+    def _prefetch(self, tx: _WriteTx, items: list[Commit]) -> None:
+        """Load the rows the commits touch in three queries; ``get`` then finds them in
+        the session instead of asking the database once per row."""
+        s = tx.session
+        receipts = [i.receipt for i in items if i.receipt is not None]
+        services = {i.decision.service for i in items if i.decision and i.decision.service}
+        services |= {i.state[0] for i in items if i.state is not None}
+        if receipts:
+            s.scalars(
+                select(AlertReceiptRow).where(AlertReceiptRow.id.in_([r.id for r in receipts]))
+            ).all()
+            s.scalars(
+                select(AlertInstanceRow).where(
+                    AlertInstanceRow.id.in_({r.instance for r in receipts})
+                )
+            ).all()
+        if services:
+            s.scalars(select(ScalingStateRow).where(ScalingStateRow.service.in_(services))).all()
+
+    def _commit(self, tx: _WriteTx, item: Commit, now: datetime) -> Decision | None:
+        s = tx.session
+        receipt, decision, state = item
+        if receipt is not None:
+            row = s.get(AlertReceiptRow, receipt.id)
+            if row is None or row.processed_at is not None:
+                return None
+            row.processed_at = now
+            self._update_instance(tx, receipt, now)
+        if decision is not None:
+            decision = self._apply(tx, decision, now)
+            self._record(tx, decision)
+            if decision.new_state is not None and decision.service:
+                self._put_state(tx, decision.service, decision.new_state)
+        if state is not None:
+            self._put_state(tx, *state)
+        return decision
+
+    def _update_instance(self, tx: _WriteTx, receipt: Receipt, now: datetime) -> None:
+        s = tx.session
+        inst = s.get(AlertInstanceRow, receipt.instance)
+        if inst is None:
+            inst = AlertInstanceRow(
+                id=receipt.instance,
+                fingerprint=receipt.fingerprint,
+                alertname=receipt.alertname,
+                service=receipt.labels.get("service"),
+                labels=receipt.labels,
+                status=receipt.status,
+                starts_at=receipt.starts_at,
+                first_seen_at=now,
+                last_seen_at=now,
+                resolved_at=now if receipt.status == "resolved" else None,
+            )
+            s.add(inst)
+            return
+        inst.last_seen_at = now
+        if receipt.status == "resolved" and inst.status != "resolved":
+            inst.status = "resolved"
+            inst.resolved_at = now
+        # A firing notice never re-opens a resolved instance: it arrived late.
+
+    def _put_state(self, tx: _WriteTx, service: str, state: PolicyState) -> None:
+        row = tx.session.get(ScalingStateRow, service)
+        if row is None:
+            row = ScalingStateRow(service=service)
+            tx.session.add(row)
+        row.last_action_at = state.last_action_at
+        row.last_scale_out_firing_at = state.last_scale_out_firing_at
+        row.baseline = state.baseline
+
+    def _apply(self, tx: _WriteTx, d: Decision, now: datetime) -> Decision:
+        if not d.acts or d.dry_run:
+            return d
+        s = tx.session
+        if d.replicas_to is not None and d.service:
+            svc = s.get(ServiceRow, d.service)
+            current = svc.spec.get("replicas") if svc is not None and not svc.deleting else None
+            if svc is None or current != d.replicas_from:
+                return Decision(
+                    action=d.action,
+                    outcome="refused",
+                    refusal="changed",
+                    reason=f"{d.service} changed while deciding (now {current}); not applied",
+                    service=d.service,
+                    rule=d.rule,
+                )
+            check_bounds(d.replicas_to, svc.spec["min_replicas"], svc.spec["max_replicas"])
+            svc.spec = {**svc.spec, "replicas": d.replicas_to}
+            svc.updated_at = now
+            self.store._add_event(
+                tx,
+                f"service {d.service} scaled from {d.replicas_from} to {d.replicas_to}",
+                kind="action",
+                service=d.service,
+                action="scale",
+                outcome="ok",
+                reason=d.reason,
+                data={"from": d.replicas_from, "to": d.replicas_to, "rule": d.rule},
+            )
+            tx.changes.add("spec")
+        for rid in d.drain:
+            rep = s.get(ReplicaRow, rid)
+            if rep is None or rep.desired != DesiredState.RUN:
+                continue
+            svc = s.get(ServiceRow, rep.service)
+            drain_s = float(svc.spec.get("drain_s", 10)) if svc is not None else 0.0
+            rep.desired = DesiredState.DRAIN
+            rep.stop_after = now + timedelta(seconds=drain_s)
+            if rep.state != ReplicaState.FAILED:
+                rep.state = ReplicaState.STOPPING
+            rep.updated_at = now
+            self.store._add_event(
+                tx,
+                f"replica {rid} draining for {drain_s:g}s before it stops: {d.reason}",
+                kind="action",
+                service=rep.service,
+                replica=rid,
+                action="remove_replica",
+                outcome="ok",
+                reason=d.reason,
+            )
+            tx.changes.update({"spec", "state"})
+        return d
+
+    def _record(self, tx: _WriteTx, d: Decision) -> None:
+        self.store._add_event(
+            tx,
+            d.reason,
+            kind="decision",
+            service=d.service,
+            action=str(d.action),
+            outcome=d.outcome,
+            reason=d.refusal or (f"rule {d.rule}" if d.rule else None),
+            data={
+                "rule": d.rule,
+                "refusal": d.refusal,
+                "from": d.replicas_from,
+                "to": d.replicas_to,
+                "avoid_nodes": sorted(d.avoid_nodes),
+                "drain": list(d.drain),
+                "dry_run": d.dry_run,
+            },
+        )
+
+    # --- rules ---------------------------------------------------------------------
+    def get_rules(self) -> tuple[dict[str, Any], str] | None:
+        """The stored rules and where they came from, or None (the shipped default)."""
+        with self.store._sessions() as s:
+            row = s.get(MetaRow, RULES_KEY)
+            if row is None:
+                return None
+            stored = json.loads(row.value)
+            return stored["ruleset"], stored["source"]
+
+    def put_rules(self, data: dict[str, Any], *, source: str) -> None:
+        with self.store._write() as tx:
+            row = tx.session.get(MetaRow, RULES_KEY)
+            text = json.dumps({"ruleset": data, "source": source}, sort_keys=True)
+            if row is not None and row.value == text:
+                return
+            if row is None:
+                tx.session.add(MetaRow(key=RULES_KEY, value=text))
+            else:
+                row.value = text
+            self.store._add_event(
+                tx,
+                f"alert rules replaced ({len(data.get('rules', []))} rule(s)) from {source}",
+                kind="config",
+                action="put_rules",
+                outcome="ok",
+                data={"source": source},
+            )

@@ -1,0 +1,370 @@
+"""/v1/alerts and /v1/rules through the real app (TestClient), with payloads shaped as
+Alertmanager 0.25 sends them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from orchestrify.controller.app import create_app
+from orchestrify.controller.deps import ControllerState
+from orchestrify.controller.settings import ControllerSettings
+from orchestrify.store import utcnow
+from tests.alerting.payloads import am_alert, am_payload
+
+ADMIN = {"Authorization": "Bearer admin-token"}
+JOIN = {"Authorization": "Bearer join-token"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def make_client(data_dir: Path, **settings: Any) -> TestClient:
+    app = create_app(
+        ControllerSettings(
+            data_dir=data_dir, token="admin-token", join_token="join-token", **settings
+        ),
+        registry=CollectorRegistry(),
+        run_reconciler=False,  # tests drive the reconciler and the alert timer themselves
+    )
+    return TestClient(app)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with make_client(tmp_path) as c:
+        yield c
+
+
+def state_of(c: TestClient) -> ControllerState:
+    state: ControllerState = c.app.state.controller  # type: ignore[attr-defined]
+    return state
+
+
+def deploy(c: TestClient, *, nodes: int = 2, **spec: Any) -> list[str]:
+    ids = []
+    for i in range(nodes):
+        r = c.post(
+            "/v1/nodes/register", json={"name": f"n{i}", "address": "127.0.0.1"}, headers=JOIN
+        )
+        ids.append(r.json()["node_id"])
+    body = {"name": "web", "image": "nginx:1", "replicas": 1, "max_replicas": 4, **spec}
+    assert c.post("/v1/services", json=body, headers=ADMIN).status_code == 201
+    state_of(c).reconciler.run_once()
+    return ids
+
+
+def replicas(c: TestClient) -> list[dict[str, Any]]:
+    return [r for r in c.get("/v1/replicas", headers=ADMIN).json() if r["desired"] == "run"]
+
+
+def desired(c: TestClient) -> int:
+    return int(c.get("/v1/services/web", headers=ADMIN).json()["replicas"])
+
+
+def decisions(c: TestClient) -> list[dict[str, Any]]:
+    return list(c.get("/v1/events", params={"kind": "decision"}, headers=ADMIN).json())
+
+
+def post(c: TestClient, body: dict[str, Any], headers: dict[str, str] = ADMIN) -> Any:
+    return c.post("/v1/alerts", json=body, headers=headers)
+
+
+def rate_high(status: str = "firing", **kw: Any) -> dict[str, Any]:
+    return am_payload(am_alert("ServiceRequestRateHigh", status=status, service="web", **kw))
+
+
+def test_needs_the_admin_token(client: TestClient) -> None:
+    assert post(client, rate_high(), headers={}).status_code == 401
+    assert post(client, rate_high(), headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert post(client, rate_high(), headers=JOIN).status_code == 401
+    assert client.get("/v1/rules").status_code == 401
+
+
+def test_malformed_body_is_422_naming_the_field_logged_and_nothing_lost(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    deploy(client)
+    assert post(client, rate_high()).status_code == 200
+    before = client.get("/v1/events", headers=ADMIN).json()
+    bad = rate_high()
+    bad["alerts"][0]["status"] = "pending"
+    with caplog.at_level(logging.WARNING):
+        r = post(client, bad)
+    assert r.status_code == 422
+    assert r.json()["message"].startswith("alerts.0.status:")
+    assert any("alerts.0.status" in str(getattr(rec, "error", "")) for rec in caplog.records)
+    no_labels = rate_high()
+    del no_labels["alerts"][0]["labels"]["alertname"]
+    r = post(client, no_labels)
+    assert r.status_code == 422 and "alerts.0.labels" in r.json()["message"]
+    r = client.post(
+        "/v1/alerts", content=b"{not json", headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert client.get("/v1/events", headers=ADMIN).json() == before
+    assert desired(client) == 2
+
+
+def test_alert_is_stored_as_event_decided_and_scales_out(client: TestClient) -> None:
+    deploy(client)
+    r = post(client, rate_high())
+    assert r.status_code == 200
+    assert r.json() == {"status": "stored", "received": 1, "new": 1, "duplicates": 0}
+    assert desired(client) == 2
+    assert len(replicas(client)) == 2  # placed at once, not at the next reconcile tick
+    alerts = client.get("/v1/events", params={"kind": "alert"}, headers=ADMIN).json()
+    assert alerts[-1]["data"]["fingerprint"] == "5bdc4b0ea7e3fa57"
+    (d,) = decisions(client)
+    assert (d["action"], d["outcome"], d["data"]["from"], d["data"]["to"]) == (
+        "scale_out",
+        "ok",
+        1,
+        2,
+    )
+    metrics = client.get("/metrics").text
+    assert 'orchestrify_decisions_total{action="scale_out",outcome="ok"} 1.0' in metrics
+
+
+def test_duplicates_and_retries_act_once(client: TestClient) -> None:
+    deploy(client, policy={"cooldown_s": 0})  # not the cooldown: the key stops it
+    for _ in range(3):
+        assert post(client, rate_high()).status_code == 200
+    assert desired(client) == 2
+    assert len(decisions(client)) == 1
+    dup = client.get("/v1/events", params={"kind": "alert"}, headers=ADMIN).json()
+    assert [e["data"]["duplicate"] for e in dup] == [False, True, True]
+
+
+def test_same_batch_from_two_alertmanagers_acts_once(client: TestClient) -> None:
+    deploy(client, policy={"cooldown_s": 0})
+    first = rate_high()
+    second = rate_high()
+    second["externalURL"] = "http://alertmanager-2:9093"
+    second["receiver"] = "orchestrify-2"
+    assert post(client, first).json()["new"] == 1
+    assert post(client, second).json()["duplicates"] == 1
+    assert desired(client) == 2
+
+
+def test_resolved_before_firing_never_acts(client: TestClient) -> None:
+    deploy(client, policy={"cooldown_s": 0})
+    assert post(client, rate_high(status="resolved")).status_code == 200
+    assert post(client, rate_high()).status_code == 200
+    assert desired(client) == 1
+    (d,) = decisions(client)
+    assert (d["outcome"], d["reason"]) == ("refused", "already_resolved")
+    state_of(client).alerts.tick()  # and the timer does not pick it up either
+    assert desired(client) == 1
+
+
+def test_latency_alert_places_on_another_node_than_the_slow_replica(client: TestClient) -> None:
+    node_ids = deploy(client)
+    (slow,) = replicas(client)
+    body = am_payload(
+        am_alert("ServiceLatencyHigh", service="web", replica=slow["id"], node=slow["node_name"])
+    )
+    assert post(client, body).status_code == 200
+    new = [r for r in replicas(client) if r["id"] != slow["id"]]
+    assert len(new) == 1
+    assert new[0]["node"] != slow["node"] and new[0]["node"] in node_ids
+
+
+def test_crash_between_store_and_act_is_processed_at_start(tmp_path: Path) -> None:
+    from orchestrify.alerting.payload import AlertBatch
+
+    with make_client(tmp_path) as c:
+        deploy(c)
+        # Stored, then "crash" before deciding.
+        state_of(c).alerts.alerts.store_batch(AlertBatch.model_validate(rate_high()), now=utcnow())
+        assert desired(c) == 1
+    with make_client(tmp_path) as c:
+        assert desired(c) == 2
+        assert decisions(c)[-1]["outcome"] == "ok"
+        assert state_of(c).alerts.alerts.pending() == []
+
+
+def test_firing_alert_keeps_scaling_each_cooldown_then_scales_back_after_resolution(
+    client: TestClient,
+) -> None:
+    deploy(client, policy={"cooldown_s": 30, "scale_down_stabilization_s": 300})
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    post(client, rate_high())
+    assert desired(client) == 2
+    clock.advance(10)
+    proc.tick()
+    assert desired(client) == 2  # cooldown
+    for expect in (3, 4, 4):  # max_replicas is 4
+        clock.advance(31)
+        proc.tick()
+        assert desired(client) == expect
+    refusals = [d["reason"] for d in decisions(client) if d["outcome"] == "refused"]
+    assert refusals == ["cooldown", "at_max"]  # each said once, not every tick
+    post(client, rate_high(status="resolved"))
+    clock.advance(299)
+    proc.tick()
+    assert desired(client) == 4  # scale-down stabilization
+    clock.advance(2)
+    proc.tick()
+    assert desired(client) == 3
+    clock.advance(10)
+    proc.tick()
+    assert desired(client) == 3  # cooldown between steps
+    clock.advance(21)
+    proc.tick()
+    assert desired(client) == 2
+    clock.advance(31)
+    proc.tick()
+    assert desired(client) == 1  # the baseline: the count before the first scale-out
+    clock.advance(31)
+    proc.tick()
+    assert desired(client) == 1
+    assert proc.alerts.policy_state("web").baseline is None
+
+
+def test_rate_low_scales_in_after_stabilization_toward_min(client: TestClient) -> None:
+    deploy(client, replicas=3, policy={"cooldown_s": 0, "scale_down_stabilization_s": 60})
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    starts = (clock.now - timedelta(seconds=10)).isoformat().replace("+00:00", "Z")
+    body = am_payload(am_alert("ServiceRequestRateLow", service="web", starts_at=starts))
+    post(client, body)
+    assert desired(client) == 3
+    assert decisions(client)[-1]["reason"] == "stabilization"
+    clock.advance(50)
+    proc.tick()
+    assert desired(client) == 2
+    proc.tick()
+    assert desired(client) == 1
+    proc.tick()
+    assert desired(client) == 1
+    assert decisions(client)[-1]["reason"] == "at_min"
+
+
+def test_dry_run_decides_and_records_but_does_not_act(tmp_path: Path) -> None:
+    with make_client(tmp_path, dry_run=True) as c:
+        deploy(c)
+        post(c, rate_high())
+        assert desired(c) == 1
+        (d,) = decisions(c)
+        assert d["outcome"] == "refused" and d["reason"] == "dry_run"
+        assert "would scale web from 1 to 2" in d["message"]
+
+
+def test_unknown_service_and_unhealthy_replica(client: TestClient) -> None:
+    deploy(client)
+    post(client, am_payload(am_alert("ServiceLatencyHigh", service="ghost", fingerprint="1")))
+    assert decisions(client)[-1]["reason"] == "unknown_service"
+    (rep,) = replicas(client)
+    body = am_payload(
+        am_alert("ReplicaUnhealthy", service="web", replica=rep["id"], node="n0", fingerprint="2")
+    )
+    post(client, body)
+    assert decisions(client)[-1]["outcome"] == "ok"
+    (new,) = replicas(client)
+    assert new["id"] != rep["id"] and new["node"] != rep["node"]
+
+
+def test_rules_get_put_and_422(client: TestClient) -> None:
+    got = client.get("/v1/rules", headers=ADMIN).json()
+    assert got["source"] == "default"
+    assert [r["action"] for r in got["rules"]][:2] == ["scale_out", "scale_out"]
+    bad = {
+        "rules": [
+            {
+                "name": "x",
+                "matchers": ['alertname="A"'],
+                "action": "run_playbook",
+            }
+        ]
+    }
+    r = client.put("/v1/rules", json=bad, headers=ADMIN)
+    assert r.status_code == 422
+    assert r.json()["message"] == "rules.0.playbook: run_playbook needs a playbook"
+    r = client.put(
+        "/v1/rules",
+        json={"rules": [{"name": "x", "matchers": ["a~b"], "action": "scale_in"}]},
+        headers=ADMIN,
+    )
+    assert r.status_code == 422 and r.json()["message"].startswith("rules.0.matchers")
+    assert client.get("/v1/rules", headers=ADMIN).json() == got
+    mine = {
+        "rules": [{"name": "only", "matchers": ['alertname=~"Service.*"'], "action": "notify_only"}]
+    }
+    r = client.put("/v1/rules", json=mine, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["source"] == "api"
+    deploy(client)
+    post(client, rate_high())
+    assert desired(client) == 1
+    assert decisions(client)[-1]["action"] == "notify_only"
+
+
+def test_rules_file_wins_at_start_and_api_rules_survive_a_restart(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "rules:\n  - name: all\n    matchers: ['alertname=~\".+\"']\n    action: notify_only\n"
+    )
+    with make_client(tmp_path / "a", rules_file=rules) as c:
+        assert c.get("/v1/rules", headers=ADMIN).json()["rules"][0]["name"] == "all"
+    with make_client(tmp_path / "b") as c:
+        c.put(
+            "/v1/rules",
+            json={"rules": [{"name": "k", "matchers": ['a="b"'], "action": "scale_in"}]},
+            headers=ADMIN,
+        )
+    with make_client(tmp_path / "b") as c:
+        assert c.get("/v1/rules", headers=ADMIN).json()["rules"][0]["name"] == "k"
+
+
+@pytest.mark.parametrize("slow_index", [0, 1])
+def test_avoid_hint_decides_the_node_when_the_spread_is_a_tie(
+    tmp_path: Path, slow_index: int
+) -> None:
+    # Two nodes with one replica each: only the avoid hint tells them apart.
+    with make_client(tmp_path) as c:
+        deploy(c, replicas=2)
+        ordered = sorted(replicas(c), key=lambda r: r["node"])
+        assert len({r["node"] for r in ordered}) == 2
+        slow = ordered[slow_index]
+        body = am_payload(am_alert("ServiceLatencyHigh", service="web", replica=slow["id"]))
+        assert post(c, body).status_code == 200
+        new = [r for r in replicas(c) if r["id"] not in {o["id"] for o in ordered}]
+        assert len(new) == 1 and new[0]["node"] != slow["node"]
+
+
+def test_disabled_rule_refuses_and_is_counted(client: TestClient) -> None:
+    deploy(client)
+    rules = {
+        "rules": [
+            {
+                "name": "off",
+                "matchers": ['alertname="ServiceRequestRateHigh"'],
+                "action": "scale_out",
+                "enabled": False,
+            }
+        ]
+    }
+    assert client.put("/v1/rules", json=rules, headers=ADMIN).status_code == 200
+    post(client, rate_high())
+    assert desired(client) == 1
+    assert decisions(client)[-1]["reason"] == "rule_disabled"
+    metrics = client.get("/metrics").text
+    assert 'orchestrify_decisions_total{action="scale_out",outcome="refused"} 1.0' in metrics
