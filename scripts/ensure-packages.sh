@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install the Debian packages orchestrify's real components and tests need, skipping
+# any already present; safe to run any number of times. Used by .ci/run and the README.
+#
+# Installing them starts nothing: scripts/ensure-docker.sh starts the Docker engine, and
+# tests run nginx, Prometheus and Alertmanager as their own processes.
+set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# package:command that proves it is installed
+PACKAGES=(
+    docker.io:dockerd
+    iptables:iptables
+    nginx:nginx
+    prometheus:prometheus
+    prometheus-alertmanager:prometheus-alertmanager
+    busybox-static:busybox
+    debootstrap:debootstrap
+    wrk:wrk
+    openssh-client:ssh
+)
+
+is_installed() {  # PACKAGE COMMAND
+    if [ "$1" = busybox-static ]; then
+        # A dynamically linked busybox (package "busybox") also answers to the name, but
+        # cannot run in the demo's empty image: ask dpkg for the static one.
+        dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
+    else
+        command -v "$2" >/dev/null 2>&1
+    fi
+}
+
+missing=()
+for entry in "${PACKAGES[@]}"; do
+    package=${entry%%:*}
+    command=${entry#*:}
+    is_installed "$package" "$command" || missing+=("$package")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "ensure-packages: all present" >&2
+    exit 0
+fi
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+echo "ensure-packages: installing ${missing[*]}" >&2
+as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}"
