@@ -19,7 +19,15 @@ from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
-from orchestrify.controller.routers import discovery, events, nodes, replicas, services
+from orchestrify.controller.routers import (
+    discovery,
+    edges,
+    events,
+    nodes,
+    replicas,
+    services,
+    upstreams,
+)
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
 from orchestrify.models import error_location
@@ -69,7 +77,15 @@ def create_app(
         description="Services, nodes, replicas and the event trail of an orchestrify fleet.",
         lifespan=lifespan,
     )
-    for router in (services.router, nodes.router, replicas.router, events.router, discovery.router):
+    for router in (
+        services.router,
+        nodes.router,
+        replicas.router,
+        events.router,
+        discovery.router,
+        upstreams.router,
+        edges.router,
+    ):
         app.include_router(router)
     _install_error_handlers(app)
     _install_metrics(app)
@@ -154,7 +170,8 @@ def _install_metrics(app: FastAPI) -> None:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         state: ControllerState | None = getattr(request.app.state, "controller", None)
-        if state is not None and not path.endswith("/assignments"):  # long-polls skew latency
+        long_poll = path.endswith(("/assignments", "/upstreams"))  # waits would skew latency
+        if state is not None and not long_poll:
             state.metrics.api_latency.labels(
                 request.method, path, str(response.status_code)
             ).observe(time.perf_counter() - start)

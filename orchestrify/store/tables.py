@@ -85,3 +85,13 @@ class MetaRow(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class EdgeRow(Base):
+    """An edge (Nginx host) that announced itself, so Prometheus discovery lists it."""
+
+    __tablename__ = "edges"
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    metrics_url: Mapped[str | None] = mapped_column(String(512))
+    last_seen: Mapped[datetime]
+    created_at: Mapped[datetime]
