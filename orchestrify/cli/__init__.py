@@ -9,6 +9,7 @@ import typer
 from orchestrify.cli.common import CliConfig
 from orchestrify.cli.controller import controller
 from orchestrify.cli.demo import demo_image
+from orchestrify.cli.edge import edge
 from orchestrify.cli.events import events
 from orchestrify.cli.nodes import node_app
 from orchestrify.cli.replicas import ps, replica_app
@@ -64,6 +65,7 @@ app.add_typer(replica_app, name="replica")
 app.command("ps")(ps)
 app.command("events")(events)
 app.command("demo-image")(demo_image)
+app.command("edge")(edge)
 
 
 def main() -> None:
