@@ -196,7 +196,8 @@ def test_scale_in_drains_out_of_nginx_before_the_container_stops(lab: Lab) -> No
     (gone,) = before - after
     address = lab.agent.addresses[gone]
     # Out of Nginx, still running: it answers directly, but gets no traffic through Nginx.
-    assert gone in lab.agent.containers
+    trail = lab.controller.http.get("/v1/events", params={"service": "web"}).json()
+    assert gone in lab.agent.containers, [e["message"] for e in trail if gone in e["message"]]
     direct = httpx.get(f"http://{address}/", timeout=5)
     assert direct.status_code == 200 and _replica_of(direct) == gone
     names = {_replica_of(lab.via_host("GET")) for _ in range(20)}
@@ -225,7 +226,9 @@ def test_broken_template_keeps_the_old_config_and_an_event_says_why(lab: Lab) ->
     good_health = httpx.get(lab.nginx_url + "/__orchestrify/health").text
     upstreams = lab.templates / "upstreams.conf.j2"
     original = upstreams.read_text()
-    upstreams.write_text(original.replace("keepalive", "no_such_directive on;\n    keepalive"))
+    upstreams.write_text(
+        original.replace("    keepalive {{", "    no_such_directive on;\n    keepalive {{")
+    )
     try:
         r = lab.controller.http.patch("/v1/services/web", json={"replicas": 3})
         assert r.status_code == 200, r.text
