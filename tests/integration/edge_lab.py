@@ -105,6 +105,7 @@ class StandInAgent:
     sick: set[str] = field(default_factory=set)  # replicas reported unhealthy on purpose
     _stop: threading.Event = field(default_factory=threading.Event)
     errors: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # labels our containers
 
     def start(self) -> StandInAgent:
         creds = self.controller.http.post(
@@ -154,7 +155,12 @@ class StandInAgent:
             name=f"orchestrify-edge-test-{rid}-{uuid.uuid4().hex[:4]}",
             environment={"ORCHESTRIFY_REPLICA": rid},
             ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
-            labels={TEST_LABEL: "1", "orchestrify.service": service, "orchestrify.replica": rid},
+            labels={
+                TEST_LABEL: "1",
+                "orchestrify.test.run": self.run_id,
+                "orchestrify.service": service,
+                "orchestrify.replica": rid,
+            },
         )
         self.containers[rid] = c
         c.reload()
@@ -197,6 +203,12 @@ class StandInAgent:
         self.thread.join(10)
         for rid in list(self.containers):
             self._remove(rid)
+        # Anything else this run started (a container replaced mid-test, a race at exit).
+        for c in self.docker.containers.list(
+            all=True, filters={"label": f"orchestrify.test.run={self.run_id}"}
+        ):
+            with contextlib.suppress(docker.errors.DockerException):
+                c.remove(force=True)
         self.http.close()
 
 
