@@ -83,7 +83,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             worker_processes="1",
         )
     ).start()
-    with running(agent, edge, controller):
+    with running(controller, agent, edge):
         r = controller.http.post(
             "/v1/services",
             json={"name": "web", "image": image, "replicas": 3, "drain_s": 4},
