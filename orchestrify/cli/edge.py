@@ -44,6 +44,12 @@ def edge(
     metrics_host: str = typer.Option(
         "127.0.0.1", "--metrics-host", help="Address /metrics listens on."
     ),
+    metrics_url: str | None = typer.Option(
+        None,
+        "--metrics-url",
+        help="URL Prometheus scrapes this edge at, told to the controller for discovery "
+        "(default: http://<metrics-host>:<metrics-port>/metrics).",
+    ),
     name: str | None = typer.Option(
         None, "--name", help="Name this edge registers under (default: the host name)."
     ),
@@ -74,6 +80,7 @@ def edge(
             domain=domain,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            metrics_url=metrics_url,
             templates_dir=templates_dir,
             **({"name": name} if name else {}),
         )
