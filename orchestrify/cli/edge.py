@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from orchestrify.cli.common import config, fail
+from orchestrify.errors import InvalidSpec
 
 
 def edge(
@@ -85,7 +86,7 @@ def edge(
             **({"name": name} if name else {}),
         )
         settings.listen_address()
-    except ValueError as exc:
+    except (ValueError, InvalidSpec) as exc:  # pydantic's ValidationError is a ValueError
         raise fail(str(exc), code=2) from None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_edge(settings))
