@@ -306,3 +306,51 @@ class Event(BaseModel):
     reason: str | None = None
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpstreamReplica(BaseModel):
+    """One replica Nginx may send traffic to: running, healthy, with an address."""
+
+    id: str
+    address: str = Field(description="host:port the replica answers on.")
+    node: str = Field(description="Node id.")
+    node_name: str | None = None
+
+
+class UpstreamService(BaseModel):
+    name: str
+    port: int = Field(description="Container port (informative: replicas answer on address).")
+    drain_s: float = Field(description="Seconds a replica keeps running after it leaves.")
+    replicas: list[UpstreamReplica]
+
+
+class Upstreams(BaseModel):
+    """What an edge renders Nginx from (``GET /v1/upstreams``)."""
+
+    version: int
+    services: list[UpstreamService]
+
+
+class EdgeRegistration(Strict):
+    name: str = Field(min_length=1, max_length=253, description="Unique edge name (its host).")
+    metrics_url: str | None = Field(
+        None, max_length=512, description="Where the edge's /metrics is served, for Prometheus."
+    )
+
+
+class Edge(BaseModel):
+    name: str
+    metrics_url: str | None = None
+    last_seen: datetime
+    created_at: datetime
+
+
+class EdgeEvent(Strict):
+    """Something an edge did or failed to do (a refused config, a rollback)."""
+
+    message: str = Field(min_length=1, max_length=10_000)
+    kind: str = Field("config", pattern=r"^[a-z_]{1,16}$")
+    service: str | None = None
+    outcome: str | None = Field(None, description="ok | refused | failed | info")
+    reason: str | None = Field(None, max_length=10_000)
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -11,6 +11,7 @@ from orchestrify.cli.common import CliConfig
 from orchestrify.cli.config import config_app
 from orchestrify.cli.controller import controller
 from orchestrify.cli.demo import demo_image
+from orchestrify.cli.edge import edge
 from orchestrify.cli.events import events
 from orchestrify.cli.jobs import job_app
 from orchestrify.cli.nodes import node_app
@@ -74,6 +75,7 @@ app.command("events")(events)
 app.command("demo-image")(demo_image)
 app.add_typer(config_app, name="config")
 app.add_typer(rules_app, name="rules")
+app.command("edge")(edge)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from orchestrify.cli.common import err_console, fail
 from orchestrify.cli.controller import resolve_tokens
 from orchestrify.cli.lifecycle import run_until_signalled
 from orchestrify.controller.settings import ControllerSettings, default_data_dir
+from orchestrify.edge import EdgeSettings, nginx_available, run_edge
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,29 @@ class UpContext:
     admin_token: str
     join_token: str
     data_dir: Path
+    listen: str | None = "8080"
+    edge_metrics_port: int = 18082
 
 
-# ---- EXTRA PROGRAMS ---------------------------------------------------------------
-# Each entry builds one more long-running coroutine from the context; `up` runs it next
-# to the controller and the agent, and cancels it on Ctrl-C. The edge goes here, e.g.
-#     EXTRA_PROGRAMS.append(lambda ctx: run_edge(controller=ctx.controller_url, ...))
-EXTRA_PROGRAMS: list[Callable[[UpContext], Coroutine[Any, Any, Any]]] = []
-# ------------------------------------------------------------------------------------
+def edge_program(ctx: UpContext) -> Coroutine[Any, Any, Any] | None:
+    """The edge, with its own Nginx in DATA_DIR/nginx, when Nginx is installed."""
+    if ctx.listen is None or not nginx_available():
+        return None
+    return run_edge(
+        EdgeSettings(
+            controller_url=ctx.controller_url,
+            token=ctx.admin_token,
+            nginx_conf_dir=ctx.data_dir / "nginx",
+            listen=ctx.listen,
+            metrics_port=ctx.edge_metrics_port,
+            name="edge",
+        )
+    )
+
+
+# Each entry builds one more long-running coroutine from the context (or None to skip);
+# `up` runs it next to the controller and the agent, and cancels it on Ctrl-C.
+EXTRA_PROGRAMS: list[Callable[[UpContext], Coroutine[Any, Any, Any] | None]] = [edge_program]
 
 
 def up(
@@ -51,6 +67,13 @@ def up(
     metrics_port: int = typer.Option(
         DEFAULT_METRICS_PORT, "--metrics-port", help="Port of the agent's Prometheus /metrics."
     ),
+    listen: str = typer.Option(
+        "8080", "--listen", help="Where Nginx serves the services: PORT or HOST:PORT."
+    ),
+    edge_metrics_port: int = typer.Option(
+        18082, "--edge-metrics-port", help="Port of the edge's Prometheus /metrics."
+    ),
+    no_edge: bool = typer.Option(False, "--no-edge", help="Do not run the edge and Nginx."),
 ) -> None:
     """Run everything on this host in one process: the controller and an agent that runs
     replicas on the local Docker engine. The quickest way to start.
@@ -65,6 +88,8 @@ def up(
         admin_token=settings.token,
         join_token=settings.join_token,
         data_dir=data_dir,
+        listen=None if no_edge else listen,
+        edge_metrics_port=edge_metrics_port,
     )
     agent_settings = AgentSettings(
         controller_url=ctx.controller_url,
@@ -82,7 +107,12 @@ def up(
         "  orchestrify demo-image\n"
         "  orchestrify service create orchestrify/demo:latest --name web --replicas 3\n"
         "  orchestrify ps\n"
-        "Ctrl-C stops orchestrify; the containers keep running.",
+        + (
+            f"  curl http://127.0.0.1:{ctx.listen.rsplit(':', 1)[-1]}/web/   (through Nginx)\n"
+            if ctx.listen and nginx_available()
+            else "  (Nginx is not installed: no edge; `apt-get install nginx` to get one)\n"
+        )
+        + "Ctrl-C stops orchestrify; the containers keep running.",
         markup=False,
         soft_wrap=True,
     )
@@ -112,7 +142,8 @@ async def run_up(
             serving.result()  # its error, e.g. the port in use
             raise fail(f"the controller stopped while starting on port {settings.port}")
         await asyncio.sleep(0.05)
-    programs = [Agent(agent_settings).run(), *(make(ctx) for make in EXTRA_PROGRAMS)]
+    extra = [make(ctx) for make in EXTRA_PROGRAMS]
+    programs = [Agent(agent_settings).run(), *(p for p in extra if p is not None)]
     try:
         await run_until_signalled([*programs, _wait(serving)])
     finally:

@@ -25,11 +25,13 @@ from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.routers import (
     alerts,
     discovery,
+    edges,
     events,
     jobs,
     nodes,
     replicas,
     services,
+    upstreams,
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
@@ -99,6 +101,8 @@ def create_app(
         discovery.router,
         jobs.router,
         alerts.router,
+        upstreams.router,
+        edges.router,
     ):
         app.include_router(router)
     _install_error_handlers(app)
@@ -243,7 +247,8 @@ def _install_metrics(app: FastAPI) -> None:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         state: ControllerState | None = getattr(request.app.state, "controller", None)
-        if state is not None and not path.endswith("/assignments"):  # long-polls skew latency
+        long_poll = path.endswith(("/assignments", "/upstreams"))  # waits would skew latency
+        if state is not None and not long_poll:
             state.metrics.api_latency.labels(
                 request.method, path, str(response.status_code)
             ).observe(time.perf_counter() - start)

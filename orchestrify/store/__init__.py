@@ -23,6 +23,8 @@ from orchestrify.errors import Conflict, InvalidSpec, NotFound, Unauthorized
 from orchestrify.models import (
     Assignment,
     DesiredState,
+    Edge,
+    EdgeRegistration,
     Event,
     Heartbeat,
     Node,
@@ -34,10 +36,12 @@ from orchestrify.models import (
     Service,
     ServicePatch,
     ServiceSpec,
+    UpstreamReplica,
+    UpstreamService,
     error_location,
 )
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (creates its tables)
-from orchestrify.store.tables import Base, EventRow, NodeRow, ReplicaRow, ServiceRow
+from orchestrify.store.tables import Base, EdgeRow, EventRow, NodeRow, ReplicaRow, ServiceRow
 
 __all__ = ["ChangeKind", "Store", "utcnow"]
 
@@ -104,6 +108,15 @@ def _replica(row: ReplicaRow, node_names: dict[str, str] | None = None) -> Repli
         stop_after=_utc(row.stop_after),
         created_at=_utc(row.created_at) or utcnow(),
         updated_at=_utc(row.updated_at) or utcnow(),
+    )
+
+
+def _edge(row: EdgeRow) -> Edge:
+    return Edge(
+        name=row.name,
+        metrics_url=row.metrics_url,
+        last_seen=_utc(row.last_seen) or utcnow(),
+        created_at=_utc(row.created_at) or utcnow(),
     )
 
 
@@ -730,6 +743,72 @@ class Store:
                     )
                 )
             return out
+
+    def upstreams(self) -> list[UpstreamService]:
+        """Every live service with the replicas Nginx may use: desired ``run``, observed
+        ``healthy`` and with an address. A draining replica is absent, which is what takes
+        it out of Nginx before its container stops."""
+        with self._sessions() as s:
+            names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
+            rows = s.scalars(
+                select(ReplicaRow)
+                .where(
+                    ReplicaRow.desired == DesiredState.RUN,
+                    ReplicaRow.state == ReplicaState.HEALTHY,
+                    ReplicaRow.address.is_not(None),
+                )
+                .order_by(ReplicaRow.id)
+            ).all()
+            by_service: dict[str, list[UpstreamReplica]] = {}
+            for row in rows:
+                if row.address:
+                    by_service.setdefault(row.service, []).append(
+                        UpstreamReplica(
+                            id=row.id,
+                            address=row.address,
+                            node=row.node,
+                            node_name=names.get(row.node),
+                        )
+                    )
+            services = s.scalars(
+                select(ServiceRow).where(ServiceRow.deleting.is_(False)).order_by(ServiceRow.name)
+            ).all()
+            return [
+                UpstreamService(
+                    name=svc.name,
+                    port=int(svc.spec.get("port", 8000)),
+                    drain_s=float(svc.spec.get("drain_s", 10)),
+                    replicas=by_service.get(svc.name, []),
+                )
+                for svc in services
+            ]
+
+    # --- edges ---------------------------------------------------------------------
+    def register_edge(self, reg: EdgeRegistration) -> Edge:
+        """Create or refresh an edge; edges call this at start and at every resync."""
+        now = utcnow()
+        with self._write() as tx:
+            row = tx.session.get(EdgeRow, reg.name)
+            if row is None:
+                row = EdgeRow(name=reg.name, created_at=now, last_seen=now)
+                tx.session.add(row)
+                self._add_event(
+                    tx,
+                    f"edge {reg.name} registered"
+                    + (f" (metrics at {reg.metrics_url})" if reg.metrics_url else ""),
+                    kind="config",
+                    action="register_edge",
+                    outcome="ok",
+                    data={"edge": reg.name},
+                )
+            row.metrics_url = reg.metrics_url
+            row.last_seen = now
+            tx.session.flush()
+            return _edge(row)
+
+    def list_edges(self) -> list[Edge]:
+        with self._sessions() as s:
+            return [_edge(r) for r in s.scalars(select(EdgeRow).order_by(EdgeRow.name)).all()]
 
     def snapshot(self) -> tuple[list[Service], list[ServiceRow], list[Node], list[Replica]]:
         """Everything the reconciler decides on, read in one transaction."""

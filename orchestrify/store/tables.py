@@ -124,3 +124,13 @@ class JobEventRow(Base):
     created: Mapped[datetime | None]
 
     __table_args__ = (UniqueConstraint("job_id", "counter", name="uq_job_events_counter"),)
+
+
+class EdgeRow(Base):
+    """An edge (Nginx host) that announced itself, so Prometheus discovery lists it."""
+
+    __tablename__ = "edges"
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    metrics_url: Mapped[str | None] = mapped_column(String(512))
+    last_seen: Mapped[datetime]
+    created_at: Mapped[datetime]

@@ -1,4 +1,4 @@
-"""/v1/discovery/prometheus: Prometheus HTTP service discovery of controller and agents."""
+"""/v1/discovery/prometheus: Prometheus HTTP service discovery of controller, agents, edges."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def prometheus_targets(state: State, request: Request) -> list[dict[str, Any]]:
         if node.agent_url and (hp := _hostport(node.agent_url)):
             targets.append(
                 {"targets": [hp], "labels": {"job": "orchestrify-agent", "node": node.name}}
+            )
+    for edge in state.store.list_edges():
+        if edge.metrics_url and (hp := _hostport(edge.metrics_url)):
+            targets.append(
+                {"targets": [hp], "labels": {"job": "orchestrify-edge", "edge": edge.name}}
             )
     extra = getattr(request.app.state, "extra_discovery", None)
     if extra is not None:

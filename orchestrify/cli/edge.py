@@ -1,0 +1,92 @@
+"""`orchestrify edge`: keep a local Nginx pointed at the healthy replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import typer
+
+from orchestrify.cli.common import config, fail
+from orchestrify.errors import InvalidSpec
+
+
+def edge(
+    ctx: typer.Context,
+    controller_url: str | None = typer.Option(
+        None,
+        "--controller",
+        envvar="ORCHESTRIFY_URL",
+        help="Controller API URL (default: the global --controller).",
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="ORCHESTRIFY_TOKEN",
+        help="Admin token of the controller (default: the global --token).",
+    ),
+    nginx_conf_dir: Path = typer.Option(
+        ...,
+        "--nginx-conf-dir",
+        help="Folder the edge owns: it writes nginx.conf and upstreams.conf there and "
+        "runs Nginx with it as prefix (pid, error.log, temp files).",
+    ),
+    nginx_bin: str = typer.Option("nginx", "--nginx-bin", help="The nginx binary to run."),
+    listen: str = typer.Option(
+        "8080", "--listen", help="Where Nginx takes traffic: PORT or HOST:PORT."
+    ),
+    domain: str = typer.Option(
+        "localhost", "--domain", help="Service NAME answers on Host NAME.<domain> (and /NAME/)."
+    ),
+    metrics_port: int = typer.Option(
+        18082, "--metrics-port", help="Port of the edge's Prometheus /metrics (0: off)."
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", "--metrics-host", help="Address /metrics listens on."
+    ),
+    metrics_url: str | None = typer.Option(
+        None,
+        "--metrics-url",
+        help="URL Prometheus scrapes this edge at, told to the controller for discovery "
+        "(default: http://<metrics-host>:<metrics-port>/metrics).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Name this edge registers under (default: the host name)."
+    ),
+    templates_dir: Path | None = typer.Option(
+        None, "--templates-dir", help="Use these nginx.conf.j2/upstreams.conf.j2 instead."
+    ),
+) -> None:
+    """Run an edge: render Nginx from the controller's healthy replicas, reload it safely,
+    and export request metrics.
+
+    Every service NAME becomes reachable through Nginx at http://NAME.<domain>:<listen>/
+    and at http://<host>:<listen>/NAME/. The edge starts Nginx itself (or adopts the one
+    already running from --nginx-conf-dir) and reloads it only after `nginx -t` accepted
+    the new config; a bad config never replaces a good one.
+    """
+    from orchestrify.edge import EdgeSettings, nginx_available, run_edge
+
+    root = config(ctx)
+    if not nginx_available(nginx_bin):
+        raise fail(f"{nginx_bin!r} not found on PATH; install nginx or pass --nginx-bin", code=2)
+    try:
+        settings = EdgeSettings(
+            controller_url=controller_url or root.controller,
+            token=token or root.token,
+            nginx_conf_dir=nginx_conf_dir,
+            nginx_bin=nginx_bin,
+            listen=listen,
+            domain=domain,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_url=metrics_url,
+            templates_dir=templates_dir,
+            **({"name": name} if name else {}),
+        )
+        settings.listen_address()
+    except (ValueError, InvalidSpec) as exc:  # pydantic's ValidationError is a ValueError
+        raise fail(str(exc), code=2) from None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_edge(settings))

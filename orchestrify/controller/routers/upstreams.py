@@ -1,0 +1,29 @@
+"""/v1/upstreams: the edges' side of the protocol (what Nginx may send traffic to)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Query
+
+from orchestrify.controller.deps import Admin, State
+from orchestrify.models import Upstreams
+
+router = APIRouter(prefix="/v1/upstreams", tags=["edges"], dependencies=[Admin])
+
+
+@router.get("", response_model=Upstreams)
+async def watch_upstreams(
+    state: State,
+    version: int | None = Query(None, description="Last version seen; omit for an answer now."),
+    timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
+) -> Upstreams:
+    """Long-poll every service with its running, healthy replicas that have an address.
+
+    Answers at once if the state version differs from ``version``, otherwise when
+    anything observed changes or after ``timeout`` seconds (same version, same body).
+    """
+    wait = min(timeout, state.settings.watch_timeout_s)
+    current = await state.feed.wait("state", version, wait)
+    services = await asyncio.to_thread(state.store.upstreams)
+    return Upstreams(version=current, services=services)

@@ -1,0 +1,184 @@
+"""The one adapter around the ``nginx`` binary (and its health location).
+
+Every nginx subprocess call goes through ``NginxProcess``; failures come out as
+``NginxFailure`` carrying Nginx's own error text, never as a foreign exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from orchestrify.errors import NginxFailure
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NginxControl", "NginxProcess", "nginx_available"]
+
+
+def nginx_available(binary: str = "nginx") -> bool:
+    """True when ``binary`` can be run (``orchestrify up`` starts the edge only then)."""
+    return shutil.which(binary) is not None
+
+
+class NginxControl(Protocol):
+    """What the config applier needs of Nginx (a fake implements it in unit tests)."""
+
+    async def test(self, conf: Path) -> None: ...
+    def running(self) -> bool: ...
+    async def start(self) -> None: ...
+    async def reload(self) -> None: ...
+    async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool: ...
+
+
+class NginxProcess:
+    """An Nginx whose prefix is ``prefix`` and whose main config is ``prefix/nginx.conf``.
+
+    If an Nginx is already running from that pid file (for example left by an edge that
+    restarted), it is adopted and reloaded; otherwise ``start`` runs one as a child in
+    the foreground (``daemon off``) and ``stop`` ends it.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str,
+        prefix: Path,
+        pid_file: Path,
+        health_url: str,
+        command_timeout_s: float = 15.0,
+    ) -> None:
+        self.binary = binary
+        self.prefix = prefix
+        self.conf = prefix / "nginx.conf"
+        self.pid_file = pid_file
+        self.health_url = health_url
+        self.command_timeout_s = command_timeout_s
+        self._child: asyncio.subprocess.Process | None = None
+
+    async def _run(self, *args: str) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.binary,
+                "-p",
+                f"{self.prefix}/",
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise NginxFailure(f"cannot run {self.binary}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.command_timeout_s)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise NginxFailure(f"`nginx {' '.join(args)}` timed out") from exc
+        text = (err or b"").decode(errors="replace") + (out or b"").decode(errors="replace")
+        if proc.returncode != 0:
+            raise NginxFailure(_nginx_error(text) or f"nginx exited with {proc.returncode}")
+        return text
+
+    async def test(self, conf: Path) -> None:
+        """``nginx -t`` the full configuration whose main file is ``conf``."""
+        await self._run("-t", "-q", "-c", str(conf))
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, someone else's
+        return pid
+
+    def running(self) -> bool:
+        if self._child is not None and self._child.returncode is not None:
+            self._child = None
+        return self.pid() is not None
+
+    async def start(self) -> None:
+        """Run Nginx in the foreground as our child and wait until it has written its pid."""
+        try:
+            self._child = await asyncio.create_subprocess_exec(
+                self.binary,
+                "-p",
+                f"{self.prefix}/",
+                "-c",
+                str(self.conf),
+                "-g",
+                "daemon off;",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise NginxFailure(f"cannot run {self.binary}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.command_timeout_s
+        while loop.time() < deadline:
+            if self._child.returncode is not None:
+                err = b""
+                if self._child.stderr is not None:
+                    err = await self._child.stderr.read()
+                self._child = None
+                raise NginxFailure(_nginx_error(err.decode(errors="replace")) or "nginx exited")
+            if self.pid() is not None:
+                log.info("nginx started", extra={"pid": self.pid(), "prefix": str(self.prefix)})
+                return
+            await asyncio.sleep(0.05)
+        raise NginxFailure("nginx did not write its pid file in time")
+
+    async def reload(self) -> None:
+        await self._run("-s", "reload", "-c", str(self.conf))
+
+    async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool:
+        """Poll the health location until it names ``config_id`` (the new config is live)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                try:
+                    resp = await http.get(self.health_url)
+                    if resp.status_code == 200 and resp.text.split() == ["ok", config_id]:
+                        return True
+                except httpx.HTTPError:
+                    pass
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Stop the Nginx we started (gracefully, then by force); leave an adopted one."""
+        child, self._child = self._child, None
+        if child is None or child.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGQUIT)  # graceful: in-flight requests finish
+        try:
+            await asyncio.wait_for(child.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+
+
+def _nginx_error(text: str) -> str:
+    """The lines of nginx's output that say what is wrong."""
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if "[emerg]" in line or "[alert]" in line or "[crit]" in line or "[error]" in line
+    ]
+    return "; ".join(lines) or text.strip()
