@@ -121,9 +121,13 @@ def docker(*args: str, input_text: str | None = None, check: bool = True) -> str
 
 
 def docker_available() -> bool:
-    return shutil.which("docker") is not None and _run(
-        ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=20
-    ).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and _run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=20
+        ).returncode
+        == 0
+    )
 
 
 def image_label(tag: str, label: str) -> str | None:
@@ -219,7 +223,9 @@ class Lab:
         self.prefix = f"{prefix}-{self.session}"
         self.hosts: list[LabHost] = []
 
-    def start(self, count: int, *, image: str = HOST_IMAGE, ssh_timeout: float = 60) -> list[LabHost]:
+    def start(
+        self, count: int, *, image: str = HOST_IMAGE, ssh_timeout: float = 60
+    ) -> list[LabHost]:
         """Start ``count`` hosts, install the public key, and wait until sshd answers."""
         started: list[LabHost] = []
         for index in range(len(self.hosts), len(self.hosts) + count):
@@ -227,9 +233,7 @@ class Lab:
             docker("run", "-d", "--name", name, "--hostname", f"lab{index}",
                    "--label", f"{TEST_LABEL}=1", "--label", f"{SESSION_LABEL}={self.session}",
                    *LAB_RUN_FLAGS, image)  # fmt: skip
-            address = docker(
-                "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name
-            )
+            address = docker("inspect", "--format", "{{.NetworkSettings.IPAddress}}", name)
             host = LabHost(name=name, address=address)
             self.hosts.append(host)
             started.append(host)
