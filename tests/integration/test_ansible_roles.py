@@ -17,10 +17,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -272,3 +274,89 @@ def test_invalid_rules_never_reach_prometheus(lab_env: LabEnv, tmp_path: Path) -
     assert "failed to validate" in run.output or "promtool" in run.output, run.output[-3000:]
     after = lab_env.lab.exec(host, "cat", "/etc/prometheus/orchestrify-rules.yml", check=False)
     assert after == before
+
+
+class FakeControllerAPI(ThreadingHTTPServer):
+    """Just enough of the controller's API for decommission.yml: the node list, the drain
+    call, and a replica list that empties two polls after the drain."""
+
+    node_name: str
+    calls: list[tuple[str, str, str | None]]
+    polls_after_drain: int
+    drained: bool
+
+
+class FakeControllerHandler(BaseHTTPRequestHandler):
+    server: FakeControllerAPI
+
+    def _reply(self, status: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _record(self) -> None:
+        self.server.calls.append((self.command, self.path, self.headers.get("Authorization")))
+
+    def do_GET(self) -> None:
+        self._record()
+        srv = self.server
+        if self.path == "/v1/nodes":
+            state = "Draining" if srv.drained else "Ready"
+            self._reply(200, [
+                {"id": "n-other", "name": "someone-else", "address": "10.0.0.9", "state": "Ready"},
+                {"id": "n-lab", "name": srv.node_name, "address": "10.0.0.8", "state": state},
+            ])  # fmt: skip
+        elif self.path == "/v1/replicas":
+            if srv.drained:
+                srv.polls_after_drain += 1
+            left_on_node = not srv.drained or srv.polls_after_drain < 3
+            replicas = [{"id": "r-1", "service": "web", "node": "n-other"}]
+            if left_on_node:
+                replicas.append({"id": "r-2", "service": "web", "node": "n-lab"})
+            self._reply(200, replicas)
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def do_POST(self) -> None:
+        self._record()
+        if self.path == "/v1/nodes/n-lab/drain":
+            self.server.drained = True
+            self._reply(202, {"id": "n-lab", "state": "Draining"})
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_decommission_drains_then_stops_the_agent(lab_env: LabEnv, tmp_path: Path) -> None:
+    host, ex = lab_env.host, lab_env.lab.exec
+    # A container of the agent's (labelled orchestrify.node) on the host's own engine,
+    # from an empty imported image: `docker create` needs no runnable command.
+    ex(host, "sh", "-c",
+       "tar -cf - -T /dev/null | docker import - orchestrify-test/empty:1 >/dev/null && "
+       "docker create --label orchestrify.node=n-lab orchestrify-test/empty:1 /none")  # fmt: skip
+    api = FakeControllerAPI(("127.0.0.1", 0), FakeControllerHandler)
+    api.node_name, api.calls, api.polls_after_drain, api.drained = host.name, [], 0, False
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    try:
+        run = run_playbook(
+            "decommission.yml", lab_env,
+            "-e", f"orchestrify_controller_url=http://127.0.0.1:{api.server_address[1]}",
+            "-e", "orchestrify_token=lab-api-token",
+            "-e", '{"decommission_poll_delay": 1}',
+        )  # fmt: skip
+    finally:
+        api.shutdown()
+        api.server_close()
+    assert run.rc == 0, run.output[-5000:]
+    paths = [(method, path) for method, path, _ in api.calls]
+    assert paths[:2] == [("GET", "/v1/nodes"), ("POST", "/v1/nodes/n-lab/drain")]
+    assert paths.count(("GET", "/v1/replicas")) == 3
+    assert {auth for _, _, auth in api.calls} == {"Bearer lab-api-token"}
+    assert ex(host, "systemctl", "is-active", "orchestrify-agent", check=False) == "inactive"
+    assert ex(host, "systemctl", "is-enabled", "orchestrify-agent", check=False) == "disabled"
+    assert ex(host, "docker", "ps", "-aq", "--filter", "label=orchestrify.node") == ""
