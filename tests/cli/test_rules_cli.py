@@ -53,11 +53,11 @@ def test_rules_apply_validates_then_puts(url: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(
         "rules:\n  - name: p\n    matchers: ['a=\"b\"']\n"
-        "    action: run_playbook\n    playbook: x.yml\n"
+        "    action: run_playbook\n"
     )
     r = cli(url, "rules", "apply", str(bad))
     assert r.exit_code == 2
-    assert "rules.0.action: run_playbook needs the Ansible jobs API" in r.output
+    assert "rules.0.playbook: run_playbook needs a playbook" in r.output
     assert "web-only" in cli(url, "rules", "ls").output  # nothing replaced
 
 
