@@ -52,6 +52,9 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             sd_refresh_interval="1s",
             latency_range="15s",
             for_latency="3s",
+            # The request-rate alerts stay pending for the whole test: only latency
+            # (and its resolution) scales here, so each decision has one cause.
+            for_rate="10m",
             group_wait="1s",
             group_interval="1s",
         )
@@ -191,6 +194,7 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
         interval=0.5,
     )[0]
     assert (scale_in["data"]["from"], scale_in["data"]["to"]) == (2, 1)
+    assert scale_in["data"]["rule"] is None  # the resolution's scale-in, no alert rule
     assert api.get(f"/v1/services/{SERVICE}").json()["replicas"] == 1
     poll("one container left", lambda: len(fleet.containers()) == 1, timeout=60)
     (left,) = poll("one healthy replica", lambda: _healthy(fleet, 1), timeout=30)
