@@ -3,6 +3,11 @@
 After the first change, wait until no change came for ``min_wait_s``, but never longer
 than ``max_wait_s`` in all, so a steady trickle of changes still gets applied. An
 *urgent* change (a replica left) is applied ``min_wait_s`` after it, whatever follows.
+
+Leading edge: the first change after an idle period (no fire for ``max_wait_s``) is
+applied at once, so a lone change (a new replica turned healthy after a scale-out)
+does not wait for quiet; the rest of its burst is batched as above, which costs at
+most one extra reload per burst.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Debouncer:
         min_wait_s: float = 0.2,
         max_wait_s: float = 2.0,
         clock: Callable[[], float] | None = None,
+        leading: bool = True,
     ) -> None:
         if not 0 <= min_wait_s <= max_wait_s:
             raise ValueError("need 0 <= min_wait_s <= max_wait_s")
@@ -41,6 +47,8 @@ class Debouncer:
         self._last = 0.0
         self._urgent: float | None = None
         self._poked = asyncio.Event()
+        self.leading = leading
+        self._fired_at: float | None = None  # None: never fired, so the next change leads
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -65,16 +73,23 @@ class Debouncer:
                 self._poked.clear()
                 await self._poked.wait()
                 continue
-            due = fire_at(
-                first=self._first,
-                last=self._last,
-                urgent=self._urgent,
-                min_wait_s=self.min_wait_s,
-                max_wait_s=self.max_wait_s,
+            idle = self._fired_at is None or self._first - self._fired_at >= self.max_wait_s
+            due = (
+                self._first
+                if self.leading and idle
+                else fire_at(
+                    first=self._first,
+                    last=self._last,
+                    urgent=self._urgent,
+                    min_wait_s=self.min_wait_s,
+                    max_wait_s=self.max_wait_s,
+                )
             )
-            delay = due - self._now()
+            now = self._now()
+            delay = due - now
             if delay <= 0:
                 self._first, self._urgent = None, None
+                self._fired_at = now
                 return
             self._poked.clear()
             # Wake up early on a new poke to recompute (an urgent poke moves ``due`` in).

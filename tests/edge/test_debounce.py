@@ -24,7 +24,7 @@ def test_fire_at_waits_for_quiet_but_never_past_max() -> None:
 
 def test_a_burst_gives_one_fire_and_a_later_change_another() -> None:
     async def scenario() -> int:
-        debouncer = Debouncer(min_wait_s=0.05, max_wait_s=5.0)
+        debouncer = Debouncer(min_wait_s=0.05, max_wait_s=5.0, leading=False)
         fires = 0
 
         async def consumer() -> None:
@@ -52,7 +52,7 @@ def test_a_burst_gives_one_fire_and_a_later_change_another() -> None:
 
 def test_steady_trickle_still_fires_by_max_wait() -> None:
     now = [0.0]
-    debouncer = Debouncer(min_wait_s=0.2, max_wait_s=1.0, clock=lambda: now[0])
+    debouncer = Debouncer(min_wait_s=0.2, max_wait_s=1.0, clock=lambda: now[0], leading=False)
 
     async def scenario() -> bool:
         for step in range(20):  # a change every 0.1 s "forever"
@@ -63,3 +63,25 @@ def test_steady_trickle_still_fires_by_max_wait() -> None:
         return not debouncer.pending
 
     assert asyncio.run(scenario())
+
+
+def test_first_change_after_idle_fires_at_once_and_the_rest_of_its_burst_waits() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        debouncer = Debouncer(min_wait_s=1.0, max_wait_s=5.0)
+
+        async def ticks() -> None:
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+        debouncer.poke()  # the first change after an idle period
+        first = asyncio.create_task(debouncer.settled())
+        await ticks()
+        led = first.done()  # applied at once: no wait for quiet
+        debouncer.poke()  # the same burst goes on
+        second = asyncio.create_task(debouncer.settled())
+        await ticks()
+        batched = not second.done()  # within the window: it waits for quiet
+        await asyncio.wait_for(second, 5)
+        return led, batched, not debouncer.pending
+
+    assert asyncio.run(scenario()) == (True, True, True)
