@@ -331,6 +331,8 @@ def one_reaction(fleet: Any, i: int) -> dict[str, float]:
         "only it in nginx", lambda: fleet.edge.served_replicas(SERVICE) == {slow["id"]}, timeout=30
     )
     poll("one container", lambda: len(fleet.containers()) == 1, timeout=30)
+    # The previous run's replica row goes once its agent reports the container gone.
+    poll("one replica", lambda: len(fleet.replicas()) == 1, timeout=30)
     times: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -341,7 +343,14 @@ def one_reaction(fleet: Any, i: int) -> dict[str, float]:
     mark("webhook answered")
 
     def new_replica() -> dict[str, Any] | None:
-        return next((r for r in fleet.replicas() if r["id"] != slow["id"] and r["address"]), None)
+        return next(
+            (
+                r
+                for r in fleet.replicas()
+                if r["id"] != slow["id"] and r["address"] and r["desired"] == "run"
+            ),
+            None,
+        )
 
     new = poll("the new replica started", new_replica, timeout=60, interval=0.005)
     mark("container up")

@@ -4,7 +4,7 @@ After the first change, wait until no change came for ``min_wait_s``, but never 
 than ``max_wait_s`` in all, so a steady trickle of changes still gets applied. An
 *urgent* change (a replica left) is applied ``min_wait_s`` after it, whatever follows.
 
-Leading edge: the first change after an idle period (no fire for ``max_wait_s``) is
+Leading edge: the first change after an idle period (no fire for ``min_wait_s``) is
 applied at once, so a lone change (a new replica turned healthy after a scale-out)
 does not wait for quiet; the rest of its burst is batched as above, which costs at
 most one extra reload per burst.
@@ -73,7 +73,9 @@ class Debouncer:
                 self._poked.clear()
                 await self._poked.wait()
                 continue
-            idle = self._fired_at is None or self._first - self._fired_at >= self.max_wait_s
+            # No reload for min_wait_s: this change starts a burst rather than continuing
+            # one, so it goes at once. Reloads stay bounded at about one per min_wait_s.
+            idle = self._fired_at is None or self._first - self._fired_at >= self.min_wait_s
             due = (
                 self._first
                 if self.leading and idle
