@@ -43,7 +43,8 @@ class RunningController:
         self.thread.join(timeout=15)
 
 
-def start_controller(data_dir: Path, port: int) -> RunningController:
+def start_controller(data_dir: Path, port: int, **overrides: Any) -> RunningController:
+    """The real controller app on uvicorn in a thread; ``overrides`` are settings."""
     from prometheus_client import CollectorRegistry
 
     settings = ControllerSettings(
@@ -52,7 +53,7 @@ def start_controller(data_dir: Path, port: int) -> RunningController:
         data_dir=data_dir,
         token="admin-" + uuid.uuid4().hex,
         join_token="join-" + uuid.uuid4().hex,
-        reconcile_interval_s=0.5,
+        **{"reconcile_interval_s": 0.5, **overrides},
     )
     app = create_app(settings, registry=CollectorRegistry())
     server = ControllerServer(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,16 +22,13 @@ from typing import Any
 import docker
 import docker.errors
 import httpx
-import uvicorn
-from prometheus_client import CollectorRegistry
 
 from orchestrify.agent import HealSettings
 from orchestrify.config_render import render_config
-from orchestrify.controller.app import ControllerServer, create_app
-from orchestrify.controller.settings import ControllerSettings
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from orchestrify.edge import EdgeSettings
 from tests.agent.harness import RUN_LABEL, RunningAgent, RunningController, agent_settings
+from tests.agent.harness import start_controller as harness_start_controller
 from tests.conftest import free_port
 from tests.integration.edge_lab import EdgeThread
 
@@ -57,42 +53,7 @@ def poll(what: str, check: Callable[[], Any], *, timeout: float, interval: float
 
 def start_controller(data_dir: Path, **overrides: Any) -> RunningController:
     """The real controller app on uvicorn in a thread, on a free loopback port."""
-    port = free_port()
-    settings = ControllerSettings(
-        host="127.0.0.1",
-        port=port,
-        data_dir=data_dir,
-        token="admin-" + uuid.uuid4().hex,
-        join_token="join-" + uuid.uuid4().hex,
-        **{"reconcile_interval_s": 0.5, **overrides},
-    )
-    app = create_app(settings, registry=CollectorRegistry())
-    server = ControllerServer(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        ),
-        handle_signals=False,  # signals belong to the main thread
-    )
-    thread = threading.Thread(target=server.run, name="controller", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("controller did not start")
-        time.sleep(0.05)
-    assert settings.token and settings.join_token
-    return RunningController(
-        url=f"http://127.0.0.1:{port}",
-        admin_token=settings.token,
-        join_token=settings.join_token,
-        server=server,
-        thread=thread,
-    )
+    return harness_start_controller(data_dir, free_port(), **overrides)
 
 
 @dataclass

@@ -46,7 +46,7 @@ def wait_until(what: str, check: Callable[[], T], *, timeout: float = 30.0) -> T
         except Exception as exc:  # still starting: retry until the deadline
             last = exc
         if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
+            return last
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
