@@ -51,10 +51,7 @@ def test_rules_apply_validates_then_puts(url: str, tmp_path: Path) -> None:
     )
 
     bad = tmp_path / "bad.yml"
-    bad.write_text(
-        "rules:\n  - name: p\n    matchers: ['a=\"b\"']\n"
-        "    action: run_playbook\n"
-    )
+    bad.write_text("rules:\n  - name: p\n    matchers: ['a=\"b\"']\n    action: run_playbook\n")
     r = cli(url, "rules", "apply", str(bad))
     assert r.exit_code == 2
     assert "rules.0.playbook: run_playbook needs a playbook" in r.output
