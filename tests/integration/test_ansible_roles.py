@@ -174,6 +174,7 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
         f"--name {host.name}",
         f"--advertise-address {host.address}",
         "--state-dir /var/lib/orchestrify",
+        "--metrics-port 18081",
     ):
         assert flag in exec_start
     assert "lab-join-token" not in ex(host, "cat", "/etc/systemd/system/orchestrify-agent.service")

@@ -208,6 +208,13 @@ def test_provision_register_deploy_and_rerun_as_a_job(fleet: Fleet) -> None:
     by_name = {n["name"]: n for n in nodes}
     for host in fleet.hosts:
         assert by_name[host.name]["address"] == host.address
+        # the unit's --metrics-port, reachable from the control side for Prometheus
+        metrics = wait_for(
+            f"the agent's /metrics on {host.name}",
+            lambda h=host: http_get(f"http://{h.address}:18081/metrics"),
+            timeout=60,
+        )
+        assert "orchestrify_" in metrics
 
     # 2. Idempotence: the same playbook again changes nothing (agents keep running).
     second = run_playbook("workers.yml", inventory=fleet.inventory)
