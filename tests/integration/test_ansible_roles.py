@@ -3,40 +3,38 @@ host (a systemd Debian container, see lab.py), check what they set up from insid
 outside the host, then apply them again and require ``changed=0``.
 
 One lab host serves the whole module: it plays worker, controller and edge at once, as
-the single-host mode does. The orchestrify programs themselves (agent, controller, edge)
-are not exercised here, only their installation: the package is installed offline from
-a wheelhouse and their units are written and enabled.
+the single-host mode does. The roles render the project's real templates (the ones the
+controller renders too) and start the real programs: the controller's unit answers
+/healthz, the edge runs Nginx on port 80 and registers with that controller, and the
+agent registers as a node. A fleet of several workers is test_fleet_provisioning.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require, require_binary
 from tests.integration import lab
+from tests.integration.provisioning import PlaybookRun, build_wheelhouse
+from tests.integration.provisioning import run_playbook as run_ansible_playbook
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-STUB_TEMPLATES = Path(__file__).parent / "stub_templates"
-# Dependencies' wheels change only with pyproject.toml: cache them across sessions.
-WHEEL_CACHE = Path(os.environ.get("ORCHESTRIFY_TEST_WHEEL_CACHE", "/tmp/orchestrify-test-wheels"))
+# The controller the roles set up on the lab host itself (the agent and the edge there
+# reach it over loopback).
 CONTROLLER_URL = "http://127.0.0.1:18080"
+API_TOKEN = "lab-api-token"
 
 
 @dataclass(frozen=True)
@@ -47,65 +45,10 @@ class LabEnv:
     extra_vars: Path
 
 
-@dataclass(frozen=True)
-class PlaybookRun:
-    rc: int
-    output: str
-    seconds: float
-
-    def recap(self, host: str) -> dict[str, int]:
-        match = re.search(rf"^{re.escape(host)}\s*:\s*(.*)$", self.output, re.M)
-        assert match, f"no PLAY RECAP line for {host}:\n{self.output[-3000:]}"
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
 def run_playbook(playbook: str, env: LabEnv, *args: str) -> PlaybookRun:
-    binary = require_binary("ansible-playbook")
-    bindir = str(Path(sys.executable).parent)
-    run_env = {
-        **os.environ,
-        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    started = time.monotonic()
-    proc = subprocess.run(
-        [binary, "-i", str(env.inventory), "-e", f"@{env.extra_vars}",
-         str(REPO / "playbooks" / playbook), *args],
-        cwd=REPO, env=run_env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    run = PlaybookRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
-    print(f"{playbook} {' '.join(args)}: rc={run.rc} in {run.seconds:.1f}s")
-    return run
-
-
-def build_wheelhouse(dest: Path) -> Path:
-    """orchestrify's wheel, built fresh, plus its dependencies' wheels from the cache."""
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "wheel"]
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    deps = WHEEL_CACHE / digest
-    if not deps.is_dir():
-        partial = deps.with_name(deps.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run([*pip, "--wheel-dir", str(partial), str(REPO)], check=True, timeout=600)
-        for own in partial.glob("orchestrify-*.whl"):
-            own.unlink()
-        partial.rename(deps)
-    dest.mkdir(parents=True)
-    for wheel in deps.glob("*.whl"):
-        shutil.copy2(wheel, dest)
-    # Build from a copy so no build/ or egg-info lands in the work tree.
-    src = dest.parent / "src"
-    shutil.copytree(REPO / "orchestrify", src / "orchestrify")
-    for name in ("pyproject.toml", "README.md"):
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, src / name)
-    subprocess.run(
-        [*pip, "--no-deps", "--wheel-dir", str(dest), str(src)],
-        check=True, timeout=300, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
-    )  # fmt: skip
-    return dest
+    return run_ansible_playbook(
+        playbook, inventory=env.inventory, extra_vars=env.extra_vars, args=args
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,23 +84,16 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
                     "orchestrify_agent_controller_url": CONTROLLER_URL,
                     "orchestrify_agent_join_token": "lab-join-token",
                     "orchestrify_agent_wheelhouse_src": str(wheelhouse),
-                    "orchestrify_controller_token": "lab-api-token",
+                    "orchestrify_controller_token": API_TOKEN,
                     "orchestrify_controller_join_token": "lab-join-token",
                     "orchestrify_controller_wheelhouse_src": str(wheelhouse),
                     "orchestrify_edge_controller_url": CONTROLLER_URL,
-                    "orchestrify_edge_token": "lab-api-token",
+                    "orchestrify_edge_token": API_TOKEN,
                     "orchestrify_edge_wheelhouse_src": str(wheelhouse),
                     "prometheus_controller_url": CONTROLLER_URL,
-                    "prometheus_token": "lab-api-token",
-                    "prometheus_config_template": str(
-                        STUB_TEMPLATES / "prometheus/prometheus.yml.j2"
-                    ),
-                    "prometheus_rules_template": str(STUB_TEMPLATES / "prometheus/rules.yml.j2"),
+                    "prometheus_token": API_TOKEN,
                     "alertmanager_controller_url": CONTROLLER_URL,
-                    "alertmanager_token": "lab-api-token",
-                    "alertmanager_config_template": str(
-                        STUB_TEMPLATES / "alertmanager/alertmanager.yml.j2"
-                    ),
+                    "alertmanager_token": API_TOKEN,
                     "docker_engine_insecure_registries": ["172.17.0.1:5000"],
                 }
             )
@@ -177,6 +113,23 @@ def http_get(url: str) -> tuple[int, str]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def wait_for_api(host: lab.LabHost, path: str, ok: Callable[[Any], bool]) -> bool:
+    """Poll the lab host's controller until ``ok(answer)``; False after 90 s."""
+    request = urllib.request.Request(
+        f"http://{host.address}:18080{path}", headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if ok(json.loads(response.read())):
+                    return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return False
 
 
 def test_docker_engine_and_node_exporter(lab_env: LabEnv) -> None:
@@ -221,6 +174,7 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
         f"--name {host.name}",
         f"--advertise-address {host.address}",
         "--state-dir /var/lib/orchestrify",
+        "--metrics-port 18081",
     ):
         assert flag in exec_start
     assert "lab-join-token" not in ex(host, "cat", "/etc/systemd/system/orchestrify-agent.service")
@@ -253,6 +207,20 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     edge_start = ex(host, "systemctl", "show", "-p", "ExecStart", "orchestrify-edge")
     assert "--nginx-conf-dir /etc/orchestrify/nginx --listen 80" in edge_start
     assert ex(host, "systemctl", "is-enabled", "nginx", check=False) == "disabled"
+
+    # The real programs run: the controller answers, the edge's Nginx serves port 80 and
+    # the edge registered with the controller, and the agent installed by the previous
+    # test (same host) found its controller and is a ready node.
+    status, body = http_get(f"http://{host.address}:18080/healthz")
+    assert status == 200, body
+    status, body = http_get(f"http://{host.address}:80/__orchestrify/health")
+    assert status == 200, body
+    assert wait_for_api(host, "/v1/edges", lambda edges: len(edges) == 1), "edge not registered"
+    assert wait_for_api(
+        host,
+        "/v1/nodes",
+        lambda nodes: [(n["name"], n["state"]) for n in nodes] == [(host.name, "ready")],
+    ), "the agent did not register"
 
     second = run_playbook("control.yml", lab_env, "--skip-tags", "node_exporter")
     assert second.rc == 0, second.output[-5000:]
