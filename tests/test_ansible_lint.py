@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 
 def test_there_are_playbooks() -> None:
     names = {p.name for p in PLAYBOOKS}
-    assert {"site.yml", "workers.yml", "control.yml", "decommission.yml"} <= names
+    assert {"site.yml", "workers.yml", "control.yml", "decommission.yml", "ping.yml"} <= names
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda p: p.name)
