@@ -77,6 +77,9 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
         inventory = the_lab.write_inventory(
             tmp / "hosts.yml", groups={"workers": [host], "controller": [host], "edge": [host]}
         )
+        # The controller's jobs run against the lab host itself, over a local connection.
+        jobs_inventory = tmp / "jobs-inventory.ini"
+        jobs_inventory.write_text("localhost ansible_connection=local\n")
         extra_vars = tmp / "vars.json"
         extra_vars.write_text(
             json.dumps(
@@ -87,6 +90,9 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
                     "orchestrify_controller_token": API_TOKEN,
                     "orchestrify_controller_join_token": "lab-join-token",
                     "orchestrify_controller_wheelhouse_src": str(wheelhouse),
+                    "orchestrify_controller_inventory_src": str(jobs_inventory),
+                    # packed outside the work tree (the default is the repository's build/)
+                    "orchestrify_controller_ansible_archive": str(tmp / "ansible.tar"),
                     "orchestrify_edge_controller_url": CONTROLLER_URL,
                     "orchestrify_edge_token": API_TOKEN,
                     "orchestrify_edge_wheelhouse_src": str(wheelhouse),
@@ -130,6 +136,26 @@ def wait_for_api(host: lab.LabHost, path: str, ok: Callable[[Any], bool]) -> boo
             pass
         time.sleep(1)
     return False
+
+
+def agent_starts(env: LabEnv) -> int:
+    """How often systemd has started orchestrify-agent on the lab host (from its journal)."""
+    journal = env.lab.exec(
+        env.host, "journalctl", "--no-pager", "-o", "cat", "-u", "orchestrify-agent", check=False
+    )
+    return sum(line.startswith("Started orchestrify-agent") for line in journal.splitlines())
+
+
+def api_call(host: lab.LabHost, method: str, path: str, body: object = None) -> Any:
+    """One call to the lab host's controller API with the admin token."""
+    request = urllib.request.Request(
+        f"http://{host.address}:18080{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def test_docker_engine_and_node_exporter(lab_env: LabEnv) -> None:
@@ -179,10 +205,23 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
         assert flag in exec_start
     assert "lab-join-token" not in ex(host, "cat", "/etc/systemd/system/orchestrify-agent.service")
     assert ex(host, "systemctl", "is-enabled", "orchestrify-agent") == "enabled"
+    # the first install starts the agent once, not started by a task and then restarted
+    # by the handler
+    assert agent_starts(lab_env) == 1
 
     second = run_playbook("workers.yml", lab_env, "--tags", "orchestrify_agent")
     assert second.rc == 0, second.output[-5000:]
     assert second.recap(host.name)["changed"] == 0, second.output[-5000:]
+    assert agent_starts(lab_env) == 1
+
+    # a changed unit (an extra argument, set to its default value) restarts it once
+    third = run_playbook(
+        "workers.yml", lab_env, "--tags", "orchestrify_agent",
+        "-e", '{"orchestrify_agent_extra_args": ["--unhealthy-threshold", "3"]}',
+    )  # fmt: skip
+    assert third.rc == 0, third.output[-5000:]
+    assert agent_starts(lab_env) == 2
+    assert ex(host, "systemctl", "is-active", "orchestrify-agent") == "active"
 
 
 def test_control_playbook(lab_env: LabEnv) -> None:
@@ -204,8 +243,21 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     assert (
         "controller --host 0.0.0.0 --port 18080 --data-dir /var/lib/orchestrify" in controller_start
     )
+    assert (
+        "--playbook-dir /opt/orchestrify/ansible/playbooks"
+        " --inventory /etc/orchestrify/inventory/jobs-inventory.ini" in controller_start
+    )
+    controller_env = ex(host, "systemctl", "show", "-p", "Environment", "orchestrify-controller")
+    assert "PATH=/opt/orchestrify/venv/bin:" in controller_env
+    assert "ANSIBLE_CONFIG=/opt/orchestrify/ansible/ansible.cfg" in controller_env
+    for shipped in ("ansible.cfg", "playbooks/ping.yml", "roles/orchestrify_agent/tasks/main.yml",
+                    "templates/prometheus/prometheus.yml.j2"):  # fmt: skip
+        ex(host, "test", "-f", f"/opt/orchestrify/ansible/{shipped}")
+    assert ex(host, "stat", "-c", "%a", "/etc/orchestrify/inventory/jobs-inventory.ini") == "600"
     edge_start = ex(host, "systemctl", "show", "-p", "ExecStart", "orchestrify-edge")
     assert "--nginx-conf-dir /etc/orchestrify/nginx --listen 80" in edge_start
+    edge_metrics_url = f"http://{host.address}:18082/metrics"
+    assert f"--metrics-host 0.0.0.0 --metrics-url {edge_metrics_url}" in edge_start
     assert ex(host, "systemctl", "is-enabled", "nginx", check=False) == "disabled"
 
     # The real programs run: the controller answers, the edge's Nginx serves port 80 and
@@ -216,11 +268,25 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     status, body = http_get(f"http://{host.address}:80/__orchestrify/health")
     assert status == 200, body
     assert wait_for_api(host, "/v1/edges", lambda edges: len(edges) == 1), "edge not registered"
+    # Prometheus on another host can scrape the edge at the URL it told the controller
+    (edge,) = api_call(host, "GET", "/v1/edges")
+    assert edge["metrics_url"] == edge_metrics_url, edge
+    status, body = http_get(edge_metrics_url)
+    assert status == 200 and "orchestrify_edge" in body, body[:500]
     assert wait_for_api(
         host,
         "/v1/nodes",
         lambda nodes: [(n["name"], n["state"]) for n in nodes] == [(host.name, "ready")],
     ), "the agent did not register"
+
+    # A job runs on the role-provisioned controller: its shipped playbooks, its inventory,
+    # ansible-playbook from the venv.
+    job = api_call(host, "POST", "/v1/jobs", {"playbook": "ping.yml", "reason": "roles test"})
+    deadline = time.monotonic() + 120
+    while job["status"] in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+        job = api_call(host, "GET", f"/v1/jobs/{job['id']}")
+    assert job["status"] == "successful", job
 
     second = run_playbook("control.yml", lab_env, "--skip-tags", "node_exporter")
     assert second.rc == 0, second.output[-5000:]
