@@ -507,11 +507,16 @@ class NodeReconciler:
         tick = min(self.heal.startup_probe_interval_s, self.heal.fault_interval_s)
         while True:
             self.probe_due()
-            await asyncio.sleep(tick)
+            # Wake exactly when the next probe is due (at most ``tick`` later, so new
+            # containers are noticed), not on a coarse tick that stretches the period.
+            now = self.clock()
+            due = [r.next_probe_at for r in self.replicas.values() if r.next_probe_at > now]
+            await asyncio.sleep(max(0.005, min([tick, *(d - now for d in due)])))
 
     async def _probe(self, rep: LocalReplica, c: ContainerInfo) -> None:
         try:
             url = f"http://{self.advertise_address}:{c.host_port}{rep.assignment.health_path}"
+            probed_at = self.clock()
             result = await self.prober.probe(url)
             self.metrics.probe_duration.observe(result.duration_s)
             if rep.container is None or rep.container.id != c.id or rep.busy:
@@ -550,7 +555,9 @@ class NodeReconciler:
                         self._mark(rep.id)
                         self.wake()
             fast = rep.state == ReplicaState.STARTING
-            rep.next_probe_at = now + (
+            # Fixed rate: one probe every fault_interval from the start of the last one,
+            # so the probe's own duration does not stretch the period.
+            rep.next_probe_at = probed_at + (
                 self.heal.startup_probe_interval_s if fast else self.heal.fault_interval_s
             )
         finally:

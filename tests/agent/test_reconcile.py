@@ -304,3 +304,25 @@ async def test_one_failing_action_never_stops_the_loop() -> None:
     await cycle(rec)
     assert "engine bug" in (rec.replicas["r1"].error or "")
     assert not rec.replicas["r1"].busy
+
+
+@sync
+async def test_probes_run_at_a_fixed_rate_whatever_they_take() -> None:
+    """'Every fault_interval' is measured from the start of one probe to the next,
+    so a slow answer does not stretch the period (and the time to detect a failure)."""
+    engine, clock = FakeEngine(), Clock()
+
+    class SlowProber(FakeProber):
+        async def probe(self, url: str) -> ProbeResult:
+            clock.now += 0.3  # the answer takes 0.3 s
+            return await super().probe(url)
+
+    rec = make(engine, SlowProber(), clock)
+    rec.set_assignments([assignment()])
+    await cycle(rec)
+    rec.probe_due()
+    await rec.settle()  # healthy: the startup interval no longer applies
+    clock.now = started = rec.replicas["r1"].next_probe_at
+    rec.probe_due()
+    await rec.settle()
+    assert rec.replicas["r1"].next_probe_at == started + HEAL.fault_interval_s
