@@ -161,7 +161,7 @@ class AlertProcessor:
                     log.exception("recording a decision failed; the alert stays pending")
 
     def _view(self, pending: list[Receipt], *, resolved: set[str] | None = None) -> _View:
-        services, _rows, nodes, replicas = self.store.snapshot()
+        services, nodes, replicas = self.store.snapshot()
         if resolved is None:
             resolved = self.alerts.resolved_instances(sorted({r.instance for r in pending}))
         return _View(
@@ -285,7 +285,7 @@ class AlertProcessor:
 
     # --- helpers -------------------------------------------------------------------
     def _inputs(self, service_name: str | None) -> Inputs:
-        services, _rows, nodes, replicas = self.store.snapshot()
+        services, nodes, replicas = self.store.snapshot()
         svc = _find(services, service_name)
         state = self.alerts.policy_state(svc.name) if svc is not None else PolicyState()
         return Inputs(
@@ -315,7 +315,7 @@ class AlertProcessor:
             return self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state)
         avoid = {
             name: decision.avoid_nodes
-            for name in _affected_services(decision, self.store.snapshot()[3])
+            for name in _affected_services(decision, self.store.snapshot()[2])
         }
         recorded, _steps = self.reconciler.run_with(
             lambda: self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state),

@@ -21,7 +21,7 @@ class StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        services, _rows, nodes, replicas = self.store.snapshot()
+        services, nodes, replicas = self.store.snapshot()
         by_state = Counter(n.state for n in nodes)
         g = GaugeMetricFamily("orchestrify_nodes", "Nodes by state.", labels=["state"])
         for state in NodeState:

@@ -69,7 +69,6 @@ Step = Place | Drain | Stop | Forget | Unplaceable | RemoveNode
 @dataclass
 class Snapshot:
     services: Sequence[Service]
-    deleting: frozenset[str]
     nodes: Sequence[Node]
     replicas: Sequence[Replica]
     removing_nodes: frozenset[str] = frozenset()
@@ -335,10 +334,9 @@ class Reconciler:
 
     def _cycle(self, avoid: Mapping[str, frozenset[str]] | None) -> list[Step]:
         self.store.mark_stale_nodes(timeout=self.node_timeout)
-        services, rows, nodes, replicas = self.store.snapshot()
+        services, nodes, replicas = self.store.snapshot()
         snap = Snapshot(
             services=services,
-            deleting=frozenset(r.name for r in rows if r.deleting),
             nodes=nodes,
             replicas=replicas,
             removing_nodes=frozenset(self.store.node_removals_pending()),

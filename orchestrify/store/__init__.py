@@ -810,15 +810,15 @@ class Store:
         with self._sessions() as s:
             return [_edge(r) for r in s.scalars(select(EdgeRow).order_by(EdgeRow.name)).all()]
 
-    def snapshot(self) -> tuple[list[Service], list[ServiceRow], list[Node], list[Replica]]:
-        """Everything the reconciler decides on, read in one transaction."""
+    def snapshot(self) -> tuple[list[Service], list[Node], list[Replica]]:
+        """Everything the reconciler decides on, read in one transaction: the services
+        not being removed, all nodes, all replicas (a removed service's too)."""
         with self._sessions() as s:
-            svc_rows = list(s.scalars(select(ServiceRow)).all())
+            live = s.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(False))).all()
             nodes = [_node(r) for r in s.scalars(select(NodeRow)).all()]
             names = {n.id: n.name for n in nodes}
             reps = [_replica(r, names) for r in s.scalars(select(ReplicaRow)).all()]
-            live = [_service(r) for r in svc_rows if not r.deleting]
-            return live, svc_rows, nodes, reps
+            return [_service(r) for r in live], nodes, reps
 
     def _fresh(self, row: NodeRow, now: datetime) -> bool:
         last = _utc(row.last_heartbeat)

@@ -72,7 +72,6 @@ def plan(
 ) -> list[Step]:
     snap = Snapshot(
         services=services,
-        deleting=frozenset(),
         nodes=nodes,
         replicas=replicas,
         removing_nodes=removing,
