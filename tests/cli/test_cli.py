@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from orchestrify.cli import app as cli_app
 from tests.api.conftest import wait_for
 from tests.conftest import free_port
+from tests.processes import controller_process
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cli-admin-token"
@@ -55,7 +56,6 @@ class Controller:
 def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
     home = tmp_path_factory.mktemp("home")
     data = tmp_path_factory.mktemp("data")
-    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -65,39 +65,8 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]
     }
     for key in ("ORCHESTRIFY_TOKEN", "ORCHESTRIFY_URL", "ORCHESTRIFY_JOIN_TOKEN"):
         env.pop(key, None)
-    log = (data / "controller.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrify",
-            "controller",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--token",
-            TOKEN,
-            "--join-token",
-            JOIN,
-            "--node-timeout",
-            "3600",  # no agent heartbeats here; keep worker-1 ready
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            assert proc.poll() is None, (data / "controller.log").read_text()
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, what="controller /healthz", timeout=60)
+    args = ["--node-timeout", "3600"]  # no agent heartbeats here; keep worker-1 ready
+    with controller_process(data, token=TOKEN, join_token=JOIN, args=args, env=env) as url:
         reg = httpx.post(
             f"{url}/v1/nodes/register",
             json={"name": "worker-1", "address": "127.0.0.1"},
@@ -105,14 +74,6 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]
         )
         assert reg.status_code == 200, reg.text
         yield Controller(url=url, env=env)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_service_create_with_environment_and_host_port(controller: Controller) -> None:

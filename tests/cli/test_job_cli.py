@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port, require_binary
+from tests.conftest import require_binary
 from tests.controller.test_jobs_api import write_lab
+from tests.processes import controller_process
 
 pytestmark = pytest.mark.integration
 TOKEN = "cli-admin-token"
@@ -24,57 +24,16 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ansible_playbook = require_binary("ansible-playbook")
     root = tmp_path_factory.mktemp("jobs-cli")
     playbooks, inventory = write_lab(root)
-    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{Path(ansible_playbook).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
-    log = (root / "controller.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrify",
-            "controller",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(root / "data"),
-            "--token",
-            TOKEN,
-            "--join-token",
-            "join",
-            "--playbook-dir",
-            str(playbooks),
-            "--inventory",
-            str(inventory),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (root / "controller.log").read_text()
-            assert time.monotonic() < deadline, "controller did not start"
-            time.sleep(0.2)
+    args = ["--playbook-dir", str(playbooks), "--inventory", str(inventory)]
+    with controller_process(
+        root / "data", token=TOKEN, join_token="join", args=args, env=env
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
