@@ -31,6 +31,7 @@ from tests.agent.harness import RUN_LABEL, RunningAgent, RunningController, agen
 from tests.agent.harness import start_controller as harness_start_controller
 from tests.conftest import free_port
 from tests.integration.edge_lab import EdgeThread
+from tests.processes import stop_process
 
 SERVICE = "web"
 
@@ -214,13 +215,7 @@ class Fleet:
     def stop(self) -> None:
         """Stop everything this fleet started, whatever state it is in."""
         for proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop_process(proc)
         if self.edge is not None:
             with contextlib.suppress(Exception):
                 self.edge.stop()

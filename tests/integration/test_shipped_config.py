@@ -29,6 +29,7 @@ import pytest
 
 from orchestrify.config_render import render_config
 from tests.conftest import free_port, require_binary
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +88,7 @@ class _Processes:
 
     def stop(self) -> None:
         for proc in reversed(self.started):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop_process(proc)
 
 
 @pytest.fixture
