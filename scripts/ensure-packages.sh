@@ -18,10 +18,16 @@ PACKAGES=(
     debootstrap:debootstrap
     wrk:wrk
     openssh-client:ssh
+    curl:curl
+    python3-venv:python3-venv
 )
 
 is_installed() {  # PACKAGE COMMAND
-    if [ "$1" = busybox-static ]; then
+    if [ "$1" = python3-venv ]; then
+        # Debian's python3 needs python3-venv for `python3 -m venv`; another Python
+        # (pyenv, a CI image) may have it built in: ask the interpreter itself.
+        python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+    elif [ "$1" = busybox-static ]; then
         # A dynamically linked busybox (package "busybox") also answers to the name, but
         # cannot run in the demo's empty image: ask dpkg for the static one.
         dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
