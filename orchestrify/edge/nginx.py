@@ -21,7 +21,7 @@ from orchestrify.errors import NginxFailure
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NginxControl", "NginxProcess", "nginx_available"]
+__all__ = ["NginxControl", "NginxProcess", "accepting_workers", "nginx_available"]
 
 
 def nginx_available(binary: str = "nginx") -> bool:
@@ -37,6 +37,43 @@ class NginxControl(Protocol):
     async def start(self) -> None: ...
     async def reload(self) -> None: ...
     async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool: ...
+
+
+_PROC = Path("/proc")
+_WORKER_TITLE = b"nginx: worker process"
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return (_PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+    except OSError:
+        return None
+
+
+def _still_accepting(pid: int) -> bool:
+    """True while worker ``pid`` runs and has not begun its graceful shutdown."""
+    return _cmdline(pid) == _WORKER_TITLE
+
+
+def accepting_workers(master: int) -> set[int]:
+    """The worker processes of Nginx master ``master`` that take new connections.
+
+    Read from ``/proc`` (empty where there is none): a worker's title is "nginx: worker
+    process" until it starts shutting down ("... is shutting down").
+    """
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in _PROC.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == master and _still_accepting(int(entry.name)):
+                found.add(int(entry.name))
+    return found
 
 
 class NginxProcess:
@@ -63,6 +100,8 @@ class NginxProcess:
         self.health_url = health_url
         self.command_timeout_s = command_timeout_s
         self._child: asyncio.subprocess.Process | None = None
+        # Workers of the config before the last reload; see ``wait_serving``.
+        self._old_workers: set[int] = set()
 
     async def _run(self, *args: str) -> str:
         try:
@@ -141,10 +180,20 @@ class NginxProcess:
         raise NginxFailure("nginx did not write its pid file in time")
 
     async def reload(self) -> None:
+        master = self.pid()
+        self._old_workers = accepting_workers(master) if master is not None else set()
         await self._run("-s", "reload", "-c", str(self.conf))
 
     async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool:
-        """Poll the health location until it names ``config_id`` (the new config is live)."""
+        """Wait until the config ``config_id`` alone takes new connections.
+
+        First the health location must name ``config_id``. After a reload the workers of
+        the old config keep accepting for a moment, until each has handled the master's
+        QUIT (a new connection may still meet the old config then), so this also waits
+        until every one of them has exited or says it is shutting down, which it does
+        right before closing its listening sockets. If they are slower than ``timeout_s``
+        that is logged; the new config is live either way.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         async with httpx.AsyncClient(timeout=1.0) as http:
@@ -152,12 +201,23 @@ class NginxProcess:
                 try:
                     resp = await http.get(self.health_url)
                     if resp.status_code == 200 and resp.text.split() == ["ok", config_id]:
-                        return True
+                        break
                 except httpx.HTTPError:
                     pass
                 if loop.time() >= deadline:
                     return False
                 await asyncio.sleep(0.05)
+        while self._old_workers:
+            self._old_workers = {pid for pid in self._old_workers if _still_accepting(pid)}
+            if self._old_workers and loop.time() >= deadline:
+                log.warning(
+                    "old nginx workers still accept connections after the reload",
+                    extra={"pids": sorted(self._old_workers), "config": config_id},
+                )
+                self._old_workers = set()
+            elif self._old_workers:
+                await asyncio.sleep(0.01)
+        return True
 
     async def stop(self) -> None:
         """Stop the Nginx we started (gracefully, then by force); leave an adopted one."""
