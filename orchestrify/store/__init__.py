@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Engine
@@ -183,7 +183,7 @@ class Store:
         data: dict[str, Any] | None = None,
     ) -> Event:
         with self._write() as tx:
-            ev = self._add_event(
+            self._add_event(
                 tx,
                 message,
                 kind=kind,
@@ -195,17 +195,15 @@ class Store:
                 reason=reason,
                 data=data,
             )
-        return ev
+        return tx.events[-1]
 
-    def _add_event(self, tx: _WriteTx, message: str, **fields: Any) -> Event:
+    def _add_event(self, tx: _WriteTx, message: str, **fields: Any) -> None:
+        """Add an event row to ``tx``; it is written (one flush for all) at commit."""
         row = EventRow(
             time=utcnow(), message=message, **{**fields, "data": fields.get("data") or {}}
         )
         tx.session.add(row)
-        tx.session.flush()
-        ev = _event(row)
-        tx.events.append(ev)
-        return ev
+        tx.event_rows.append(row)
 
     def list_events(
         self,
@@ -851,6 +849,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_Row = TypeVar("_Row")
+
+
 class _WriteTx:
     """One serialized write transaction; tells subscribers after it commits."""
 
@@ -859,6 +860,35 @@ class _WriteTx:
         self.session: Session
         self.changes: set[ChangeKind] = set()
         self.events: list[Event] = []
+        self.event_rows: list[EventRow] = []
+        # Rows loaded ahead by ``preload`` (None: known to be absent), held here because
+        # the session's identity map only references them weakly.
+        self._known: dict[tuple[type[Any], Any], Any] = {}
+
+    def preload(self, model: type[Any], column: Any, keys: Iterable[Any]) -> None:
+        """Load the ``model`` rows whose primary key ``column`` is in ``keys`` in one
+        query, so that ``get`` answers for each of them (present or not) without one."""
+        wanted = set(keys) - {k for (m, k) in self._known if m is model}
+        if not wanted:
+            return
+        for key in wanted:
+            self._known[(model, key)] = None
+        for row in self.session.scalars(select(model).where(column.in_(wanted))).all():
+            self._known[(model, getattr(row, column.key))] = row
+
+    def get(self, model: type[_Row], key: Any) -> _Row | None:
+        """``session.get``, answered from ``preload`` when it loaded ``key``."""
+        try:
+            row: _Row | None = self._known[(model, key)]
+        except KeyError:
+            return self.session.get(model, key)
+        return row
+
+    def add(self, row: _Row, key: Any) -> _Row:
+        """``session.add`` a new row that ``get`` finds by ``key`` from now on."""
+        self.session.add(row)
+        self._known[(type(row), key)] = row
+        return row
 
     def __enter__(self) -> _WriteTx:
         self.store._write_lock.acquire()
@@ -870,6 +900,9 @@ class _WriteTx:
         try:
             if exc_type is None:
                 try:
+                    if self.event_rows:
+                        self.session.flush()  # assigns the event ids
+                        self.events.extend(_event(row) for row in self.event_rows)
                     self.session.commit()
                 except IntegrityError as err:
                     self.session.rollback()

@@ -253,29 +253,19 @@ class AlertStore:
                 self._commit(tx, item, now)
 
     def _prefetch(self, tx: _WriteTx, items: list[Commit]) -> None:
-        """Load the rows the commits touch in three queries; ``get`` then finds them in
-        the session instead of asking the database once per row."""
-        s = tx.session
+        """Load the rows the commits touch in three queries; ``tx.get`` then answers for
+        each (found, or known to be absent) instead of asking the database once per row."""
         receipts = [i.receipt for i in items if i.receipt is not None]
         services = {i.decision.service for i in items if i.decision and i.decision.service}
         services |= {i.state[0] for i in items if i.state is not None}
-        if receipts:
-            s.scalars(
-                select(AlertReceiptRow).where(AlertReceiptRow.id.in_([r.id for r in receipts]))
-            ).all()
-            s.scalars(
-                select(AlertInstanceRow).where(
-                    AlertInstanceRow.id.in_({r.instance for r in receipts})
-                )
-            ).all()
-        if services:
-            s.scalars(select(ScalingStateRow).where(ScalingStateRow.service.in_(services))).all()
+        tx.preload(AlertReceiptRow, AlertReceiptRow.id, [r.id for r in receipts])
+        tx.preload(AlertInstanceRow, AlertInstanceRow.id, [r.instance for r in receipts])
+        tx.preload(ScalingStateRow, ScalingStateRow.service, services)
 
     def _commit(self, tx: _WriteTx, item: Commit, now: datetime) -> Decision | None:
-        s = tx.session
         receipt, decision, state = item
         if receipt is not None:
-            row = s.get(AlertReceiptRow, receipt.id)
+            row = tx.get(AlertReceiptRow, receipt.id)
             if row is None or row.processed_at is not None:
                 return None
             row.processed_at = now
@@ -290,8 +280,7 @@ class AlertStore:
         return decision
 
     def _update_instance(self, tx: _WriteTx, receipt: Receipt, now: datetime) -> None:
-        s = tx.session
-        inst = s.get(AlertInstanceRow, receipt.instance)
+        inst = tx.get(AlertInstanceRow, receipt.instance)
         if inst is None:
             inst = AlertInstanceRow(
                 id=receipt.instance,
@@ -305,7 +294,7 @@ class AlertStore:
                 last_seen_at=now,
                 resolved_at=now if receipt.status == "resolved" else None,
             )
-            s.add(inst)
+            tx.add(inst, receipt.instance)
             return
         inst.last_seen_at = now
         if receipt.status == "resolved" and inst.status != "resolved":
@@ -314,10 +303,9 @@ class AlertStore:
         # A firing notice never re-opens a resolved instance: it arrived late.
 
     def _put_state(self, tx: _WriteTx, service: str, state: PolicyState) -> None:
-        row = tx.session.get(ScalingStateRow, service)
+        row = tx.get(ScalingStateRow, service)
         if row is None:
-            row = ScalingStateRow(service=service)
-            tx.session.add(row)
+            row = tx.add(ScalingStateRow(service=service), service)
         row.last_action_at = state.last_action_at
         row.last_scale_out_firing_at = state.last_scale_out_firing_at
         row.baseline = state.baseline
