@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -125,9 +125,12 @@ class AlertProcessor:
         if not pending:
             return 0
         view = self._view(pending)
+        stale = False  # the fleet changed since ``view`` was read
         quiet: list[Commit] = []  # decisions that do not act: written together
         for receipt in pending:
             now = self.clock()
+            if stale:
+                view, stale = self._view(pending, resolved=view.resolved), False
             try:
                 item = self._decide(receipt, view, now)
             except Exception:  # one bad alert never blocks the others
@@ -137,8 +140,10 @@ class AlertProcessor:
             if d is not None and d.acts and not d.dry_run:
                 self._write(quiet, now)
                 quiet = []
-                self._commit(receipt=receipt, decision=d, state=item.state, now=now)
-                view = self._view(pending, resolved=view.resolved)  # the fleet changed
+                self._commit(
+                    receipt=receipt, decision=d, state=item.state, now=now, seen=view.replicas
+                )
+                stale = True
             else:
                 quiet.append(item)
             view.remember(item)
@@ -240,6 +245,7 @@ class AlertProcessor:
                     decision=decide_settle(inputs, scale_out_firing=False, now=now),
                     now=now,
                     quiet=True,
+                    seen=inputs.replicas,
                 )
 
     def _reevaluate(
@@ -255,7 +261,12 @@ class AlertProcessor:
             starts_at=inst.starts_at,
             instance=inst.id,
         )
-        self._commit(decision=decide(facts, rule, inputs, now=now), now=now, quiet=True)
+        self._commit(
+            decision=decide(facts, rule, inputs, now=now),
+            now=now,
+            quiet=True,
+            seen=inputs.replicas,
+        )
 
     def _note(self, decision: Decision | None, *, quiet: bool) -> Decision | None:
         """Remember the last refusal per service and action; with ``quiet`` (the timer),
@@ -304,7 +315,10 @@ class AlertProcessor:
         decision: Decision | None = None,
         state: tuple[str, PolicyState] | None = None,
         quiet: bool = False,
+        seen: Sequence[Replica] | None = None,
     ) -> Decision | None:
+        """Record ``decision`` and, if it acts, apply it and place what it asks at once.
+        ``seen``: the replicas it was decided on (read from the store when not given)."""
         decision = self._note(decision, quiet=quiet)
         if decision is None and receipt is None and state is None:
             return None
@@ -315,7 +329,9 @@ class AlertProcessor:
             return self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state)
         avoid = {
             name: decision.avoid_nodes
-            for name in _affected_services(decision, self.store.snapshot()[2])
+            for name in _affected_services(
+                decision, seen if seen is not None else self.store.snapshot()[2]
+            )
         }
         recorded, _steps = self.reconciler.run_with(
             lambda: self.alerts.commit(now=now, receipt=receipt, decision=decision, state=state),
@@ -384,7 +400,7 @@ def _find(services: list[Service], name: str | None) -> Service | None:
     return next((s for s in services if s.name == name), None) if name else None
 
 
-def _affected_services(decision: Decision, replicas: list[Replica]) -> set[str]:
+def _affected_services(decision: Decision, replicas: Sequence[Replica]) -> set[str]:
     names = {r.service for r in replicas if r.id in decision.drain}
     if decision.service:
         names.add(decision.service)
