@@ -91,10 +91,11 @@ class ConfigApplier:
         except NginxFailure as exc:
             return await self._roll_back(current, error=str(exc), stage="reload")
         if not await self.nginx.wait_serving(config_id, timeout_s=self.verify_timeout_s):
+            why = self.nginx.errors_since_reload() or "see its error log"
             return await self._roll_back(
                 current,
                 error=f"nginx did not serve config {config_id} within {self.verify_timeout_s:g}s "
-                "after the reload (see its error log)",
+                f"after the reload: {why}",
                 stage="verify",
             )
         return ApplyResult(changed=True, ok=True)

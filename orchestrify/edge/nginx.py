@@ -37,6 +37,7 @@ class NginxControl(Protocol):
     async def start(self) -> None: ...
     async def reload(self) -> None: ...
     async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool: ...
+    def errors_since_reload(self) -> str: ...
 
 
 _PROC = Path("/proc")
@@ -91,6 +92,7 @@ class NginxProcess:
         prefix: Path,
         pid_file: Path,
         health_url: str,
+        error_log: Path | None = None,
         command_timeout_s: float = 15.0,
     ) -> None:
         self.binary = binary
@@ -98,6 +100,8 @@ class NginxProcess:
         self.conf = prefix / "nginx.conf"
         self.pid_file = pid_file
         self.health_url = health_url
+        self.error_log = error_log
+        self._error_log_mark = 0  # its size when the last reload was asked for
         self.command_timeout_s = command_timeout_s
         self._child: asyncio.subprocess.Process | None = None
         # Workers of the config before the last reload; see ``wait_serving``.
@@ -182,7 +186,34 @@ class NginxProcess:
     async def reload(self) -> None:
         master = self.pid()
         self._old_workers = accepting_workers(master) if master is not None else set()
+        self._error_log_mark = self._error_log_size()
         await self._run("-s", "reload", "-c", str(self.conf))
+
+    def _error_log_size(self) -> int:
+        try:
+            return self.error_log.stat().st_size if self.error_log is not None else 0
+        except OSError:
+            return 0
+
+    def errors_since_reload(self) -> str:
+        """What the master wrote to its error log at [emerg], [alert] or [crit] since the
+        last reload: why a reload that `nginx -t` accepted did not take (a port in use,
+        a certificate it cannot read...). Empty when there is nothing, or no log."""
+        if self.error_log is None:
+            return ""
+        try:
+            with self.error_log.open("rb") as fh:
+                fh.seek(self._error_log_mark)
+                text = fh.read(64 * 1024).decode(errors="replace")
+        except OSError:
+            return ""
+        found = []
+        for line in text.splitlines():
+            for level in ("[emerg]", "[alert]", "[crit]"):
+                if level in line:
+                    # "2026/11/22 00:55:01 [emerg] 123#123: bind() to ... failed (98: ...)"
+                    found.append(line.split(level, 1)[1].split(": ", 1)[-1].strip())
+        return "; ".join(dict.fromkeys(found))
 
     async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool:
         """Wait until the config ``config_id`` alone takes new connections.

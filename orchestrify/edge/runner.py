@@ -103,6 +103,7 @@ class Edge:
             prefix=prefix,
             pid_file=prefix / "nginx.pid",
             health_url=f"http://{host}:{port}/__orchestrify/health",
+            error_log=prefix / "error.log",
         )
         self.applier = ConfigApplier(
             conf_dir=prefix, nginx=self.nginx, verify_timeout_s=settings.verify_timeout_s

@@ -16,6 +16,7 @@ class FakeNginx:
     refuse: str | None = None  # `nginx -t` says this
     reload_error: str | None = None
     serves: bool = True  # the reloaded config shows up on the health location
+    log_errors: str = ""  # what its error log says since the reload
     calls: list[str] = field(default_factory=list)
     tested: list[dict[str, str]] = field(default_factory=list)
 
@@ -40,6 +41,9 @@ class FakeNginx:
     async def wait_serving(self, config_id: str, *, timeout_s: float) -> bool:
         self.calls.append(f"verify {config_id}")
         return self.serves
+
+    def errors_since_reload(self) -> str:
+        return self.log_errors
 
 
 FILES = {"upstreams.conf": "upstream a {}\n", "nginx.conf": "include upstreams.conf;\n"}
@@ -109,3 +113,14 @@ def test_reload_that_does_not_take_effect_is_rolled_back(tmp_path: Path) -> None
     result = _apply(applier, {**FILES, "nginx.conf": "include upstreams.conf; # v2\n"}, "c2")
     assert not result.ok and result.rolled_back and result.stage == "verify"
     assert (tmp_path / "nginx.conf").read_text() == FILES["nginx.conf"]
+
+
+def test_reload_that_does_not_take_effect_says_what_nginx_logged(tmp_path: Path) -> None:
+    nginx = FakeNginx()
+    applier = ConfigApplier(conf_dir=tmp_path, nginx=nginx)
+    _apply(applier, FILES)
+    nginx.serves = False
+    nginx.log_errors = "bind() to 127.0.0.1:8080 failed (98: Address already in use)"
+    result = _apply(applier, {**FILES, "nginx.conf": "include upstreams.conf; # v2\n"}, "c2")
+    assert result.stage == "verify" and result.error is not None
+    assert "Address already in use" in result.error
