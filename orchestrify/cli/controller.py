@@ -71,6 +71,15 @@ def controller(
         envvar="ORCHESTRIFY_JOBS_DIR",
         help="Where each job's ansible-runner directory goes (default: DATA_DIR/jobs).",
     ),
+    history_retention_days: int = typer.Option(
+        14,
+        "--history-retention-days",
+        envvar="ORCHESTRIFY_HISTORY_RETENTION_DAYS",
+        min=0,
+        help="Days of history to keep: older events, finished jobs (with their "
+        "ansible-runner dirs) and resolved alerts are deleted at start and every hour. "
+        "0 keeps everything.",
+    ),
     rules: Path | None = typer.Option(
         None,
         "--rules",
@@ -102,6 +111,7 @@ def controller(
             playbook_dir=playbook_dir or default_playbook_dir(),
             inventory=inventory,
             jobs_dir=jobs_dir,
+            history_retention_days=history_retention_days,
             rules_file=rules,
         )
     )

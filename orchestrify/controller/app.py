@@ -22,6 +22,7 @@ from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
+from orchestrify.controller.retention import HistoryPruner
 from orchestrify.controller.routers import (
     alerts,
     discovery,
@@ -62,7 +63,9 @@ def create_app(
         state.alerts.load_rules(settings.rules_file)
         # Alerts stored before a crash but not yet decided on are decided now.
         await asyncio.to_thread(state.alerts.process_pending)
-        tasks = []
+        # The first prune runs now, in the background: on a store that kept years of
+        # history it takes a while, and the API is already needed meanwhile.
+        tasks = [asyncio.create_task(state.history.run_forever(), name="history")]
         if run_reconciler:
             tasks.append(asyncio.create_task(state.reconciler.run_forever(), name="reconciler"))
             tasks.append(
@@ -79,6 +82,7 @@ def create_app(
         try:
             yield
         finally:
+            state.history.stop()  # a prune in its thread ends after its current batch
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -168,12 +172,13 @@ def open_state(
         jobs_dir=settings.resolved_jobs_dir,
         job_timeout_s=settings.job_timeout_s,
     )
+    metrics = ControllerMetrics(store, registry)
     return ControllerState(
         settings=settings,
         store=store,
         feed=feed,
         reconciler=reconciler,
-        metrics=ControllerMetrics(store, registry),
+        metrics=metrics,
         admin_token=admin,
         join_token=join,
         jobs=jobs,
@@ -183,6 +188,12 @@ def open_state(
             dry_run=settings.dry_run,
             stale_after_s=settings.alert_stale_after_s,
             jobs=jobs,
+        ),
+        history=HistoryPruner(
+            store,
+            retention_days=settings.history_retention_days,
+            jobs_dir=settings.resolved_jobs_dir,
+            metrics=metrics,
         ),
     )
 

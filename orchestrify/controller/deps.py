@@ -13,6 +13,7 @@ from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
+from orchestrify.controller.retention import HistoryPruner
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.errors import NotFound, Unauthorized
 from orchestrify.jobs.runner import JobRunner
@@ -30,6 +31,7 @@ class ControllerState:
     join_token: str
     jobs: JobRunner
     alerts: AlertProcessor
+    history: HistoryPruner
 
 
 def get_state(request: Request) -> ControllerState:

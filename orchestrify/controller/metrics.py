@@ -12,6 +12,9 @@ from prometheus_client.registry import Collector
 
 from orchestrify.models import Event, NodeState, ReplicaState
 from orchestrify.store import Store
+from orchestrify.store.retention import PruneResult
+
+PRUNED_KINDS = tuple(PruneResult().counts())
 
 
 class StoreCollector(Collector):
@@ -83,6 +86,15 @@ class ControllerMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.history_pruned = PromCounter(
+            "orchestrify_history_pruned_total",
+            "History rows deleted by the retention prune, by kind (the table: events, "
+            "jobs, job_events, alert_instances, alert_receipts).",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in PRUNED_KINDS:
+            self.history_pruned.labels(kind)  # exported at 0 from the start, for rate()
         store.on_event(self.count_event)
 
     def count_event(self, ev: Event) -> None:

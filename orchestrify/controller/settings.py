@@ -76,6 +76,15 @@ class ControllerSettings(BaseSettings):
         "minutes; an hour stops a hung SSH session without cutting a slow apt run.",
     )
 
+    history_retention_days: int = Field(
+        14,
+        ge=0,
+        description="Days of history kept: events, finished jobs (rows and their private "
+        "data dirs) and resolved alert episodes older than this are deleted at start and "
+        "every hour; 0 keeps everything. Two weeks is enough to look back on last week's "
+        "incidents, and far longer than Alertmanager re-sends a notification (hours).",
+    )
+
     @property
     def resolved_jobs_dir(self) -> Path:
         return self.jobs_dir or self.data_dir / "jobs"

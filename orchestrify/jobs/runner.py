@@ -19,9 +19,11 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -34,7 +36,7 @@ from orchestrify.jobs.validation import check_extra_vars, check_limit, resolve_p
 from orchestrify.store import Store
 from orchestrify.store.jobs import JobStore
 
-__all__ = ["JobRunner"]
+__all__ = ["JobRunner", "private_data_dir", "remove_private_data_dirs"]
 
 log = logging.getLogger(__name__)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -283,7 +285,7 @@ class JobRunner:
             playbook = resolve_playbook(playbook_dir, job.playbook)
         except OrchestrifyError as exc:
             return JobStatus.FAILED, None, str(exc), None
-        private = self.jobs_dir / job.id
+        private = private_data_dir(self.jobs_dir, job.id)
         # env/ and artifacts/<ident>/ are per job. The project and the inventory are
         # used where they are rather than copied into project/ and inventory/: roles
         # and group_vars sit beside them, and Ansible finds those relative to the
@@ -319,6 +321,49 @@ class JobRunner:
         elif status == JobStatus.FAILED:
             error = recorder.first_failure or f"ansible-playbook exited with rc {rc}"
         return status, rc, error, _host_stats(runner.stats)
+
+
+def private_data_dir(jobs_dir: Path, job_id: str) -> Path:
+    """A job's ansible-runner private data dir: always a direct child of ``jobs_dir``."""
+    if job_id in ("", ".", "..") or "/" in job_id or "\0" in job_id or os.sep in job_id:
+        raise ValueError(f"not a job id: {job_id!r}")
+    return jobs_dir / job_id
+
+
+def remove_private_data_dirs(jobs_dir: Path, job_ids: Iterable[str]) -> int:
+    """Delete the private data dirs of jobs the store has forgotten; returns how many.
+
+    Only a real directory that is a direct child of ``jobs_dir`` and named after the
+    job is removed: a symlink there is left alone, never followed (and ``rmtree`` does
+    not follow symlinks inside the tree either). A dir that cannot be removed is logged
+    and left; it no longer belongs to any job.
+    """
+    removed = 0
+    for job_id in job_ids:
+        try:
+            path = private_data_dir(jobs_dir, job_id)
+        except ValueError:
+            log.warning("not removing the dir of a job with an odd id", extra={"job": job_id})
+            continue
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue  # canceled before it started, or removed by hand
+        except OSError as exc:
+            log.warning("cannot inspect a job dir", extra={"path": str(path), "error": str(exc)})
+            continue
+        if not stat.S_ISDIR(mode):
+            log.warning(
+                "not removing a job dir that is not a plain directory", extra={"path": str(path)}
+            )
+            continue
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.warning("cannot remove a job dir", extra={"path": str(path), "error": str(exc)})
+            continue
+        removed += 1
+    return removed
 
 
 class _EventRecorder:

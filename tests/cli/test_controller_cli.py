@@ -1,0 +1,65 @@
+"""`orchestrify controller`'s options reach its settings; bad ones exit 2 before listening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrify.cli import app
+from orchestrify.controller.settings import ControllerSettings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[ControllerSettings]:
+    """What `orchestrify controller` would serve with, instead of serving."""
+    seen: list[ControllerSettings] = []
+    monkeypatch.setattr("orchestrify.controller.app.serve_controller", seen.append)
+    monkeypatch.delenv("ORCHESTRIFY_HISTORY_RETENTION_DAYS", raising=False)
+    return seen
+
+
+def controller(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    base = ["controller", "--data-dir", str(tmp_path), "--token", "t", "--join-token", "j"]
+    return runner.invoke(app, [*base, *args], env=env)
+
+
+def test_history_retention_days_defaults_to_14(
+    tmp_path: Path, served: list[ControllerSettings]
+) -> None:
+    assert controller(tmp_path).exit_code == 0
+    assert [s.history_retention_days for s in served] == [14]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "days"),
+    [
+        (["--history-retention-days", "0"], None, 0),
+        (["--history-retention-days", "30"], None, 30),
+        ([], {"ORCHESTRIFY_HISTORY_RETENTION_DAYS": "7"}, 7),
+    ],
+)
+def test_history_retention_days_from_the_flag_or_the_environment(
+    tmp_path: Path,
+    served: list[ControllerSettings],
+    args: list[str],
+    env: dict[str, str] | None,
+    days: int,
+) -> None:
+    result = controller(tmp_path, *args, env=env)
+    assert result.exit_code == 0, result.output
+    assert [s.history_retention_days for s in served] == [days]
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_a_bad_history_retention_days_exits_2_naming_the_option(
+    tmp_path: Path, served: list[ControllerSettings], value: str
+) -> None:
+    result = controller(tmp_path, "--history-retention-days", value)
+    assert result.exit_code == 2
+    assert "--history-retention-days" in result.output
+    assert served == []
