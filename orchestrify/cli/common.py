@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,7 @@ from orchestrify.errors import InvalidSpec, OrchestrifyError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 # Piped output keeps whole lines (no folding at 80 columns) so it can be grepped.
 console = Console(highlight=False, soft_wrap=False)
@@ -52,6 +54,26 @@ def config(ctx: typer.Context) -> CliConfig:
 def fail(message: str, *, code: int = 1) -> typer.Exit:
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def settings_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line naming every bad setting, and its environment variable if it has one."""
+    prefix = model.model_config.get("env_prefix")
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        where = f" (or env {prefix}{name.upper()})" if prefix and "." not in name else ""
+        parts.append(f"{name}{where}: {err['msg']}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def build_settings(model: type[M], **values: Any) -> M:
+    """``model(**values)``, or a one-line error and exit 2 naming the bad setting (an
+    option, or an ``ORCHESTRIFY_*`` variable that the option does not cover)."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise fail(settings_error(exc, model), code=2) from None
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from orchestrify.cli.common import err_console
+from orchestrify.cli.common import build_settings, err_console
 from orchestrify.controller.settings import (
     ControllerSettings,
     default_data_dir,
@@ -99,7 +99,8 @@ def controller(
             raise typer.Exit(2) from None
 
     settings = resolve_tokens(
-        ControllerSettings(
+        build_settings(
+            ControllerSettings,
             host=host,
             port=port,
             data_dir=data_dir,

@@ -7,8 +7,9 @@ import contextlib
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
-from orchestrify.cli.common import config, fail
+from orchestrify.cli.common import config, fail, settings_error
 from orchestrify.errors import InvalidSpec
 
 
@@ -86,7 +87,9 @@ def edge(
             **({"name": name} if name else {}),
         )
         settings.listen_address()
-    except (ValueError, InvalidSpec) as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:
+        raise fail(settings_error(exc, EdgeSettings), code=2) from None
+    except (ValueError, InvalidSpec) as exc:
         raise fail(str(exc), code=2) from None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_edge(settings))

@@ -18,7 +18,7 @@ import uvicorn
 
 from orchestrify.agent import Agent, AgentSettings, default_node_name
 from orchestrify.agent.settings import DEFAULT_METRICS_PORT
-from orchestrify.cli.common import err_console, fail
+from orchestrify.cli.common import build_settings, err_console, fail
 from orchestrify.cli.controller import resolve_tokens
 from orchestrify.cli.lifecycle import run_until_signalled
 from orchestrify.controller.settings import ControllerSettings, default_data_dir
@@ -42,7 +42,8 @@ def edge_program(ctx: UpContext) -> Coroutine[Any, Any, Any] | None:
     if ctx.listen is None or not nginx_available():
         return None
     return run_edge(
-        EdgeSettings(
+        build_settings(
+            EdgeSettings,
             controller_url=ctx.controller_url,
             token=ctx.admin_token,
             nginx_conf_dir=ctx.data_dir / "nginx",
@@ -80,7 +81,9 @@ def up(
 
     Ctrl-C stops orchestrify but leaves the containers running; the next `up` adopts them.
     """
-    settings = resolve_tokens(ControllerSettings(host=host, port=port, data_dir=data_dir))
+    settings = resolve_tokens(
+        build_settings(ControllerSettings, host=host, port=port, data_dir=data_dir)
+    )
     assert settings.token is not None and settings.join_token is not None
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     ctx = UpContext(

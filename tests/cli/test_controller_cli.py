@@ -63,3 +63,20 @@ def test_a_bad_history_retention_days_exits_2_naming_the_option(
     assert result.exit_code == 2
     assert "--history-retention-days" in result.output
     assert served == []
+
+
+@pytest.mark.parametrize("command", [["controller"], ["up", "--no-edge"]])
+def test_a_bad_setting_from_the_environment_is_one_line_and_exit_2(
+    tmp_path: Path, served: list[ControllerSettings], command: list[str]
+) -> None:
+    """Settings without an option of their own come from ORCHESTRIFY_* variables only;
+    a bad one is named with its variable, not shown as a traceback."""
+    env = {"ORCHESTRIFY_RECONCILE_INTERVAL_S": "-1", "ORCHESTRIFY_ALERT_STALE_AFTER_S": "soon"}
+    result = runner.invoke(app, [*command, "--data-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("error: invalid setting "), line
+    assert "ORCHESTRIFY_RECONCILE_INTERVAL_S" in line
+    assert "ORCHESTRIFY_ALERT_STALE_AFTER_S" in line
+    assert served == []
