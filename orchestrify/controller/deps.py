@@ -34,7 +34,9 @@ class ControllerState:
     history: HistoryPruner
 
 
-def get_state(request: Request) -> ControllerState:
+# The dependencies that do not block are ``async def``: FastAPI runs a plain ``def``
+# dependency in its thread pool, a hop that costs more than the check itself.
+async def get_state(request: Request) -> ControllerState:
     state: ControllerState = request.app.state.controller
     return state
 
@@ -50,12 +52,12 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_admin(state: State, creds: Credentials) -> None:
+async def require_admin(state: State, creds: Credentials) -> None:
     if creds is None or not secrets.compare_digest(creds.credentials, state.admin_token):
         raise _unauthorized("a valid admin bearer token is required (--token / ORCHESTRIFY_TOKEN)")
 
 
-def require_join(state: State, creds: Credentials) -> None:
+async def require_join(state: State, creds: Credentials) -> None:
     ok = creds is not None and (
         secrets.compare_digest(creds.credentials, state.join_token)
         or secrets.compare_digest(creds.credentials, state.admin_token)
