@@ -16,7 +16,7 @@ timings, computed from the templates' defaults and measured once (``--no-breach`
 it); and the polling periods of other autoscalers for comparison.
 
 Run: PYTHONPATH=. python bench/reaction.py [--batches 300] [--alerts-per-batch 5]
-     [--runs 10] [--no-breach] [--part2-only]   (part 2 needs Docker and nginx)
+     [--runs 10] [--no-breach] [--part1-only | --part2-only]   (part 2 needs Docker and nginx)
 """
 
 from __future__ import annotations
@@ -494,6 +494,7 @@ def main() -> None:
         "--no-breach", action="store_true", help="skip measuring breach -> webhook (~1 min)"
     )
     parser.add_argument("--part2-only", action="store_true")
+    parser.add_argument("--part1-only", action="store_true", help="no Docker or nginx needed")
     args = parser.parse_args()
     floor: list[float] = []
     runs: list[tuple[str, Callable[[], list[float]]]] = [
@@ -514,7 +515,8 @@ def main() -> None:
     if not args.part2_only:
         for name, run in runs:
             print(summary(name, run()))
-    part2(runs=args.runs, breach=not args.no_breach)
+    if not args.part1_only:
+        part2(runs=args.runs, breach=not args.no_breach)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class Agent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await rec.aclose()
             if stop_events is not None:
                 stop_events()
             stop_metrics()

@@ -326,6 +326,19 @@ class NodeReconciler:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """At shutdown: let the engine actions and probes in flight finish for up to
+        ``timeout_s`` (so a container being started is either there or not, not left to
+        a task destroyed with the event loop), then cancel what is left."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.warning("stopped with replica actions unfinished", extra={"count": len(pending)})
+
     def _claim_or_remove_unclaimed(self) -> None:
         for cid, c in list(self.unclaimed.items()):
             rep = self.replicas.get(c.replica)

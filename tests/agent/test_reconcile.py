@@ -326,3 +326,41 @@ async def test_probes_run_at_a_fixed_rate_whatever_they_take() -> None:
     rec.probe_due()
     await rec.settle()
     assert rec.replicas["r1"].next_probe_at == started + HEAL.fault_interval_s
+
+
+class SlowEngine(FakeEngine):
+    """``run`` waits for ``release`` (a container start that takes a while)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def run(self, spec: ContainerSpec) -> ContainerInfo:
+        await self.release.wait()
+        return await super().run(spec)
+
+
+@sync
+async def test_aclose_lets_a_start_in_flight_finish() -> None:
+    engine = SlowEngine()
+    rec = make(engine, FakeProber(), Clock())
+    rec.set_assignments([assignment()])
+    rec.step()
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_later(0.05, engine.release.set)
+    await rec.aclose(timeout_s=10)
+    assert [c.replica for c in engine.containers.values()] == ["r1"]
+    assert rec.replicas["r1"].container is not None  # the agent knows what it started
+    assert not rec._tasks
+
+
+@sync
+async def test_aclose_cancels_what_does_not_finish_in_time() -> None:
+    engine = SlowEngine()  # never released
+    rec = make(engine, FakeProber(), Clock())
+    rec.set_assignments([assignment()])
+    rec.step()
+    await asyncio.sleep(0)
+    assert rec._tasks
+    await rec.aclose(timeout_s=0.05)
+    assert not rec._tasks and not engine.containers
