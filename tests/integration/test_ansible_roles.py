@@ -91,6 +91,7 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
                     "orchestrify_controller_join_token": "lab-join-token",
                     "orchestrify_controller_wheelhouse_src": str(wheelhouse),
                     "orchestrify_controller_inventory_src": str(jobs_inventory),
+                    "orchestrify_controller_history_retention_days": 30,
                     # packed outside the work tree (the default is the repository's build/)
                     "orchestrify_controller_ansible_archive": str(tmp / "ansible.tar"),
                     "orchestrify_edge_controller_url": CONTROLLER_URL,
@@ -243,6 +244,7 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     assert (
         "controller --host 0.0.0.0 --port 18080 --data-dir /var/lib/orchestrify" in controller_start
     )
+    assert "--history-retention-days 30 " in controller_start
     assert (
         "--playbook-dir /opt/orchestrify/ansible/playbooks"
         " --inventory /etc/orchestrify/inventory/jobs-inventory.ini" in controller_start
