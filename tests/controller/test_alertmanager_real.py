@@ -139,7 +139,12 @@ def test_alertmanager_webhook_scales_a_service_out(controller: str, alertmanager
             for e in api.get("/v1/events", params={"kind": "alert"}).json()
         ),
     )
-    last = api.get("/v1/events", params={"kind": "decision"}).json()[-1]
-    assert (last["action"], last["reason"]) == ("scale_in", "stabilization")
+    # The notice is stored (its "alert" event) before it is decided on, in a second
+    # transaction: wait for the decision itself.
+    decided = wait_for(
+        "the decision on the resolved notice",
+        lambda: (d := api.get("/v1/events", params={"kind": "decision"}).json())[1:] and d,
+    )
+    assert [(d["action"], d["reason"]) for d in decided[1:]] == [("scale_in", "stabilization")]
     assert api.get("/v1/services/web").json()["replicas"] == 2  # waits out 300 s
     api.close()

@@ -139,12 +139,12 @@ def wait_for_api(host: lab.LabHost, path: str, ok: Callable[[Any], bool]) -> boo
     return False
 
 
-def agent_starts(env: LabEnv) -> int:
-    """How often systemd has started orchestrify-agent on the lab host (from its journal)."""
+def unit_starts(env: LabEnv, unit: str) -> int:
+    """How often systemd has started ``unit`` on the lab host (from its journal)."""
     journal = env.lab.exec(
-        env.host, "journalctl", "--no-pager", "-o", "cat", "-u", "orchestrify-agent", check=False
+        env.host, "journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False
     )
-    return sum(line.startswith("Started orchestrify-agent") for line in journal.splitlines())
+    return sum(line.startswith(f"Started {unit}") for line in journal.splitlines())
 
 
 def api_call(host: lab.LabHost, method: str, path: str, body: object = None) -> Any:
@@ -208,12 +208,12 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
     assert ex(host, "systemctl", "is-enabled", "orchestrify-agent") == "enabled"
     # the first install starts the agent once, not started by a task and then restarted
     # by the handler
-    assert agent_starts(lab_env) == 1
+    assert unit_starts(lab_env, "orchestrify-agent") == 1
 
     second = run_playbook("workers.yml", lab_env, "--tags", "orchestrify_agent")
     assert second.rc == 0, second.output[-5000:]
     assert second.recap(host.name)["changed"] == 0, second.output[-5000:]
-    assert agent_starts(lab_env) == 1
+    assert unit_starts(lab_env, "orchestrify-agent") == 1
 
     # a changed unit (an extra argument, set to its default value) restarts it once
     third = run_playbook(
@@ -221,7 +221,7 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
         "-e", '{"orchestrify_agent_extra_args": ["--unhealthy-threshold", "3"]}',
     )  # fmt: skip
     assert third.rc == 0, third.output[-5000:]
-    assert agent_starts(lab_env) == 2
+    assert unit_starts(lab_env, "orchestrify-agent") == 2
     assert ex(host, "systemctl", "is-active", "orchestrify-agent") == "active"
 
 
@@ -290,9 +290,15 @@ def test_control_playbook(lab_env: LabEnv) -> None:
         job = api_call(host, "GET", f"/v1/jobs/{job['id']}")
     assert job["status"] == "successful", job
 
+    # the first install started each once (not started, then restarted by the handler)
+    for unit in ("orchestrify-controller", "orchestrify-edge"):
+        assert unit_starts(lab_env, unit) == 1, unit
+
     second = run_playbook("control.yml", lab_env, "--skip-tags", "node_exporter")
     assert second.rc == 0, second.output[-5000:]
     assert second.recap(host.name)["changed"] == 0, second.output[-5000:]
+    for unit in ("orchestrify-controller", "orchestrify-edge"):
+        assert unit_starts(lab_env, unit) == 1, unit
 
 
 def test_invalid_rules_never_reach_prometheus(lab_env: LabEnv, tmp_path: Path) -> None:
