@@ -6,6 +6,7 @@ Validation lives here, so the API, the CLI and the store agree on what a valid s
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -174,6 +175,25 @@ def error_location(err: dict[str, Any]) -> tuple[str, ...]:
     return loc
 
 
+# The fields that define a replica's container. Changing one of them is an update (a new
+# generation, rolled out replica by replica); the others (replica counts, policy, drain,
+# placement caps) apply to the running replicas as they are.
+CONTAINER_FIELDS = ("image", "env", "port", "host_port", "health_path", "memory_mb", "cpus")
+
+
+def container_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The container-defining part of a stored service spec (what one replica runs)."""
+    return {key: spec.get(key) for key in CONTAINER_FIELDS}
+
+
+class UpdateState(StrEnum):
+    """Where a service's rolling update is (Swarm's UpdateStatus.State)."""
+
+    COMPLETED = "completed"  # every running replica is of the current generation
+    UPDATING = "updating"  # older replicas are being replaced one at a time
+    PAUSED = "paused"  # a replica of the current generation failed; old ones keep serving
+
+
 class ServicePatch(Strict):
     """A partial update (``PATCH /v1/services/{name}``); unset fields keep their value."""
 
@@ -195,7 +215,18 @@ class Service(ServiceSpec):
     model_config = ConfigDict(extra="ignore")
     created_at: datetime
     updated_at: datetime
-    generation: int = Field(1, description="Bumped on every spec change (not on scaling).")
+    generation: int = Field(
+        1,
+        description="Bumped when a container-defining field changes (image, env, port, "
+        "host_port, health_path, memory_mb, cpus); not on scaling.",
+    )
+    updated_replicas: int = Field(
+        0, description="Replicas meant to run that are of the current generation."
+    )
+    update_state: UpdateState = Field(
+        UpdateState.COMPLETED, description="completed | updating | paused (rolling update)."
+    )
+    update_message: str | None = Field(None, description="Why the rolling update is paused.")
 
 
 class NodeRegistration(Strict):
@@ -250,6 +281,7 @@ class Replica(BaseModel):
     error: str | None = None
     restarts: int = 0
     stop_after: datetime | None = None
+    generation: int = Field(1, description="The service generation this replica runs.")
     created_at: datetime
     updated_at: datetime
 
@@ -273,7 +305,8 @@ class ReplicaReports(Strict):
 
 
 class Assignment(BaseModel):
-    """One replica a node must run (or stop), with the service spec it needs."""
+    """One replica a node must run (or stop), with the spec it runs: the one it was created
+    with (its own generation), which is not the service's newest during a rolling update."""
 
     replica: str
     service: str

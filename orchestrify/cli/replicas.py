@@ -24,7 +24,18 @@ def print_replicas(replicas: list[dict[str, Any]], *, json_out: bool) -> None:
         print_json(replicas)
         return
     print_table(
-        ["ID", "SERVICE", "NODE", "STATE", "DESIRED", "ADDRESS", "RESTARTS", "UPDATED", "ERROR"],
+        [
+            "ID",
+            "SERVICE",
+            "NODE",
+            "STATE",
+            "DESIRED",
+            "GEN",
+            "ADDRESS",
+            "RESTARTS",
+            "UPDATED",
+            "ERROR",
+        ],
         (
             [
                 r["id"],
@@ -32,6 +43,7 @@ def print_replicas(replicas: list[dict[str, Any]], *, json_out: bool) -> None:
                 r.get("node_name") or r["node"],
                 r["state"],
                 r["desired"],
+                r.get("generation", 1),
                 r.get("address"),
                 r.get("restarts", 0),
                 ago(r.get("updated_at")),

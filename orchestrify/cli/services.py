@@ -1,4 +1,5 @@
-"""`orchestrify service ...`: deploy, list, scale and remove services (Swarm's grammar)."""
+"""`orchestrify service ...`: deploy, list, update, scale and remove services (Swarm's
+grammar)."""
 
 from __future__ import annotations
 
@@ -115,12 +116,13 @@ def ls(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
         if r["state"] == "healthy" and r["desired"] == "run":
             healthy[r["service"]] = healthy.get(r["service"], 0) + 1
     print_table(
-        ["NAME", "IMAGE", "REPLICAS", "MIN", "MAX", "PORT", "HEALTH", "UPDATED"],
+        ["NAME", "IMAGE", "REPLICAS", "UP-TO-DATE", "MIN", "MAX", "PORT", "HEALTH", "UPDATED"],
         (
             [
                 s["name"],
                 s["image"],
                 f"{healthy.get(s['name'], 0)}/{s['replicas']}",
+                rollout(s),
                 s["min_replicas"],
                 s["max_replicas"],
                 s["port"],
@@ -143,7 +145,63 @@ def inspect(ctx: typer.Context, name: str, json_out: bool = JsonOpt) -> None:
         print_json(svc)
         return
     policy = svc.pop("policy", {})
-    print_fields([*svc.items(), *((f"policy.{k}", v) for k, v in policy.items())])
+    print_fields(
+        [
+            *svc.items(),
+            ("updated", rollout(svc)),
+            *((f"policy.{k}", v) for k, v in policy.items()),
+        ]
+    )
+
+
+def rollout(svc: dict[str, Any]) -> str:
+    """Updated/desired replicas, with the rolling update's state when one is under way."""
+    text = f"{svc.get('updated_replicas', 0)}/{svc['replicas']}"
+    state = svc.get("update_state") or "completed"
+    return text if state == "completed" else f"{text} ({state})"
+
+
+@service_app.command("update")
+@handle_errors
+def update(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The service to update."),
+    image: str | None = typer.Option(None, "--image", help="New Docker image."),
+    env: list[str] = typer.Option(
+        [], "--env", "-e", help="KEY=VALUE to set (others are kept), repeatable."
+    ),
+    health_path: str | None = typer.Option(None, "--health-path", help="New health path."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Change a service's image, env or health path: its replicas are replaced one at a
+    time (one extra replica first, an old one drained once the new one is healthy)."""
+    changes: dict[str, Any] = {}
+    if image is not None:
+        changes["image"] = image
+    if health_path is not None:
+        changes["health_path"] = health_path
+    added = parse_env(env, sep="=", flag="--env")
+    if not changes and not added:
+        raise InvalidSpec(
+            "nothing to update: give --image, --env KEY=VALUE or --health-path", field="image"
+        )
+    with config(ctx).client() as api:
+        if added:
+            current = api.get(f"/v1/services/{name}")
+            changes["env"] = {**current.get("env", {}), **added}
+        svc = api.request("PATCH", f"/v1/services/{name}", json=changes)
+    if json_out:
+        print_json(svc)
+    elif svc.get("update_state") == "completed":
+        typer.echo(
+            f"service {name} updated (generation {svc['generation']}); "
+            "no running replica to replace"
+        )
+    else:
+        typer.echo(
+            f"service {name}: rolling update to generation {svc['generation']} started, "
+            f"one replica at a time; watch it with `orchestrify service ps {name}`"
+        )
 
 
 @service_app.command("scale")

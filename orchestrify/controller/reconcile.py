@@ -1,4 +1,5 @@
-"""The controller's reconcile step: desired replica counts vs the replicas that exist.
+"""The controller's reconcile step: desired replica counts vs the replicas that exist,
+and rolling updates (replicas of an older generation replaced one at a time).
 
 ``plan_cycle`` is a pure function of a snapshot (services, nodes, replicas, time) that
 returns steps; ``Reconciler`` reads the snapshot, plans, applies each step once and
@@ -17,7 +18,15 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from orchestrify.controller.feed import ChangeFeed
-from orchestrify.models import DesiredState, Node, NodeState, Replica, ReplicaState, Service
+from orchestrify.models import (
+    DesiredState,
+    Node,
+    NodeState,
+    Replica,
+    ReplicaState,
+    Service,
+    UpdateState,
+)
 from orchestrify.scheduling import NodeView, place_replicas
 from orchestrify.store import Store, utcnow
 
@@ -63,7 +72,24 @@ class RemoveNode:
     node: str
 
 
-Step = Place | Drain | Stop | Forget | Unplaceable | RemoveNode
+@dataclass(frozen=True)
+class PauseRollout:
+    """A replica of the new generation failed: stop replacing old ones (said once)."""
+
+    service: str
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FinishRollout:
+    """The last replica of an older generation is on its way out."""
+
+    service: str
+    generation: int
+
+
+Step = Place | Drain | Stop | Forget | Unplaceable | RemoveNode | PauseRollout | FinishRollout
 
 
 @dataclass
@@ -234,41 +260,34 @@ def _plan_service(
     if drain:
         steps.append(Drain(tuple(drain), drain_s=svc.drain_s, reason="its node is draining"))
 
+    outdated = [r for r in active if r.generation < svc.generation]
+    paused = svc.update_state == UpdateState.PAUSED
+    if outdated and not paused:
+        # A replica of the new generation failed during the rollout: the new spec may be
+        # bad, so stop replacing the old replicas, which keep serving.
+        failed_new = [
+            r
+            for r in reps
+            if r.id in stop
+            and r.state == ReplicaState.FAILED
+            and r.desired == DesiredState.RUN
+            and r.generation >= svc.generation
+        ]
+        if failed_new:
+            bad = failed_new[0]
+            why = f"replica {bad.id} of generation {svc.generation} failed"
+            why += f" on {names.get(bad.node, bad.node)}" + (f" ({bad.error})" if bad.error else "")
+            steps.append(PauseRollout(svc.name, svc.generation, reason=why))
+            paused = True
+
     missing = svc.replicas - len(active)
     if missing > 0:
         reason = "; ".join(dict.fromkeys(reasons)) or f"service wants {svc.replicas} replica(s)"
-        placement = place_replicas(
-            service=svc.name,
-            count=missing,
-            nodes=fleet.view_list(svc.name),
-            avoid=frozenset(avoid_new),
-            max_per_node=svc.max_per_node,
-            memory_per_replica=svc.memory_mb * 2**20 if svc.memory_mb else None,
-        )
-        chosen = list(placement.nodes)
-        if placement.unplaced and avoid_new:
-            # "On a different worker" is a preference: with no other node, use the same one.
-            retry = place_replicas(
-                service=svc.name,
-                count=placement.unplaced,
-                nodes=fleet.view_list(svc.name),
-                max_per_node=svc.max_per_node,
-                memory_per_replica=svc.memory_mb * 2**20 if svc.memory_mb else None,
-            )
-            if retry.nodes:
-                reason += "; no other node was eligible, so placed on the same node"
-            chosen += retry.nodes
-            placement = retry
-        for node_id in chosen:
-            fleet.add(node_id, svc.name)
-        if chosen:
-            steps.append(Place(svc.name, tuple(chosen), reason=reason))
-        if placement.unplaced:
-            steps.append(
-                Unplaceable(svc.name, placement.unplaced, reason=placement.reason or "no node")
-            )
+        steps.extend(_place(svc, missing, fleet=fleet, avoid=frozenset(avoid_new), reason=reason))
+    elif outdated and not paused:
+        steps.extend(_roll(svc, active, fleet=fleet))
     elif missing < 0:
-        victims = _pick_victims(active, -missing, fleet, svc.name)
+        victims = _pick_victims(active, -missing, fleet, svc)
         steps.append(
             Drain(
                 tuple(victims),
@@ -278,14 +297,118 @@ def _plan_service(
         )
     if stop:
         steps.append(Stop(tuple(stop), reason="drain period over, or replica failed"))
+    had_outdated = any(
+        r.generation < svc.generation and r.desired == DesiredState.RUN for r in reps
+    )
+    leaving = {rid for step in steps if isinstance(step, Drain | Stop) for rid in step.replicas}
+    if had_outdated and all(r.id in leaving for r in outdated):
+        steps.append(FinishRollout(svc.name, svc.generation))
     return steps
 
 
-def _pick_victims(active: Sequence[Replica], count: int, fleet: _Fleet, service: str) -> list[str]:
-    """Scale in the least useful first: not yet healthy, then crowded nodes, then newest."""
+def _place(
+    svc: Service, count: int, *, fleet: _Fleet, avoid: frozenset[str], reason: str
+) -> list[Step]:
+    """Place ``count`` new replicas (of the current generation), spread by the scheduler;
+    ``avoid`` is a preference: with no other node, the same node is used."""
+    steps: list[Step] = []
+    placement = place_replicas(
+        service=svc.name,
+        count=count,
+        nodes=fleet.view_list(svc.name),
+        avoid=avoid,
+        max_per_node=svc.max_per_node,
+        memory_per_replica=svc.memory_mb * 2**20 if svc.memory_mb else None,
+    )
+    chosen = list(placement.nodes)
+    if placement.unplaced and avoid:
+        # "On a different worker" is a preference: with no other node, use the same one.
+        retry = place_replicas(
+            service=svc.name,
+            count=placement.unplaced,
+            nodes=fleet.view_list(svc.name),
+            max_per_node=svc.max_per_node,
+            memory_per_replica=svc.memory_mb * 2**20 if svc.memory_mb else None,
+        )
+        if retry.nodes:
+            reason += "; no other node was eligible, so placed on the same node"
+        chosen += retry.nodes
+        placement = retry
+    for node_id in chosen:
+        fleet.add(node_id, svc.name)
+    if chosen:
+        steps.append(Place(svc.name, tuple(chosen), reason=reason))
+    if placement.unplaced:
+        steps.append(
+            Unplaceable(svc.name, placement.unplaced, reason=placement.reason or "no node")
+        )
+    return steps
+
+
+def _roll(svc: Service, active: Sequence[Replica], *, fleet: _Fleet) -> list[Step]:
+    """One step of a rolling update, max surge 1, max unavailable 0: with no replica of the
+    current generation still on its way to healthy, either start one extra (when the
+    service has no more than it wants) or, once that extra one is healthy, drain one old
+    replica. Scale-in during a rollout drains old replicas first, keeping the one extra."""
+    steps: list[Step] = []
+    rollout = f"rolling update of {svc.name} to generation {svc.generation}"
+    active = list(active)
+    excess = len(active) - svc.replicas
+    if excess > 1:
+        victims = _pick_victims(active, excess - 1, fleet, svc)
+        steps.append(
+            Drain(
+                tuple(victims),
+                drain_s=svc.drain_s,
+                reason=f"service wants {svc.replicas} replica(s), has {len(active)} "
+                f"(older generation first; {rollout} in progress)",
+            )
+        )
+        active = [r for r in active if r.id not in victims]
+        excess = 1
+    fresh = [r for r in active if r.generation >= svc.generation]
+    if any(r.state != ReplicaState.HEALTHY for r in fresh):
+        return steps  # the new replica is on its way: wait for it before going on
+    outdated = [r for r in active if r.generation < svc.generation]
+    if excess >= 1 and outdated:
+        # The extra replica is healthy: one old one goes, an unhealthy one first.
+        (old,) = _pick_victims(outdated, 1, fleet, svc)
+        newest = max(fresh, key=lambda r: r.created_at, default=None)
+        by = f" by {newest.id}" if newest is not None else ""
+        done = svc.replicas - len(outdated) + 1
+        steps.append(
+            Drain(
+                (old,),
+                drain_s=svc.drain_s,
+                reason=f"{rollout}: replica {old} replaced{by} ({done}/{svc.replicas})",
+            )
+        )
+    elif excess == 0:
+        done = svc.replicas - len(outdated)
+        reason = (
+            f"{rollout}: one extra replica before replacing an old one "
+            f"({done}/{svc.replicas} updated)"
+        )
+        for step in _place(svc, 1, fleet=fleet, avoid=frozenset(), reason=reason):
+            if isinstance(step, Unplaceable):
+                # Max unavailable 0: with no room for one extra replica, the rollout waits.
+                step = Unplaceable(
+                    svc.name,
+                    step.missing,
+                    reason=f"{rollout} needs room for one extra replica; {step.reason}",
+                )
+            steps.append(step)
+    return steps
+
+
+def _pick_victims(active: Sequence[Replica], count: int, fleet: _Fleet, svc: Service) -> list[str]:
+    """Scale in the least useful first: an older generation (during a rolling update), not
+    yet healthy, then crowded nodes, then newest."""
+    service = svc.name
     order = sorted(
         active,
         key=lambda r: (
+            r.generation >= svc.generation,
             r.state == ReplicaState.HEALTHY,
             -fleet.by_service[r.node][service],
             -r.created_at.timestamp(),
@@ -375,6 +498,17 @@ class Reconciler:
                     )
             case RemoveNode(node):
                 self.store.delete_node(node)
+            case PauseRollout(service, generation, reason):
+                self.store.pause_rollout(service, generation=generation, reason=reason)
+            case FinishRollout(service, generation):
+                self.store.record_event(
+                    f"rolling update of {service} to generation {generation} finished",
+                    kind="action",
+                    service=service,
+                    action="rolling_update",
+                    outcome="ok",
+                    data={"generation": generation},
+                )
 
     async def run_forever(self) -> None:
         version = self.feed.version("spec")

@@ -14,13 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, Unauthorized
 from orchestrify.models import (
+    CONTAINER_FIELDS,
     Assignment,
     DesiredState,
     Edge,
@@ -36,12 +37,22 @@ from orchestrify.models import (
     Service,
     ServicePatch,
     ServiceSpec,
+    UpdateState,
     UpstreamReplica,
     UpstreamService,
+    container_spec,
     error_location,
 )
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (creates its tables)
-from orchestrify.store.tables import Base, EdgeRow, EventRow, NodeRow, ReplicaRow, ServiceRow
+from orchestrify.store.tables import (
+    ADDED_COLUMNS,
+    Base,
+    EdgeRow,
+    EventRow,
+    NodeRow,
+    ReplicaRow,
+    ServiceRow,
+)
 
 __all__ = ["ChangeKind", "Store", "utcnow"]
 
@@ -63,15 +74,35 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _service(row: ServiceRow) -> Service:
+def _service(row: ServiceRow, replicas: Iterable[ReplicaRow] = ()) -> Service:
+    """The API view of a service, with its rollout progress read from ``replicas`` (its
+    own replica rows)."""
+    running = [r for r in replicas if r.desired == DesiredState.RUN]
+    updated = sum(1 for r in running if _generation(r, row) >= row.generation)
+    if updated == len(running):
+        state, message = UpdateState.COMPLETED, None
+    elif row.paused_generation == row.generation:
+        state, message = UpdateState.PAUSED, row.pause_reason
+    else:
+        state, message = UpdateState.UPDATING, None
     return Service.model_validate(
         {
             **row.spec,
             "created_at": _utc(row.created_at),
             "updated_at": _utc(row.updated_at),
             "generation": row.generation,
+            "updated_replicas": updated,
+            "update_state": state,
+            "update_message": message,
         }
     )
+
+
+def _generation(replica: ReplicaRow, service: ServiceRow | None) -> int:
+    # None only between adding the column and filling it in (see _add_missing_columns).
+    if replica.generation is not None:
+        return replica.generation
+    return service.generation if service is not None else 1
 
 
 def _node(row: NodeRow) -> Node:
@@ -106,6 +137,7 @@ def _replica(row: ReplicaRow, node_names: dict[str, str] | None = None) -> Repli
         error=row.error,
         restarts=row.restarts,
         stop_after=_utc(row.stop_after),
+        generation=row.generation or 1,
         created_at=_utc(row.created_at) or utcnow(),
         updated_at=_utc(row.updated_at) or utcnow(),
     )
@@ -145,6 +177,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.RLock()
         self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
@@ -259,14 +292,26 @@ class Store:
             rows = s.scalars(
                 select(ServiceRow).where(ServiceRow.deleting.is_(False)).order_by(ServiceRow.name)
             ).all()
-            return [_service(r) for r in rows]
+            reps = self._replicas_by_service(s)
+            return [_service(r, reps.get(r.name, ())) for r in rows]
+
+    @staticmethod
+    def _replicas_by_service(s: Session) -> dict[str, list[ReplicaRow]]:
+        by_service: dict[str, list[ReplicaRow]] = {}
+        for rep in s.scalars(select(ReplicaRow)).all():
+            by_service.setdefault(rep.service, []).append(rep)
+        return by_service
+
+    @staticmethod
+    def _replicas_of(s: Session, service: str) -> list[ReplicaRow]:
+        return list(s.scalars(select(ReplicaRow).where(ReplicaRow.service == service)).all())
 
     def get_service(self, name: str) -> Service:
         with self._sessions() as s:
             row = s.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
-            return _service(row)
+            return _service(row, self._replicas_of(s, name))
 
     def update_service(
         self, name: str, patch: ServicePatch, *, reason: str = "requested through the API"
@@ -282,8 +327,11 @@ class Store:
                 updated = ServiceSpec.model_validate(merged)
             except ValueError as exc:  # pydantic.ValidationError is a ValueError
                 raise _invalid_from(exc) from exc
-            spec_fields = set(changes) - {"replicas", "min_replicas", "max_replicas", "policy"}
-            if any(changes[k] != current.model_dump()[k] for k in spec_fields):
+            # Only a change to what the containers run is a new generation (rolled out one
+            # replica at a time); counts, policy, drain_s and max_per_node apply as they are.
+            spec_fields = set(changes) & set(CONTAINER_FIELDS)
+            rolled = any(changes[k] != current.model_dump()[k] for k in spec_fields)
+            if rolled:
                 row.generation += 1
             row.spec = updated.model_dump(mode="json")
             row.updated_at = utcnow()
@@ -300,17 +348,24 @@ class Store:
                     data={"from": current.replicas, "to": updated.replicas},
                 )
             others = sorted(set(changes) - {"replicas"})
+            reps = self._replicas_of(tx.session, name)
             if others:
+                live = any(r.desired == DesiredState.RUN for r in reps)
+                rollout = (
+                    f"; rolling update to generation {row.generation}, one replica at a time"
+                    if rolled and live
+                    else ""
+                )
                 self._add_event(
                     tx,
-                    f"service {name} updated: {', '.join(others)}",
+                    f"service {name} updated: {', '.join(others)}{rollout}",
                     kind="action",
                     service=name,
                     action="update_service",
                     outcome="ok",
                 )
             tx.changes.add("spec")
-            return _service(row)
+            return _service(row, reps)
 
     def scale_service(self, name: str, replicas: int, *, reason: str) -> Service:
         return self.update_service(name, ServicePatch(replicas=replicas), reason=reason)
@@ -569,6 +624,9 @@ class Store:
         created = []
         with self._write() as tx:
             names = {i: n for i, n in tx.session.execute(select(NodeRow.id, NodeRow.name))}
+            svc = tx.session.get(ServiceRow, service)
+            if svc is None:
+                raise NotFound(f"no service named {service!r}")
             for node_id in node_ids:
                 row = ReplicaRow(
                     id=f"{service}-{secrets.token_hex(4)}",
@@ -577,6 +635,8 @@ class Store:
                     state=ReplicaState.ASSIGNED,
                     desired=DesiredState.RUN,
                     restarts=0,
+                    generation=svc.generation,  # a new replica always runs the newest spec
+                    spec=container_spec(svc.spec),
                     created_at=now,
                     updated_at=now,
                 )
@@ -724,20 +784,21 @@ class Store:
                 svc = specs.get(row.service)
                 if svc is None:
                     continue
-                spec = svc.spec
+                # The replica's own spec: during a rolling update old replicas keep theirs.
+                spec = row.spec or container_spec(svc.spec)
                 out.append(
                     Assignment(
                         replica=row.id,
                         service=row.service,
                         desired=DesiredState(row.desired),
                         image=spec["image"],
-                        env=spec.get("env", {}),
+                        env=spec.get("env") or {},
                         port=spec["port"],
                         host_port=spec.get("host_port"),
-                        health_path=spec.get("health_path", "/health"),
+                        health_path=spec.get("health_path") or "/health",
                         memory_mb=spec.get("memory_mb"),
                         cpus=spec.get("cpus"),
-                        generation=svc.generation,
+                        generation=_generation(row, svc),
                     )
                 )
             return out
@@ -815,12 +876,43 @@ class Store:
             live = s.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(False))).all()
             nodes = [_node(r) for r in s.scalars(select(NodeRow)).all()]
             names = {n.id: n.name for n in nodes}
-            reps = [_replica(r, names) for r in s.scalars(select(ReplicaRow)).all()]
-            return [_service(r) for r in live], nodes, reps
+            rows = s.scalars(select(ReplicaRow)).all()
+            by_service: dict[str, list[ReplicaRow]] = {}
+            for r in rows:
+                by_service.setdefault(r.service, []).append(r)
+            reps = [_replica(r, names) for r in rows]
+            return [_service(r, by_service.get(r.name, ())) for r in live], nodes, reps
 
     def _fresh(self, row: NodeRow, now: datetime) -> bool:
         last = _utc(row.last_heartbeat)
         return last is not None and now - last <= self.node_timeout
+
+    def pause_rollout(self, service: str, *, generation: int, reason: str) -> bool:
+        """Pause ``service``'s rolling update to ``generation``: no more old replicas are
+        replaced until a new generation. Said once: False when already paused (or when the
+        service has moved on to another generation since)."""
+        with self._write() as tx:
+            row = tx.session.get(ServiceRow, service)
+            if row is None or row.generation != generation:
+                return False
+            if row.paused_generation == generation:
+                return False
+            row.paused_generation = generation
+            row.pause_reason = reason
+            self._add_event(
+                tx,
+                f"rolling update of {service} to generation {generation} paused: {reason}; "
+                "the old replicas keep serving. Change the service again (for example back "
+                "to the previous image) to roll again",
+                kind="decision",
+                service=service,
+                action="rolling_update",
+                outcome="failed",
+                reason=reason,
+                data={"generation": generation},
+            )
+            tx.changes.add("state")
+            return True
 
     def node_removals_pending(self) -> list[str]:
         with self._sessions() as s:
@@ -835,6 +927,28 @@ def _invalid_from(exc: ValueError) -> InvalidSpec:
         msg = str(first.get("msg", exc)).removeprefix("Value error, ")
         return InvalidSpec(f"{loc}: {msg}" if loc else msg, field=loc)
     return InvalidSpec(str(exc))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a store made by an older build up to date: add the columns it lacks
+    (``ADDED_COLUMNS``; ``create_all`` never alters a table) and say what the existing
+    replicas run: the service's current generation and spec, which is what the older
+    build handed them."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table_name, columns in ADDED_COLUMNS.items():
+            have = {c["name"] for c in inspector.get_columns(table_name)}
+            table = Base.metadata.tables[table_name]
+            for column in columns:
+                if column not in have:
+                    kind = table.c[column].type.compile(dialect=engine.dialect)
+                    conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {column} {kind}"))
+    with Session(engine) as s, s.begin():
+        services = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
+        for rep in s.scalars(select(ReplicaRow).where(ReplicaRow.generation.is_(None))).all():
+            svc = services.get(rep.service)
+            rep.generation = svc.generation if svc is not None else 1
+            rep.spec = container_spec(svc.spec) if svc is not None else None
 
 
 def _connect_args(url: str) -> dict[str, Any]:

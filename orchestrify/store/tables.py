@@ -22,6 +22,10 @@ class ServiceRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     deleting: Mapped[bool] = mapped_column(default=False)
+    # The generation whose rolling update paused (a replica of it failed), and why; a new
+    # generation is a new rollout, so nothing needs to clear these.
+    paused_generation: Mapped[int | None] = mapped_column(Integer)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -60,8 +64,21 @@ class ReplicaRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     stop_after: Mapped[datetime | None]
+    # What this replica runs: the service's generation and container fields when it was
+    # created. Old replicas keep theirs during a rolling update. Nullable because stores
+    # from before rolling updates gain these columns on open (then filled in).
+    generation: Mapped[int | None] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+# Columns added after a table first shipped. Tables are made with ``create_all`` (no
+# migration tool), which never alters an existing table, so the store adds these itself.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "services": ("paused_generation", "pause_reason"),
+    "replicas": ("generation", "spec"),
+}
 
 
 class EventRow(Base):

@@ -130,6 +130,40 @@ def test_ls_inspect_scale_ps_rm(controller: Controller) -> None:
     assert gone.returncode == 1 and gone.stderr.startswith("error: ") and "web" in gone.stderr
 
 
+def test_service_update_starts_a_rolling_update_shown_by_ls_inspect_and_ps(
+    controller: Controller,
+) -> None:
+    controller.ok("service", "create", "nginx:1.27", "--name", "roll", "--env", "A=1")
+    wait_for(
+        lambda: json.loads(controller.ok("ps", "--service", "roll", "--json")),
+        what="the replica of roll",
+    )
+    out = controller.ok("service", "update", "roll", "--env", "B=2", "--health-path", "/ready")
+    assert "rolling update to generation 2 started" in out
+    assert "orchestrify service ps roll" in out
+    spec = json.loads(controller.ok("service", "inspect", "roll", "--json"))
+    assert spec["env"] == {"A": "1", "B": "2"}  # --env adds to the env, as in Swarm
+    assert (spec["health_path"], spec["generation"], spec["update_state"]) == (
+        "/ready",
+        2,
+        "updating",  # no agent here: the old replica is never replaced
+    )
+
+    lines = controller.ok("service", "ls").splitlines()
+    assert "UP-TO-DATE" in next(line for line in lines if "NAME" in line)
+    row = next(line for line in lines if line.split()[:1] == ["roll"])
+    assert "(updating)" in row
+    fields = controller.ok("service", "inspect", "roll").splitlines()
+    assert any(line.split()[:1] == ["updated"] and "/1" in line for line in fields)
+    assert "GEN" in controller.ok("service", "ps", "roll").splitlines()[0]
+
+    image = controller.ok("service", "update", "roll", "--image", "nginx:1.28", "--json")
+    assert json.loads(image)["generation"] == 3
+    bad = controller.run("service", "update", "roll", "--image", "Bad Image")
+    assert bad.returncode == 2 and "image" in _error_line(bad)
+    assert json.loads(controller.ok("service", "inspect", "roll", "--json"))["generation"] == 3
+
+
 def test_node_ls_and_events(controller: Controller) -> None:
     lines = controller.ok("node", "ls").splitlines()
     assert lines[0].split()[:4] == ["ID", "NAME", "ADDRESS", "STATE"]
@@ -169,6 +203,8 @@ def _error_line(proc: Any) -> str:
             "min_replicas",
         ),
         (["service", "scale", "web=lots"], "replicas"),
+        (["service", "update", "web"], "image"),
+        (["service", "update", "web", "--env", "NOEQUALS"], "env"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_field(

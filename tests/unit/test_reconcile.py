@@ -8,7 +8,9 @@ from typing import Any
 
 from orchestrify.controller.reconcile import (
     Drain,
+    FinishRollout,
     Forget,
+    PauseRollout,
     Place,
     RemoveNode,
     Snapshot,
@@ -17,7 +19,15 @@ from orchestrify.controller.reconcile import (
     Unplaceable,
     plan_cycle,
 )
-from orchestrify.models import DesiredState, Node, NodeState, Replica, ReplicaState, Service
+from orchestrify.models import (
+    DesiredState,
+    Node,
+    NodeState,
+    Replica,
+    ReplicaState,
+    Service,
+    UpdateState,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -48,6 +58,7 @@ def rep(
     desired: DesiredState = DesiredState.RUN,
     age_s: float = 100,
     stop_after: datetime | None = None,
+    generation: int = 1,
 ) -> Replica:
     t = NOW - timedelta(seconds=age_s)
     return Replica(
@@ -57,6 +68,7 @@ def rep(
         state=state,
         desired=desired,
         stop_after=stop_after,
+        generation=generation,
         created_at=t,
         updated_at=t,
     )
@@ -240,3 +252,137 @@ def test_never_served_replica_is_stopped_without_waiting() -> None:
     steps = plan([svc(replicas=1)], [nd("a"), nd("b")], [rep("r1", "a"), starting])
     (stop,) = of(steps, Stop)
     assert stop.replicas == ("r2",)
+
+
+# --- rolling updates: max surge 1, max unavailable 0 --------------------------------
+def test_rollout_starts_one_extra_replica_of_the_new_generation() -> None:
+    reps = [rep("old1", "a"), rep("old2", "b")]
+    steps = plan([svc(replicas=2, generation=2)], [nd("a"), nd("b"), nd("c")], reps)
+    (place,) = of(steps, Place)
+    assert place.nodes == ("c",)  # spread: the node without a replica of web
+    assert "rolling update of web to generation 2" in place.reason
+    assert of(steps, Drain) == [] and of(steps, Stop) == []
+
+
+def test_rollout_waits_while_the_new_replica_is_not_healthy() -> None:
+    reps = [
+        rep("old1", "a"),
+        rep("old2", "b"),
+        rep("new1", "c", state=ReplicaState.STARTING, generation=2, age_s=1),
+    ]
+    assert plan([svc(replicas=2, generation=2)], [nd("a"), nd("b"), nd("c")], reps) == []
+
+
+def test_rollout_drains_one_old_replica_once_the_new_one_is_healthy_unhealthy_first() -> None:
+    reps = [
+        rep("old1", "a"),
+        rep("old2", "b", state=ReplicaState.UNHEALTHY),
+        rep("new1", "c", generation=2, age_s=1),
+    ]
+    steps = plan([svc(replicas=2, generation=2, drain_s=3)], [nd("a"), nd("b"), nd("c")], reps)
+    (drain,) = of(steps, Drain)
+    assert drain.replicas == ("old2",) and drain.drain_s == 3
+    assert "replica old2 replaced by new1" in drain.reason
+    assert of(steps, Place) == [] and of(steps, FinishRollout) == []
+
+
+def _simulate_rollout(
+    service: Service, nodes: list[Node], reps: list[Replica], *, cycles: int = 40
+) -> list[Step]:
+    """Apply each cycle's steps the way the store and an agent would: a placed replica is
+    starting, then healthy one cycle later; a drained one is gone at once. Checks at
+    every cycle that the service never has fewer healthy replicas than it wants nor more
+    than one extra."""
+    all_steps: list[Step] = []
+    for cycle in range(cycles):
+        running = [r for r in reps if r.desired == DesiredState.RUN]
+        healthy = [r for r in running if r.state == ReplicaState.HEALTHY]
+        assert len(healthy) >= service.replicas, (cycle, reps)
+        assert len(running) <= service.replicas + 1, (cycle, reps)
+        reps = [
+            r.model_copy(update={"state": ReplicaState.HEALTHY})
+            if r.state == ReplicaState.STARTING
+            else r
+            for r in reps
+        ]
+        steps = plan([service], nodes, reps)
+        all_steps += steps
+        for step in steps:
+            if isinstance(step, Place):
+                reps += [
+                    rep(f"new{cycle}-{i}", n, state=ReplicaState.STARTING, generation=2, age_s=0)
+                    for i, n in enumerate(step.nodes)
+                ]
+            elif isinstance(step, Drain):
+                reps = [r for r in reps if r.id not in step.replicas]
+        if not steps:
+            break
+    assert all(r.generation == 2 for r in reps) and len(reps) == service.replicas
+    return all_steps
+
+
+def test_rollout_replaces_every_old_replica_never_below_desired_healthy() -> None:
+    service = svc(replicas=3, generation=2)
+    nodes = [nd("a"), nd("b"), nd("c")]
+    steps = _simulate_rollout(service, nodes, [rep(f"old{i}", n) for i, n in enumerate("abc")])
+    assert sum(len(p.nodes) for p in of(steps, Place)) == 3
+    assert sorted(r for d in of(steps, Drain) for r in d.replicas) == ["old0", "old1", "old2"]
+    assert of(steps, FinishRollout) == [FinishRollout("web", 2)]  # said once, at the end
+
+
+def test_failed_new_replica_pauses_the_rollout_and_old_ones_keep_serving() -> None:
+    reps = [
+        rep("old1", "a"),
+        rep("old2", "b"),
+        rep("new1", "c", state=ReplicaState.FAILED, generation=2, age_s=1),
+    ]
+    nodes = [nd("a"), nd("b"), nd("c")]
+    steps = plan([svc(replicas=2, generation=2)], nodes, reps)
+    (pause,) = of(steps, PauseRollout)
+    assert pause.generation == 2 and "replica new1 of generation 2 failed" in pause.reason
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("new1",)
+    assert of(steps, Place) == [] and of(steps, Drain) == []
+
+    # Once paused (the store says so), nothing more happens and the pause is not repeated.
+    paused = svc(replicas=2, generation=2, update_state=UpdateState.PAUSED)
+    assert plan([paused], nodes, [rep("old1", "a"), rep("old2", "b")]) == []
+
+
+def test_a_new_generation_restarts_a_paused_rollout_with_every_older_replica_outdated() -> None:
+    # Generation 2 paused with one replica of it in service; generation 3 (e.g. back to
+    # the old image) replaces both the generation-1 and the generation-2 replicas.
+    reps = [rep("old1", "a"), rep("mid", "b", generation=2), rep("old2", "c")]
+    service = svc(replicas=3, generation=3)
+    steps = plan([service], [nd("a"), nd("b"), nd("c")], reps)
+    (place,) = of(steps, Place)
+    assert len(place.nodes) == 1 and "generation 3" in place.reason
+    assert of(steps, PauseRollout) == []
+
+
+def test_scale_in_during_a_rollout_drains_old_replicas_first() -> None:
+    reps = [
+        rep("new1", "a", generation=2, age_s=1),
+        rep("old1", "b", age_s=300),
+        rep("old2", "c", age_s=200),
+    ]
+    steps = plan([svc(replicas=1, generation=2)], [nd("a"), nd("b"), nd("c")], reps)
+    drained = {r for d in of(steps, Drain) for r in d.replicas}
+    assert drained == {"old1", "old2"}
+    assert of(steps, Place) == []
+    assert of(steps, FinishRollout) == [FinishRollout("web", 2)]
+
+
+def test_scale_out_during_a_rollout_places_new_generation_replicas() -> None:
+    reps = [rep("old1", "a"), rep("old2", "b")]
+    steps = plan([svc(replicas=4, generation=2)], [nd("a"), nd("b"), nd("c")], reps)
+    (place,) = of(steps, Place)
+    assert len(place.nodes) == 2 and "rolling update" not in place.reason
+    assert of(steps, Drain) == []
+
+
+def test_rollout_with_no_room_for_one_extra_replica_waits_and_says_why() -> None:
+    steps = plan([svc(replicas=1, generation=2, max_per_node=1)], [nd("a")], [rep("old", "a")])
+    (refusal,) = of(steps, Unplaceable)
+    assert "rolling update of web to generation 2 needs room" in refusal.reason
+    assert of(steps, Drain) == [] and of(steps, Place) == []
