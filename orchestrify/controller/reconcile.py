@@ -152,14 +152,18 @@ def plan_cycle(
             for n in snap.nodes
         }
     )
+    live = {s.name: s for s in snap.services}
+    fixed_port = {s.name for s in snap.services if s.host_port is not None}
     for r in snap.replicas:
-        if r.node in fleet.views and r.desired == DesiredState.RUN:
+        # A draining replica of a fixed-host-port service still holds the port on its
+        # node until its container stops: another one placed there could not start.
+        holds_port = r.desired == DesiredState.DRAIN and r.service in fixed_port
+        if r.node in fleet.views and (r.desired == DesiredState.RUN or holds_port):
             fleet.add(r.node, r.service)
 
     by_service: dict[str, list[Replica]] = defaultdict(list)
     for r in snap.replicas:
         by_service[r.service].append(r)
-    live = {s.name: s for s in snap.services}
 
     for name, reps in sorted(by_service.items()):
         if name not in live:
@@ -389,15 +393,24 @@ def _roll(svc: Service, active: Sequence[Replica], *, fleet: _Fleet) -> list[Ste
             f"{rollout}: one extra replica before replacing an old one "
             f"({done}/{svc.replicas} updated)"
         )
-        for step in _place(svc, 1, fleet=fleet, avoid=frozenset(), reason=reason):
-            if isinstance(step, Unplaceable):
-                # Max unavailable 0: with no room for one extra replica, the rollout waits.
-                step = Unplaceable(
-                    svc.name,
-                    step.missing,
-                    reason=f"{rollout} needs room for one extra replica; {step.reason}",
+        placed = _place(svc, 1, fleet=fleet, avoid=frozenset(), reason=reason)
+        no_room = next((p for p in placed if isinstance(p, Unplaceable)), None)
+        if no_room is None:
+            steps.extend(placed)
+        else:
+            # No room for one extra (a fixed host port on every node, max_per_node, memory):
+            # replace stop-first, one at a time, as Swarm does by default. The old replica
+            # drains out of Nginx first; its replacement is placed once it is gone from
+            # the count (for a fixed host port: once its container has stopped).
+            (old,) = _pick_victims(outdated, 1, fleet, svc)
+            steps.append(
+                Drain(
+                    (old,),
+                    drain_s=svc.drain_s,
+                    reason=f"{rollout}: no room for one extra replica ({no_room.reason}), "
+                    f"so replica {old} is replaced stop-first ({done + 1}/{svc.replicas})",
                 )
-            steps.append(step)
+            )
     return steps
 
 

@@ -381,8 +381,34 @@ def test_scale_out_during_a_rollout_places_new_generation_replicas() -> None:
     assert of(steps, Drain) == []
 
 
-def test_rollout_with_no_room_for_one_extra_replica_waits_and_says_why() -> None:
-    steps = plan([svc(replicas=1, generation=2, max_per_node=1)], [nd("a")], [rep("old", "a")])
-    (refusal,) = of(steps, Unplaceable)
-    assert "rolling update of web to generation 2 needs room" in refusal.reason
-    assert of(steps, Drain) == [] and of(steps, Place) == []
+def test_rollout_with_no_room_for_one_extra_replica_replaces_stop_first() -> None:
+    nodes = [nd("a"), nd("b")]
+    service = svc(replicas=2, generation=2, max_per_node=1)
+    reps = [rep("old1", "a"), rep("old2", "b")]
+    steps = plan([service], nodes, reps)
+    (drain,) = of(steps, Drain)
+    assert len(drain.replicas) == 1 and "stop-first" in drain.reason
+    assert of(steps, Place) == [] and of(steps, Unplaceable) == []
+    # Next cycle: the drained one no longer counts, so its replacement is placed there.
+    (gone,) = drain.replicas
+    later = NOW + timedelta(seconds=5)
+    reps = [
+        r
+        if r.id != gone
+        else r.model_copy(update={"desired": DesiredState.DRAIN, "stop_after": later})
+        for r in reps
+    ]
+    (place,) = of(plan([service], nodes, reps), Place)
+    assert place.nodes == (next(r.node for r in reps if r.id == gone),)
+
+
+def test_a_draining_fixed_port_replica_keeps_its_node_until_it_stops() -> None:
+    """Its container holds the host port: a replacement there could not start yet."""
+    service = svc(replicas=1, generation=2, host_port=8080, max_per_node=1)
+    later = NOW + timedelta(seconds=5)
+    draining = rep("old", "a", desired=DesiredState.DRAIN, stop_after=later)
+    steps = plan([service], [nd("a")], [draining])
+    assert of(steps, Place) == [] and len(of(steps, Unplaceable)) == 1
+    stopped = rep("old", "a", desired=DesiredState.STOP)
+    (place,) = of(plan([service], [nd("a")], [stopped]), Place)
+    assert place.nodes == ("a",)
