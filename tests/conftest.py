@@ -11,6 +11,8 @@ import os
 import shutil
 import socket
 
+import docker
+import docker.errors
 import pytest
 
 IN_CI = bool(os.environ.get("CI"))
@@ -31,6 +33,17 @@ def require_binary(name: str) -> str:
     require(path is not None, f"`{name}` on PATH (see .ci/run for how it is installed)")
     assert path is not None
     return path
+
+
+def require_docker() -> docker.DockerClient:
+    """A client of the local Docker engine, which must answer (the caller closes it)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        require(False, f"a reachable Docker engine ({exc}); see scripts/ensure-docker.sh")
+        raise  # unreachable: require() fails or skips
+    return client
 
 
 def free_port() -> int:

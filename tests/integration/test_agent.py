@@ -31,7 +31,7 @@ from tests.agent.harness import (
     start_controller,
     wait_for,
 )
-from tests.conftest import TEST_LABEL, free_port, require
+from tests.conftest import TEST_LABEL, free_port, require, require_docker
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +39,7 @@ DEADLINE_S = 30.0
 
 
 def _docker() -> docker.DockerClient:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        require(False, f"a running Docker engine ({exc})")
-        raise
-    return client
+    return require_docker()
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
 import httpx
 import pytest
 
-from tests.conftest import require, require_binary
+from tests.conftest import require_binary, require_docker
 from tests.integration.autoscale_lab import SERVICE, Fleet, poll
 
 pytestmark = pytest.mark.integration
@@ -37,11 +35,7 @@ SLOW_MS = 300
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     for binary in ("nginx", "prometheus", "prometheus-alertmanager"):
         require_binary(binary)
-    try:
-        with contextlib.closing(docker.from_env()) as client:
-            client.ping()
-    except docker.errors.DockerException as exc:
-        require(False, f"a reachable Docker engine ({exc})")
+    require_docker().close()
     fleet = Fleet(tmp_path)
     try:
         # Re-evaluate firing alerts and pending scale-ins every second (default 5 s).

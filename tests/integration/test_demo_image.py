@@ -15,7 +15,7 @@ import pytest
 
 from orchestrify.demo import DEMO_IMAGE_LABEL, DEMO_PORT, build_demo_image, find_static_busybox
 from orchestrify.errors import DockerFailure
-from tests.conftest import TEST_LABEL, require
+from tests.conftest import TEST_LABEL, require, require_docker
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,7 @@ class Replica:
 
 @pytest.fixture(scope="module")
 def docker_client() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        require(False, f"a reachable Docker engine ({exc}); see scripts/ensure-docker.sh")
-        raise  # unreachable: require() fails or skips
+    client = require_docker()
     yield client
     client.close()
 

@@ -9,15 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
-import docker.errors
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrify.edge import EdgeSettings
 from orchestrify.edge.render import nginx_templates_dir
-from tests.conftest import free_port, require, require_binary
+from tests.conftest import free_port, require_binary, require_docker
 from tests.integration.edge_lab import (
     ADMIN_TOKEN,
     ControllerThread,
@@ -58,12 +56,7 @@ def _replica_of(resp: httpx.Response) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require_binary("nginx")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        require(False, f"a reachable Docker engine ({exc}); see scripts/ensure-docker.sh")
-        raise
+    client = require_docker()
     base = tmp_path_factory.mktemp("edge")
     templates = base / "templates"
     shutil.copytree(nginx_templates_dir(), templates)

@@ -29,7 +29,7 @@ from tests.agent.harness import (
     start_controller,
     wait_for,
 )
-from tests.conftest import TEST_LABEL, free_port, require, require_binary
+from tests.conftest import TEST_LABEL, free_port, require, require_binary, require_docker
 from tests.integration.edge_lab import EdgeThread
 
 pytestmark = pytest.mark.integration
@@ -78,12 +78,7 @@ class Load:
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     require_binary("nginx")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        require(False, f"a running Docker engine ({exc}); see scripts/ensure-docker.sh")
-        raise
+    client = require_docker()
     try:
         build_demo_image()
     except Exception as exc:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from orchestrify.demo import build_demo_image
-from tests.conftest import free_port, require, require_binary
+from tests.conftest import free_port, require_binary, require_docker
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -96,11 +96,7 @@ class Up:
 
 @pytest.fixture
 def engine() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException:
-        require(False, "a running Docker engine (scripts/ensure-docker.sh)")
+    client = require_docker()
     require_binary("nginx")
     build_demo_image()
     yield client
