@@ -67,6 +67,7 @@ orchestrify is running (PID $up_pid). In another shell:
   orchestrify ps                                   # replicas, nodes, addresses
   curl http://127.0.0.1:$listen/demo/                # through Nginx
   docker kill \$(docker ps -q --filter label=orchestrify.service=demo | head -1)   # watch it heal
+  orchestrify service update demo --env GREETING=hi   # a rolling update, one replica at a time
   orchestrify events --since 5m
 Ctrl-C stops orchestrify; the containers keep running.
 TXT
