@@ -761,6 +761,21 @@ class Store:
                             outcome="info",
                             reason=row.error,
                         )
+                    elif row.error and row.error != before[2]:
+                        # A new error while the state stays (an image that cannot be
+                        # pulled, a container that will not start): said at once, and
+                        # once per distinct error, not at every retry.
+                        self._add_event(
+                            tx,
+                            f"replica {row.id} on {node.name} ({row.state}): {row.error}",
+                            kind="replica",
+                            service=row.service,
+                            node=node.name,
+                            replica=row.id,
+                            action="observe",
+                            outcome="failed",
+                            reason=row.error,
+                        )
             if full:
                 # A replica told to stop that the agent no longer has is gone.
                 for row in tx.session.scalars(

@@ -109,3 +109,28 @@ def test_failed_replica_is_replaced_on_another_node(api: TestClient) -> None:
     )
     assert new["node"] == b
     assert api.get(f"/v1/replicas/{rep['id']}").json()["desired"] == "stop"
+
+
+def test_an_error_is_an_event_at_once_and_once_per_distinct_error(api: TestClient) -> None:
+    node_id, token = register(api, "a")
+    api.post("/v1/services", json=service_spec(replicas=1))
+    (rep,) = wait_for(lambda: running(api, "web"), what="a replica")
+
+    def report(error: str) -> None:
+        body = {"replicas": [{"id": rep["id"], "state": "starting", "error": error}]}
+        resp = api.post(f"/v1/nodes/{node_id}/replicas", json=body, headers=bearer(token))
+        assert resp.status_code == 204
+
+    def errors() -> list[str]:
+        events = api.get("/v1/events", params={"service": "web", "kind": "replica"}).json()
+        return [e["reason"] for e in events if e["outcome"] == "failed"]
+
+    pull = "cannot pull image nope:1: not found"
+    report(pull)  # the state changes too (assigned -> starting): that event carries it
+    report(pull)  # a retry with the same error: nothing new
+    assert errors() == []
+    assert [e["reason"] for e in api.get("/v1/events", params={"kind": "replica"}).json()] == [pull]
+    report("port 8080 is already allocated")
+    report("port 8080 is already allocated")
+    report(pull)
+    assert errors() == ["port 8080 is already allocated", pull]
