@@ -227,6 +227,14 @@ class Service(ServiceSpec):
         UpdateState.COMPLETED, description="completed | updating | paused (rolling update)."
     )
     update_message: str | None = Field(None, description="Why the rolling update is paused.")
+    previous_generation: int | None = Field(
+        None,
+        description="The generation a rollback returns to (POST /v1/services/{name}/rollback); "
+        "None: the service has not been updated, so there is nothing to roll back to.",
+    )
+    previous_spec: dict[str, Any] | None = Field(
+        None, description="The container fields (image, env, ...) of previous_generation."
+    )
 
 
 class NodeRegistration(Strict):

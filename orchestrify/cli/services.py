@@ -18,6 +18,7 @@ from orchestrify.cli.common import (
 )
 from orchestrify.cli.replicas import print_replicas
 from orchestrify.errors import InvalidSpec
+from orchestrify.models import SERVICE_NAME
 
 service_app = typer.Typer(
     help="Deploy and manage services (an image run as N replicas behind Nginx).",
@@ -201,6 +202,35 @@ def update(
         typer.echo(
             f"service {name}: rolling update to generation {svc['generation']} started, "
             f"one replica at a time; watch it with `orchestrify service ps {name}`"
+        )
+
+
+@service_app.command("rollback")
+@handle_errors
+def rollback(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The service to roll back."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Put a service back to its spec before the last update (image, env, ports, health
+    path, limits), replaced one replica at a time; rolling back twice returns to the
+    update. Replica counts and the scaling policy stay as they are."""
+    if not SERVICE_NAME.match(name):
+        raise InvalidSpec(f"{name!r} is not a service name", field="name")
+    with config(ctx).client() as api:
+        svc = api.request("POST", f"/v1/services/{name}/rollback")
+    if json_out:
+        print_json(svc)
+    elif svc.get("update_state") == "completed":
+        typer.echo(
+            f"service {name} rolled back to {svc['image']} (generation {svc['generation']}); "
+            "no running replica to replace"
+        )
+    else:
+        typer.echo(
+            f"service {name}: rollback from generation {svc['previous_generation']} started: "
+            f"generation {svc['generation']} runs {svc['image']} again, one replica at a time; "
+            f"watch it with `orchestrify service ps {name}`"
         )
 
 

@@ -82,7 +82,7 @@ def _service(row: ServiceRow, replicas: Iterable[ReplicaRow] = ()) -> Service:
     if updated == len(running):
         state, message = UpdateState.COMPLETED, None
     elif row.paused_generation == row.generation:
-        state, message = UpdateState.PAUSED, row.pause_reason
+        state, message = UpdateState.PAUSED, f"{row.pause_reason}; {_way_out(row)}"
     else:
         state, message = UpdateState.UPDATING, None
     return Service.model_validate(
@@ -94,8 +94,37 @@ def _service(row: ServiceRow, replicas: Iterable[ReplicaRow] = ()) -> Service:
             "updated_replicas": updated,
             "update_state": state,
             "update_message": message,
+            "previous_generation": row.previous_generation if row.previous_spec else None,
+            "previous_spec": row.previous_spec,
         }
     )
+
+
+def _way_out(row: ServiceRow) -> str:
+    """What an operator can do about a paused rollout of ``row``."""
+    if row.previous_spec:
+        return (
+            f"roll back with `orchestrify service rollback {row.name}` or change the service again"
+        )
+    # A store from before rollbacks: the spec before this update was never recorded.
+    return "change the service again (for example back to the previous image) to roll again"
+
+
+def _spec_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The container fields that differ, for an event: ``image a -> b, env (KEY)``. Env
+    values are not shown (they may be secrets), only the keys that changed."""
+    parts = []
+    for key in CONTAINER_FIELDS:
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if key == "env":
+            old, new = old or {}, new or {}
+            keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            parts.append(f"env ({', '.join(keys)})")
+        else:
+            parts.append(f"{key} {old} -> {new}")
+    return ", ".join(parts) or "no container field differs"
 
 
 def _generation(replica: ReplicaRow, service: ServiceRow | None) -> int:
@@ -332,6 +361,9 @@ class Store:
             spec_fields = set(changes) & set(CONTAINER_FIELDS)
             rolled = any(changes[k] != current.model_dump()[k] for k in spec_fields)
             if rolled:
+                # What a rollback returns to: the spec this generation bump leaves behind.
+                row.previous_spec = container_spec(row.spec)
+                row.previous_generation = row.generation
                 row.generation += 1
             row.spec = updated.model_dump(mode="json")
             row.updated_at = utcnow()
@@ -364,6 +396,63 @@ class Store:
                     action="update_service",
                     outcome="ok",
                 )
+            tx.changes.add("spec")
+            return _service(row, reps)
+
+    def rollback_service(self, name: str, *, reason: str = "requested through the API") -> Service:
+        """Put the container fields back to the spec before the last update (Swarm's
+        ``docker service rollback``) as a new generation, so the usual rolling update
+        replaces every replica, the failed new ones included. Scaling fields, ``drain_s``
+        and ``max_per_node`` keep their current values. The spec replaced becomes the
+        previous one: rolling back twice returns to the update."""
+        with self._write() as tx:
+            row = tx.session.get(ServiceRow, name)
+            if row is None or row.deleting:
+                raise NotFound(f"no service named {name!r}")
+            previous = row.previous_spec
+            if not previous:
+                raise Conflict(
+                    f"service {name!r} has no previous spec to roll back to (it has not "
+                    "been updated since it was created, or since the store was upgraded); "
+                    f"change it with `orchestrify service update {name}` instead"
+                )
+            current = dict(row.spec)
+            try:
+                restored = ServiceSpec.model_validate(current | container_spec(previous))
+            except ValueError as exc:  # pydantic.ValidationError is a ValueError
+                raise _invalid_from(exc) from exc
+            back_to = row.previous_generation
+            row.previous_spec = container_spec(current)
+            row.previous_generation = row.generation
+            row.generation += 1
+            row.spec = restored.model_dump(mode="json")
+            # The paused rollout was of the generation just left; say so no more.
+            row.paused_generation = None
+            row.pause_reason = None
+            row.updated_at = utcnow()
+            reps = self._replicas_of(tx.session, name)
+            live = any(r.desired == DesiredState.RUN for r in reps)
+            rollout = (
+                f"; rolling update to generation {row.generation}, one replica at a time"
+                if live
+                else ""
+            )
+            of = f" of generation {back_to}" if back_to is not None else ""
+            self._add_event(
+                tx,
+                f"service {name} rolled back to the spec{of}: "
+                f"{_spec_changes(current, row.spec)}{rollout}",
+                kind="action",
+                service=name,
+                action="rollback",
+                outcome="ok",
+                reason=reason,
+                data={
+                    "from_generation": row.previous_generation,
+                    "spec_of_generation": back_to,
+                    "generation": row.generation,
+                },
+            )
             tx.changes.add("spec")
             return _service(row, reps)
 
@@ -917,8 +1006,7 @@ class Store:
             self._add_event(
                 tx,
                 f"rolling update of {service} to generation {generation} paused: {reason}; "
-                "the old replicas keep serving. Change the service again (for example back "
-                "to the previous image) to roll again",
+                f"the old replicas keep serving. To go on: {_way_out(row)}",
                 kind="decision",
                 service=service,
                 action="rolling_update",

@@ -26,6 +26,11 @@ class ServiceRow(Base):
     # generation is a new rollout, so nothing needs to clear these.
     paused_generation: Mapped[int | None] = mapped_column(Integer)
     pause_reason: Mapped[str | None] = mapped_column(Text)
+    # The container fields the service had before its last generation bump and the
+    # generation they belonged to: what a rollback returns to (Swarm's PreviousSpec).
+    # None until the first update, and in rows from stores made before rollbacks.
+    previous_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    previous_generation: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -76,7 +81,7 @@ class ReplicaRow(Base):
 # Columns added after a table first shipped. Tables are made with ``create_all`` (no
 # migration tool), which never alters an existing table, so the store adds these itself.
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "services": ("paused_generation", "pause_reason"),
+    "services": ("paused_generation", "pause_reason", "previous_spec", "previous_generation"),
     "replicas": ("generation", "spec"),
 }
 

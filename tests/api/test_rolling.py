@@ -1,5 +1,6 @@
 """Rolling updates through the API: PATCH a service, replicas are replaced one at a time,
-GET /v1/services/{name} shows the progress, a failing new replica pauses the rollout."""
+GET /v1/services/{name} shows the progress, a failing new replica pauses the rollout, and
+POST /v1/services/{name}/rollback returns to the spec before the update."""
 
 from __future__ import annotations
 
@@ -134,3 +135,74 @@ def test_a_failing_new_replica_pauses_until_the_service_changes_again(
     reconcile(api)
     fresh = [a for r, a in agents.assignments().items() if r not in old and r != bad]
     assert [(a["image"], a["generation"]) for a in fresh] == [("nginx:1.27", 3)]
+
+
+def test_rollback_of_a_paused_rollout_replaces_every_replica_with_the_old_spec(
+    make_client: Callable[..., TestClient],
+) -> None:
+    api = make_client(run_reconciler=False)
+    agents = Agents(api, ["a", "b", "c"])
+    assert api.post("/v1/services", json=service_spec(replicas=2)).status_code == 201
+    created = api.get("/v1/services/web").json()
+    assert (created["previous_generation"], created["previous_spec"]) == (None, None)
+    refused = api.post("/v1/services/web/rollback")
+    assert refused.status_code == 409, refused.text
+    assert "no previous spec" in refused.json()["detail"]
+    assert api.post("/v1/services/nope/rollback").status_code == 404
+    reconcile(api)
+    agents.report()
+    old = {r["id"] for r in _serving(api)}
+
+    patched = api.patch("/v1/services/web", json={"image": "nginx:broken"}).json()
+    assert (patched["previous_generation"], patched["previous_spec"]["image"]) == (1, "nginx:1.27")
+    reconcile(api)  # the extra replica of generation 2
+    (bad,) = set(agents.assignments()) - old
+    agents.fail.add(bad)
+    for _ in range(4):
+        agents.report()
+        reconcile(api)
+    paused = api.get("/v1/services/web").json()
+    assert paused["update_state"] == "paused"
+    assert "orchestrify service rollback web" in paused["update_message"]
+
+    resp = api.post("/v1/services/web/rollback")
+    assert resp.status_code == 200, resp.text
+    back = resp.json()
+    assert (back["image"], back["generation"], back["update_state"]) == (
+        "nginx:1.27",
+        3,
+        "updating",
+    )
+    assert (back["previous_generation"], back["previous_spec"]["image"]) == (2, "nginx:broken")
+    assert back["replicas"] == 2 and back["update_message"] is None
+
+    def never_below_two_serving() -> None:
+        assert len(_serving(api)) >= 2
+
+    for _ in range(12):
+        _cycle(api, agents, never_below_two_serving)
+        if api.get("/v1/services/web").json()["update_state"] == "completed":
+            break
+    final = api.get("/v1/services/web").json()
+    assert (final["updated_replicas"], final["update_state"]) == (2, "completed")
+    serving = _serving(api)
+    assert len(serving) == 2 and not old & {r["id"] for r in serving}
+    assert {r["generation"] for r in serving} == {3}
+    by_id = agents.assignments()
+    assert {by_id[r["id"]]["image"] for r in serving} == {"nginx:1.27"}
+    assert bad not in by_id  # the failed replica of generation 2 is gone
+    events = api.get("/v1/events", params={"service": "web"}).json()
+    (rolled_back,) = [e for e in events if e["action"] == "rollback"]
+    assert rolled_back["message"].startswith(
+        "service web rolled back to the spec of generation 1: image nginx:broken -> nginx:1.27"
+    )
+    assert any(e["message"] == "rolling update of web to generation 3 finished" for e in events)
+
+
+def test_rollback_needs_the_admin_token(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(run_reconciler=False)
+    api.post("/v1/services", json=service_spec())
+    api.patch("/v1/services/web", json={"image": "nginx:1.28"})
+    refused = api.post("/v1/services/web/rollback", headers=bearer("wrong"))
+    assert refused.status_code == 401
+    assert api.get("/v1/services/web").json()["image"] == "nginx:1.28"

@@ -164,6 +164,39 @@ def test_service_update_starts_a_rolling_update_shown_by_ls_inspect_and_ps(
     assert json.loads(controller.ok("service", "inspect", "roll", "--json"))["generation"] == 3
 
 
+def test_service_rollback_returns_to_the_spec_before_the_update(controller: Controller) -> None:
+    controller.ok("service", "create", "nginx:1.27", "--name", "back", "--env", "A=1")
+    wait_for(
+        lambda: json.loads(controller.ok("ps", "--service", "back", "--json")),
+        what="the replica of back",
+    )
+    never = controller.run("service", "rollback", "back")
+    assert never.returncode == 1
+    line = _error_line(never)
+    assert "no previous spec" in line and "orchestrify service update back" in line
+
+    controller.ok("service", "update", "back", "--image", "nginx:1.28", "--env", "B=2")
+    out = controller.ok("service", "rollback", "back")
+    assert len(out.splitlines()) == 1
+    assert "rollback from generation 2 started" in out and "nginx:1.27" in out
+    assert "orchestrify service ps back" in out
+    spec = json.loads(controller.ok("service", "inspect", "back", "--json"))
+    assert (spec["image"], spec["env"], spec["generation"]) == ("nginx:1.27", {"A": "1"}, 3)
+    assert (spec["previous_generation"], spec["previous_spec"]["image"]) == (2, "nginx:1.28")
+
+    again = json.loads(controller.ok("service", "rollback", "back", "--json"))
+    assert (again["image"], again["env"], again["generation"]) == (
+        "nginx:1.28",
+        {"A": "1", "B": "2"},
+        4,
+    )
+    events = controller.ok("events", "--service", "back", "--since", "1h")
+    assert "rolled back to the spec of generation 1" in events
+
+    missing = controller.run("service", "rollback", "nosuch")
+    assert missing.returncode == 1 and "nosuch" in _error_line(missing)
+
+
 def test_node_ls_and_events(controller: Controller) -> None:
     lines = controller.ok("node", "ls").splitlines()
     assert lines[0].split()[:4] == ["ID", "NAME", "ADDRESS", "STATE"]
@@ -205,6 +238,7 @@ def _error_line(proc: Any) -> str:
         (["service", "scale", "web=lots"], "replicas"),
         (["service", "update", "web"], "image"),
         (["service", "update", "web", "--env", "NOEQUALS"], "env"),
+        (["service", "rollback", "Bad Name"], "name"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_field(

@@ -1,5 +1,5 @@
-"""Replicas remember the spec they run: assignments during a rolling update, and stores
-made before rolling updates existed."""
+"""Replicas remember the spec they run: assignments during a rolling update, rollback to
+the spec before the last update, and stores made before rolling updates existed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
+from orchestrify.errors import Conflict, NotFound
 from orchestrify.models import (
+    CONTAINER_FIELDS,
     DesiredState,
     NodeRegistration,
     ReplicaReport,
@@ -79,12 +81,98 @@ def test_a_paused_rollout_is_said_once_and_a_new_generation_clears_it(store: Sto
     assert store.pause_rollout("web", generation=2, reason="replica x failed") is True
     assert store.pause_rollout("web", generation=2, reason="replica x failed") is False
     svc = store.get_service("web")
-    assert (svc.update_state, svc.update_message) == (UpdateState.PAUSED, "replica x failed")
+    assert svc.update_state == UpdateState.PAUSED
+    assert svc.update_message is not None and svc.update_message.startswith("replica x failed")
+    assert "orchestrify service rollback web" in svc.update_message
     paused = [e for e in store.list_events(service="web") if "paused" in e.message]
     assert len(paused) == 1 and "old replicas keep serving" in paused[0].message
+    assert "orchestrify service rollback web" in paused[0].message
 
     again = store.update_service("web", ServicePatch(image="demo:1"))
     assert (again.generation, again.update_state) == (3, UpdateState.UPDATING)
+
+
+def test_only_a_generation_bump_records_the_previous_spec(store: Store) -> None:
+    created = store.create_service(ServiceSpec(name="web", image="demo:1", max_replicas=5))
+    assert (created.previous_generation, created.previous_spec) == (None, None)
+    scaled = store.update_service("web", ServicePatch(replicas=3, drain_s=2, max_per_node=2))
+    assert (scaled.generation, scaled.previous_spec) == (1, None)
+    same = store.update_service("web", ServicePatch(image="demo:1"))  # no actual change
+    assert (same.generation, same.previous_spec) == (1, None)
+
+    updated = store.update_service("web", ServicePatch(image="demo:2", env={"A": "1"}))
+    assert updated.generation == 2 and updated.previous_generation == 1
+    assert updated.previous_spec is not None
+    assert (updated.previous_spec["image"], updated.previous_spec["env"]) == ("demo:1", {})
+    assert set(updated.previous_spec) == set(CONTAINER_FIELDS)
+    # Scaling afterwards keeps what a rollback would return to.
+    rescaled = store.update_service("web", ServicePatch(replicas=4))
+    assert (rescaled.previous_generation, rescaled.previous_spec) == (1, updated.previous_spec)
+
+
+def test_rollback_restores_the_container_fields_but_keeps_scaling(store: Store) -> None:
+    node = _node(store)
+    store.create_service(
+        ServiceSpec(name="web", image="demo:1", env={"MODE": "a"}, replicas=1, max_replicas=5)
+    )
+    store.create_replicas("web", [node], reason="test")
+    store.update_service(
+        "web", ServicePatch(image="demo:2", env={"MODE": "b"}, health_path="/ready")
+    )
+    store.pause_rollout("web", generation=2, reason="replica x failed")
+    store.update_service("web", ServicePatch(replicas=3, min_replicas=2, drain_s=5, max_per_node=2))
+
+    back = store.rollback_service("web", reason="operator")
+    assert (back.image, back.env, back.health_path) == ("demo:1", {"MODE": "a"}, "/health")
+    assert (back.replicas, back.min_replicas, back.max_replicas) == (3, 2, 5)
+    assert (back.drain_s, back.max_per_node) == (5, 2)
+    # A new generation: every replica of an older one (whatever its spec) is replaced.
+    assert (back.generation, back.update_state) == (3, UpdateState.UPDATING)
+    assert back.update_message is None  # the pause was generation 2's
+    assert back.previous_generation == 2 and back.previous_spec is not None
+    assert back.previous_spec["image"] == "demo:2"
+    (a,) = store.assignments(node)
+    assert (a.generation, a.image) == (1, "demo:1")  # the old replica until it is replaced
+
+    (ev,) = [e for e in store.list_events(service="web") if e.action == "rollback"]
+    assert (ev.kind, ev.outcome, ev.reason) == ("action", "ok", "operator")
+    assert ev.message.startswith(
+        "service web rolled back to the spec of generation 1: image demo:2 -> demo:1, "
+        "env (MODE), health_path /ready -> /health"
+    )
+    assert "rolling update to generation 3" in ev.message
+    assert ev.data == {"from_generation": 2, "spec_of_generation": 1, "generation": 3}
+
+
+def test_rolling_back_twice_returns_to_the_update(store: Store) -> None:
+    store.create_service(ServiceSpec(name="web", image="demo:1"))
+    store.update_service("web", ServicePatch(image="demo:2"))
+    assert store.rollback_service("web").image == "demo:1"
+    again = store.rollback_service("web")
+    assert (again.image, again.generation, again.previous_generation) == ("demo:2", 4, 3)
+    assert again.previous_spec is not None and again.previous_spec["image"] == "demo:1"
+    messages = [e.message for e in store.list_events(service="web") if e.action == "rollback"]
+    assert messages == [
+        "service web rolled back to the spec of generation 1: image demo:2 -> demo:1",
+        "service web rolled back to the spec of generation 2: image demo:1 -> demo:2",
+    ]
+
+
+def test_rollback_without_a_previous_spec_is_a_conflict_and_changes_nothing(
+    store: Store,
+) -> None:
+    store.create_service(ServiceSpec(name="web", image="demo:1"))
+    store.update_service("web", ServicePatch(replicas=1, drain_s=3))
+    with pytest.raises(Conflict, match=r"no previous spec.*orchestrify service update web"):
+        store.rollback_service("web")
+    svc = store.get_service("web")
+    assert (svc.image, svc.generation) == ("demo:1", 1)
+    assert not [e for e in store.list_events(service="web") if e.action == "rollback"]
+    with pytest.raises(NotFound):
+        store.rollback_service("nope")
+    store.delete_service("web")
+    with pytest.raises(NotFound):
+        store.rollback_service("web")
 
 
 # The two tables as the build before rolling updates made them (SQLAlchemy's DDL).
@@ -128,6 +216,8 @@ def test_a_store_from_before_rolling_updates_opens_and_its_replicas_run_the_curr
     try:
         columns = {c["name"] for c in inspect(store.engine).get_columns("replicas")}
         assert {"generation", "spec"} <= columns
+        columns = {c["name"] for c in inspect(store.engine).get_columns("services")}
+        assert {"previous_spec", "previous_generation"} <= columns
         (a,) = store.assignments(node)
         assert (a.replica, a.generation, a.image, a.env) == (
             "web-old",
@@ -141,11 +231,17 @@ def test_a_store_from_before_rolling_updates_opens_and_its_replicas_run_the_curr
             1,
             UpdateState.COMPLETED,
         )
+        # The old build never recorded a previous spec: nothing to roll back to yet.
+        assert (svc.previous_generation, svc.previous_spec) == (None, None)
+        with pytest.raises(Conflict, match="no previous spec"):
+            store.rollback_service("web")
         # It keeps working as before: reports land, and a change rolls from generation 4.
         store.apply_reports(node, [ReplicaReport(id="web-old", state="healthy")], full=False)
         store.update_service("web", ServicePatch(env={"MODE": "new"}))
         (a,) = store.assignments(node)
         assert (a.generation, a.env) == (4, {"MODE": "old"})
+        back = store.rollback_service("web")  # the update above recorded one
+        assert (back.generation, back.env, back.previous_generation) == (6, {"MODE": "old"}, 5)
     finally:
         store.close()
     Store.in_data_dir(tmp_path).close()  # opening it again changes nothing and does not fail

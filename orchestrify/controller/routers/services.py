@@ -31,6 +31,13 @@ def update_service(name: str, patch: ServicePatch, state: State) -> Service:
     return state.store.update_service(name, patch)
 
 
+@router.post("/{name}/rollback", response_model=Service)
+def rollback_service(name: str, state: State) -> Service:
+    """Back to the spec before the last update, rolled out as a new generation (409 when
+    the service has never been updated)."""
+    return state.store.rollback_service(name)
+
+
 @router.delete("/{name}", status_code=204)
 def delete_service(name: str, state: State) -> Response:
     state.store.delete_service(name)
