@@ -186,3 +186,56 @@ def test_patching_env_rolls_every_replica_with_no_failed_request(fleet: Fleet) -
     assert "rolling update of roll to generation 2 finished" in messages
     replaced = [m for m in messages if "rolling update of roll to generation 2: replica" in m]
     assert len(replaced) == REPLICAS
+
+
+def _container_env(replica_ids: set[str]) -> set[str]:
+    """The WAVE values the running containers of these replicas were started with."""
+    client = require_docker()
+    try:
+        waves = set()
+        for rid in replica_ids:
+            for c in client.containers.list(filters={"label": f"orchestrify.replica={rid}"}):
+                env = c.attrs["Config"]["Env"] or []
+                waves |= {e.split("=", 1)[1] for e in env if e.startswith("WAVE=")}
+        return waves
+    finally:
+        client.close()
+
+
+def test_rollback_rolls_back_to_the_previous_spec_with_no_failed_request(fleet: Fleet) -> None:
+    fleet.api.request(
+        "POST",
+        "/v1/services",
+        json={
+            "name": "roll",
+            "image": DEFAULT_TAG,
+            "replicas": REPLICAS,
+            "min_replicas": 0,
+            "env": {"WAVE": "1"},
+            "drain_s": 2,
+        },
+    )
+    wait_for("3 healthy replicas in nginx", lambda: _all_of_generation(fleet, 1))
+    fleet.api.request("PATCH", "/v1/services/roll", json={"env": {"WAVE": "2"}})
+    updated = wait_for(
+        "every replica of generation 2", lambda: _all_of_generation(fleet, 2), timeout=35
+    )
+    assert _container_env(updated) == {"2"}
+
+    load = Load(f"{fleet.nginx_url}/roll/")
+    sender = threading.Thread(target=load.run, daemon=True)
+    sender.start()
+    try:
+        wait_for("requests flowing", lambda: len(load.replicas) >= 10, timeout=10)
+        svc = fleet.api.request("POST", "/v1/services/roll/rollback")
+        assert (svc["generation"], svc["env"]) == (3, {"WAVE": "1"})
+        back = wait_for(
+            "every replica of generation 3", lambda: _all_of_generation(fleet, 3), timeout=35
+        )
+    finally:
+        load.stop.set()
+        sender.join(10)
+
+    assert load.failures == [], load.failures[:5]
+    assert _container_env(back) == {"1"}  # the containers run the previous spec again
+    assert fleet.api.get("/v1/services/roll")["update_state"] == "completed"
