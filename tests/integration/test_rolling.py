@@ -141,7 +141,8 @@ def _all_of_generation(fleet: Fleet, generation: int) -> set[str] | None:
     return None
 
 
-def test_patching_env_rolls_every_replica_with_no_failed_request(fleet: Fleet) -> None:
+def _create_roll(fleet: Fleet) -> set[str]:
+    """The service "roll" (WAVE=1), once its replicas are healthy and in Nginx."""
     fleet.api.request(
         "POST",
         "/v1/services",
@@ -154,7 +155,12 @@ def test_patching_env_rolls_every_replica_with_no_failed_request(fleet: Fleet) -
             "drain_s": 2,  # well above the edge's reaction (a fraction of a second)
         },
     )
-    old = wait_for("3 healthy replicas in nginx", lambda: _all_of_generation(fleet, 1))
+    ids: set[str] = wait_for("3 healthy replicas in nginx", lambda: _all_of_generation(fleet, 1))
+    return ids
+
+
+def test_patching_env_rolls_every_replica_with_no_failed_request(fleet: Fleet) -> None:
+    old = _create_roll(fleet)
 
     load = Load(f"{fleet.nginx_url}/roll/")
     sender = threading.Thread(target=load.run, daemon=True)
@@ -203,19 +209,7 @@ def _container_env(replica_ids: set[str]) -> set[str]:
 
 
 def test_rollback_rolls_back_to_the_previous_spec_with_no_failed_request(fleet: Fleet) -> None:
-    fleet.api.request(
-        "POST",
-        "/v1/services",
-        json={
-            "name": "roll",
-            "image": DEFAULT_TAG,
-            "replicas": REPLICAS,
-            "min_replicas": 0,
-            "env": {"WAVE": "1"},
-            "drain_s": 2,
-        },
-    )
-    wait_for("3 healthy replicas in nginx", lambda: _all_of_generation(fleet, 1))
+    _create_roll(fleet)
     fleet.api.request("PATCH", "/v1/services/roll", json={"env": {"WAVE": "2"}})
     updated = wait_for(
         "every replica of generation 2", lambda: _all_of_generation(fleet, 2), timeout=35
