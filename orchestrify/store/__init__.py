@@ -78,7 +78,7 @@ def _service(row: ServiceRow, replicas: Iterable[ReplicaRow] = ()) -> Service:
     """The API view of a service, with its rollout progress read from ``replicas`` (its
     own replica rows)."""
     running = [r for r in replicas if r.desired == DesiredState.RUN]
-    updated = sum(1 for r in running if _generation(r, row) >= row.generation)
+    updated = sum(1 for r in running if r.generation >= row.generation)
     if updated == len(running):
         state, message = UpdateState.COMPLETED, None
     elif row.paused_generation == row.generation:
@@ -127,13 +127,6 @@ def _spec_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     return ", ".join(parts) or "no container field differs"
 
 
-def _generation(replica: ReplicaRow, service: ServiceRow | None) -> int:
-    # None only between adding the column and filling it in (see _add_missing_columns).
-    if replica.generation is not None:
-        return replica.generation
-    return service.generation if service is not None else 1
-
-
 def _node(row: NodeRow) -> Node:
     return Node(
         id=row.id,
@@ -166,7 +159,7 @@ def _replica(row: ReplicaRow, node_names: dict[str, str] | None = None) -> Repli
         error=row.error,
         restarts=row.restarts,
         stop_after=_utc(row.stop_after),
-        generation=row.generation or 1,
+        generation=row.generation,
         created_at=_utc(row.created_at) or utcnow(),
         updated_at=_utc(row.updated_at) or utcnow(),
     )
@@ -888,8 +881,7 @@ class Store:
                 svc = specs.get(row.service)
                 if svc is None:
                     continue
-                # The replica's own spec: during a rolling update old replicas keep theirs.
-                spec = row.spec or container_spec(svc.spec)
+                spec = row.spec  # its own: during a rolling update old replicas keep theirs
                 out.append(
                     Assignment(
                         replica=row.id,
@@ -902,7 +894,7 @@ class Store:
                         health_path=spec.get("health_path") or "/health",
                         memory_mb=spec.get("memory_mb"),
                         cpus=spec.get("cpus"),
-                        generation=_generation(row, svc),
+                        generation=row.generation,
                     )
                 )
             return out
@@ -1049,9 +1041,9 @@ def _add_missing_columns(engine: Engine) -> None:
     with Session(engine) as s, s.begin():
         services = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
         for rep in s.scalars(select(ReplicaRow).where(ReplicaRow.generation.is_(None))).all():
-            svc = services.get(rep.service)
+            svc = services.get(rep.service)  # None: its service is gone; it only stops
             rep.generation = svc.generation if svc is not None else 1
-            rep.spec = container_spec(svc.spec) if svc is not None else None
+            rep.spec = container_spec(svc.spec) if svc is not None else {}
 
 
 def _connect_args(url: str) -> dict[str, Any]:

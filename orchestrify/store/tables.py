@@ -70,10 +70,10 @@ class ReplicaRow(Base):
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     stop_after: Mapped[datetime | None]
     # What this replica runs: the service's generation and container fields when it was
-    # created. Old replicas keep theirs during a rolling update. Nullable because stores
-    # from before rolling updates gain these columns on open (then filled in).
-    generation: Mapped[int | None] = mapped_column(Integer)
-    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # created. Old replicas keep theirs during a rolling update. Stores from before
+    # rolling updates gain these columns on open and have them filled in right then.
+    generation: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
