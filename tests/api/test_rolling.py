@@ -107,6 +107,18 @@ def test_patch_rolls_replicas_one_at_a_time_and_get_shows_progress(
     assert messages.count("rolling update of web to generation 2 finished") == 1
 
 
+def _fail_the_new_replica(api: TestClient, agents: Agents, old: set[str]) -> str:
+    """After a PATCH: the extra replica of the new generation is placed, fails at every
+    start, and the agents report it until the rollout has paused. Its id."""
+    reconcile(api)
+    (bad,) = set(agents.assignments()) - old
+    agents.fail.add(bad)
+    for _ in range(4):
+        agents.report()
+        reconcile(api)
+    return bad
+
+
 def test_a_failing_new_replica_pauses_until_the_service_changes_again(
     make_client: Callable[..., TestClient],
 ) -> None:
@@ -118,12 +130,7 @@ def test_a_failing_new_replica_pauses_until_the_service_changes_again(
     old = {r["id"] for r in _serving(api)}
 
     api.patch("/v1/services/web", json={"image": "nginx:broken"})
-    reconcile(api)  # the extra replica of generation 2
-    (bad,) = set(agents.assignments()) - old
-    agents.fail.add(bad)
-    for _ in range(4):
-        agents.report()
-        reconcile(api)
+    bad = _fail_the_new_replica(api, agents, old)
     svc = api.get("/v1/services/web").json()
     assert svc["update_state"] == "paused" and bad in svc["update_message"]
     assert {r["id"] for r in _serving(api)} == old  # the old replicas keep serving
@@ -155,12 +162,7 @@ def test_rollback_of_a_paused_rollout_replaces_every_replica_with_the_old_spec(
 
     patched = api.patch("/v1/services/web", json={"image": "nginx:broken"}).json()
     assert (patched["previous_generation"], patched["previous_spec"]["image"]) == (1, "nginx:1.27")
-    reconcile(api)  # the extra replica of generation 2
-    (bad,) = set(agents.assignments()) - old
-    agents.fail.add(bad)
-    for _ in range(4):
-        agents.report()
-        reconcile(api)
+    bad = _fail_the_new_replica(api, agents, old)
     paused = api.get("/v1/services/web").json()
     assert paused["update_state"] == "paused"
     assert "orchestrify service rollback web" in paused["update_message"]
