@@ -7,9 +7,8 @@ import contextlib
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 
-from orchestrify.cli.common import config, fail, settings_error
+from orchestrify.cli.common import build_settings, config, fail
 from orchestrify.errors import InvalidSpec
 
 
@@ -72,24 +71,23 @@ def edge(
     root = config(ctx)
     if not nginx_available(nginx_bin):
         raise fail(f"{nginx_bin!r} not found on PATH; install nginx or pass --nginx-bin", code=2)
+    settings = build_settings(
+        EdgeSettings,
+        controller_url=controller_url or root.controller,
+        token=token or root.token,
+        nginx_conf_dir=nginx_conf_dir,
+        nginx_bin=nginx_bin,
+        listen=listen,
+        domain=domain,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        metrics_url=metrics_url,
+        templates_dir=templates_dir,
+        **({"name": name} if name else {}),
+    )
     try:
-        settings = EdgeSettings(
-            controller_url=controller_url or root.controller,
-            token=token or root.token,
-            nginx_conf_dir=nginx_conf_dir,
-            nginx_bin=nginx_bin,
-            listen=listen,
-            domain=domain,
-            metrics_port=metrics_port,
-            metrics_host=metrics_host,
-            metrics_url=metrics_url,
-            templates_dir=templates_dir,
-            **({"name": name} if name else {}),
-        )
         settings.listen_address()
-    except ValidationError as exc:
-        raise fail(settings_error(exc, EdgeSettings), code=2) from None
-    except (ValueError, InvalidSpec) as exc:
+    except InvalidSpec as exc:
         raise fail(str(exc), code=2) from None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_edge(settings))

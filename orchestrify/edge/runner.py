@@ -71,8 +71,11 @@ class EdgeSettings(BaseModel):
 
     def listen_address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
-        if not port.isdigit():
-            raise InvalidSpec(f"--listen {self.listen!r}: want PORT or HOST:PORT", field="listen")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise InvalidSpec(
+                f"--listen {self.listen!r}: want PORT or HOST:PORT, PORT from 1 to 65535",
+                field="listen",
+            )
         if host in ("", "0.0.0.0", "*", "[::]"):
             host = "127.0.0.1"
         return host.strip("[]"), int(port)

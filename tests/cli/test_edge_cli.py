@@ -1,0 +1,35 @@
+"""`orchestrify edge`: bad input is one line and exit 2, before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrify.cli import app
+from tests.conftest import require_binary
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--listen", "99999"], "--listen '99999'"),
+        (["--listen", "eighty"], "--listen 'eighty'"),
+        (["--metrics-port", "70000"], "metrics_port"),
+    ],
+)
+def test_bad_edge_settings_exit_2_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], named: str
+) -> None:
+    require_binary("nginx")  # checked first: without it the edge says so instead
+    started: list[object] = []
+    monkeypatch.setattr("orchestrify.edge.run_edge", lambda settings: started.append(settings))
+    base = ["edge", "--token", "t", "--nginx-conf-dir", str(tmp_path / "nginx")]
+    result = runner.invoke(app, [*base, *args])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("error: ") and named in line, line
+    assert started == []
