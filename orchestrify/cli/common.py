@@ -63,7 +63,7 @@ def settings_error(exc: ValidationError, model: type[BaseModel]) -> str:
     for err in exc.errors():
         name = ".".join(str(p) for p in err["loc"]) or "settings"
         where = f" (or env {prefix}{name.upper()})" if prefix and "." not in name else ""
-        parts.append(f"{name}{where}: {err['msg']}")
+        parts.append(f"{name}{where}: {str(err['msg']).removeprefix('Value error, ')}")
     return "invalid setting " + "; ".join(parts)
 
 

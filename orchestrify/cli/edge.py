@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from orchestrify.cli.common import build_settings, config, fail
-from orchestrify.errors import InvalidSpec
 
 
 def edge(
@@ -85,9 +84,5 @@ def edge(
         templates_dir=templates_dir,
         **({"name": name} if name else {}),
     )
-    try:
-        settings.listen_address()
-    except InvalidSpec as exc:
-        raise fail(str(exc), code=2) from None
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_edge(settings))

@@ -23,6 +23,7 @@ from orchestrify.cli.controller import resolve_tokens
 from orchestrify.cli.lifecycle import run_until_signalled
 from orchestrify.controller.settings import ControllerSettings, default_data_dir
 from orchestrify.edge import EdgeSettings, nginx_available, run_edge
+from orchestrify.edge.runner import parse_listen
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ def up(
 
     Ctrl-C stops orchestrify but leaves the containers running; the next `up` adopts them.
     """
+    if not no_edge:
+        try:
+            parse_listen(listen)  # before anything starts
+        except ValueError as exc:
+            raise fail(f"--{exc}", code=2) from None
     settings = resolve_tokens(
         build_settings(ControllerSettings, host=host, port=port, data_dir=data_dir)
     )

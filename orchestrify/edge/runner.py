@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrify.client import AsyncControllerClient
 from orchestrify.edge.apply import ApplyResult, ConfigApplier
@@ -37,7 +37,7 @@ from orchestrify.models import Upstreams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Edge", "EdgeSettings", "run_edge"]
+__all__ = ["Edge", "EdgeSettings", "parse_listen", "run_edge"]
 
 
 class EdgeSettings(BaseModel):
@@ -69,16 +69,26 @@ class EdgeSettings(BaseModel):
     connect_timeout: str = Field("500ms", description="proxy_connect_timeout (skip dead fast).")
     worker_processes: str = Field("auto", description="Nginx worker_processes.")
 
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
     def listen_address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise InvalidSpec(
-                f"--listen {self.listen!r}: want PORT or HOST:PORT, PORT from 1 to 65535",
-                field="listen",
-            )
-        if host in ("", "0.0.0.0", "*", "[::]"):
-            host = "127.0.0.1"
-        return host.strip("[]"), int(port)
+        """Where to reach Nginx from this host (a wildcard address becomes loopback)."""
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``PORT`` or ``HOST:PORT`` (``[v6]:PORT``) -> (host to reach it on, port); a
+    ValueError says what is wrong."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"listen {value!r}: want PORT or HOST:PORT, PORT from 1 to 65535")
+    if host in ("", "0.0.0.0", "*", "[::]"):
+        host = "127.0.0.1"
+    return host.strip("[]"), int(port)
 
 
 class Edge:

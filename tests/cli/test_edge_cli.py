@@ -16,8 +16,8 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--listen", "99999"], "--listen '99999'"),
-        (["--listen", "eighty"], "--listen 'eighty'"),
+        (["--listen", "99999"], "listen '99999'"),
+        (["--listen", "eighty"], "listen 'eighty'"),
         (["--metrics-port", "70000"], "metrics_port"),
     ],
 )
@@ -33,3 +33,11 @@ def test_bad_edge_settings_exit_2_in_one_line(
     line = result.output.strip()
     assert "\n" not in line and line.startswith("error: ") and named in line, line
     assert started == []
+
+
+def test_up_with_a_bad_listen_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["up", "--data-dir", str(tmp_path), "--listen", "99999"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line == "error: --listen '99999': want PORT or HOST:PORT, PORT from 1 to 65535"
+    assert not (tmp_path / "orchestrify.db").exists()  # the controller never opened its store
