@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -54,6 +55,9 @@ class Agent:
         self._register_lock = asyncio.Lock()
         self._registrations = 0
         self._full_next = True  # the first report, and the first after registering, is full
+        # Set while the controller answers; cleared by a failed call. Loops backing off
+        # wait on it, so the first call that gets through wakes the others at once.
+        self._reachable = asyncio.Event()
 
     async def run(self) -> None:
         s = self.settings
@@ -191,7 +195,7 @@ class Agent:
         while True:
             seen = self._registrations
             try:
-                return await call()
+                result = await call()
             except (Unauthorized, NotFound) as exc:
                 if what == "register":
                     log.error("registration refused", extra={"error": str(exc)})
@@ -200,10 +204,42 @@ class Agent:
                     await self._reregister(client, seen)
                     continue
             except OrchestrifyError as exc:
+                self._controller_lost(exc)
                 if attempt == 0 or attempt % 10 == 0:
                     log.warning(f"{what} failed; retrying", extra={"error": str(exc)})
-            await asyncio.sleep(delays[min(attempt, len(delays) - 1)])
+            else:
+                self._controller_answered()
+                return result
+            delay = delays[min(attempt, len(delays) - 1)] * random.uniform(0.8, 1.2)
+            # Woken early when another loop gets through: the controller is back.
+            self._reachable.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reachable.wait(), delay)
             attempt += 1
+
+    def _controller_lost(self, exc: Exception) -> None:
+        """A call failed: heal on our own (crash-loop restarts) until it answers again."""
+        self._reachable.clear()
+        rec = self.reconciler
+        if rec is not None and not rec.controller_away:
+            log.warning(
+                "controller unreachable; healing locally until it answers",
+                extra={"error": str(exc)},
+            )
+            rec.controller_away = True
+            rec.wake()
+
+    def _controller_answered(self) -> None:
+        """A call got through. After an outage, tell the controller everything at once
+        (replicas replaced or moved meanwhile, new addresses), not at the next resync."""
+        self._reachable.set()
+        rec = self.reconciler
+        if rec is not None and rec.controller_away:
+            log.info("controller answers again; sending a full report")
+            rec.controller_away = False
+            self._full_next = True
+            self._report_now.set()
+            rec.wake()
 
     async def _reregister(self, client: AsyncControllerClient, seen: int) -> None:
         async with self._register_lock:
@@ -305,18 +341,26 @@ class Agent:
                 self._full_next or loop.time() - last_full >= self.settings.full_report_interval_s
             )
             self._full_next = False
-            reports = rec.take_reports(full=full)
-            if not reports and not full:
+            if not full and not rec.changed:
                 continue
-            body = ReplicaReports(replicas=reports, full=full)
 
-            async def send(body: ReplicaReports = body) -> None:
-                await client.request("POST", self._node_path("replicas"), json=body.model_dump())
+            async def send(full: bool = full) -> None:
+                # Taken afresh at every attempt: after an outage the controller hears the
+                # replicas as they are now, not as they were when the outage began.
+                full = full or self._full_next
+                self._full_next = False
+                reports = rec.take_reports(full=full)
+                body = ReplicaReports(replicas=reports, full=full)
+                try:
+                    await client.request(
+                        "POST", self._node_path("replicas"), json=body.model_dump()
+                    )
+                except BaseException:
+                    rec.changed.update(r.id for r in reports)  # sent again next attempt
+                    self._full_next = self._full_next or full
+                    raise
 
-            try:
-                await self._with_controller("report", send, client)
-            except asyncio.CancelledError:
-                raise
+            await self._with_controller("report", send, client)
             if full:
                 last_full = loop.time()
             # Changes made while sending are already in rec.changed for the next round.

@@ -92,6 +92,8 @@ class LocalReplica:
     busy: bool = False  # an engine action is in flight
     probing: bool = False
     epoch: int = 0  # bumped whenever an action changed the container
+    failed_at: float | None = None  # monotonic time it was last given up on (``failed``)
+    crashloops: int = 0  # restarts of a failed replica while the controller was away
 
     @property
     def id(self) -> str:
@@ -102,13 +104,21 @@ class LocalReplica:
         return self.assignment.service
 
 
-def decide(rep: LocalReplica, *, now: float, heal: HealSettings) -> Action:
-    """What one replica needs now. Pure: no I/O, the clock is an argument."""
+def decide(
+    rep: LocalReplica, *, now: float, heal: HealSettings, controller_away: bool = False
+) -> Action:
+    """What one replica needs now. Pure: no I/O, the clock is an argument.
+
+    ``controller_away``: the controller has not answered lately, so nobody will move a
+    replica given up on; the agent then keeps restarting it with a crash-loop backoff.
+    """
     desired = rep.assignment.desired
     if desired == DesiredState.STOP:
         return Remove() if rep.container is not None else Nothing()
     if rep.state == ReplicaState.FAILED:
-        return Nothing()  # the controller stops it and places it elsewhere
+        if not controller_away or desired != DesiredState.RUN:
+            return Nothing()  # the controller stops it and places it elsewhere
+        return _crashloop(rep, now=now, heal=heal)
     container = rep.container
     if container is None:
         if desired == DesiredState.DRAIN:
@@ -129,6 +139,21 @@ def decide(rep: LocalReplica, *, now: float, heal: HealSettings) -> Action:
         # A spec change (image, env...) is an update, not a failure: no backoff, no count.
         return Start(replacement=False, reason=f"spec changed (generation {gen} -> new)")
     return Nothing()
+
+
+def _crashloop(rep: LocalReplica, *, now: float, heal: HealSettings) -> Action:
+    """A failed replica with no controller to move it: restart it in place, after a delay
+    that grows with every such restart up to a cap, as the kubelet does."""
+    due = (rep.failed_at if rep.failed_at is not None else now) + heal.crashloop_backoff(
+        rep.crashloops
+    )
+    if now < due:
+        return WaitUntil(due)
+    return Start(
+        replacement=True,
+        reason=f"failed, and the controller is unreachable: crash-loop restart "
+        f"{rep.crashloops + 1} (last: {rep.error or 'no error recorded'})",
+    )
 
 
 def _replace_or_give_up(
@@ -177,6 +202,9 @@ class NodeReconciler:
         self.node_id: str | None = None
         self.replicas: dict[str, LocalReplica] = {}
         self.assignments_known = False  # until then, unassigned containers are left alone
+        # Set by the agent while the controller does not answer: replicas given up on are
+        # then restarted in place (crash-loop backoff) instead of waiting to be moved.
+        self.controller_away = False
         self.unclaimed: dict[str, ContainerInfo] = {}  # labelled containers not yet ours
         self.changed: set[str] = set()  # replica ids whose report changed
         self.on_change: Callable[[], None] = lambda: None
@@ -285,7 +313,9 @@ class NodeReconciler:
             if rep.busy:
                 continue
             try:
-                action = decide(rep, now=now, heal=self.heal)
+                action = decide(
+                    rep, now=now, heal=self.heal, controller_away=self.controller_away
+                )
             except Exception:
                 log.exception("decision failed", extra={"replica": rep.id})
                 continue
@@ -303,8 +333,13 @@ class NodeReconciler:
                 log.warning(
                     "giving up on replica", extra={"replica": rep.id, "reason": action.reason}
                 )
+                if rep.failed_at is not None and now - rep.failed_at > 2 * max(
+                    self.heal.crashloop_backoff_s, default=0.0
+                ):
+                    rep.crashloops = 0  # it ran long enough since: a new crash loop
                 rep.state = ReplicaState.FAILED
                 rep.error = action.reason
+                rep.failed_at = now
                 self._set_healthy(rep, False)
                 self._mark(rep.id)
                 continue
@@ -415,6 +450,9 @@ class NodeReconciler:
         now = self.clock()
         if action.replacement:
             rep.attempts.append(now)  # counts towards backoff and giving up
+        if rep.state == ReplicaState.FAILED:
+            rep.crashloops += 1  # a crash-loop restart (the controller is away)
+            rep.failed_at = now
         log.info(
             "replacing replica" if action.replacement else "starting replica",
             extra={"replica": rep.id, "service": a.service, "reason": action.reason},

@@ -36,12 +36,24 @@ class HealSettings:
     """Replacements within ``replacement_window_s`` before the replica is reported failed."""
     replacement_window_s: float = 120.0
     """Window for max_replacements; a replica healthy longer than this starts afresh."""
+    crashloop_backoff_s: tuple[float, ...] = (10, 20, 40, 80, 160, 300)
+    """While the controller is unreachable nobody can move a replica the agent gave up on
+    (``failed``), so the agent keeps restarting it in place after these delays; the last
+    is the cap (the kubelet's crash-loop backoff: from 10 s, doubling, up to 5 min)."""
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before replacement number ``attempt`` (0-based) in the window."""
         if not self.backoff_s:
             return 0.0
         return float(self.backoff_s[min(max(attempt, 0), len(self.backoff_s) - 1)])
+
+    def crashloop_backoff(self, attempt: int) -> float:
+        """Seconds before crash-loop restart number ``attempt`` (0-based) of a failed
+        replica while the controller is unreachable."""
+        if not self.crashloop_backoff_s:
+            return 0.0
+        steps = self.crashloop_backoff_s
+        return float(steps[min(max(attempt, 0), len(steps) - 1)])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +75,11 @@ class AgentSettings:
     """Longest long-poll, seconds (the protocol's 30 s)."""
     full_report_interval_s: float = 30.0
     """Seconds between full reports (the protocol asks for at least every 30 s)."""
-    controller_backoff_s: tuple[float, ...] = (0.5, 1, 2, 4, 8, 10)
-    """Delays between retries while the controller is unreachable; the last is the cap."""
+    controller_backoff_s: tuple[float, ...] = (0.5, 1, 2, 3)
+    """Delays between retries while the controller is unreachable; the last is the cap.
+    Kept short so that a returning controller hears of what changed within seconds (a
+    retry costs one small request); each delay is spread by +-20 % so a fleet that lost
+    its controller does not come back in lockstep."""
     container_labels: dict[str, str] = field(default_factory=dict)
     """Extra labels on every container (tests mark theirs for clean-up)."""
     log_max_size: str = "10m"
