@@ -1,0 +1,377 @@
+"""A small real fleet for outage drills, shared by bench/outage.py and the tests.
+
+The controller and the edge are real processes (`python -m orchestrify controller|edge`)
+so a drill can SIGKILL them; the agent runs in a thread of this process (its containers
+carry the test labels, so they are found and removed at the end); traffic goes through
+the real Nginx on new connections every 20 ms. Runtime dependencies only: no pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import httpx
+
+from orchestrify.agent import Agent, AgentSettings, HealSettings
+
+T = TypeVar("T")
+
+TEST_LABEL = "orchestrify.test"  # the same label tests/conftest.py cleans up by
+RUN_LABEL = "orchestrify.test.run"
+REQUEST_EVERY_S = 0.02
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T], *, timeout: float = 30.0) -> T:
+    """Poll ``check`` until it returns something truthy; AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # not there yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+class Process:
+    """One `python -m orchestrify ...` process with its output in a log file."""
+
+    def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None):
+        self.args = args
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrify", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as a crash or an OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+class ControllerProcess(Process):
+    """`orchestrify controller` on a fixed port, so that it comes back where agents and
+    edges look for it."""
+
+    def __init__(self, data_dir: Path, *, extra: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = "admin-" + uuid.uuid4().hex
+        self.join_token = "join-" + uuid.uuid4().hex
+        args = ["controller", "--port", str(self.port), "--data-dir", str(data_dir)]
+        args += ["--token", self.admin_token, "--join-token", self.join_token, *(extra or [])]
+        super().__init__(args, log_path=data_dir.parent / f"controller-{self.port}.log")
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        super().start()
+        wait_for(f"the controller at {self.url}", self.healthy, timeout=timeout)
+
+    def healthy(self) -> bool:
+        if not self.running():
+            raise AssertionError(f"the controller exited:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10
+        )
+
+
+class EdgeProcess(Process):
+    """`orchestrify edge` with its Nginx in ``prefix``, listening on a loopback port."""
+
+    def __init__(self, controller: ControllerProcess, prefix: Path, *, name: str) -> None:
+        self.prefix = prefix
+        self.listen = free_port()
+        self.url = f"http://127.0.0.1:{self.listen}"
+        args = ["edge", "--controller", controller.url, "--token", controller.admin_token]
+        args += ["--nginx-conf-dir", str(prefix), "--listen", f"127.0.0.1:{self.listen}"]
+        args += ["--metrics-port", "0", "--name", name]
+        super().__init__(args, log_path=prefix.parent / f"edge-{name}.log")
+
+    def upstream_addresses(self) -> set[str]:
+        """The replica addresses in the upstreams file Nginx serves now."""
+        try:
+            text = (self.prefix / "upstreams.conf").read_text()
+        except OSError:
+            return set()
+        return {
+            line.split()[1]
+            for line in text.splitlines()
+            if line.strip().startswith("server ") and ":" in line.split()[1]
+        }
+
+    def stop_nginx(self) -> None:
+        """End the Nginx of this prefix (it outlives the edge on purpose)."""
+        try:
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class AgentThread:
+    """A real agent in a thread of this process; ``kill`` cancels it (containers stay)."""
+
+    settings: AgentSettings
+    agent: Agent | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[None] | None = None
+    thread: threading.Thread | None = None
+
+    @classmethod
+    def for_controller(
+        cls, controller: ControllerProcess, *, state_dir: Path, name: str, run_id: str
+    ) -> AgentThread:
+        return cls(
+            AgentSettings(
+                controller_url=controller.url,
+                join_token=controller.join_token,
+                name=name,
+                advertise_address="127.0.0.1",
+                state_dir=state_dir,
+                metrics_port=None,
+                heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
+                heartbeat_interval_s=1.0,
+                container_labels={TEST_LABEL: "1", RUN_LABEL: run_id},
+            )
+        )
+
+    def start(self) -> AgentThread:
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self.loop = loop
+            self.agent = Agent(self.settings)
+            self.task = loop.create_task(self.agent.run())
+            ready.set()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(self.task)
+            loop.close()
+
+        self.thread = threading.Thread(target=main, name="agent", daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        return self
+
+    def kill(self) -> None:
+        if self.loop is not None and self.task is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.task.cancel)
+        if self.thread is not None:
+            self.thread.join(timeout=20)
+
+
+@dataclass
+class Load:
+    """GET ``url`` every 20 ms on a new connection (a keep-alive connection that a reload
+    closes is not a failure of the fleet) until stopped, for at most ``at_most_s``."""
+
+    url: str
+    at_most_s: float = 180.0
+    answers: Counter[str] = field(default_factory=Counter)  # X-Replica -> count
+    failures: list[str] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.at_most_s
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=5, limits=limits) as http:
+            while not self.stop_event.is_set() and time.monotonic() < deadline:
+                try:
+                    resp = http.get(self.url)
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    if resp.is_success:
+                        self.answers[resp.headers.get("x-replica", "?")] += 1
+                    else:
+                        self.failures.append(f"{resp.status_code}: {resp.text[:100]}")
+                self.stop_event.wait(REQUEST_EVERY_S)
+
+    def start(self) -> Load:
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> Load:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(10)
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(self.answers.values()) + len(self.failures)
+
+
+def containers(client: docker.DockerClient, run_id: str, **labels: str) -> dict[str, str]:
+    """Running containers of this run (optionally of one service): id -> replica id."""
+    filters = [f"{RUN_LABEL}={run_id}", *(f"orchestrify.{k}={v}" for k, v in labels.items())]
+    found = client.containers.list(filters={"label": filters, "status": "running"})
+    return {c.id: c.labels.get("orchestrify.replica", "") for c in found}
+
+
+def remove_containers(client: docker.DockerClient, run_id: str) -> None:
+    for c in client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}):
+        with contextlib.suppress(docker.errors.DockerException):
+            c.remove(force=True)
+
+
+@dataclass
+class Fleet:
+    """Controller process, one agent thread, edge process: the pieces a drill breaks."""
+
+    workdir: Path
+    docker: docker.DockerClient
+    controller_args: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    def __post_init__(self) -> None:
+        self.controller = ControllerProcess(
+            self.workdir / "controller", extra=list(self.controller_args)
+        )
+        self.agent = AgentThread.for_controller(
+            self.controller,
+            state_dir=self.workdir / "agent",
+            name=f"node-{self.run_id}",
+            run_id=self.run_id,
+        )
+        self.edge = EdgeProcess(self.controller, self.workdir / "nginx", name=f"edge-{self.run_id}")
+        self.loads: list[Load] = []
+
+    def start(self) -> Fleet:
+        self.controller.start()
+        self.agent.start()
+        self.edge.start()
+        with self.controller.api() as api:
+            wait_for("the node to be ready", lambda: _ready_nodes(api), timeout=60)
+        return self
+
+    def deploy(self, name: str, *, image: str, replicas: int) -> None:
+        with self.controller.api() as api:
+            resp = api.post(
+                "/v1/services",
+                json={
+                    "name": name,
+                    "image": image,
+                    "port": 8000,
+                    "replicas": replicas,
+                    "min_replicas": 1,
+                    "max_replicas": max(replicas, 10),
+                    "drain_s": 2,
+                },
+            )
+            resp.raise_for_status()
+
+    def serving(self, name: str, replicas: int) -> bool:
+        """``replicas`` healthy replicas of ``name``, and Nginx serves exactly their
+        addresses."""
+        with self.controller.api() as api:
+            reps = api.get("/v1/replicas", params={"service": name}).json()
+        healthy = {r["address"] for r in reps if r["state"] == "healthy" and r["desired"] == "run"}
+        if len(healthy) != replicas:
+            return False
+        return healthy <= self.edge.upstream_addresses()
+
+    def load(self, name: str) -> Load:
+        load = Load(f"{self.edge.url}/{name}/").start()
+        self.loads.append(load)
+        return load
+
+    def close(self) -> None:
+        for load in self.loads:
+            load.stop()
+        self.edge.stop()
+        self.edge.stop_nginx()
+        self.agent.kill()
+        self.controller.stop()
+        remove_containers(self.docker, self.run_id)
+
+
+def _ready_nodes(api: httpx.Client) -> bool:
+    nodes = api.get("/v1/nodes").json()
+    return bool(nodes) and all(n["state"] == "ready" for n in nodes)
+
+
+@contextlib.contextmanager
+def fleet(workdir: Path, client: docker.DockerClient, **kwargs: Any) -> Iterator[Fleet]:
+    f = Fleet(workdir, client, **kwargs)
+    try:
+        yield f.start()
+    finally:
+        f.close()
