@@ -66,7 +66,19 @@ def deploy(c: TestClient, *, nodes: int = 2, **spec: Any) -> list[str]:
     body = {"name": "web", "image": "nginx:1", "replicas": 1, "max_replicas": 4, **spec}
     assert c.post("/v1/services", json=body, headers=ADMIN).status_code == 201
     state_of(c).reconciler.run_once()
+    all_healthy(c)
     return ids
+
+
+def all_healthy(c: TestClient) -> None:
+    """What the agents would report once the placed replicas pass their probes."""
+    for r in replicas(c):
+        if r["state"] != "healthy":
+            report = {"id": r["id"], "state": "healthy", "address": "127.0.0.1:1"}
+            got = c.post(
+                f"/v1/nodes/{r['node']}/replicas", json={"replicas": [report]}, headers=ADMIN
+            )
+            assert got.status_code == 204
 
 
 def replicas(c: TestClient) -> list[dict[str, Any]]:
@@ -212,6 +224,7 @@ def test_firing_alert_keeps_scaling_each_cooldown_then_scales_back_after_resolut
     proc.tick()
     assert desired(client) == 2  # cooldown
     for expect in (3, 4, 4):  # max_replicas is 4
+        all_healthy(client)  # the last step's replica is up: the next may follow
         clock.advance(31)
         proc.tick()
         assert desired(client) == expect
