@@ -107,6 +107,11 @@ def test_alertmanager_webhook_scales_a_service_out(controller: str, alertmanager
     r = api.post("/v1/services", json={"name": "web", "image": "nginx:1", "max_replicas": 3})
     assert r.status_code == 201
     (slow,) = wait_for("the first replica", lambda: api.get("/v1/replicas").json())
+    # No agent runs here: report the replica healthy as its agent would, or the
+    # scale-out would wait for it (a replica still starting is capacity on its way).
+    report = {"id": slow["id"], "state": "healthy", "address": "127.0.0.1:1"}
+    r = api.post(f"/v1/nodes/{slow['node']}/replicas", json={"replicas": [report]})
+    assert r.status_code == 204
 
     labels = {
         "alertname": "ServiceLatencyHigh",
