@@ -123,16 +123,18 @@ class AlertProcessor:
         with self._lock:
             return self._process_pending()
 
-    def _process_pending(self) -> int:
+    def _process_pending(self, stepped: dict[str, str] | None = None) -> int:
+        """Decide on every pending receipt. ``stepped`` collects the services that took
+        their scale step in this run, and why: alerts of one service that arrive together
+        (one per slow replica) are one step, whatever the cooldown."""
         pending = self.alerts.pending()
         if not pending:
             return 0
         view = self._view(pending)
         stale = False  # the fleet changed since ``view`` was read
         quiet: list[Commit] = []  # decisions that do not act: written together
-        # Services that took their scale step in this run, and why: alerts of one service
-        # that arrive together (one per slow replica) are one step, whatever the cooldown.
-        stepped: dict[str, str] = {}
+        if stepped is None:
+            stepped = {}
         for receipt in pending:
             now = self.clock()
             if stale:
@@ -231,7 +233,8 @@ class AlertProcessor:
         """Re-evaluate firing alerts (scale out/in one step per cooldown) and settle
         services whose scale-out alerts are gone (scale-in after stabilization)."""
         with self._lock:
-            self._process_pending()
+            pending_steps: dict[str, str] = {}
+            self._process_pending(pending_steps)
             now = self.clock()
             states = self.alerts.policy_states()
             firing = [a for a in self.alerts.firing() if self._fresh(a, now)]
@@ -254,8 +257,10 @@ class AlertProcessor:
                     scale_out.setdefault(inst.service, (inst, rule))
                 elif rule.action == Action.SCALE_IN:
                     scale_in.setdefault(inst.service, (inst, rule))
-            stepped: set[str] = set()  # one scale step per service per tick
+            stepped = set(pending_steps)  # one scale step per service per tick
             for service, (inst, rule) in scale_out.items():
+                if service in stepped:
+                    continue
                 if _is_step(self._reevaluate(inst, rule, scale_out_firing=True, now=now)):
                     stepped.add(service)
             for service, (inst, rule) in scale_in.items():

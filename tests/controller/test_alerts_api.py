@@ -464,6 +464,15 @@ def test_alerts_of_one_service_that_arrive_together_are_one_step_even_without_co
     assert [d["reason"] for d in got] == ["dry_run", "one_step", "one_step"]
     assert f"(replica {slow[1]['id']}): web already took its step" in got[1]["message"]
     assert "not one per replica" in got[1]["message"]
+    # Stored but not yet decided (a crash, or the timer comes first): the timer decides
+    # them and re-evaluates the firing ones in one run, still one step.
+    from orchestrify.alerting.payload import AlertBatch
+
+    proc = state_of(client).alerts
+    again = [latency_high(r, fingerprint=f"again-{r['id']}", starts_at=iso(utcnow())) for r in slow]
+    proc.alerts.store_batch(AlertBatch.model_validate(am_payload(*again)), now=utcnow())
+    proc.tick()
+    assert [d["reason"] for d in decisions(client)[3:]] == ["dry_run", "one_step", "one_step"]
 
 
 def test_a_manual_scale_during_an_episode_is_the_baseline_that_scale_in_returns_to(
