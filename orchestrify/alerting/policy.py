@@ -5,12 +5,20 @@ Semantics (HPA-like, per service, bounds and knobs from ``ServiceSpec``/``Scalin
 
 * scale_out (a firing alert matched by a scale_out rule): refused while the alert has
   fired for less than ``scale_up_stabilization_s`` (default 0), during ``cooldown_s`` after
-  the service's last scaling action, at ``max_replicas``, or with no Ready node able to
-  take a replica. Otherwise +min(step, max_step, max - current). The new replicas avoid
-  the node of the replica (or node) the alert names, as a preference. The first scale-out
-  of an episode remembers the count before it: the *baseline*.
+  the service's last scaling action, at ``max_replicas``, while replicas already placed
+  are still starting (capacity on its way: adding more on top of it overshoots), or with
+  no Ready node able to take a replica. Otherwise +min(step, max_step, max - current),
+  counted from the desired count (which includes the starting replicas), never from the
+  healthy count. The new replicas avoid the node of the replica (or node) the alert
+  names, as a preference. The first scale-out of an episode remembers the count before
+  it: the *baseline*.
 * An alert that stays firing is re-evaluated (on every tick of the controller's timer),
-  so it keeps adding one step per cooldown until max.
+  so it keeps adding one step per cooldown (once the last step's replicas are healthy)
+  until max.
+* A manual scale (``PolicyState.manual_scale_at``): an alert whose episode began before
+  it describes the service as it was before the owner's change, so it never acts on
+  scale (scale_out, scale_in, nor resolution-driven scale-in); a new episode does. The
+  glue moves the baseline to the count set by hand.
 * Resolution-driven scale-in: once no scale-out alert of the service has fired for
   ``scale_down_stabilization_s`` (default 300), the service steps down, one step per
   cooldown, to its baseline clamped to min..max: autoscaling gives back what it added,
@@ -29,11 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from orchestrify.alerting.rules import Action, AlertRule, action_unavailable
-from orchestrify.models import DesiredState, Node, NodeState, Replica, Service
+from orchestrify.models import DesiredState, Node, NodeState, Replica, ReplicaState, Service
 
 Outcome = Literal["ok", "refused"]
 
@@ -57,6 +65,10 @@ class PolicyState:
     # When a scale-out alert of the service was last known firing (``now`` while one is).
     last_scale_out_firing_at: datetime | None = None
     baseline: int | None = None
+    # The last time the owner set the desired count by hand (PATCH replicas), and to what.
+    # Alerts whose episode began before it do not act on scale; the store writes these.
+    manual_scale_at: datetime | None = None
+    manual_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,54 @@ def _refuse(action: str, refusal: str, reason: str, **kw: object) -> Decision:
 
 def _secs(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
+
+
+def _when(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def before_manual_scale(starts_at: datetime, state: PolicyState) -> bool:
+    """True when an alert episode that began at ``starts_at`` predates the owner's last
+    manual scale: it describes the service from before that change (a notice Alertmanager
+    delivered late, an alert Prometheus has already cleared), so it must not act on scale.
+    Prometheus keeps ``startsAt`` for as long as the alert stays firing; only a new
+    episode (a later ``startsAt``) is evidence about the service as its owner set it."""
+    return state.manual_scale_at is not None and starts_at < state.manual_scale_at
+
+
+def _manual_refusal(
+    action: str, alert: AlertFacts, svc: Service, state: PolicyState, rule: AlertRule
+) -> Decision:
+    assert state.manual_scale_at is not None
+    to = f" to {state.manual_replicas}" if state.manual_replicas is not None else ""
+    return _refuse(
+        action,
+        "manual_scale",
+        f"{alert.alertname} {'began' if alert.status == 'firing' else 'resolved, but began'} "
+        f"at {_when(alert.starts_at)}, before {svc.name} was scaled by hand{to} at "
+        f"{_when(state.manual_scale_at)}: it describes the service from before that change, "
+        "so it does not act on scale (a new episode of the alert will)",
+        service=svc.name,
+        rule=rule.name,
+    )
+
+
+def _starting(svc: Service, inputs: Inputs) -> tuple[int, int]:
+    """(replicas of ``svc`` placed on a Ready node but not yet healthy, healthy ones).
+
+    A replica on a node that is not Ready is not counted as starting: it is not coming
+    up there, and the node's replicas are rescheduled (or wait for the node) elsewhere.
+    """
+    ready = {n.id for n in inputs.nodes if n.state == NodeState.READY}
+    starting = healthy = 0
+    for r in inputs.replicas:
+        if r.service != svc.name or r.desired != DesiredState.RUN:
+            continue
+        if r.state == ReplicaState.HEALTHY:
+            healthy += 1
+        elif r.state in (ReplicaState.ASSIGNED, ReplicaState.STARTING) and r.node in ready:
+            starting += 1
+    return starting, healthy
 
 
 def _cooldown_left(policy_cooldown: float, state: PolicyState, now: datetime) -> float:
@@ -175,7 +235,7 @@ def decide(
     match rule.action:
         case Action.SCALE_OUT:
             if not firing:
-                return _scale_out_resolved(rule, inputs, now=now)
+                return _scale_out_resolved(alert, rule, inputs, now=now)
             return _dry(_scale_out(alert, rule, inputs, now=now), inputs, now)
         case Action.SCALE_IN:
             return _dry(_scale_in(alert, rule, inputs, now=now), inputs, now) if firing else None
@@ -258,6 +318,8 @@ def _scale_out(alert: AlertFacts, rule: AlertRule, inputs: Inputs, *, now: datet
         )
     pol = svc.policy
     common: dict[str, object] = {"service": svc.name, "rule": rule.name}
+    if before_manual_scale(alert.starts_at, inputs.state):
+        return _manual_refusal(rule.action, alert, svc, inputs.state, rule)
     fired_for = (now - alert.starts_at).total_seconds()
     if fired_for < pol.scale_up_stabilization_s:
         return _refuse(
@@ -275,6 +337,17 @@ def _scale_out(alert: AlertFacts, rule: AlertRule, inputs: Inputs, *, now: datet
     if svc.replicas >= svc.max_replicas:
         return _refuse(
             rule.action, "at_max", f"{svc.name} is at max_replicas ({svc.max_replicas})", **common
+        )
+    # The desired count already holds the replicas of the last step; until they are
+    # healthy (and take traffic), the alert still measures the fleet without them.
+    starting, healthy = _starting(svc, inputs)
+    if starting > 0:
+        return _refuse(
+            rule.action,
+            "starting",
+            f"{starting} replica(s) of {svc.name} still starting (desired {svc.replicas}, "
+            f"healthy {healthy}): no scale-out on top of capacity already on its way",
+            **common,
         )
     ready, room = _ready_capacity(svc, inputs)
     if room <= 0:
@@ -335,10 +408,16 @@ def baseline_floor(svc: Service, state: PolicyState) -> int:
     return max(svc.min_replicas, min(base, svc.max_replicas))
 
 
-def _scale_out_resolved(rule: AlertRule, inputs: Inputs, *, now: datetime) -> Decision | None:
+def _scale_out_resolved(
+    alert: AlertFacts, rule: AlertRule, inputs: Inputs, *, now: datetime
+) -> Decision | None:
     svc = inputs.service
     if svc is None or inputs.state.baseline is None:
         return None
+    if before_manual_scale(alert.starts_at, inputs.state):
+        # Its resolution says nothing about the service as its owner set it: no window
+        # starts, and the baseline (the count set by hand) is where scale-in stops anyway.
+        return _manual_refusal(Action.SCALE_IN, alert, svc, inputs.state, rule)
     floor = baseline_floor(svc, inputs.state)
     if svc.replicas <= floor:
         return None
@@ -408,6 +487,10 @@ def _scale_in(alert: AlertFacts, rule: AlertRule, inputs: Inputs, *, now: dateti
             service=name,
             rule=rule.name,
         )
+    if before_manual_scale(alert.starts_at, inputs.state):
+        return _manual_refusal(rule.action, alert, svc, inputs.state, rule)
+    # Any episode that may act began after the last manual scale, so the window below
+    # is counted from the owner's change at the earliest.
     window = svc.policy.scale_down_stabilization_s
     fired_for = (now - alert.starts_at).total_seconds()
     wait = max(window - fired_for, _scale_down_wait(svc, inputs.state, now))

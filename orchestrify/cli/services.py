@@ -240,7 +240,9 @@ def scale(
     ctx: typer.Context,
     targets: list[str] = typer.Argument(..., help="NAME=REPLICAS, one or more."),
 ) -> None:
-    """Set the desired replica count, e.g. `orchestrify service scale web=3`."""
+    """Set the desired replica count, e.g. `orchestrify service scale web=3`. During an
+    autoscaling episode it becomes the count scale-in returns to, and alerts that began
+    before it no longer act on the count."""
     parsed = []
     for target in targets:
         name, _, count = target.partition("=")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import (
@@ -24,6 +24,7 @@ from orchestrify.alerting.policy import (
     Decision,
     Inputs,
     PolicyState,
+    before_manual_scale,
     decide,
     decide_settle,
     episode_over,
@@ -56,6 +57,8 @@ _REPEATING = frozenset(
         "rule_disabled",
         "unavailable",
         "unknown_service",
+        "starting",
+        "manual_scale",
     }
 )
 
@@ -120,19 +123,24 @@ class AlertProcessor:
         with self._lock:
             return self._process_pending()
 
-    def _process_pending(self) -> int:
+    def _process_pending(self, stepped: dict[str, str] | None = None) -> int:
+        """Decide on every pending receipt. ``stepped`` collects the services that took
+        their scale step in this run, and why: alerts of one service that arrive together
+        (one per slow replica) are one step, whatever the cooldown."""
         pending = self.alerts.pending()
         if not pending:
             return 0
         view = self._view(pending)
         stale = False  # the fleet changed since ``view`` was read
         quiet: list[Commit] = []  # decisions that do not act: written together
+        if stepped is None:
+            stepped = {}
         for receipt in pending:
             now = self.clock()
             if stale:
                 view, stale = self._view(pending, resolved=view.resolved), False
             try:
-                item = self._decide(receipt, view, now)
+                item = self._decide(receipt, view, now, stepped=stepped)
             except Exception:  # one bad alert never blocks the others
                 log.exception("deciding on an alert failed", extra={"alert": receipt.key})
                 continue
@@ -140,11 +148,15 @@ class AlertProcessor:
             if d is not None and d.acts and not d.dry_run:
                 self._write(quiet, now)
                 quiet = []
-                self._commit(
+                recorded = self._commit(
                     receipt=receipt, decision=d, state=item.state, now=now, seen=view.replicas
                 )
+                if _is_step(recorded):
+                    stepped[recorded.service or ""] = recorded.reason
                 stale = True
             else:
+                if _is_step(d):
+                    stepped[d.service or ""] = d.reason
                 quiet.append(item)
             view.remember(item)
         self._write(quiet, self.clock())
@@ -177,7 +189,9 @@ class AlertProcessor:
             resolved=resolved,
         )
 
-    def _decide(self, receipt: Receipt, view: _View, now: datetime) -> Commit:
+    def _decide(
+        self, receipt: Receipt, view: _View, now: datetime, *, stepped: dict[str, str]
+    ) -> Commit:
         rule = self.rules.match(receipt.labels)
         service_name = receipt.labels.get("service")
         if receipt.status == "firing" and receipt.instance in view.resolved:
@@ -208,6 +222,8 @@ class AlertProcessor:
             instance=receipt.instance,
         )
         decision = decide(facts, rule, inputs, now=now)
+        if _is_step(decision) and svc is not None and svc.name in stepped:
+            decision = _one_step(decision, receipt, already=stepped[svc.name])
         if decision is not None and decision.new_state is not None:
             extra_state = None  # the decision's state already includes it
         return Commit(receipt, self._note(decision, quiet=False), extra_state)
@@ -217,9 +233,20 @@ class AlertProcessor:
         """Re-evaluate firing alerts (scale out/in one step per cooldown) and settle
         services whose scale-out alerts are gone (scale-in after stabilization)."""
         with self._lock:
-            self._process_pending()
+            pending_steps: dict[str, str] = {}
+            self._process_pending(pending_steps)
             now = self.clock()
+            states = self.alerts.policy_states()
             firing = [a for a in self.alerts.firing() if self._fresh(a, now)]
+            # Per service, the oldest episode that may act: one that began before the
+            # owner's last manual scale is only chosen (to say why it is refused) when
+            # no newer episode is firing.
+            firing.sort(
+                key=lambda a: (
+                    before_manual_scale(a.starts_at, states.get(a.service or "", PolicyState())),
+                    a.starts_at,
+                )
+            )
             scale_out: dict[str, tuple[AlertInstance, AlertRule]] = {}
             scale_in: dict[str, tuple[AlertInstance, AlertRule]] = {}
             for inst in firing:
@@ -230,12 +257,20 @@ class AlertProcessor:
                     scale_out.setdefault(inst.service, (inst, rule))
                 elif rule.action == Action.SCALE_IN:
                     scale_in.setdefault(inst.service, (inst, rule))
-            for inst, rule in scale_out.values():
-                self._reevaluate(inst, rule, scale_out_firing=True, now=now)
+            stepped = set(pending_steps)  # one scale step per service per tick
+            for service, (inst, rule) in scale_out.items():
+                if service in stepped:
+                    continue
+                if _is_step(self._reevaluate(inst, rule, scale_out_firing=True, now=now)):
+                    stepped.add(service)
             for service, (inst, rule) in scale_in.items():
-                self._reevaluate(inst, rule, scale_out_firing=service in scale_out, now=now)
+                if service in stepped:
+                    continue
+                got = self._reevaluate(inst, rule, scale_out_firing=service in scale_out, now=now)
+                if _is_step(got):
+                    stepped.add(service)
             for service, state in self.alerts.policy_states().items():
-                if state.baseline is None or service in scale_out:
+                if state.baseline is None or service in scale_out or service in stepped:
                     continue
                 inputs = self._inputs(service)
                 if inputs.service is None or episode_over(inputs.service, state):
@@ -250,7 +285,8 @@ class AlertProcessor:
 
     def _reevaluate(
         self, inst: AlertInstance, rule: AlertRule, *, scale_out_firing: bool, now: datetime
-    ) -> None:
+    ) -> Decision | None:
+        """Decide again on a still-firing alert; returns the decision as recorded."""
         inputs = self._inputs(inst.service)
         if scale_out_firing:
             inputs = replace(inputs, state=replace(inputs.state, last_scale_out_firing_at=now))
@@ -261,7 +297,7 @@ class AlertProcessor:
             starts_at=inst.starts_at,
             instance=inst.id,
         )
-        self._commit(
+        return self._commit(
             decision=decide(facts, rule, inputs, now=now),
             now=now,
             quiet=True,
@@ -390,6 +426,32 @@ class _View:
             self.states[decision.service] = decision.new_state
         if state is not None:
             self.states[state[0]] = state[1]
+
+
+def _is_step(decision: Decision | None) -> TypeGuard[Decision]:
+    """A change of the service's desired count, real or simulated (dry run)."""
+    return (
+        decision is not None
+        and decision.service is not None
+        and decision.replicas_to is not None
+        and (decision.acts or decision.dry_run)
+    )
+
+
+def _one_step(decision: Decision, receipt: Receipt, *, already: str) -> Decision:
+    """Refuse a second step for a service in one run of alerts (one per slow replica)."""
+    named = receipt.labels.get("replica")
+    of = f" (replica {named})" if named else ""
+    return Decision(
+        action=decision.action,
+        outcome="refused",
+        refusal="one_step",
+        reason=f"{receipt.alertname}{of}: {decision.service} already took its step for the "
+        f"alerts that arrived with this one ({already}); alerts of one service that fire "
+        "together are one step per cooldown, not one per replica",
+        service=decision.service,
+        rule=decision.rule,
+    )
 
 
 def _scales_out(rule: AlertRule | None) -> bool:

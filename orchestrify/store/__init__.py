@@ -43,7 +43,7 @@ from orchestrify.models import (
     container_spec,
     error_location,
 )
-from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (creates its tables)
+from orchestrify.store.alert_tables import ScalingStateRow  # (also creates the alert tables)
 from orchestrify.store.tables import (
     ADDED_COLUMNS,
     Base,
@@ -360,6 +360,8 @@ class Store:
                 row.generation += 1
             row.spec = updated.model_dump(mode="json")
             row.updated_at = utcnow()
+            if "replicas" in changes:
+                self._manual_scale(tx, name, replicas=updated.replicas, now=row.updated_at)
             if "replicas" in changes and changes["replicas"] != current.replicas:
                 self._add_event(
                     tx,
@@ -391,6 +393,30 @@ class Store:
                 )
             tx.changes.add("spec")
             return _service(row, reps)
+
+    def _manual_scale(self, tx: _WriteTx, name: str, *, replicas: int, now: datetime) -> None:
+        """Remember that the owner set ``name``'s count by hand (even to the count it has:
+        that confirms it), for the scaling policy: alert episodes that began before now
+        no longer act on scale, and an open autoscaling episode's baseline (where
+        scale-in stops) becomes ``replicas``."""
+        state = tx.session.get(ScalingStateRow, name)
+        if state is None:
+            state = ScalingStateRow(service=name)
+            tx.session.add(state)
+        state.manual_scale_at = now
+        state.manual_replicas = replicas
+        if state.baseline is not None and state.baseline != replicas:
+            self._add_event(
+                tx,
+                f"autoscaling baseline of {name} moved from {state.baseline} to {replicas}: "
+                "scaled by hand during a scaling episode; scale-in returns to it",
+                kind="action",
+                service=name,
+                action="baseline",
+                outcome="ok",
+                data={"from": state.baseline, "to": replicas},
+            )
+            state.baseline = replicas
 
     def rollback_service(self, name: str, *, reason: str = "requested through the API") -> Service:
         """Put the container fields back to the spec before the last update (Swarm's

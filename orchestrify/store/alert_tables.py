@@ -59,3 +59,7 @@ class ScalingStateRow(Base):
     last_action_at: Mapped[datetime | None]
     last_scale_out_firing_at: Mapped[datetime | None]
     baseline: Mapped[int | None]
+    # The owner's last manual scale (PATCH replicas) and the count it set: alert episodes
+    # that began before it do not act on scale. Written by the service update only.
+    manual_scale_at: Mapped[datetime | None]
+    manual_replicas: Mapped[int | None]

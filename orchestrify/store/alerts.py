@@ -209,6 +209,8 @@ class AlertStore:
                     last_action_at=_utc(r.last_action_at),
                     last_scale_out_firing_at=_utc(r.last_scale_out_firing_at),
                     baseline=r.baseline,
+                    manual_scale_at=_utc(r.manual_scale_at),
+                    manual_replicas=r.manual_replicas,
                 )
                 for r in s.scalars(select(ScalingStateRow)).all()
             }
@@ -308,7 +310,10 @@ class AlertStore:
             row = tx.add(ScalingStateRow(service=service), service)
         row.last_action_at = state.last_action_at
         row.last_scale_out_firing_at = state.last_scale_out_firing_at
-        row.baseline = state.baseline
+        # The manual-scale fields belong to the service update (``Store._manual_scale``).
+        # A state read before a manual scale carries the old baseline: the owner's wins.
+        if _utc(row.manual_scale_at) == state.manual_scale_at:
+            row.baseline = state.baseline
 
     def _apply(self, tx: _WriteTx, d: Decision, now: datetime) -> Decision:
         if not d.acts or d.dry_run:
@@ -317,6 +322,18 @@ class AlertStore:
         if d.replicas_to is not None and d.service:
             svc = s.get(ServiceRow, d.service)
             current = svc.spec.get("replicas") if svc is not None and not svc.deleting else None
+            manual = tx.get(ScalingStateRow, d.service)
+            decided_on = d.new_state.manual_scale_at if d.new_state is not None else None
+            if manual is not None and _utc(manual.manual_scale_at) != decided_on:
+                return Decision(
+                    action=d.action,
+                    outcome="refused",
+                    refusal="changed",
+                    reason=f"{d.service} was scaled by hand while deciding (to "
+                    f"{manual.manual_replicas}); not applied",
+                    service=d.service,
+                    rule=d.rule,
+                )
             if svc is None or current != d.replicas_from:
                 return Decision(
                     action=d.action,

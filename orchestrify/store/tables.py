@@ -83,6 +83,7 @@ class ReplicaRow(Base):
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "services": ("paused_generation", "pause_reason", "previous_spec", "previous_generation"),
     "replicas": ("generation", "spec"),
+    "scaling_states": ("manual_scale_at", "manual_replicas"),
 }
 
 

@@ -49,13 +49,18 @@ def nodes(*names: str, state: NodeState = NodeState.READY) -> list[Node]:
 
 
 def replica(
-    rid: str, node: str, *, svc: str = "web", desired: DesiredState = DesiredState.RUN
+    rid: str,
+    node: str,
+    *,
+    svc: str = "web",
+    desired: DesiredState = DesiredState.RUN,
+    state: ReplicaState = ReplicaState.HEALTHY,
 ) -> Replica:
     return Replica(
         id=rid,
         service=svc,
         node=f"id-{node}",
-        state=ReplicaState.HEALTHY,
+        state=state,
         desired=desired,
         created_at=T0,
         updated_at=T0,

@@ -11,7 +11,7 @@ from orchestrify.alerting.policy import (
     episode_over,
 )
 from orchestrify.alerting.rules import AlertRule, parse_rules
-from orchestrify.models import DesiredState, NodeState
+from orchestrify.models import DesiredState, NodeState, ReplicaState
 from tests.alerting.fleet import T0, at, nodes, replica, service
 
 RULES = parse_rules(
@@ -247,3 +247,72 @@ def test_decisions_are_pure() -> None:
     a = alert("ServiceLatencyHigh", service="web", replica="web-a")
     assert run(a, inputs) == run(a, inputs)
     assert T0.tzinfo is not None
+
+
+def test_scale_out_waits_while_replicas_already_placed_are_still_starting() -> None:
+    # desired 4: two healthy, the last step's two replicas placed and not yet healthy.
+    reps = [
+        *REPS,
+        replica("web-c", "n3", state=ReplicaState.ASSIGNED),
+        replica("web-d", "n1", state=ReplicaState.STARTING),
+    ]
+    a = alert("ServiceLatencyHigh", service="web", replica="web-a")
+    d = run(a, Inputs(service=service(replicas=4, max_replicas=8), replicas=reps, nodes=FLEET))
+    assert d and d.outcome == "refused" and d.refusal == "starting" and not d.acts
+    assert "2 replica(s) of web still starting (desired 4, healthy 2)" in d.reason
+    # Once they are up, the step counts from the desired count, not from the healthy one
+    # (an unhealthy replica is being healed: it is no reason to add on top of 4 either).
+    up = [*REPS, replica("web-c", "n3"), replica("web-d", "n1", state=ReplicaState.UNHEALTHY)]
+    ok = run(a, Inputs(service=service(replicas=4, max_replicas=8), replicas=up, nodes=FLEET))
+    assert ok and ok.outcome == "ok" and (ok.replicas_from, ok.replicas_to) == (4, 5)
+
+
+def test_a_replica_assigned_to_a_node_that_is_not_ready_is_not_starting() -> None:
+    fleet = [*nodes("n1", "n2"), *nodes("n3", state=NodeState.NOT_READY)]
+    reps = [*REPS, replica("web-c", "n3", state=ReplicaState.ASSIGNED)]
+    a = alert("ServiceLatencyHigh", service="web")
+    d = run(a, Inputs(service=service(replicas=3), replicas=reps, nodes=fleet))
+    assert d and d.outcome == "ok" and d.replicas_to == 4
+
+
+MANUAL = PolicyState(manual_scale_at=at(100), manual_replicas=3)
+
+
+def test_alerts_that_began_before_a_manual_scale_do_not_act_on_scale() -> None:
+    svc = service(replicas=3, scale_down_stabilization_s=300, cooldown_s=0)
+    inputs = Inputs(service=svc, replicas=REPS, nodes=FLEET, state=MANUAL)
+    low = run(alert("ServiceRequestRateLow", service="web", starts=0), inputs, now=400)
+    assert low and low.outcome == "refused" and low.refusal == "manual_scale"
+    assert not low.acts and low.new_state is None
+    assert "before web was scaled by hand to 3 at 2026-11-21 22:01:40Z" in low.reason
+    assert "ServiceRequestRateLow began at 2026-11-21 22:00:00Z" in low.reason
+    high = run(alert("ServiceLatencyHigh", service="web", starts=99), inputs, now=400)
+    assert high and high.refusal == "manual_scale" and high.action == "scale_out"
+    # A new episode is evidence about the service as its owner set it; the scale-down
+    # window then runs from that episode's start, so from the manual scale at the earliest.
+    new_low = alert("ServiceRequestRateLow", service="web", starts=100)
+    young = run(new_low, inputs, now=399)
+    assert young and young.refusal == "stabilization"
+    ok = run(new_low, inputs, now=400)
+    assert ok and ok.outcome == "ok" and ok.replicas_to == 2
+    assert ok.new_state and ok.new_state.manual_scale_at == at(100)  # kept as it was
+    new_high = run(alert("ServiceLatencyHigh", service="web", starts=101), inputs, now=400)
+    assert new_high and new_high.outcome == "ok" and new_high.replicas_to == 4
+
+
+def test_the_resolution_of_an_episode_from_before_a_manual_scale_starts_no_scale_in() -> None:
+    svc = service(replicas=4, scale_down_stabilization_s=300)
+    state = replace(MANUAL, baseline=4, last_action_at=at(50))
+    old = run(
+        alert("ServiceLatencyHigh", status="resolved", service="web", starts=10),
+        Inputs(service=svc, state=state),
+        now=200,
+    )
+    assert old and old.refusal == "manual_scale" and old.new_state is None
+    assert "resolved, but began at" in old.reason
+    new = run(
+        alert("ServiceLatencyHigh", status="resolved", service="web", starts=150),
+        Inputs(service=svc.model_copy(update={"replicas": 5}), state=state),
+        now=200,
+    )
+    assert new and new.refusal == "stabilization" and "toward 4" in new.reason

@@ -4,10 +4,11 @@ decided on, and scales a service out onto a registered node; its resolution arri
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,13 @@ def controller(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def alertmanager(tmp_path: Path, controller: str) -> Iterator[str]:
+    with running_alertmanager(tmp_path, controller) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_alertmanager(tmp_path: Path, controller: str) -> Iterator[str]:
+    """A real Alertmanager sending every alert (resolved too) to ``controller``."""
     binary = require_binary("prometheus-alertmanager")
     port = free_port()
     config = tmp_path / "alertmanager.yml"
@@ -107,6 +115,11 @@ def test_alertmanager_webhook_scales_a_service_out(controller: str, alertmanager
     r = api.post("/v1/services", json={"name": "web", "image": "nginx:1", "max_replicas": 3})
     assert r.status_code == 201
     (slow,) = wait_for("the first replica", lambda: api.get("/v1/replicas").json())
+    # No agent runs here: report the replica healthy as its agent would, or the
+    # scale-out would wait for it (a replica still starting is capacity on its way).
+    report = {"id": slow["id"], "state": "healthy", "address": "127.0.0.1:1"}
+    r = api.post(f"/v1/nodes/{slow['node']}/replicas", json={"replicas": [report]})
+    assert r.status_code == 204
 
     labels = {
         "alertname": "ServiceLatencyHigh",
@@ -148,3 +161,68 @@ def test_alertmanager_webhook_scales_a_service_out(controller: str, alertmanager
     assert [(d["action"], d["reason"]) for d in decided[1:]] == [("scale_in", "stabilization")]
     assert api.get("/v1/services/web").json()["replicas"] == 2  # waits out 300 s
     api.close()
+
+
+def test_a_late_notice_from_alertmanager_does_not_undo_a_manual_scale(tmp_path: Path) -> None:
+    # The lab's case: `service scale demo=3` undone 2 s later by a ServiceRequestRateLow
+    # that Prometheus had already cleared and Alertmanager had not yet reported resolved.
+    settings = ControllerSettings(
+        data_dir=tmp_path / "controller",
+        token=TOKEN,
+        join_token="join",
+        alert_eval_interval_s=0.5,  # the timer that re-evaluated the stale alert
+    )
+    with (
+        serve(create_app(settings, registry=CollectorRegistry())) as controller,
+        running_alertmanager(tmp_path, controller) as alertmanager,
+        httpx.Client(base_url=controller, headers={"Authorization": f"Bearer {TOKEN}"}) as api,
+    ):
+        httpx.post(
+            f"{controller}/v1/nodes/register",
+            json={"name": "worker-a", "address": "127.0.0.1"},
+            headers={"Authorization": "Bearer join"},
+        )
+        body = {
+            "name": "demo",
+            "image": "nginx:1",
+            "replicas": 3,
+            "min_replicas": 2,  # the alert takes one step, 3 -> 2, then holds at min
+            "policy": {"cooldown_s": 0, "scale_down_stabilization_s": 5},
+        }
+        assert api.post("/v1/services", json=body).status_code == 201
+        labels = {"alertname": "ServiceRequestRateLow", "service": "demo", "severity": "info"}
+        begun = datetime.now(UTC) - timedelta(seconds=60)  # low load for a minute already
+        low = {"labels": labels, "startsAt": begun.isoformat().replace("+00:00", "Z")}
+        assert httpx.post(f"{alertmanager}/api/v2/alerts", json=[low]).status_code == 200
+        wait_for("the scale-in", lambda: api.get("/v1/services/demo").json()["replicas"] == 2)
+
+        # The owner scales back up by hand while the alert is still firing here.
+        assert api.patch("/v1/services/demo", json={"replicas": 3}).status_code == 200
+
+        def refusal() -> list[dict[str, Any]]:
+            return [
+                d
+                for d in api.get("/v1/events", params={"kind": "decision"}).json()
+                if d["reason"] == "manual_scale"
+            ]
+
+        (refused,) = wait_for("the timer's decision on the old episode", refusal)
+        assert "before demo was scaled by hand to 3" in refused["message"]
+        assert api.get("/v1/services/demo").json()["replicas"] == 3
+        # Alertmanager's late resolve changes nothing either.
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        assert httpx.post(f"{alertmanager}/api/v2/alerts", json=[{**low, "endsAt": now}]).is_success
+        wait_for(
+            "the resolved notice",
+            lambda: any(
+                e["data"]["status"] == "resolved"
+                for e in api.get("/v1/events", params={"kind": "alert"}).json()
+            ),
+        )
+        assert api.get("/v1/services/demo").json()["replicas"] == 3
+        scaled = [
+            e["data"]["to"]
+            for e in api.get("/v1/events", params={"service": "demo"}).json()
+            if e["action"] == "scale"
+        ]
+        assert scaled == [2, 3]  # the alert's step and the owner's, nothing after

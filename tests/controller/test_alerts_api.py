@@ -66,7 +66,19 @@ def deploy(c: TestClient, *, nodes: int = 2, **spec: Any) -> list[str]:
     body = {"name": "web", "image": "nginx:1", "replicas": 1, "max_replicas": 4, **spec}
     assert c.post("/v1/services", json=body, headers=ADMIN).status_code == 201
     state_of(c).reconciler.run_once()
+    all_healthy(c)
     return ids
+
+
+def all_healthy(c: TestClient) -> None:
+    """What the agents would report once the placed replicas pass their probes."""
+    for r in replicas(c):
+        if r["state"] != "healthy":
+            report = {"id": r["id"], "state": "healthy", "address": "127.0.0.1:1"}
+            got = c.post(
+                f"/v1/nodes/{r['node']}/replicas", json={"replicas": [report]}, headers=ADMIN
+            )
+            assert got.status_code == 204
 
 
 def replicas(c: TestClient) -> list[dict[str, Any]]:
@@ -212,6 +224,7 @@ def test_firing_alert_keeps_scaling_each_cooldown_then_scales_back_after_resolut
     proc.tick()
     assert desired(client) == 2  # cooldown
     for expect in (3, 4, 4):  # max_replicas is 4
+        all_healthy(client)  # the last step's replica is up: the next may follow
         clock.advance(31)
         proc.tick()
         assert desired(client) == expect
@@ -368,3 +381,175 @@ def test_disabled_rule_refuses_and_is_counted(client: TestClient) -> None:
     assert decisions(client)[-1]["reason"] == "rule_disabled"
     metrics = client.get("/metrics").text
     assert 'orchestrify_decisions_total{action="scale_out",outcome="refused"} 1.0' in metrics
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def latency_high(rep: dict[str, Any], *, fingerprint: str, **kw: Any) -> dict[str, Any]:
+    return am_alert(
+        "ServiceLatencyHigh",
+        service="web",
+        replica=rep["id"],
+        node=rep["node_name"],
+        fingerprint=fingerprint,
+        **kw,
+    )
+
+
+def scale_by_hand(c: TestClient, replicas: int) -> None:
+    """What `orchestrify service scale web=N` sends; the reconciler places at once."""
+    r = c.patch("/v1/services/web", json={"replicas": replicas}, headers=ADMIN)
+    assert r.status_code == 200
+    state_of(c).reconciler.run_once()
+    all_healthy(c)
+
+
+def test_scale_out_waits_until_the_replicas_of_the_last_step_are_healthy(
+    client: TestClient,
+) -> None:
+    deploy(client, replicas=2, max_replicas=8, policy={"cooldown_s": 30})
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    post(client, rate_high())
+    assert desired(client) == 3
+    assert sorted(r["state"] for r in replicas(client)) == ["assigned", "healthy", "healthy"]
+    for _ in range(3):  # the alert keeps firing, cooldown after cooldown
+        clock.advance(31)
+        proc.tick()
+        assert desired(client) == 3
+    refused = [d for d in decisions(client) if d["outcome"] == "refused"]
+    assert len(refused) == 1  # said once, not every tick
+    assert refused[0]["reason"] == "starting"
+    assert "1 replica(s) of web still starting (desired 3, healthy 2)" in refused[0]["message"]
+    all_healthy(client)
+    clock.advance(1)
+    proc.tick()
+    assert desired(client) == 4  # from the desired count: 3 + 1
+
+
+def test_per_replica_latency_alerts_of_one_service_are_one_step_per_cooldown(
+    client: TestClient,
+) -> None:
+    deploy(client, replicas=3, max_replicas=8, policy={"cooldown_s": 30})
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    a, b, c = replicas(client)
+    post(client, am_payload(*(latency_high(r, fingerprint=f"slow-{r['id']}") for r in (a, b, c))))
+    assert desired(client) == 4  # three slow replicas, one step
+    all_healthy(client)
+    clock.advance(10)  # another group notification within the cooldown: no step
+    (d,) = [r for r in replicas(client) if r["id"] not in {a["id"], b["id"], c["id"]}]
+    post(client, am_payload(latency_high(d, fingerprint="slow-d")))
+    assert desired(client) == 4
+    clock.advance(21)  # the cooldown is over: four alerts still firing, one step
+    proc.tick()
+    assert desired(client) == 5
+    steps = [x for x in decisions(client) if x["outcome"] == "ok"]
+    assert [(x["data"]["from"], x["data"]["to"]) for x in steps] == [(3, 4), (4, 5)]
+
+
+def test_alerts_of_one_service_that_arrive_together_are_one_step_even_without_cooldown(
+    client: TestClient,
+) -> None:
+    # Dry run: nothing is placed, so only the one-step rule (not "starting") stops the
+    # second and third alert of the batch.
+    deploy(client, replicas=3, max_replicas=8, policy={"cooldown_s": 0, "dry_run": True})
+    slow = replicas(client)
+    post(client, am_payload(*(latency_high(r, fingerprint=f"slow-{r['id']}") for r in slow)))
+    got = decisions(client)
+    assert [d["reason"] for d in got] == ["dry_run", "one_step", "one_step"]
+    assert f"(replica {slow[1]['id']}): web already took its step" in got[1]["message"]
+    assert "not one per replica" in got[1]["message"]
+    # Stored but not yet decided (a crash, or the timer comes first): the timer decides
+    # them and re-evaluates the firing ones in one run, still one step.
+    from orchestrify.alerting.payload import AlertBatch
+
+    proc = state_of(client).alerts
+    again = [latency_high(r, fingerprint=f"again-{r['id']}", starts_at=iso(utcnow())) for r in slow]
+    proc.alerts.store_batch(AlertBatch.model_validate(am_payload(*again)), now=utcnow())
+    proc.tick()
+    assert [d["reason"] for d in decisions(client)[3:]] == ["dry_run", "one_step", "one_step"]
+
+
+def test_a_manual_scale_during_an_episode_is_the_baseline_that_scale_in_returns_to(
+    client: TestClient,
+) -> None:
+    deploy(
+        client,
+        replicas=2,
+        max_replicas=8,
+        policy={"cooldown_s": 30, "scale_down_stabilization_s": 300},
+    )
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    old = {"starts_at": iso(clock.now - timedelta(seconds=60))}
+    post(client, rate_high(**old))
+    assert desired(client) == 3
+    assert proc.alerts.policy_state("web").baseline == 2
+    scale_by_hand(client, 5)  # during the episode
+    assert proc.alerts.policy_state("web").baseline == 5
+    moved = client.get("/v1/events", params={"service": "web"}, headers=ADMIN).json()
+    assert any("baseline of web moved from 2 to 5" in e["message"] for e in moved)
+    # A new latency episode while the old rate alert is still firing: the timer decides
+    # on the episode that may act, not on the older one.
+    clock.advance(60)
+    (rep, *_) = replicas(client)
+    new = {"fingerprint": "new", "starts_at": iso(clock.now)}
+    post(client, am_payload(latency_high(rep, **new)))
+    assert desired(client) == 6
+    all_healthy(client)
+    clock.advance(31)
+    proc.tick()
+    assert desired(client) == 7
+    all_healthy(client)
+    post(client, rate_high(status="resolved", **old))
+    assert decisions(client)[-1]["reason"] == "manual_scale"
+    post(client, am_payload(latency_high(rep, status="resolved", **new)))
+    for _ in range(4):
+        clock.advance(301)
+        proc.tick()
+    assert desired(client) == 5  # back to the count set by hand, not to 2
+    assert proc.alerts.policy_state("web").baseline is None
+
+
+def test_a_late_notice_from_before_a_manual_scale_does_not_undo_it(client: TestClient) -> None:
+    deploy(client, replicas=3, policy={"cooldown_s": 0, "scale_down_stabilization_s": 60})
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    starts = iso(clock.now - timedelta(seconds=120))
+    post(client, am_payload(am_alert("ServiceRequestRateLow", service="web", starts_at=starts)))
+    assert desired(client) == 2  # low load for 120 s: one step in
+    # Prometheus has cleared the alert; Alertmanager has not said so yet. The owner
+    # scales back up by hand, and the timer comes round 2 s later.
+    scale_by_hand(client, 3)
+    clock.advance(2)
+    proc.tick()
+    assert desired(client) == 3
+    refused = decisions(client)[-1]
+    assert (refused["outcome"], refused["reason"]) == ("refused", "manual_scale")
+    assert "before web was scaled by hand to 3" in refused["message"]
+    assert "does not act on scale" in refused["message"]
+    for _ in range(3):
+        clock.advance(30)
+        proc.tick()
+    assert desired(client) == 3
+    assert [d["reason"] for d in decisions(client)].count("manual_scale") == 1  # said once
+    # The late resolve changes nothing; a new episode acts after its own window.
+    late = am_alert("ServiceRequestRateLow", status="resolved", service="web", starts_at=starts)
+    post(client, am_payload(late))
+    assert desired(client) == 3
+    new = am_alert(
+        "ServiceRequestRateLow", service="web", starts_at=iso(clock.now), fingerprint="again"
+    )
+    post(client, am_payload(new))
+    assert desired(client) == 3
+    assert decisions(client)[-1]["reason"] == "stabilization"
+    clock.advance(61)
+    proc.tick()
+    assert desired(client) == 2
