@@ -74,6 +74,7 @@ class NodeEnrollment:
     token: str
     known: bool
 
+
 ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
 
 
