@@ -197,7 +197,8 @@ class AsyncControllerClient:
             resp = await self._http.request(method, path, headers=headers, **kwargs, **extra)
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
-        check_controller_protocol(resp, minimum=self.min_protocol)
+        if resp.status_code != 426:  # a refusal says why itself, naming both versions
+            check_controller_protocol(resp, minimum=self.min_protocol)
         raise_for_status(resp)
         if resp.status_code == 204 or not resp.content:
             return None
