@@ -246,6 +246,24 @@ class Service(ServiceSpec):
     )
 
 
+class Orphan(BaseModel):
+    """A container an agent keeps running that no controller of its cluster accounts for:
+    met a controller with a new store, a node id it did not know, or no cluster label."""
+
+    container_id: str = Field(max_length=80)
+    replica: str = Field(max_length=80, description="Its orchestrify.replica label.")
+    service: str = Field(max_length=63, description="Its orchestrify.service label.")
+    address: str | None = Field(None, max_length=300, description="host:port it answers on.")
+    spec_hash: str | None = Field(
+        None, max_length=64, description="Its orchestrify.spec label (None: an older build)."
+    )
+    image: str | None = Field(None, max_length=512)
+    cluster_id: str | None = Field(
+        None, max_length=64, description="Its orchestrify.cluster label (None: older build)."
+    )
+    running: bool = True
+
+
 class NodeRegistration(Strict):
     name: str = Field(min_length=1, max_length=253)
     address: str = Field(min_length=1, max_length=253, description="Address replicas publish on.")
@@ -255,6 +273,13 @@ class NodeRegistration(Strict):
         max_length=64,
         description="The cluster the agent last registered with (informative: the agent "
         "compares it with the answer's cluster_id itself).",
+    )
+    containers: list[Orphan] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="The labelled containers the agent runs. When the controller does not "
+        "know the node, they are its orphans from the start, so nothing is placed beside "
+        "them before the agent's first report.",
     )
     labels: dict[str, str] = Field(default_factory=dict)
     cpus: int | None = None
@@ -286,24 +311,6 @@ class Heartbeat(Strict):
     memory_free: int | None = None
     disk_free: int | None = None
     replica_count: int | None = None
-
-
-class Orphan(BaseModel):
-    """A container an agent keeps running that no controller of its cluster accounts for:
-    met a controller with a new store, a node id it did not know, or no cluster label."""
-
-    container_id: str = Field(max_length=80)
-    replica: str = Field(max_length=80, description="Its orchestrify.replica label.")
-    service: str = Field(max_length=63, description="Its orchestrify.service label.")
-    address: str | None = Field(None, max_length=300, description="host:port it answers on.")
-    spec_hash: str | None = Field(
-        None, max_length=64, description="Its orchestrify.spec label (None: an older build)."
-    )
-    image: str | None = Field(None, max_length=512)
-    cluster_id: str | None = Field(
-        None, max_length=64, description="Its orchestrify.cluster label (None: older build)."
-    )
-    running: bool = True
 
 
 class Node(BaseModel):

@@ -254,6 +254,7 @@ class Agent:
                 else None
             ),
             cluster_id=self.identity.cluster_id if self.identity else None,
+            containers=self.reconciler.containers() if self.reconciler else [],
         )
         body = await client.request("POST", "/v1/nodes/register", json=reg.model_dump())
         creds = NodeCredentials.model_validate(body)

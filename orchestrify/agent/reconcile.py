@@ -784,6 +784,15 @@ class NodeReconciler:
             running=c.running,
         )
 
+    def containers(self) -> list[Orphan]:
+        """Every labelled container the agent knows of (claimed, unclaimed, orphaned),
+        described as an orphan would be: sent at registration."""
+        seen: dict[str, ContainerInfo] = {**self.unclaimed, **self.orphans}
+        for rep in self.replicas.values():
+            if rep.container is not None:
+                seen[rep.container.id] = rep.container
+        return [self.orphan(c) for c in seen.values()]
+
     def take_orphans(self, *, full: bool) -> list[Orphan] | None:
         """Every orphan, when the set changed since the last call (or ``full``); else None."""
         if not (full or self.orphans_changed):

@@ -572,6 +572,11 @@ class Store:
             row.last_heartbeat = now
             if created or row.state == NodeState.NOT_READY:
                 row.state = NodeState.DRAINING if row.draining else NodeState.READY
+            if not known and reg.containers:
+                # Orphans from the start, in the same transaction: the reconciler never
+                # sees this node ready without them (and places nothing beside them).
+                tx.session.flush()
+                self._take_orphans(tx, row, reg.containers)
             if created and reg.node_id:
                 message = (
                     f"node {reg.name} registered with id {reg.node_id}, which this controller "

@@ -248,3 +248,45 @@ def test_a_peer_of_an_older_protocol_is_refused_naming_both_versions(api: TestCl
     assert f"{__version__} speaks protocol {PROTOCOL_VERSION}" in message
     # Refused before anything happened: the node's token still works.
     assert api.post(f"/v1/nodes/{node}/heartbeat", json={}, headers=bearer(token)).is_success
+
+
+def test_an_unknown_node_brings_its_containers_as_orphans_and_nothing_is_placed_beside_them(
+    make_client: Callable[..., TestClient],
+) -> None:
+    api = make_client(run_reconciler=False)
+    assert api.post("/v1/services", json=service_spec(replicas=2)).status_code == 201
+    assert not [s for s in reconcile(api) if type(s).__name__ == "Place"]  # no node yet
+    resp = api.post(
+        "/v1/nodes/register",
+        json={
+            "name": "worker-1",
+            "address": "10.0.0.9",
+            "node_id": "0123456789ab",
+            "containers": [orphan("c1", "web-1111"), orphan("c2", "web-2222")],
+        },
+        headers=bearer(JOIN),
+    )
+    assert resp.status_code == 200 and resp.json()["known"] is False
+    node = resp.json()["node_id"]
+    # Orphans from the registration on, before any report: the reconciler waits for them.
+    assert len(api.get(f"/v1/nodes/{node}").json()["orphaned"]) == 2
+    steps = reconcile(api)
+    assert not [s for s in steps if type(s).__name__ == "Place"]
+    (held,) = [s for s in steps if type(s).__name__ == "Unplaceable"]
+    assert f"orchestrify node adopt {node}" in held.reason
+    adopted = api.post(f"/v1/nodes/{node}/adopt").json()
+    assert sorted(adopted["outdated"]) == ["web-1111", "web-2222"]  # no spec label: unknown
+    assert {r["container_id"] for r in replicas_of(api, "web")} == {"c1", "c2"}
+    # A known node's containers are its replicas' business, never orphans at registration.
+    again = api.post(
+        "/v1/nodes/register",
+        json={
+            "name": "worker-1",
+            "address": "10.0.0.9",
+            "node_id": node,
+            "containers": [orphan("c1", "web-1111")],
+        },
+        headers=bearer(JOIN),
+    )
+    assert again.json()["known"] is True
+    assert api.get(f"/v1/nodes/{node}").json()["orphaned"] == []
