@@ -464,7 +464,7 @@ class NodeReconciler:
     def _claim_or_remove_unclaimed(self) -> None:
         for cid, c in list(self.orphans.items()):
             rep = self._claimable(c)
-            if rep is not None:  # the controller adopted it: a replica again
+            if rep is not None and not rep.provisional:  # adopted by the controller
                 del self.orphans[cid]
                 self._orphans_changed()
                 self._claim(rep, c)

@@ -144,6 +144,9 @@ async def test_orphans_saved_before_a_restart_stay_orphans() -> None:
     saved: list[set[str]] = []
     rec.on_orphans = saved.append
     rec.observe(await engine.list_containers("node1"))
+    rec.set_assignments([assignment("r1")], current=False)  # saved before the orphaning
+    await cycle(rec)
+    assert rec.replicas["r1"].container is None  # only the controller adopts an orphan
     rec.set_assignments([])
     await cycle(rec)
     assert engine.removed == ["gone"]
