@@ -273,3 +273,34 @@ def test_agent_restart_with_the_controller_unreachable_starts_nothing(drill: Dri
     wait_for("the running replica adopted and probed", adopted_and_probed, timeout=DEADLINE_S)
     time.sleep(2)  # several reconcile steps later
     assert drill.started("web") == {kept: before[kept]}  # nothing new, nothing restarted
+
+
+def test_node_prune_removes_the_orphans_and_only_them(drill: Drill) -> None:
+    api = drill.start_controller()
+    drill.start_agent()
+    before = deploy_two(drill, api)
+    assert drill.agent is not None
+    node = drill.agent.node_id
+    assert node is not None
+
+    wipe(drill)
+    api = drill.start_controller()
+    wait_for(
+        "the orphans shown on the node",
+        lambda: len(api.get(f"/v1/nodes/{node}")["orphaned"]) == 2,
+        timeout=DEADLINE_S,
+    )
+    spec = {"name": "api", "image": DEFAULT_TAG, "replicas": 1, "min_replicas": 0, "drain_s": 0}
+    api.request("POST", "/v1/services", json=spec)  # a replica of the new cluster beside them
+    (fresh,) = wait_for("a new replica", lambda: drill.healthy(api, "api", 1), timeout=60)
+    assert drill.started("web") == before
+
+    out = drill.cli("node", "prune", node)
+    assert "2 orphaned container(s) to be removed" in out, out
+    wait_for("the orphans removed", lambda: drill.containers("web") == [], timeout=DEADLINE_S)
+    wait_for(
+        "no orphans left on the node",
+        lambda: api.get(f"/v1/nodes/{node}")["orphaned"] == [],
+        timeout=DEADLINE_S,
+    )
+    assert [c.id for c in drill.containers("api")] == [fresh["container_id"]]
