@@ -19,6 +19,14 @@ from orchestrify.errors import (
     NotFound,
     OrchestrifyError,
     Unauthorized,
+    VersionMismatch,
+)
+from orchestrify.protocol import (
+    HEADER_VERSION,
+    UNANNOUNCED_PROTOCOL,
+    announce,
+    peer_protocol,
+    refusal,
 )
 
 DEFAULT_URL = "http://127.0.0.1:18080"
@@ -61,6 +69,8 @@ def raise_for_status(resp: httpx.Response) -> None:
         raise Conflict(msg)
     if resp.status_code == 422:
         raise InvalidSpec(msg, field=field)
+    if resp.status_code == 426:
+        raise VersionMismatch(msg)
     raise ControllerError(f"controller answered {resp.status_code}: {msg}", status=resp.status_code)
 
 
@@ -72,12 +82,37 @@ def _unreachable(url: str, exc: Exception) -> NodeUnreachable:
     )
 
 
+def check_controller_protocol(resp: httpx.Response, *, minimum: int | None) -> None:
+    """Refuse an answer from a controller whose protocol is older than ``minimum`` (one
+    that sends no protocol header is from before headers: protocol 1)."""
+    if minimum is None:
+        return
+    proto = peer_protocol(resp.headers)
+    why = refusal(
+        peer="controller",
+        peer_version=resp.headers.get(HEADER_VERSION),
+        peer_protocol=UNANNOUNCED_PROTOCOL if proto is None else proto,
+        minimum=minimum,
+    )
+    if why is not None:
+        raise VersionMismatch(why)
+
+
 class ControllerClient:
     """Blocking client, one method per API call the CLI makes."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout: float = 10.0):
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        component: str = "cli",
+    ):
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = announce(component)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -122,12 +157,28 @@ class ControllerClient:
 
 
 class AsyncControllerClient:
-    """Non-blocking client for the agent and the edge (long-polls, reports)."""
+    """Non-blocking client for the agent and the edge (long-polls, reports).
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+    ``component`` is announced with the package and protocol versions on every request;
+    with ``min_protocol``, an answer from a controller of an older protocol raises
+    ``VersionMismatch`` instead of being handed to the caller.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        component: str = "edge",  # the edge builds its client with defaults; the agent says so
+        min_protocol: int | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self.min_protocol = min_protocol
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=timeout, headers=announce(component)
+        )
 
     def set_token(self, token: str) -> None:
         self.token = token
@@ -146,6 +197,8 @@ class AsyncControllerClient:
             resp = await self._http.request(method, path, headers=headers, **kwargs, **extra)
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
+        if resp.status_code != 426:  # a refusal says why itself, naming both versions
+            check_controller_protocol(resp, minimum=self.min_protocol)
         raise_for_status(resp)
         if resp.status_code == 204 or not resp.content:
             return None
@@ -157,5 +210,6 @@ __all__ = [
     "AsyncControllerClient",
     "ControllerClient",
     "OrchestrifyError",
+    "check_controller_protocol",
     "raise_for_status",
 ]

@@ -57,3 +57,8 @@ class ControllerError(OrchestrifyError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class VersionMismatch(OrchestrifyError):
+    """A peer speaks a protocol version this build cannot serve (HTTP 426); the message
+    names both versions. Retried, never acted on."""

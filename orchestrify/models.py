@@ -5,6 +5,8 @@ Validation lives here, so the API, the CLI and the store agree on what a valid s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -186,6 +188,13 @@ def container_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {key: spec.get(key) for key in CONTAINER_FIELDS}
 
 
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A short, stable hash of a replica's container spec (``container_spec``): equal
+    specs hash equal whatever their key order, so an orphan is matched to a service."""
+    canonical = json.dumps(container_spec(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 class UpdateState(StrEnum):
     """Where a service's rolling update is (Swarm's UpdateStatus.State)."""
 
@@ -237,10 +246,41 @@ class Service(ServiceSpec):
     )
 
 
+class Orphan(BaseModel):
+    """A container an agent keeps running that no controller of its cluster accounts for:
+    met a controller with a new store, a node id it did not know, or no cluster label."""
+
+    container_id: str = Field(max_length=80)
+    replica: str = Field(max_length=80, description="Its orchestrify.replica label.")
+    service: str = Field(max_length=63, description="Its orchestrify.service label.")
+    address: str | None = Field(None, max_length=300, description="host:port it answers on.")
+    spec_hash: str | None = Field(
+        None, max_length=64, description="Its orchestrify.spec label (None: an older build)."
+    )
+    image: str | None = Field(None, max_length=512)
+    cluster_id: str | None = Field(
+        None, max_length=64, description="Its orchestrify.cluster label (None: older build)."
+    )
+    running: bool = True
+
+
 class NodeRegistration(Strict):
     name: str = Field(min_length=1, max_length=253)
     address: str = Field(min_length=1, max_length=253, description="Address replicas publish on.")
     node_id: str | None = Field(None, description="Set when re-registering after a restart.")
+    cluster_id: str | None = Field(
+        None,
+        max_length=64,
+        description="The cluster the agent last registered with (informative: the agent "
+        "compares it with the answer's cluster_id itself).",
+    )
+    containers: list[Orphan] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="The labelled containers the agent runs. When the controller does not "
+        "know the node, they are its orphans from the start, so nothing is placed beside "
+        "them before the agent's first report.",
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     cpus: int | None = None
     memory_total: int | None = Field(None, description="Bytes.")
@@ -250,6 +290,19 @@ class NodeRegistration(Strict):
 class NodeCredentials(BaseModel):
     node_id: str
     node_token: str
+    cluster_id: str = Field(
+        "",
+        description="The id of the controller's store, made with it; every container "
+        "carries it (label orchestrify.cluster).",
+    )
+    known: bool = Field(
+        False,
+        description="True when the controller knew the node_id it was given (or the node by "
+        "its name). False: the node is new to this store, and its existing containers are "
+        "orphans to the agent, never removed without `node adopt` or `node prune`.",
+    )
+    controller_version: str | None = Field(None, description="The controller's package version.")
+    protocol_version: int | None = Field(None, description="The controller's protocol version.")
 
 
 class Heartbeat(Strict):
@@ -275,6 +328,40 @@ class Node(BaseModel):
     agent_url: str | None = None
     last_heartbeat: datetime | None = None
     created_at: datetime
+    orphaned: list[Orphan] = Field(
+        default_factory=list,
+        description="Containers the node keeps running that this controller does not "
+        "account for: `node adopt` makes them replicas again, `node prune` removes them.",
+    )
+    pruning: list[str] = Field(
+        default_factory=list, description="Orphan container ids the agent was told to remove."
+    )
+
+
+class OrphanAdoption(BaseModel):
+    """What ``POST /v1/nodes/{id}/adopt`` (or re-creating a service) did with orphans."""
+
+    node: str
+    adopted: list[str] = Field(
+        default_factory=list, description="Replica ids adopted as the service's current spec."
+    )
+    outdated: list[str] = Field(
+        default_factory=list,
+        description="Replica ids adopted as an older generation: their spec differs from "
+        "the service's, so the rolling update replaces them one at a time.",
+    )
+    left: list[Orphan] = Field(
+        default_factory=list, description="Orphans still orphans: no service of their name."
+    )
+    message: str
+
+
+class OrphanPrune(BaseModel):
+    """What ``POST /v1/nodes/{id}/prune`` asked the agent to remove."""
+
+    node: str
+    pruning: list[str] = Field(description="Container ids the agent removes.")
+    message: str
 
 
 class Replica(BaseModel):
@@ -310,6 +397,11 @@ class ReplicaReports(Strict):
     full: bool = Field(
         False, description="True when this is every replica the agent has (periodic resync)."
     )
+    orphans: list[Orphan] | None = Field(
+        None,
+        description="Every orphan the agent keeps (replaces what the controller holds); "
+        "None: unchanged since the last report that carried them.",
+    )
 
 
 class Assignment(BaseModel):
@@ -327,12 +419,24 @@ class Assignment(BaseModel):
     memory_mb: int | None
     cpus: float | None
     generation: int
+    spec_hash: str | None = Field(
+        None,
+        description="Hash of the replica's container spec (the agent's orchestrify.spec "
+        "label); a container is replaced for a spec change only when its label differs.",
+    )
 
 
 class Assignments(BaseModel):
     version: int
     node: str
     replicas: list[Assignment]
+    cluster_id: str = Field(
+        "", description="The controller's cluster id: the agent checks it is still the same."
+    )
+    prune: list[str] = Field(
+        default_factory=list,
+        description="Orphan container ids the agent must remove (`orchestrify node prune`).",
+    )
 
 
 class Event(BaseModel):

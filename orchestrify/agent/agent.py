@@ -4,6 +4,12 @@ It talks to the controller only through ``AsyncControllerClient`` and to Docker 
 through ``DockerEngine``. The controller may vanish at any time: the agent keeps
 probing and healing from its last known assignments, retries with backoff, and
 registers again when the controller no longer knows it (401/404).
+
+A controller that answers registration with another cluster id than the one saved, or
+says it did not know the node id, is a stranger: the containers the agent has become
+orphans (kept running, reported), never removed for being "unassigned". A controller of
+a protocol this agent cannot serve (or that refuses this agent's) gets nothing applied:
+the agent logs why and retries, its containers running.
 """
 
 from __future__ import annotations
@@ -28,12 +34,21 @@ from orchestrify.agent.state import (
     NodeIdentity,
     load_assignments,
     load_identity,
+    load_orphans,
     save_assignments,
     save_identity,
+    save_orphans,
 )
 from orchestrify.client import AsyncControllerClient
-from orchestrify.errors import NotFound, OrchestrifyError, Unauthorized
-from orchestrify.models import Assignments, Heartbeat, NodeRegistration, ReplicaReports
+from orchestrify.errors import NotFound, OrchestrifyError, Unauthorized, VersionMismatch
+from orchestrify.models import (
+    Assignments,
+    Heartbeat,
+    NodeCredentials,
+    NodeRegistration,
+    ReplicaReports,
+)
+from orchestrify.protocol import MIN_PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +79,9 @@ class Agent:
         s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         engine = self._engine or DockerEngine(s.docker_url)
         prober = HttpProber(timeout_s=s.heal.probe_timeout_s)
-        client = AsyncControllerClient(s.controller_url, s.join_token)
+        client = AsyncControllerClient(
+            s.controller_url, s.join_token, component="agent", min_protocol=MIN_PROTOCOL_VERSION
+        )
         rec = NodeReconciler(
             engine=engine,
             prober=prober,
@@ -77,6 +94,7 @@ class Agent:
             log_max_file=s.log_max_file,
         )
         rec.on_change = self._report_now.set
+        rec.on_orphans = lambda ids: save_orphans(s.state_dir, ids)
         self.reconciler = rec
         stop_metrics = self._serve_metrics()
         stop_events: Callable[[], None] | None = None
@@ -84,11 +102,15 @@ class Agent:
         try:
             self.identity = load_identity(s.state_dir)
             if self.identity is not None:
-                # Known node: heal what we have right away, controller or not.
+                # Known node: adopt and probe what runs right away, controller or not.
+                # The saved assignments only claim running containers: nothing is started
+                # for them before the controller says they are still this node's.
+                rec.cluster_id = self.identity.cluster_id
+                rec.remember_orphans(load_orphans(s.state_dir))
                 stop_events = await self._start_local(rec, engine, self.identity.node_id)
                 saved = load_assignments(s.state_dir)
                 if saved is not None:
-                    rec.set_assignments(saved)
+                    rec.set_assignments(saved, current=False)
                 tasks += self._local_tasks(rec, engine)
             await self._with_controller("register", lambda: self._register(client), client)
             assert self.identity is not None
@@ -203,6 +225,13 @@ class Agent:
                     log.warning("controller does not know us; registering again")
                     await self._reregister(client, seen)
                     continue
+            except VersionMismatch as exc:
+                # Nothing is applied; the containers keep running while we retry.
+                if attempt == 0 or attempt % 10 == 0:
+                    log.error(
+                        f"{what} refused: versions do not match; containers keep running",
+                        extra={"error": str(exc)},
+                    )
             except OrchestrifyError as exc:
                 self._controller_lost(exc)
                 if attempt == 0 or attempt % 10 == 0:
@@ -260,21 +289,51 @@ class Agent:
                 if self.metrics_port is not None
                 else None
             ),
+            cluster_id=self.identity.cluster_id if self.identity else None,
+            containers=self.reconciler.containers() if self.reconciler else [],
         )
         body = await client.request("POST", "/v1/nodes/register", json=reg.model_dump())
-        identity = NodeIdentity(node_id=body["node_id"], node_token=body["node_token"])
-        if self.identity is not None and identity.node_id != self.identity.node_id:
+        creds = NodeCredentials.model_validate(body)
+        identity = NodeIdentity(
+            node_id=creds.node_id, node_token=creds.node_token, cluster_id=creds.cluster_id
+        )
+        previous = self.identity
+        if previous is not None and identity.node_id != previous.node_id:
             log.warning(
                 "controller gave a new node id",
-                extra={"old": self.identity.node_id, "new": identity.node_id},
+                extra={"old": previous.node_id, "new": identity.node_id},
             )
+        rec = self.reconciler
+        if previous is not None and rec is not None:
+            stranger = None
+            if previous.cluster_id and previous.cluster_id != creds.cluster_id:
+                stranger = (
+                    f"the controller's cluster id is {creds.cluster_id}, not "
+                    f"{previous.cluster_id} (a new or lost store)"
+                )
+            elif not creds.known:
+                stranger = f"the controller did not know node id {previous.node_id}"
+            if stranger is not None:
+                rec.orphan_everything(stranger)
+        if rec is not None:
+            rec.cluster_id = creds.cluster_id
         save_identity(s.state_dir, identity)
         self.identity = identity
         client.set_token(identity.node_token)
         self._registrations += 1
         self._full_next = True  # tell the (maybe new) controller everything
         self._report_now.set()
-        log.info("registered", extra={"node_id": identity.node_id, "node_name": s.name})
+        log.info(
+            "registered",
+            extra={
+                "node_id": identity.node_id,
+                "node_name": s.name,
+                "cluster_id": creds.cluster_id,
+                "known": creds.known,
+                "controller_version": creds.controller_version,
+                "protocol": creds.protocol_version,
+            },
+        )
 
     def _node_path(self, suffix: str) -> str:
         assert self.identity is not None
@@ -321,9 +380,19 @@ class Agent:
 
             seen = self._registrations
             answer = await self._with_controller("watch assignments", poll, client)
+            if answer.cluster_id and answer.cluster_id != rec.cluster_id:
+                # Not the cluster we registered with: nothing of it is applied; registering
+                # again says what it is (and makes our containers orphans if a stranger).
+                log.warning(
+                    "assignments from another cluster; registering again",
+                    extra={"cluster_id": answer.cluster_id, "ours": rec.cluster_id},
+                )
+                await self._reregister(client, seen)
+                version = None
+                continue
             if answer.version != version or seen != self._registrations:
                 version = answer.version
-                rec.set_assignments(answer.replicas)
+                rec.set_assignments(answer.replicas, prune=answer.prune)
                 await asyncio.to_thread(save_assignments, self.settings.state_dir, answer.replicas)
                 log.debug("assignments", extra={"version": version, "n": len(answer.replicas)})
 
@@ -341,7 +410,7 @@ class Agent:
                 self._full_next or loop.time() - last_full >= self.settings.full_report_interval_s
             )
             self._full_next = False
-            if not full and not rec.changed:
+            if not full and not rec.changed and not rec.orphans_changed:
                 continue
 
             async def send(full: bool = full) -> None:
@@ -350,13 +419,15 @@ class Agent:
                 full = full or self._full_next
                 self._full_next = False
                 reports = rec.take_reports(full=full)
-                body = ReplicaReports(replicas=reports, full=full)
+                orphans = rec.take_orphans(full=full)
+                body = ReplicaReports(replicas=reports, full=full, orphans=orphans)
                 try:
                     await client.request(
                         "POST", self._node_path("replicas"), json=body.model_dump()
                     )
                 except BaseException:
                     rec.changed.update(r.id for r in reports)  # sent again next attempt
+                    rec.orphans_changed = rec.orphans_changed or orphans is not None
                     self._full_next = self._full_next or full
                     raise
 

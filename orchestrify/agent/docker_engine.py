@@ -28,6 +28,8 @@ LABEL_REPLICA = "orchestrify.replica"
 LABEL_NODE = "orchestrify.node"
 LABEL_GENERATION = "orchestrify.generation"
 LABEL_RESTARTS = "orchestrify.restarts"
+LABEL_CLUSTER = "orchestrify.cluster"  # the id of the controller's store that ordered it
+LABEL_SPEC = "orchestrify.spec"  # the hash of the container spec it runs (Assignment.spec_hash)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,7 @@ class ContainerInfo:
     host_port: int | None = None
     exit_code: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
 
     @property
     def generation(self) -> int | None:
@@ -260,6 +263,7 @@ def _info(attrs: dict[str, Any], *, port: int | None = None) -> ContainerInfo:
         exit_code=state.get("ExitCode"),
         host_port=_published_port(attrs, port),
         labels=dict(labels),
+        image=str((attrs.get("Config") or {}).get("Image") or ""),
     )
 
 

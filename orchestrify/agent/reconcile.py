@@ -5,6 +5,23 @@ do as a value. ``NodeReconciler`` applies those values through the engine, one t
 replica, so a replica whose image pull hangs or fails never holds up the others, and
 records each outcome on the replica (kopf's style: success, retry after a delay, or
 permanent failure).
+
+What may be removed. A container is removed only on an order of the controller that
+owns the cluster (its store's ``cluster_id``, which every container carries as a label):
+
+- a replica it assigns with ``desired: stop``;
+- a replica it assigned and no longer does (same cluster, a node it knows), or a
+  container labelled with its cluster that none of its replicas claims;
+- an orphan whose container id it lists in ``Assignments.prune``.
+
+Everything else is an *orphan*, kept running and reported: the containers the agent had
+when it met a controller of another cluster or one that did not know its node id, and
+containers of another cluster (or of an older build, without the label) that nothing
+assigns. The orphan set is kept on disk, so an agent restart keeps them orphans.
+
+After an agent restart the assignments saved on disk are *provisional*: they let the
+agent adopt (and probe) what already runs, but nothing is started, replaced or removed
+for them until the controller's current assignments arrive.
 """
 
 from __future__ import annotations
@@ -18,11 +35,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from orchestrify.agent.docker_engine import (
+    LABEL_CLUSTER,
     LABEL_GENERATION,
     LABEL_NODE,
     LABEL_REPLICA,
     LABEL_RESTARTS,
     LABEL_SERVICE,
+    LABEL_SPEC,
     ContainerEvent,
     ContainerInfo,
     ContainerSpec,
@@ -32,7 +51,7 @@ from orchestrify.agent.metrics import AgentMetrics
 from orchestrify.agent.probe import Prober
 from orchestrify.agent.settings import HealSettings
 from orchestrify.errors import OrchestrifyError
-from orchestrify.models import Assignment, DesiredState, ReplicaReport, ReplicaState
+from orchestrify.models import Assignment, DesiredState, Orphan, ReplicaReport, ReplicaState
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +113,9 @@ class LocalReplica:
     epoch: int = 0  # bumped whenever an action changed the container
     failed_at: float | None = None  # monotonic time it was last given up on (``failed``)
     crashloops: int = 0  # restarts of a failed replica while the controller was away
+    # From the assignments saved before a restart, not yet confirmed by the controller:
+    # only adopted and probed, never started, replaced or removed.
+    provisional: bool = False
 
     @property
     def id(self) -> str:
@@ -134,9 +156,18 @@ def decide(
         )
     if rep.unhealthy_reason is not None:
         return _replace_or_give_up(rep, now=now, heal=heal, reason=rep.unhealthy_reason)
-    gen = container.generation
+    # A spec change (image, env...) is an update, not a failure: no backoff, no count.
+    wanted = rep.assignment.spec_hash
+    if wanted is not None:
+        # The hash decides. A container without the label (an older build's) is kept: a
+        # replica's own spec never changes in place, and an orphan adopted without a
+        # known hash is replaced by the controller's rolling update, gracefully.
+        label = container.labels.get(LABEL_SPEC)
+        if label is not None and label != wanted:
+            return Start(replacement=False, reason=f"spec changed ({label} -> {wanted})")
+        return Nothing()
+    gen = container.generation  # a controller from before spec hashes
     if gen is not None and gen != rep.assignment.generation:
-        # A spec change (image, env...) is an update, not a failure: no backoff, no count.
         return Start(replacement=False, reason=f"spec changed (generation {gen} -> new)")
     return Nothing()
 
@@ -200,38 +231,94 @@ class NodeReconciler:
         self.log_max_file = log_max_file
         self.clock = clock
         self.node_id: str | None = None
+        self.cluster_id: str | None = None  # of the controller whose orders it follows
         self.replicas: dict[str, LocalReplica] = {}
-        self.assignments_known = False  # until then, unassigned containers are left alone
+        # True once the controller's current assignments arrived; until then nothing
+        # unassigned is removed and nothing is started.
+        self.assignments_known = False
         # Set by the agent while the controller does not answer: replicas given up on are
         # then restarted in place (crash-loop backoff) instead of waiting to be moved.
         self.controller_away = False
         self.unclaimed: dict[str, ContainerInfo] = {}  # labelled containers not yet ours
+        self.orphans: dict[str, ContainerInfo] = {}  # kept running, reported, never removed
+        self.prune: set[str] = set()  # orphan container ids the controller wants removed
         self.changed: set[str] = set()  # replica ids whose report changed
+        self.orphans_changed = True  # the orphan set must be reported (and saved)
         self.on_change: Callable[[], None] = lambda: None
+        self.on_orphans: Callable[[set[str]], None] = lambda ids: None  # saves them
+        self._remembered_orphans: set[str] = set()  # ids saved before a restart
+        self._released: set[str] = set()  # containers of replicas the controller removed
         self._removing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._next_due: float | None = None
 
     # --- inputs ---
-    def set_assignments(self, assignments: Iterable[Assignment]) -> None:
-        """Take the controller's latest list for this node (or the last one saved)."""
+    def set_assignments(
+        self,
+        assignments: Iterable[Assignment],
+        *,
+        current: bool = True,
+        prune: Iterable[str] = (),
+    ) -> None:
+        """Take the controller's latest list for this node, and the orphans it wants
+        removed. ``current=False``: the list saved before a restart, which only lets the
+        agent adopt what runs (provisional replicas) until the controller answers."""
         wanted = {a.replica: a for a in assignments}
         for rid, a in wanted.items():
             rep = self.replicas.get(rid)
             if rep is None:
-                self.replicas[rid] = LocalReplica(assignment=a)
+                self.replicas[rid] = LocalReplica(assignment=a, provisional=not current)
                 self._mark(rid)
-            elif rep.assignment != a:
-                rep.assignment = a
-                self._mark(rid)
+            else:
+                if rep.assignment != a:
+                    rep.assignment = a
+                    self._mark(rid)
+                if current and rep.provisional:
+                    rep.provisional = False
+                    self._mark(rid)
         for rid in list(self.replicas):
             if rid not in wanted:
                 rep = self.replicas.pop(rid)
                 self.metrics.forget(rep.service, rid)
                 if rep.container is not None:
-                    self.unclaimed[rep.container.id] = rep.container  # removed at next step
-        self.assignments_known = True
+                    if current and not rep.provisional:
+                        self._released.add(rep.container.id)  # this controller removed it
+                    self.unclaimed[rep.container.id] = rep.container  # decided at next step
+        if current:
+            self.assignments_known = True
+            self.prune = set(prune)
+        self.wake()
+
+    def remember_orphans(self, container_ids: Iterable[str]) -> None:
+        """The orphan ids saved before a restart: those containers stay orphans."""
+        self._remembered_orphans = set(container_ids)
+
+    def orphan_everything(self, reason: str) -> None:
+        """The controller is a stranger (another cluster, or it did not know this node):
+        every container the agent has becomes an orphan, kept running. Assignments are
+        forgotten: the stranger's own arrive next."""
+        count = 0
+        for rid, rep in list(self.replicas.items()):
+            if rep.busy:
+                continue  # its container, once started, is decided on at the next step
+            self.replicas.pop(rid)
+            self.metrics.forget(rep.service, rid)
+            if rep.container is not None:
+                self._add_orphan(rep.container)
+                count += 1
+        for cid, c in list(self.unclaimed.items()):
+            del self.unclaimed[cid]
+            self._add_orphan(c)
+            count += 1
+        self._released.clear()
+        self.assignments_known = False
+        self.prune = set()
+        if count:
+            log.warning(
+                "keeping every container as an orphan",
+                extra={"reason": reason, "containers": count},
+            )
         self.wake()
 
     def epochs(self) -> dict[str, int]:
@@ -253,7 +340,15 @@ class NodeReconciler:
         }
         mine = {r.container.id for r in self.replicas.values() if r.container}
         listed = {c.id: c for c in containers}
+        for cid in list(self.orphans):
+            if cid not in listed and cid not in self._removing:
+                del self.orphans[cid]  # removed by hand (docker rm): nothing to keep
+                self._orphans_changed()
         for cid, c in listed.items():
+            if cid in self.orphans or cid in self._remembered_orphans:
+                if cid not in mine and cid not in self._removing:
+                    self._add_orphan(c)
+                continue
             rep = current.get(cid)
             if rep is not None:
                 if (
@@ -276,6 +371,9 @@ class NodeReconciler:
                 # Removed behind our back (docker rm): the same as dead.
                 rep.container = dataclasses.replace(rep.container, running=False, status="removed")
                 self._mark(rep.id)
+        if self._remembered_orphans:
+            self._remembered_orphans.clear()  # the ones not listed are gone
+            self._orphans_changed()
         self.wake()
 
     def on_event(self, event: ContainerEvent) -> None:
@@ -313,12 +411,12 @@ class NodeReconciler:
             if rep.busy:
                 continue
             try:
-                action = decide(
-                    rep, now=now, heal=self.heal, controller_away=self.controller_away
-                )
+                action = decide(rep, now=now, heal=self.heal, controller_away=self.controller_away)
             except Exception:
                 log.exception("decision failed", extra={"replica": rep.id})
                 continue
+            if rep.provisional and not isinstance(action, Nothing):
+                continue  # remembered from before a restart: wait for the controller
             if isinstance(action, Nothing):
                 if rep.assignment.desired == DesiredState.STOP and rep.state != STOPPED:
                     rep.state = STOPPED
@@ -374,45 +472,105 @@ class NodeReconciler:
         if pending:
             log.warning("stopped with replica actions unfinished", extra={"count": len(pending)})
 
+    def _claimable(self, c: ContainerInfo) -> LocalReplica | None:
+        """The assigned replica that ``c`` runs and that has no container yet."""
+        rep = self.replicas.get(c.replica)
+        if (
+            rep is not None
+            and not rep.busy
+            and rep.container is None
+            and rep.assignment.desired != DesiredState.STOP
+            and c.service == rep.service
+        ):
+            return rep
+        return None
+
+    def _claim(self, rep: LocalReplica, c: ContainerInfo) -> None:
+        rep.container = c
+        rep.restarts = max(rep.restarts, c.restarts)
+        rep.started_at = self.clock()
+        rep.next_probe_at = 0.0
+        rep.state = ReplicaState.STARTING
+        log.info("adopted container", extra={"replica": rep.id, "container": c.id[:12]})
+        self._mark(rep.id)
+
     def _claim_or_remove_unclaimed(self) -> None:
+        for cid, c in list(self.orphans.items()):
+            rep = self._claimable(c)
+            if rep is not None and not rep.provisional:  # adopted by the controller
+                del self.orphans[cid]
+                self._orphans_changed()
+                self._claim(rep, c)
+            elif cid in self.prune and self.assignments_known:
+                del self.orphans[cid]
+                self._orphans_changed()
+                self._start_removal(c, why="orphan pruned on the controller's order")
         for cid, c in list(self.unclaimed.items()):
             rep = self.replicas.get(c.replica)
             if rep is not None and rep.busy:
                 continue
-            if (
-                rep is not None
-                and rep.container is None
-                and rep.assignment.desired != DesiredState.STOP
-                and c.service == rep.service
-            ):
+            claimable = self._claimable(c)
+            if claimable is not None:
                 del self.unclaimed[cid]
-                rep.container = c
-                rep.restarts = max(rep.restarts, c.restarts)
-                rep.started_at = self.clock()
-                rep.next_probe_at = 0.0
-                rep.state = ReplicaState.STARTING
-                log.info("adopted container", extra={"replica": rep.id, "container": cid[:12]})
-                self._mark(rep.id)
+                self._claim(claimable, c)
                 continue
-            if rep is None and not self.assignments_known:
-                continue  # do not remove anything before we know what is assigned
-            # Not assigned, told to stop, or a duplicate: remove it.
+            if not self.assignments_known:
+                continue  # nothing is removed before the controller's current answer
             del self.unclaimed[cid]
-            self._removing.add(cid)
-            self._spawn(self._remove_orphan(c), name=f"remove-{cid[:12]}")
+            told_to_stop = (
+                rep is not None
+                and rep.assignment.desired == DesiredState.STOP
+                and c.service == rep.service
+            )
+            ours = self.cluster_id is not None and c.labels.get(LABEL_CLUSTER) == self.cluster_id
+            if told_to_stop or cid in self._released or ours:
+                # A known replica told to stop, one this controller removed, or a
+                # container of this cluster that none of its replicas claims (a duplicate,
+                # or a replica removed while the agent was away).
+                self._released.discard(cid)
+                self._start_removal(c, why="not assigned by the controller of its cluster")
+            else:
+                # Another cluster's, or an older build's (no cluster label): not this
+                # controller's to remove.
+                self._add_orphan(c)
 
-    async def _remove_orphan(self, c: ContainerInfo) -> None:
+    def _add_orphan(self, c: ContainerInfo) -> None:
+        if self.orphans.get(c.id) != c:
+            if c.id not in self.orphans:
+                log.warning(
+                    "keeping an orphaned container",
+                    extra={"replica": c.replica, "service": c.service, "container": c.id[:12]},
+                )
+            self.orphans[c.id] = c
+            self._orphans_changed()
+
+    def _orphans_changed(self) -> None:
+        self.orphans_changed = True
+        try:
+            self.on_orphans(set(self.orphans) | self._remembered_orphans)
+        except Exception:  # saving must not stop the loop; the next change saves again
+            log.exception("cannot save the orphan list")
+        self.on_change()
+
+    def _start_removal(self, c: ContainerInfo, *, why: str) -> None:
+        self._removing.add(c.id)
+        self._spawn(self._remove_orphan(c, why=why), name=f"remove-{c.id[:12]}")
+
+    async def _remove_orphan(self, c: ContainerInfo, *, why: str) -> None:
         try:
             await self.engine.remove(c.id)
             log.info(
-                "removed unassigned container",
-                extra={"replica": c.replica, "container": c.id[:12]},
+                "removed container",
+                extra={"replica": c.replica, "container": c.id[:12], "why": why},
             )
         except OrchestrifyError as exc:
             log.warning(
                 "cannot remove container", extra={"container": c.id[:12], "error": str(exc)}
             )
-            self.unclaimed[c.id] = c  # retried at the next step
+            if c.id in self.prune:
+                self._add_orphan(c)  # still an orphan; retried at the next step
+            else:
+                self.unclaimed[c.id] = c  # retried at the next step
         finally:
             self._removing.discard(c.id)
 
@@ -486,6 +644,11 @@ class NodeReconciler:
             await self._finish_removal(removing, old)
         if action.replacement:
             self.metrics.replacements.labels(a.service).inc()
+        if self.replicas.get(rep.id) is not rep:
+            # Dropped while it started (the controller removed it, or a stranger made
+            # everything orphans): decided on like any container nobody claims.
+            self.unclaimed[info.id] = info
+            return
         rep.container = info
         rep.restarts = restarts
         rep.state = ReplicaState.STARTING
@@ -518,6 +681,10 @@ class NodeReconciler:
             LABEL_GENERATION: str(a.generation),
             LABEL_RESTARTS: str(restarts),
         }
+        if self.cluster_id:
+            labels[LABEL_CLUSTER] = self.cluster_id
+        if a.spec_hash:
+            labels[LABEL_SPEC] = a.spec_hash
         return ContainerSpec(
             name=f"orchestrify-{a.replica}-{restarts}",
             image=a.image,
@@ -630,10 +797,44 @@ class NodeReconciler:
         )
 
     def take_reports(self, *, full: bool) -> list[ReplicaReport]:
-        """Reports of the replicas that changed (or all of them), clearing the changed set."""
+        """Reports of the replicas that changed (or all of them), clearing the changed set.
+        A provisional replica without a container is not reported: the agent does not
+        know yet whether it is still meant to run here."""
         ids = list(self.replicas) if full else [r for r in self.changed if r in self.replicas]
         self.changed.clear()
-        return [self.report(self.replicas[r]) for r in ids]
+        return [
+            self.report(rep)
+            for rep in (self.replicas[r] for r in ids)
+            if not (rep.provisional and rep.container is None)
+        ]
+
+    def orphan(self, c: ContainerInfo) -> Orphan:
+        return Orphan(
+            container_id=c.id,
+            replica=c.replica,
+            service=c.service,
+            address=f"{self.advertise_address}:{c.host_port}" if c.host_port else None,
+            spec_hash=c.labels.get(LABEL_SPEC),
+            image=c.image or None,
+            cluster_id=c.labels.get(LABEL_CLUSTER),
+            running=c.running,
+        )
+
+    def containers(self) -> list[Orphan]:
+        """Every labelled container the agent knows of (claimed, unclaimed, orphaned),
+        described as an orphan would be: sent at registration."""
+        seen: dict[str, ContainerInfo] = {**self.unclaimed, **self.orphans}
+        for rep in self.replicas.values():
+            if rep.container is not None:
+                seen[rep.container.id] = rep.container
+        return [self.orphan(c) for c in seen.values()]
+
+    def take_orphans(self, *, full: bool) -> list[Orphan] | None:
+        """Every orphan, when the set changed since the last call (or ``full``); else None."""
+        if not (full or self.orphans_changed):
+            return None
+        self.orphans_changed = False
+        return [self.orphan(c) for c in self.orphans.values()]
 
     def running_count(self) -> int:
         return sum(1 for r in self.replicas.values() if r.container and r.container.running)

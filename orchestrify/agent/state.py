@@ -1,4 +1,5 @@
-"""What the agent keeps on disk between restarts: its identity and last assignments.
+"""What the agent keeps on disk between restarts: its identity (with the cluster id it
+registered with), its last assignments and its orphans.
 
 The identity file holds the node token, so it is written 0600, atomically.
 """
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "node.json"
 ASSIGNMENTS_FILE = "assignments.json"
+ORPHANS_FILE = "orphans.json"
 _assignments = TypeAdapter(list[Assignment])
 
 
@@ -27,6 +29,9 @@ _assignments = TypeAdapter(list[Assignment])
 class NodeIdentity:
     node_id: str
     node_token: str
+    # The cluster (controller store) the node registered with; None in state files of
+    # older builds. A controller of another cluster is a stranger: see reconcile.py.
+    cluster_id: str | None = None
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -46,7 +51,12 @@ def load_identity(state_dir: Path) -> NodeIdentity | None:
     path = state_dir / IDENTITY_FILE
     try:
         data = json.loads(path.read_text())
-        return NodeIdentity(node_id=str(data["node_id"]), node_token=str(data["node_token"]))
+        cluster = data.get("cluster_id")
+        return NodeIdentity(
+            node_id=str(data["node_id"]),
+            node_token=str(data["node_token"]),
+            cluster_id=str(cluster) if cluster else None,
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -55,7 +65,13 @@ def load_identity(state_dir: Path) -> NodeIdentity | None:
 
 
 def save_identity(state_dir: Path, identity: NodeIdentity) -> None:
-    text = json.dumps({"node_id": identity.node_id, "node_token": identity.node_token})
+    text = json.dumps(
+        {
+            "node_id": identity.node_id,
+            "node_token": identity.node_token,
+            "cluster_id": identity.cluster_id,
+        }
+    )
     _write_private(state_dir / IDENTITY_FILE, text + "\n")
 
 
@@ -73,3 +89,21 @@ def load_assignments(state_dir: Path) -> list[Assignment] | None:
 
 def save_assignments(state_dir: Path, assignments: list[Assignment]) -> None:
     _write_private(state_dir / ASSIGNMENTS_FILE, _assignments.dump_json(assignments).decode())
+
+
+def load_orphans(state_dir: Path) -> set[str]:
+    """The container ids the agent keeps as orphans, so a restart keeps them orphans."""
+    path = state_dir / ORPHANS_FILE
+    try:
+        data = json.loads(path.read_text())
+        return {str(cid) for cid in data["containers"]}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable orphans file", extra={"path": str(path), "error": exc})
+        return set()
+
+
+def save_orphans(state_dir: Path, container_ids: set[str]) -> None:
+    text = json.dumps({"containers": sorted(container_ids)})
+    _write_private(state_dir / ORPHANS_FILE, text + "\n")

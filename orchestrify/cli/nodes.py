@@ -15,7 +15,10 @@ from orchestrify.cli.common import (
     print_table,
 )
 
-node_app = typer.Typer(help="List, inspect, drain and remove worker nodes.", no_args_is_help=True)
+node_app = typer.Typer(
+    help="List, inspect, drain and remove worker nodes; adopt or prune their orphans.",
+    no_args_is_help=True,
+)
 
 
 @node_app.command("ls")
@@ -55,8 +58,61 @@ def inspect(ctx: typer.Context, node: str, json_out: bool = JsonOpt) -> None:
         data = api.get(f"/v1/nodes/{node}")
     if json_out:
         print_json(data)
+        return
+    orphans = data.pop("orphaned", None) or []
+    pruning = set(data.pop("pruning", None) or [])
+    print_fields([*data.items(), ("orphaned", len(orphans))])
+    if orphans:
+        typer.echo(
+            f"\n{len(orphans)} orphaned container(s): running, but no replica of this "
+            f"controller accounts for them. `orchestrify node adopt {data['id']}` makes them "
+            f"replicas again (services of the same name); `orchestrify node prune "
+            f"{data['id']}` removes them."
+        )
+        print_table(
+            ["CONTAINER", "REPLICA", "SERVICE", "ADDRESS", "IMAGE", "SPEC", "STATE"],
+            (
+                [
+                    o["container_id"][:12],
+                    o["replica"],
+                    o["service"],
+                    o.get("address"),
+                    o.get("image"),
+                    o.get("spec_hash"),
+                    "pruning" if o["container_id"] in pruning else "orphaned",
+                ]
+                for o in orphans
+            ),
+            empty="",
+        )
+
+
+@node_app.command("adopt")
+@handle_errors
+def adopt(ctx: typer.Context, node: str, json_out: bool = JsonOpt) -> None:
+    """Make a node's orphaned containers replicas again, without restarting them.
+
+    Each orphan whose service exists (by name) becomes a replica of it; one whose spec
+    differs from the service's is replaced by a rolling update. Orphans of services
+    that do not exist stay orphans."""
+    with config(ctx).client() as api:
+        data = api.request("POST", f"/v1/nodes/{node}/adopt")
+    if json_out:
+        print_json(data)
     else:
-        print_fields(list(data.items()))
+        typer.echo(data["message"])
+
+
+@node_app.command("prune")
+@handle_errors
+def prune(ctx: typer.Context, node: str, json_out: bool = JsonOpt) -> None:
+    """Remove a node's orphaned containers (the agent stops and removes them)."""
+    with config(ctx).client() as api:
+        data = api.request("POST", f"/v1/nodes/{node}/prune")
+    if json_out:
+        print_json(data)
+    else:
+        typer.echo(data["message"])
 
 
 @node_app.command("drain")

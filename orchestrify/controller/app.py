@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import uvicorn
@@ -38,6 +38,14 @@ from orchestrify.controller.settings import ControllerSettings, load_or_create_t
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.models import error_location
+from orchestrify.protocol import (
+    HEADER_COMPONENT,
+    HEADER_PROTOCOL,
+    HEADER_VERSION,
+    PROTOCOL_VERSION,
+    peer_protocol,
+    refusal,
+)
 from orchestrify.store import Store
 
 log = logging.getLogger(__name__)
@@ -283,8 +291,52 @@ class _MeasureLatency:
                 )
 
 
+class _AnnounceVersion:
+    """Pure ASGI middleware: every answer carries the controller's package and protocol
+    versions, and a request that names a protocol this build cannot serve is refused
+    with 426 and a message naming both versions, before any handler runs."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+        self.headers = [
+            (HEADER_VERSION.lower().encode(), __version__.encode()),
+            (HEADER_PROTOCOL.lower().encode(), str(PROTOCOL_VERSION).encode()),
+        ]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        proto = peer_protocol({HEADER_PROTOCOL: request.get(HEADER_PROTOCOL.lower(), "")})
+        component = request.get(HEADER_COMPONENT.lower()) or "client"
+        why = (
+            refusal(
+                peer=component,
+                peer_version=request.get(HEADER_VERSION.lower()),
+                peer_protocol=proto,
+            )
+            if proto is not None
+            else None
+        )
+
+        async def announce(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        if why is not None:
+            log.warning("request refused", extra={"path": scope.get("path"), "error": why})
+            await JSONResponse(status_code=426, content={"detail": why, "message": why})(
+                scope, receive, announce
+            )
+            return
+        await self.app(scope, receive, announce)
+
+
 def _install_metrics(app: FastAPI) -> None:
     app.add_middleware(_MeasureLatency, owner=app)
+    app.add_middleware(_AnnounceVersion)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

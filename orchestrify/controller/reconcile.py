@@ -285,9 +285,34 @@ def _plan_service(
             paused = True
 
     missing = svc.replicas - len(active)
+    # Orphans of this service on live nodes (containers a lost store no longer accounts
+    # for) may become its replicas (`node adopt`): nothing is placed in their stead.
+    held = [
+        n
+        for n in nodes.values()
+        if n.state != NodeState.NOT_READY
+        for o in n.orphaned
+        if o.service == svc.name
+    ]
+    if missing > 0 and held:
+        wait = min(missing, len(held))
+        missing -= wait
+        where = sorted({n.id for n in held})
+        steps.append(
+            Unplaceable(
+                svc.name,
+                wait,
+                reason=f"{len(held)} orphaned container(s) of {svc.name} on node(s) "
+                f"{', '.join(names.get(n, n) for n in where)} may be its replicas: "
+                + " or ".join(f"`orchestrify node adopt {n}`" for n in where)
+                + " to adopt them, `orchestrify node prune NODE` to have them removed",
+            )
+        )
     if missing > 0:
         reason = "; ".join(dict.fromkeys(reasons)) or f"service wants {svc.replicas} replica(s)"
         steps.extend(_place(svc, missing, fleet=fleet, avoid=frozenset(avoid_new), reason=reason))
+    elif held and svc.replicas > len(active):
+        pass  # waiting for the orphans to be adopted or pruned
     elif outdated and not paused:
         steps.extend(_roll(svc, active, fleet=fleet))
     elif missing < 0:

@@ -10,6 +10,7 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,9 @@ from orchestrify.models import (
     Node,
     NodeRegistration,
     NodeState,
+    Orphan,
+    OrphanAdoption,
+    OrphanPrune,
     Replica,
     ReplicaReport,
     ReplicaState,
@@ -42,6 +46,7 @@ from orchestrify.models import (
     UpstreamService,
     container_spec,
     error_location,
+    spec_hash,
 )
 from orchestrify.store.alert_tables import ScalingStateRow  # (also creates the alert tables)
 from orchestrify.store.tables import (
@@ -49,12 +54,26 @@ from orchestrify.store.tables import (
     Base,
     EdgeRow,
     EventRow,
+    MetaRow,
     NodeRow,
     ReplicaRow,
     ServiceRow,
 )
 
-__all__ = ["ChangeKind", "Store", "utcnow"]
+__all__ = ["ChangeKind", "NodeEnrollment", "Store", "utcnow"]
+
+CLUSTER_ID_KEY = "cluster_id"
+
+
+@dataclass(frozen=True)
+class NodeEnrollment:
+    """A registration's outcome: the node, its fresh token, and whether this store knew
+    the node (by the id it presented, or by its name when it presented none)."""
+
+    node: Node
+    token: str
+    known: bool
+
 
 ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
 
@@ -143,6 +162,8 @@ def _node(row: NodeRow) -> Node:
         agent_url=row.agent_url,
         last_heartbeat=_utc(row.last_heartbeat),
         created_at=_utc(row.created_at) or utcnow(),
+        orphaned=[Orphan.model_validate(o) for o in row.orphans or []],
+        pruning=list(row.prune or []),
     )
 
 
@@ -201,6 +222,7 @@ class Store:
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.cluster_id = _ensure_cluster_id(self._sessions)
         self._write_lock = threading.RLock()
         self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
@@ -305,9 +327,14 @@ class Store:
                 action="create_service",
                 outcome="ok",
             )
+            # Orphans of a service of this name (a store lost and the service re-created)
+            # become its replicas now, before the reconciler places new ones beside them.
+            for node in tx.session.scalars(select(NodeRow)).all():
+                if any(o.get("service") == spec.name for o in node.orphans or []):
+                    self._adopt(tx, node, services={spec.name: row}, now=now)
             tx.changes.add("spec")
             tx.session.flush()
-            return _service(row)
+            return _service(row, self._replicas_of(tx.session, spec.name))
 
     def list_services(self) -> list[Service]:
         with self._sessions() as s:
@@ -518,10 +545,21 @@ class Store:
     # --- nodes ---------------------------------------------------------------------
     def register_node(self, reg: NodeRegistration) -> tuple[Node, str]:
         """Register (or re-register) a node; returns it and its fresh node token."""
+        enrolled = self.enroll_node(reg)
+        return enrolled.node, enrolled.token
+
+    def enroll_node(self, reg: NodeRegistration) -> NodeEnrollment:
+        """Register (or re-register) a node, saying whether this store knew it.
+
+        An id this store does not know (a wiped or new store, a node removed with
+        ``--force``) is made a node again under that same id, so the agent keeps finding
+        its containers by their node label, but ``known`` is False: the agent then keeps
+        every container it has as an orphan instead of removing what is not assigned."""
         token = secrets.token_urlsafe(32)
         now = utcnow()
         with self._write() as tx:
             row = tx.session.get(NodeRow, reg.node_id) if reg.node_id else None
+            known = row is not None
             if row is None:
                 same_name = tx.session.scalars(
                     select(NodeRow).where(NodeRow.name == reg.name)
@@ -531,7 +569,17 @@ class Store:
                         raise Conflict(
                             f"a ready node is already named {reg.name!r}; pick another --name"
                         )
+                    if reg.node_id:
+                        # Its containers are labelled with its own id: taking over another
+                        # id would hide them from it. Refused; nothing is removed meanwhile.
+                        raise Conflict(
+                            f"node name {reg.name!r} belongs to node {same_name.id}, and this "
+                            f"agent presents node id {reg.node_id!r}; forget the old one "
+                            f"(`orchestrify node rm {same_name.id} --force`) or start the agent "
+                            "with another --name"
+                        )
                     row = same_name  # a host that lost its state file comes back
+                    known = True
             created = row is None
             if row is None:
                 row = NodeRow(
@@ -550,17 +598,32 @@ class Store:
             row.last_heartbeat = now
             if created or row.state == NodeState.NOT_READY:
                 row.state = NodeState.DRAINING if row.draining else NodeState.READY
+            if not known and reg.containers:
+                # Orphans from the start, in the same transaction: the reconciler never
+                # sees this node ready without them (and places nothing beside them).
+                tx.session.flush()
+                self._take_orphans(tx, row, reg.containers)
+            if created and reg.node_id:
+                message = (
+                    f"node {reg.name} registered with id {reg.node_id}, which this controller "
+                    f"did not know (a new or wiped store, or a node removed with --force): "
+                    f"the containers it already runs keep running as orphans"
+                )
+            else:
+                what = "registered" if created else "re-registered"
+                message = f"node {reg.name} {what} at {reg.address}"
             self._add_event(
                 tx,
-                f"node {reg.name} {'registered' if created else 're-registered'} at {reg.address}",
+                message,
                 kind="node",
                 node=reg.name,
                 action="register",
                 outcome="ok",
+                data={"known": known, "node_id": row.id},
             )
             tx.changes.update({"spec", "state"})
             tx.session.flush()
-            return _node(row), token
+            return NodeEnrollment(node=_node(row), token=token, known=known)
 
     def authenticate_node(self, node_id: str, token: str) -> None:
         with self._sessions() as s:
@@ -817,13 +880,23 @@ class Store:
                 )
                 tx.changes.update({"spec", "state"})
 
-    def apply_reports(self, node_id: str, reports: Sequence[ReplicaReport], *, full: bool) -> None:
-        """Take what an agent observed. ``stopped`` means the container is gone."""
+    def apply_reports(
+        self,
+        node_id: str,
+        reports: Sequence[ReplicaReport],
+        *,
+        full: bool,
+        orphans: Sequence[Orphan] | None = None,
+    ) -> None:
+        """Take what an agent observed. ``stopped`` means the container is gone.
+        ``orphans`` (when given) is every orphan the agent keeps now."""
         now = utcnow()
         with self._write() as tx:
             node = tx.session.get(NodeRow, node_id)
             if node is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
+            if orphans is not None:
+                self._take_orphans(tx, node, orphans)
             seen = set()
             for rep in reports:
                 seen.add(rep.id)
@@ -921,9 +994,18 @@ class Store:
                         memory_mb=spec.get("memory_mb"),
                         cpus=spec.get("cpus"),
                         generation=row.generation,
+                        spec_hash=row.spec_hash or spec_hash(spec),
                     )
                 )
             return out
+
+    def pruning(self, node_id: str) -> list[str]:
+        """The orphan container ids the node's agent must remove (``Assignments.prune``)."""
+        with self._sessions() as s:
+            row = s.get(NodeRow, node_id)
+            if row is None:
+                raise NotFound(f"no node with id {node_id!r}; register again")
+            return list(row.prune or [])
 
     def upstreams(self) -> list[UpstreamService]:
         """Every live service with the replicas Nginx may use: desired ``run``, observed
@@ -1039,6 +1121,172 @@ class Store:
         with self._sessions() as s:
             return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())
 
+    # --- orphans: containers a node keeps that no replica accounts for -------------------
+    def _take_orphans(self, tx: _WriteTx, node: NodeRow, orphans: Sequence[Orphan]) -> None:
+        """Store the agent's full list of orphans. One adopted meanwhile (a replica of that
+        id is on the node) is no orphan any more, whatever a late report says. Said in one
+        event when the set changes: how many there are and what to do about them."""
+        adopted = set(
+            tx.session.scalars(select(ReplicaRow.id).where(ReplicaRow.node == node.id)).all()
+        )
+        now_list = [o for o in orphans if o.replica not in adopted]
+        before = {o.get("container_id") for o in node.orphans or []}
+        after = {o.container_id for o in now_list}
+        node.orphans = [o.model_dump(mode="json") for o in now_list]
+        pruning = [cid for cid in node.prune or [] if cid in after]
+        if pruning != list(node.prune or []):
+            node.prune = pruning
+            tx.changes.add("spec")
+        if before == after:
+            return
+        tx.changes.add("state")
+        if not after:
+            self._add_event(
+                tx,
+                f"node {node.name} has no orphaned containers any more",
+                kind="node",
+                node=node.name,
+                action="orphans",
+                outcome="info",
+                data={"orphans": 0},
+            )
+            return
+        services = sorted({o.service for o in now_list})
+        self._add_event(
+            tx,
+            f"node {node.name} keeps {len(after)} orphaned container(s) running "
+            f"(service(s) {', '.join(services)}) that this controller has no replica for "
+            "(its store is new or was lost, or the node was unknown to it). Nothing is "
+            f"removed: `orchestrify node adopt {node.id}` makes them replicas again (of the "
+            f"services of those names; or re-create a service by the same name), "
+            f"`orchestrify node prune {node.id}` removes them",
+            kind="node",
+            node=node.name,
+            action="orphans",
+            outcome="info",
+            data={"orphans": len(after), "services": services},
+        )
+
+    def adopt_orphans(self, id_or_name: str) -> OrphanAdoption:
+        """Make a node's orphans replicas again, without restarting them: each one whose
+        service exists (by name) becomes a replica row with the orphan's replica id on
+        the node. Orphans of services that do not exist stay orphans."""
+        now = utcnow()
+        with self._write() as tx:
+            node = self._node_row(tx.session, id_or_name)
+            services = {
+                r.name: r
+                for r in tx.session.scalars(
+                    select(ServiceRow).where(ServiceRow.deleting.is_(False))
+                ).all()
+            }
+            return self._adopt(tx, node, services=services, now=now)
+
+    def _adopt(
+        self, tx: _WriteTx, node: NodeRow, *, services: dict[str, ServiceRow], now: datetime
+    ) -> OrphanAdoption:
+        """Adopt the orphans of ``node`` whose service is in ``services``. One whose
+        container spec hashes like the service's current spec joins the current
+        generation; another is adopted as the generation before, with its own hash in its
+        assignment (so the agent keeps it), and the rolling update replaces it gracefully."""
+        adopted: list[str] = []
+        outdated: list[str] = []
+        left: list[Orphan] = []
+        keep: list[dict[str, Any]] = []
+        reasons: list[str] = []
+        for raw in node.orphans or []:
+            orphan = Orphan.model_validate(raw)
+            svc = services.get(orphan.service)
+            if svc is None:
+                left.append(orphan)
+                keep.append(raw)
+                reasons.append(f"{orphan.replica}: no service named {orphan.service!r}")
+                continue
+            if tx.session.get(ReplicaRow, orphan.replica) is not None:
+                left.append(orphan)
+                keep.append(raw)
+                reasons.append(f"{orphan.replica}: a replica of that id already exists")
+                continue
+            current = container_spec(svc.spec)
+            same = orphan.spec_hash is not None and orphan.spec_hash == spec_hash(current)
+            spec = current if same else {**current, "image": orphan.image or current["image"]}
+            tx.session.add(
+                ReplicaRow(
+                    id=orphan.replica,
+                    service=svc.name,
+                    node=node.id,
+                    state=ReplicaState.STARTING,
+                    desired=DesiredState.RUN,
+                    address=orphan.address,
+                    container_id=orphan.container_id,
+                    restarts=0,
+                    generation=svc.generation if same else svc.generation - 1,
+                    spec=spec,
+                    # Unknown (an older build's container): a hash no spec has, so the
+                    # agent never mistakes it for the service's current spec.
+                    spec_hash=None if same else (orphan.spec_hash or "unknown"),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            (adopted if same else outdated).append(orphan.replica)
+            self._add_event(
+                tx,
+                f"orphan {orphan.replica} (container {orphan.container_id[:12]}) on "
+                f"{node.name} adopted by service {svc.name}"
+                + (
+                    ""
+                    if same
+                    else ": it runs another spec than the service's, so the rolling update "
+                    "replaces it one replica at a time"
+                ),
+                kind="action",
+                service=svc.name,
+                node=node.name,
+                replica=orphan.replica,
+                action="adopt_orphan",
+                outcome="ok",
+            )
+        node.orphans = keep
+        node.prune = [cid for cid in node.prune or [] if cid in {o.container_id for o in left}]
+        done = len(adopted) + len(outdated)
+        message = f"node {node.name}: {done} orphan(s) adopted"
+        if outdated:
+            message += f" ({len(outdated)} of another spec, to be replaced by a rolling update)"
+        if left:
+            message += (
+                f"; {len(left)} still orphaned ({'; '.join(reasons)}): create the service "
+                f"by that name to adopt them, or `orchestrify node prune {node.id}`"
+            )
+        if done or left:
+            tx.changes.update({"spec", "state"})
+        return OrphanAdoption(
+            node=node.id, adopted=adopted, outdated=outdated, left=left, message=message
+        )
+
+    def prune_orphans(self, id_or_name: str) -> OrphanPrune:
+        """Tell the node's agent to remove its orphans (``Assignments.prune``); each one
+        leaves the list once the agent no longer reports it."""
+        with self._write() as tx:
+            node = self._node_row(tx.session, id_or_name)
+            ids = [str(o.get("container_id")) for o in node.orphans or []]
+            node.prune = ids
+            if ids:
+                message = f"node {node.name}: {len(ids)} orphaned container(s) to be removed"
+                self._add_event(
+                    tx,
+                    message,
+                    kind="action",
+                    node=node.name,
+                    action="prune_orphans",
+                    outcome="ok",
+                    data={"containers": ids},
+                )
+                tx.changes.update({"spec", "state"})
+            else:
+                message = f"node {node.name} has no orphaned containers"
+            return OrphanPrune(node=node.id, pruning=ids, message=message)
+
 
 def _invalid_from(exc: ValueError) -> InvalidSpec:
     errors = getattr(exc, "errors", None)
@@ -1070,6 +1318,25 @@ def _add_missing_columns(engine: Engine) -> None:
             svc = services.get(rep.service)  # None: its service is gone; it only stops
             rep.generation = svc.generation if svc is not None else 1
             rep.spec = container_spec(svc.spec) if svc is not None else {}
+
+
+def _ensure_cluster_id(sessions: sessionmaker[Session]) -> str:
+    """The store's cluster id, made (random) the first time the store is opened. Agents
+    label every container with it; a controller whose store has another one is a
+    stranger to them, whose silence about a container is no order to remove it."""
+    with sessions() as s:
+        row = s.get(MetaRow, CLUSTER_ID_KEY)
+        if row is not None:
+            return row.value
+    try:
+        with sessions() as s, s.begin():
+            s.add(MetaRow(key=CLUSTER_ID_KEY, value=secrets.token_hex(8)))
+    except IntegrityError:
+        pass  # another controller on the same database made it first
+    with sessions() as s:
+        made = s.get(MetaRow, CLUSTER_ID_KEY)
+        assert made is not None
+        return made.value
 
 
 def _connect_args(url: str) -> dict[str, Any]:

@@ -55,6 +55,10 @@ class NodeRow(Base):
     agent_url: Mapped[str | None] = mapped_column(String(512))
     last_heartbeat: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    # Containers the agent keeps running that no replica accounts for (``Orphan`` dicts,
+    # as last reported), and the container ids among them it was told to remove.
+    orphans: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    prune: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class ReplicaRow(Base):
@@ -74,6 +78,10 @@ class ReplicaRow(Base):
     # rolling updates gain these columns on open and have them filled in right then.
     generation: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The hash the agent compares with its container's orchestrify.spec label. None: the
+    # hash of ``spec``. Set only for an adopted orphan whose container runs another spec
+    # than the service's (its own hash, so the agent keeps it until the rollout).
+    spec_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -82,7 +90,8 @@ class ReplicaRow(Base):
 # migration tool), which never alters an existing table, so the store adds these itself.
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "services": ("paused_generation", "pause_reason", "previous_spec", "previous_generation"),
-    "replicas": ("generation", "spec"),
+    "replicas": ("generation", "spec", "spec_hash"),
+    "nodes": ("orphans", "prune"),
     "scaling_states": ("manual_scale_at", "manual_replicas"),
 }
 
@@ -105,7 +114,7 @@ class EventRow(Base):
 
 
 class MetaRow(Base):
-    """Small key/value facts about the store itself (schema version...)."""
+    """Small key/value facts about the store itself (schema version, ``cluster_id``...)."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

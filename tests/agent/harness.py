@@ -43,16 +43,24 @@ class RunningController:
         self.thread.join(timeout=15)
 
 
-def start_controller(data_dir: Path, port: int, **overrides: Any) -> RunningController:
-    """The real controller app on uvicorn in a thread; ``overrides`` are settings."""
+def start_controller(
+    data_dir: Path,
+    port: int,
+    *,
+    admin_token: str | None = None,
+    join_token: str | None = None,
+    **overrides: Any,
+) -> RunningController:
+    """The real controller app on uvicorn in a thread; ``overrides`` are settings. The
+    tokens are random unless given (a controller started again with a new data dir)."""
     from prometheus_client import CollectorRegistry
 
     settings = ControllerSettings(
         host="127.0.0.1",
         port=port,
         data_dir=data_dir,
-        token="admin-" + uuid.uuid4().hex,
-        join_token="join-" + uuid.uuid4().hex,
+        token=admin_token or "admin-" + uuid.uuid4().hex,
+        join_token=join_token or "join-" + uuid.uuid4().hex,
         **{"reconcile_interval_s": 0.5, **overrides},
     )
     app = create_app(settings, registry=CollectorRegistry())

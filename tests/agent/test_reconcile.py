@@ -55,15 +55,32 @@ def assignment(replica: str = "r1", *, desired: str = "run", image: str = "img")
     )
 
 
-def container(cid: str = "c1", replica: str = "r1", *, running: bool = True) -> ContainerInfo:
+CLUSTER = "cluster-a"
+
+
+def container(
+    cid: str = "c1",
+    replica: str = "r1",
+    *,
+    running: bool = True,
+    cluster: str | None = CLUSTER,
+    spec: str | None = None,
+    service: str = "web",
+) -> ContainerInfo:
+    labels = {"orchestrify.generation": "1"}
+    if cluster is not None:
+        labels["orchestrify.cluster"] = cluster
+    if spec is not None:
+        labels["orchestrify.spec"] = spec
     return ContainerInfo(
         id=cid,
         replica=replica,
-        service="web",
+        service=service,
         running=running,
         status="running" if running else "exited",
         host_port=32000,
-        labels={"orchestrify.generation": "1"},
+        labels=labels,
+        image="img",
     )
 
 
@@ -131,6 +148,7 @@ def make(engine: FakeEngine, prober: FakeProber, clock: Clock) -> NodeReconciler
         clock=clock,
     )
     rec.node_id = "node1"
+    rec.cluster_id = CLUSTER
     return rec
 
 

@@ -10,6 +10,7 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from orchestrify import __version__
 from orchestrify.controller.deps import Admin, State, require_join, require_node
 from orchestrify.models import (
     Assignments,
@@ -17,8 +18,11 @@ from orchestrify.models import (
     Node,
     NodeCredentials,
     NodeRegistration,
+    OrphanAdoption,
+    OrphanPrune,
     ReplicaReports,
 )
+from orchestrify.protocol import PROTOCOL_VERSION
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 NodeAuth = Depends(require_node)
@@ -26,8 +30,17 @@ NodeAuth = Depends(require_node)
 
 @router.post("/register", response_model=NodeCredentials, dependencies=[Depends(require_join)])
 def register_node(reg: NodeRegistration, state: State) -> NodeCredentials:
-    node, token = state.store.register_node(reg)
-    return NodeCredentials(node_id=node.id, node_token=token)
+    """``known`` says whether this store knew the node: when it did not, the agent keeps
+    the containers it already runs as orphans (``node adopt`` / ``node prune``)."""
+    enrolled = state.store.enroll_node(reg)
+    return NodeCredentials(
+        node_id=enrolled.node.id,
+        node_token=enrolled.token,
+        cluster_id=state.store.cluster_id,
+        known=enrolled.known,
+        controller_version=__version__,
+        protocol_version=PROTOCOL_VERSION,
+    )
 
 
 @router.get("", response_model=list[Node], dependencies=[Admin])
@@ -50,6 +63,20 @@ def drain_node(node_id: str, state: State) -> Node:
 def activate_node(node_id: str, state: State) -> Node:
     """Undo a drain: the node takes replicas again."""
     return state.store.set_node_draining(node_id, draining=False)
+
+
+@router.post("/{node_id}/adopt", response_model=OrphanAdoption, dependencies=[Admin])
+def adopt_orphans(node_id: str, state: State) -> OrphanAdoption:
+    """Make the node's orphans replicas again without restarting them: each one whose
+    service exists (by name) becomes a replica with its own replica id. The others stay
+    orphans (``left``)."""
+    return state.store.adopt_orphans(node_id)
+
+
+@router.post("/{node_id}/prune", response_model=OrphanPrune, dependencies=[Admin])
+def prune_orphans(node_id: str, state: State) -> OrphanPrune:
+    """Have the node's agent remove its orphans (``Assignments.prune``)."""
+    return state.store.prune_orphans(node_id)
 
 
 @router.delete("/{node_id}", status_code=202, dependencies=[Admin])
@@ -83,10 +110,17 @@ async def watch_assignments(
     wait = min(timeout, state.settings.watch_timeout_s)
     current = await state.feed.wait("spec", version, wait)
     replicas = await asyncio.to_thread(state.store.assignments, node_id)
-    return Assignments(version=current, node=node_id, replicas=replicas)
+    prune = await asyncio.to_thread(state.store.pruning, node_id)
+    return Assignments(
+        version=current,
+        node=node_id,
+        replicas=replicas,
+        cluster_id=state.store.cluster_id,
+        prune=prune,
+    )
 
 
 @router.post("/{node_id}/replicas", status_code=204, dependencies=[NodeAuth])
 def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
-    state.store.apply_reports(node_id, body.replicas, full=body.full)
+    state.store.apply_reports(node_id, body.replicas, full=body.full, orphans=body.orphans)
     return Response(status_code=204)
