@@ -44,16 +44,20 @@ class RunningController:
 
 
 def start_controller(data_dir: Path, port: int, **overrides: Any) -> RunningController:
-    """The real controller app on uvicorn in a thread; ``overrides`` are settings."""
+    """The real controller app on uvicorn in a thread; ``overrides`` are settings (give
+    the ``token`` and ``join_token`` of a previous run to restart it as it was)."""
     from prometheus_client import CollectorRegistry
 
     settings = ControllerSettings(
         host="127.0.0.1",
         port=port,
         data_dir=data_dir,
-        token="admin-" + uuid.uuid4().hex,
-        join_token="join-" + uuid.uuid4().hex,
-        **{"reconcile_interval_s": 0.5, **overrides},
+        **{
+            "token": "admin-" + uuid.uuid4().hex,
+            "join_token": "join-" + uuid.uuid4().hex,
+            "reconcile_interval_s": 0.5,
+            **overrides,
+        },
     )
     app = create_app(settings, registry=CollectorRegistry())
     server = ControllerServer(
