@@ -30,6 +30,14 @@ IMAGE_REF = re.compile(
 )
 
 
+# The controller's defaults for how a replica leaves: ``drain_s`` seconds out of Nginx
+# before it is stopped (long enough for the edge to reload and in-flight requests to end),
+# then ``stop_grace_s`` seconds between SIGTERM and SIGKILL (Docker's and Kubernetes'
+# default grace is 10 s as well). One constant each, used everywhere.
+DEFAULT_DRAIN_S = 10.0
+DEFAULT_STOP_GRACE_S = 10.0
+
+
 class NodeState(StrEnum):
     READY = "ready"
     NOT_READY = "not_ready"
@@ -95,7 +103,15 @@ class ServiceSpec(Strict):
     max_per_node: int | None = Field(None, ge=1, description="Cap of replicas per node.")
     memory_mb: int | None = Field(None, ge=4, description="Memory limit per container.")
     cpus: float | None = Field(None, gt=0, description="CPU limit per container (cores).")
-    drain_s: float = Field(10, ge=0, le=3600, description="Seconds to drain before stopping.")
+    drain_s: float = Field(
+        DEFAULT_DRAIN_S, ge=0, le=3600, description="Seconds to drain before stopping."
+    )
+    stop_grace_s: float = Field(
+        DEFAULT_STOP_GRACE_S,
+        ge=0,
+        le=3600,
+        description="Seconds between SIGTERM and SIGKILL when a replica stops.",
+    )
     policy: ScalingPolicy = Field(default_factory=ScalingPolicy)
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
 
@@ -217,6 +233,7 @@ class ServicePatch(Strict):
     memory_mb: int | None = Field(None, ge=4)
     cpus: float | None = Field(None, gt=0)
     drain_s: float | None = Field(None, ge=0, le=3600)
+    stop_grace_s: float | None = Field(None, ge=0, le=3600)
     policy: ScalingPolicy | None = None
 
 
@@ -376,6 +393,11 @@ class Replica(BaseModel):
     error: str | None = None
     restarts: int = 0
     stop_after: datetime | None = None
+    left_upstreams_at: datetime | None = Field(
+        None,
+        description="When it was taken out of the upstreams (drained while in Nginx); its "
+        "container stops once every edge has applied a view from after this time.",
+    )
     generation: int = Field(1, description="The service generation this replica runs.")
     created_at: datetime
     updated_at: datetime
@@ -423,6 +445,9 @@ class Assignment(BaseModel):
         None,
         description="Hash of the replica's container spec (the agent's orchestrify.spec "
         "label); a container is replaced for a spec change only when its label differs.",
+    )
+    stop_grace_s: float = Field(
+        DEFAULT_STOP_GRACE_S, description="Seconds between SIGTERM and SIGKILL at its stop."
     )
 
 
@@ -473,6 +498,11 @@ class Upstreams(BaseModel):
     """What an edge renders Nginx from (``GET /v1/upstreams``)."""
 
     version: int
+    as_of: datetime | None = Field(
+        None,
+        description="The controller's time of this snapshot: every change written before "
+        "it is in it. The edge reports it back once Nginx serves the view (applied_as_of).",
+    )
     services: list[UpstreamService]
 
 
@@ -481,11 +511,17 @@ class EdgeRegistration(Strict):
     metrics_url: str | None = Field(
         None, max_length=512, description="Where the edge's /metrics is served, for Prometheus."
     )
+    applied_as_of: datetime | None = Field(
+        None,
+        description="The as_of of the upstreams view its Nginx serves now: a draining replica "
+        "stops once every recently seen edge has applied a view from after it left.",
+    )
 
 
 class Edge(BaseModel):
     name: str
     metrics_url: str | None = None
+    applied_as_of: datetime | None = None
     last_seen: datetime
     created_at: datetime
 

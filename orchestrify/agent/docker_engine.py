@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class Engine(Protocol):
     async def list_containers(self, node_id: str) -> list[ContainerInfo]: ...
     async def ensure_image(self, image: str) -> None: ...
     async def run(self, spec: ContainerSpec) -> ContainerInfo: ...
-    async def remove(self, container_id: str) -> None: ...
+    async def remove(self, container_id: str, *, grace_s: float = 0.0) -> None: ...
 
 
 class DockerEngine:
@@ -167,11 +168,19 @@ class DockerEngine:
 
         return await asyncio.to_thread(self._call, f"run {spec.name}", run)
 
-    async def remove(self, container_id: str) -> None:
-        """Stop (SIGKILL after a short grace) and remove; a container already gone is fine."""
+    async def remove(self, container_id: str, *, grace_s: float = 0.0) -> None:
+        """Stop and remove; a container already gone is fine.
+
+        With ``grace_s`` > 0 this is ``docker stop -t``: SIGTERM (the image's STOPSIGNAL),
+        SIGKILL after ``grace_s`` seconds (rounded up: the engine counts whole seconds),
+        so the application can finish its in-flight work; then the container is removed.
+        With 0 it is killed at once.
+        """
 
         def remove() -> None:
             try:
+                if grace_s > 0:
+                    self._client.api.stop(container_id, timeout=math.ceil(grace_s))
                 self._client.api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 return

@@ -56,6 +56,12 @@ from orchestrify.models import Assignment, DesiredState, Orphan, ReplicaReport, 
 log = logging.getLogger(__name__)
 
 STOPPED = "stopped"  # reported once a replica told to stop has no container any more
+# Grace (SIGTERM to SIGKILL) for a container replaced in place because it died or failed
+# its probes, capped below the service's stop_grace_s: it is out of Nginx already (an
+# unhealthy replica leaves the upstreams), it is often hung, and with a fixed host port
+# its replacement cannot start before it is gone. A drained, scaled-in or replaced-by-
+# update replica gets its service's full stop_grace_s.
+REPLACE_GRACE_S = 2.0
 
 
 # --- what to do: values -------------------------------------------------------------
@@ -592,7 +598,7 @@ class NodeReconciler:
     async def _remove(self, rep: LocalReplica) -> None:
         assert rep.container is not None
         try:
-            await self.engine.remove(rep.container.id)
+            await self.engine.remove(rep.container.id, grace_s=rep.assignment.stop_grace_s)
         except OrchestrifyError as exc:
             rep.error = str(exc)
             self._mark(rep.id)
@@ -618,14 +624,20 @@ class NodeReconciler:
         old = rep.container
         restarts = rep.restarts + (1 if action.replacement else 0)
         removing: asyncio.Task[None] | None = None
+        # A healthy container replaced by a spec change gets the full grace; a dead or
+        # failing one a short one (see REPLACE_GRACE_S).
+        grace = min(a.stop_grace_s, REPLACE_GRACE_S) if action.replacement else a.stop_grace_s
         try:
             if old is not None:
                 if a.host_port is None:
                     # Each attempt has its own container name, so the replacement starts
                     # while the old container is removed: recovery is not serialized on it.
-                    removing = asyncio.get_running_loop().create_task(self.engine.remove(old.id))
+                    removing = asyncio.get_running_loop().create_task(
+                        self.engine.remove(old.id, grace_s=grace)
+                    )
                 else:
-                    await self.engine.remove(old.id)  # a fixed host port is free only then
+                    # A fixed host port is free only then.
+                    await self.engine.remove(old.id, grace_s=grace)
                 rep.container = None
             await self.engine.ensure_image(a.image)
             info = await self.engine.run(self._spec(a, restarts))

@@ -56,14 +56,23 @@ def edge(
     templates_dir: Path | None = typer.Option(
         None, "--templates-dir", help="Use these nginx.conf.j2/upstreams.conf.j2 instead."
     ),
+    nginx_start_command: str | None = typer.Option(
+        None,
+        "--nginx-start-command",
+        help="Command that starts Nginx when none runs from --nginx-conf-dir, e.g. "
+        "'systemctl start orchestrify-nginx' so that it lives in its own unit "
+        "(default: the edge starts it as a daemon of its own).",
+    ),
 ) -> None:
     """Run an edge: render Nginx from the controller's healthy replicas, reload it safely,
     and export request metrics.
 
     Every service NAME becomes reachable through Nginx at http://NAME.<domain>:<listen>/
-    and at http://<host>:<listen>/NAME/. The edge starts Nginx itself (or adopts the one
+    and at http://<host>:<listen>/NAME/. The edge starts Nginx (or adopts the one
     already running from --nginx-conf-dir) and reloads it only after `nginx -t` accepted
-    the new config; a bad config never replaces a good one.
+    the new config; a bad config never replaces a good one. Nginx outlives the edge: it
+    keeps serving when the edge stops or restarts, and a restarted edge applies the view
+    it saved last, even while the controller is away.
     """
     from orchestrify.edge import EdgeSettings, nginx_available, run_edge
 
@@ -82,6 +91,7 @@ def edge(
         metrics_host=metrics_host,
         metrics_url=metrics_url,
         templates_dir=templates_dir,
+        nginx_start_command=nginx_start_command,
         **({"name": name} if name else {}),
     )
     with contextlib.suppress(KeyboardInterrupt):

@@ -18,7 +18,7 @@ from orchestrify.cli.common import (
 )
 from orchestrify.cli.replicas import print_replicas
 from orchestrify.errors import InvalidSpec
-from orchestrify.models import SERVICE_NAME
+from orchestrify.models import DEFAULT_DRAIN_S, DEFAULT_STOP_GRACE_S, SERVICE_NAME
 
 service_app = typer.Typer(
     help="Deploy and manage services (an image run as N replicas behind Nginx).",
@@ -68,7 +68,12 @@ def create(
     max_replicas: int | None = typer.Option(None, "--max", help="Autoscaling upper bound."),
     health_path: str = typer.Option("/health", "--health-path", help="Probed every second."),
     drain: float = typer.Option(
-        10.0, "--drain", help="Seconds to drain a replica before stopping."
+        DEFAULT_DRAIN_S, "--drain", help="Seconds to drain a replica before stopping."
+    ),
+    stop_grace: float = typer.Option(
+        DEFAULT_STOP_GRACE_S,
+        "--stop-grace",
+        help="Seconds between SIGTERM and SIGKILL when a replica stops (0-3600).",
     ),
     memory_mb: int | None = typer.Option(None, "--memory", help="Memory limit per replica, MiB."),
     cpus: float | None = typer.Option(None, "--cpus", help="CPU limit per replica, cores."),
@@ -88,6 +93,7 @@ def create(
         "max_replicas": max_replicas if max_replicas is not None else max(10, replicas),
         "health_path": health_path,
         "drain_s": drain,
+        "stop_grace_s": stop_grace,
         "memory_mb": memory_mb,
         "cpus": cpus,
     }
@@ -172,19 +178,29 @@ def update(
         [], "--env", "-e", help="KEY=VALUE to set (others are kept), repeatable."
     ),
     health_path: str | None = typer.Option(None, "--health-path", help="New health path."),
+    stop_grace: float | None = typer.Option(
+        None,
+        "--stop-grace",
+        help="Seconds between SIGTERM and SIGKILL when a replica stops (0-3600); "
+        "applies to the running replicas as they are, nothing is replaced.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Change a service's image, env or health path: its replicas are replaced one at a
-    time (one extra replica first, an old one drained once the new one is healthy)."""
+    time (one extra replica first, an old one drained once the new one is healthy).
+    --stop-grace alone changes no container, so it replaces nothing."""
     changes: dict[str, Any] = {}
     if image is not None:
         changes["image"] = image
     if health_path is not None:
         changes["health_path"] = health_path
+    if stop_grace is not None:
+        changes["stop_grace_s"] = stop_grace
     added = parse_env(env, sep="=", flag="--env")
     if not changes and not added:
         raise InvalidSpec(
-            "nothing to update: give --image, --env KEY=VALUE or --health-path", field="image"
+            "nothing to update: give --image, --env KEY=VALUE, --health-path or --stop-grace",
+            field="image",
         )
     with config(ctx).client() as api:
         if added:
@@ -193,6 +209,8 @@ def update(
         svc = api.request("PATCH", f"/v1/services/{name}", json=changes)
     if json_out:
         print_json(svc)
+    elif set(changes) == {"stop_grace_s"}:
+        typer.echo(f"service {name} updated: stop grace {svc['stop_grace_s']:g}s")
     elif svc.get("update_state") == "completed":
         typer.echo(
             f"service {name} updated (generation {svc['generation']}); "

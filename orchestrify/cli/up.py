@@ -51,6 +51,9 @@ def edge_program(ctx: UpContext) -> Coroutine[Any, Any, Any] | None:
             listen=ctx.listen,
             metrics_port=ctx.edge_metrics_port,
             name="edge",
+            # `up` is a demo in one process: Ctrl-C stops everything it started, Nginx
+            # too. A provisioned edge leaves Nginx serving (its own systemd unit).
+            stop_nginx_on_exit=True,
         )
     )
 

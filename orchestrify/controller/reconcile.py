@@ -4,6 +4,12 @@ and rolling updates (replicas of an older generation replaced one at a time).
 ``plan_cycle`` is a pure function of a snapshot (services, nodes, replicas, time) that
 returns steps; ``Reconciler`` reads the snapshot, plans, applies each step once and
 records the outcome. One failing step never stops the others.
+
+A draining replica is stopped (its container gets SIGTERM, then SIGKILL after its
+service's ``stop_grace_s``) when its drain period is over and every edge seen in the last
+``EDGE_SEEN_WINDOW_S`` has acknowledged a view of the upstreams taken after the replica
+left them, so no Nginx can still send it a new request. An edge that never confirms holds
+the stop for at most ``EDGE_ACK_TIMEOUT_S`` more; then it stops anyway, and says so.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import TypeVar
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.models import (
     DesiredState,
+    Edge,
     Node,
     NodeState,
     Replica,
@@ -33,6 +40,14 @@ from orchestrify.store import Store, utcnow
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# An edge counts for stop gating while its last registration or acknowledgement is this
+# recent. Edges re-register every ``resync_s`` (30 s) and after every apply, so three
+# missed resyncs mean it is gone (or cut off), and it no longer holds stops.
+EDGE_SEEN_WINDOW_S = 90.0
+# How long after its drain period a replica waits at most for edges to confirm that it
+# left their Nginx (an edge that is stuck, or refuses every new config) before it stops.
+EDGE_ACK_TIMEOUT_S = 30.0
+
 
 @dataclass(frozen=True)
 class Place:
@@ -43,8 +58,9 @@ class Place:
 
 @dataclass(frozen=True)
 class Drain:
+    """Out of the upstreams now, stopped after the service's ``drain_s`` (``Store._drain``)."""
+
     replicas: tuple[str, ...]
-    drain_s: float
     reason: str
 
 
@@ -98,6 +114,7 @@ class Snapshot:
     nodes: Sequence[Node]
     replicas: Sequence[Replica]
     removing_nodes: frozenset[str] = frozenset()
+    edges: Sequence[Edge] = ()
 
 
 @dataclass
@@ -168,7 +185,9 @@ def plan_cycle(
     for name, reps in sorted(by_service.items()):
         if name not in live:
             # Removed service (or one never known): drain, then stop everything.
-            steps.extend(_wind_down(reps, nodes, now, reason=f"service {name} was removed"))
+            steps.extend(
+                _wind_down(reps, nodes, now, snap.edges, reason=f"service {name} was removed")
+            )
     for svc in sorted(live.values(), key=lambda s: s.name):
         steps.extend(
             _plan_service(
@@ -179,6 +198,7 @@ def plan_cycle(
                 fleet=fleet,
                 now=now,
                 avoid=avoid_hints.get(svc.name, frozenset()),
+                edges=snap.edges,
             )
         )
     for node_id in sorted(snap.removing_nodes):
@@ -193,7 +213,12 @@ def _node_gone(r: Replica, nodes: Mapping[str, Node]) -> Node | None:
 
 
 def _wind_down(
-    reps: Sequence[Replica], nodes: Mapping[str, Node], now: datetime, *, reason: str
+    reps: Sequence[Replica],
+    nodes: Mapping[str, Node],
+    now: datetime,
+    edges: Sequence[Edge],
+    *,
+    reason: str,
 ) -> list[Step]:
     steps: list[Step] = []
     forget = [r.id for r in reps if _node_gone(r, nodes) is None]
@@ -202,22 +227,77 @@ def _wind_down(
     rest = [r for r in reps if r.id not in forget]
     drain = [r.id for r in rest if r.desired == DesiredState.RUN]
     if drain:
-        steps.append(Drain(tuple(drain), drain_s=0.0, reason=reason))
-    stop = [r.id for r in rest if r.desired == DesiredState.DRAIN and _drained(r, now)]
-    if stop:
-        steps.append(Stop(tuple(stop), reason=f"{reason}; drain period over"))
+        steps.append(Drain(tuple(drain), reason=reason))
+    draining = [r for r in rest if r.desired == DesiredState.DRAIN]
+    steps.extend(_stops(draining, now, edges, reason=f"{reason}; drain period over"))
     return steps
 
 
-def _drained(r: Replica, now: datetime) -> bool:
+@dataclass(frozen=True)
+class DrainCheck:
+    """Whether a draining replica may stop now, and the recently seen edges that have not
+    confirmed a view without it (non-empty with ``done``: stopped anyway, bound reached)."""
+
+    done: bool
+    unconfirmed: tuple[str, ...] = ()
+
+
+def drain_check(r: Replica, now: datetime, edges: Sequence[Edge]) -> DrainCheck:
+    """May draining replica ``r`` stop now? Pure. Its drain period must be over and every
+    edge seen within ``EDGE_SEEN_WINDOW_S`` must have applied a view whose ``as_of`` is
+    after ``r.left_upstreams_at``; past ``stop_after + EDGE_ACK_TIMEOUT_S`` it may stop
+    whatever the edges say."""
     # The store marks a replica ``stopping`` as soon as it is told to drain, so
     # ``stopping`` with an address may still be in Nginx: it waits like a healthy one.
-    serving = r.state == ReplicaState.HEALTHY or (
-        r.state == ReplicaState.STOPPING and r.address is not None
+    serving = (
+        r.left_upstreams_at is not None
+        or r.state == ReplicaState.HEALTHY
+        or (r.state == ReplicaState.STOPPING and r.address is not None)
     )
     if not serving:
-        return True  # never in Nginx's upstream, nothing to drain
-    return r.stop_after is None or r.stop_after <= now
+        return DrainCheck(done=True)  # never in Nginx's upstream, nothing to drain
+    if r.stop_after is not None and now < r.stop_after:
+        return DrainCheck(done=False)
+    left = r.left_upstreams_at
+    if left is None:
+        return DrainCheck(done=True)  # not in an upstream when drained: no edge to wait for
+    window = timedelta(seconds=EDGE_SEEN_WINDOW_S)
+    unconfirmed = tuple(
+        e.name
+        for e in edges
+        if now - e.last_seen <= window and (e.applied_as_of is None or e.applied_as_of <= left)
+    )
+    if not unconfirmed:
+        return DrainCheck(done=True)
+    bound = (r.stop_after or left) + timedelta(seconds=EDGE_ACK_TIMEOUT_S)
+    return DrainCheck(done=now >= bound, unconfirmed=unconfirmed)
+
+
+def _stops(
+    draining: Sequence[Replica], now: datetime, edges: Sequence[Edge], *, reason: str
+) -> list[Step]:
+    """Stop steps for the draining replicas whose drain is over: one for those every edge
+    confirmed, one per set of edges that did not confirm in time (its reason says so)."""
+    confirmed: list[str] = []
+    forced: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for r in draining:
+        check = drain_check(r, now, edges)
+        if check.done and check.unconfirmed:
+            forced[check.unconfirmed].append(r.id)
+        elif check.done:
+            confirmed.append(r.id)
+    steps: list[Step] = []
+    if confirmed:
+        steps.append(Stop(tuple(confirmed), reason=reason))
+    for names, ids in sorted(forced.items()):
+        steps.append(
+            Stop(
+                tuple(ids),
+                reason=f"{reason}, but edge(s) {', '.join(names)} did not confirm within "
+                f"{EDGE_ACK_TIMEOUT_S:g}s that it left their Nginx; stopped anyway",
+            )
+        )
+    return steps
 
 
 def _plan_service(
@@ -229,11 +309,13 @@ def _plan_service(
     fleet: _Fleet,
     now: datetime,
     avoid: frozenset[str],
+    edges: Sequence[Edge] = (),
 ) -> list[Step]:
     steps: list[Step] = []
     forget: list[str] = []
     stop: list[str] = []
     drain: list[str] = []
+    draining: list[Replica] = []
     avoid_new = set(avoid)
     reasons: list[str] = []
 
@@ -256,13 +338,13 @@ def _plan_service(
                 reasons.append(f"node {node.name} is draining")
             else:
                 active.append(r)
-        elif r.desired == DesiredState.DRAIN and _drained(r, now):
-            stop.append(r.id)
+        elif r.desired == DesiredState.DRAIN:
+            draining.append(r)
 
     if forget:
         steps.append(Forget(tuple(forget), reason="its node is not ready (rescheduled elsewhere)"))
     if drain:
-        steps.append(Drain(tuple(drain), drain_s=svc.drain_s, reason="its node is draining"))
+        steps.append(Drain(tuple(drain), reason="its node is draining"))
 
     outdated = [r for r in active if r.generation < svc.generation]
     paused = svc.update_state == UpdateState.PAUSED
@@ -320,12 +402,12 @@ def _plan_service(
         steps.append(
             Drain(
                 tuple(victims),
-                drain_s=svc.drain_s,
                 reason=f"service wants {svc.replicas} replica(s), has {len(active)}",
             )
         )
     if stop:
-        steps.append(Stop(tuple(stop), reason="drain period over, or replica failed"))
+        steps.append(Stop(tuple(stop), reason="replica failed"))
+    steps.extend(_stops(draining, now, edges, reason="drain period over"))
     had_outdated = any(
         r.generation < svc.generation and r.desired == DesiredState.RUN for r in reps
     )
@@ -388,7 +470,6 @@ def _roll(svc: Service, active: Sequence[Replica], *, fleet: _Fleet) -> list[Ste
         steps.append(
             Drain(
                 tuple(victims),
-                drain_s=svc.drain_s,
                 reason=f"service wants {svc.replicas} replica(s), has {len(active)} "
                 f"(older generation first; {rollout} in progress)",
             )
@@ -408,7 +489,6 @@ def _roll(svc: Service, active: Sequence[Replica], *, fleet: _Fleet) -> list[Ste
         steps.append(
             Drain(
                 (old,),
-                drain_s=svc.drain_s,
                 reason=f"{rollout}: replica {old} replaced{by} ({done}/{svc.replicas})",
             )
         )
@@ -431,7 +511,6 @@ def _roll(svc: Service, active: Sequence[Replica], *, fleet: _Fleet) -> list[Ste
             steps.append(
                 Drain(
                     (old,),
-                    drain_s=svc.drain_s,
                     reason=f"{rollout}: no room for one extra replica ({no_room.reason}), "
                     f"so replica {old} is replaced stop-first ({done + 1}/{svc.replicas})",
                 )
@@ -501,6 +580,7 @@ class Reconciler:
             nodes=nodes,
             replicas=replicas,
             removing_nodes=frozenset(self.store.node_removals_pending()),
+            edges=self.store.list_edges(),
         )
         steps = plan_cycle(snap, now=utcnow(), avoid_hints=avoid or {})
         for step in steps:
@@ -516,8 +596,8 @@ class Reconciler:
             case Place(service, nodes, reason):
                 self._last_refusal.pop(service, None)
                 self.store.create_replicas(service, nodes, reason=reason)
-            case Drain(replicas, drain_s, reason):
-                self.store.set_desired(replicas, DesiredState.DRAIN, reason=reason, drain_s=drain_s)
+            case Drain(replicas, reason):
+                self.store.drain_replicas(replicas, reason=reason)
             case Stop(replicas, reason):
                 self.store.set_desired(replicas, DesiredState.STOP, reason=reason)
             case Forget(replicas, reason):

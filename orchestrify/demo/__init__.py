@@ -9,7 +9,9 @@ shell scripts in ``app/``. Tests and demos rely on its contract (see ``app/serve
 - ``GET /health`` answers 200 ``ok``, or 500 after ``GET /admin/health?ok=0`` until
   ``GET /admin/health?ok=1``;
 - ``GET /admin/latency?ms=N`` (0..60000) delays every later application request by N ms;
-- ``GET /admin/state`` shows both switches.
+- ``GET /admin/state`` shows both switches;
+- on SIGTERM (``docker stop``) it logs one line saying it received SIGTERM, stops
+  accepting connections, lets the requests in flight finish, then exits 0.
 """
 
 from __future__ import annotations

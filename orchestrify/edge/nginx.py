@@ -2,6 +2,10 @@
 
 Every nginx subprocess call goes through ``NginxProcess``; failures come out as
 ``NginxFailure`` carrying Nginx's own error text, never as a foreign exception.
+
+Nginx is never the edge's child: it runs as a daemon in its own session (or under its
+own systemd unit, through ``start_command``), so it keeps serving its last good config
+when the edge stops, crashes or restarts; the next edge adopts it through its pid file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +56,22 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (a daemon's master is not
+    our child: when it exits, whoever adopted it reaps it, maybe not at once)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _still_accepting(pid: int) -> bool:
     """True while worker ``pid`` runs and has not begun its graceful shutdown."""
     return _cmdline(pid) == _WORKER_TITLE
@@ -80,9 +101,12 @@ def accepting_workers(master: int) -> set[int]:
 class NginxProcess:
     """An Nginx whose prefix is ``prefix`` and whose main config is ``prefix/nginx.conf``.
 
-    If an Nginx is already running from that pid file (for example left by an edge that
-    restarted), it is adopted and reloaded; otherwise ``start`` runs one as a child in
-    the foreground (``daemon off``) and ``stop`` ends it.
+    If an Nginx is already running from that pid file (left by an edge that stopped,
+    crashed or restarted, or run by its own systemd unit), it is adopted and reloaded.
+    Otherwise ``start`` runs one detached, as a daemon in a session of its own, so it
+    outlives this process; with ``start_command`` (e.g. ``systemctl start
+    orchestrify-nginx``) that command starts it instead. ``stop`` ends whichever Nginx
+    runs from the pid file: only ``orchestrify up`` asks for that.
     """
 
     def __init__(
@@ -94,6 +118,7 @@ class NginxProcess:
         health_url: str,
         error_log: Path | None = None,
         command_timeout_s: float = 15.0,
+        start_command: Sequence[str] | None = None,
     ) -> None:
         self.binary = binary
         self.prefix = prefix
@@ -103,7 +128,7 @@ class NginxProcess:
         self.error_log = error_log
         self._error_log_mark = 0  # its size when the last reload was asked for
         self.command_timeout_s = command_timeout_s
-        self._child: asyncio.subprocess.Process | None = None
+        self.start_command = tuple(start_command) if start_command else None
         # Workers of the config before the last reload; see ``wait_serving``.
         self._old_workers: set[int] = set()
 
@@ -135,53 +160,72 @@ class NginxProcess:
         await self._run("-t", "-q", "-c", str(conf))
 
     def pid(self) -> int | None:
+        """The running master named by the pid file; None when there is none (no file, a
+        dead process, or a pid now used by a process that is not Nginx)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if pid <= 0 or not _alive(pid):
             return None
-        except PermissionError:
-            pass  # alive, someone else's
+        title = _cmdline(pid)
+        if title is not None and b"nginx" not in title:
+            return None  # a stale pid file whose pid was reused (after a reboot)
         return pid
 
     def running(self) -> bool:
-        if self._child is not None and self._child.returncode is not None:
-            self._child = None
         return self.pid() is not None
 
     async def start(self) -> None:
-        """Run Nginx in the foreground as our child and wait until it has written its pid."""
+        """Start Nginx detached and wait until its master has written its pid file.
+
+        Run in daemon mode in a session of its own (or by ``start_command``): the
+        starting process exits once the master runs, with Nginx's errors (a port in use,
+        a bad directive) on its output and a non-zero status when it could not start.
+        """
+        command = self.start_command or (
+            self.binary,
+            "-p",
+            f"{self.prefix}/",
+            "-c",
+            str(self.conf),
+        )
+        self._error_log_mark = self._error_log_size()
+        output = self.prefix / "nginx-start.log"
         try:
-            self._child = await asyncio.create_subprocess_exec(
-                self.binary,
-                "-p",
-                f"{self.prefix}/",
-                "-c",
-                str(self.conf),
-                "-g",
-                "daemon off;",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            # A file, not a pipe: the daemon inherits the starter's descriptors, and a
+            # pipe held open by it would never reach end-of-file.
+            with output.open("wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
         except OSError as exc:
-            raise NginxFailure(f"cannot run {self.binary}: {exc}") from exc
+            raise NginxFailure(f"cannot run {command[0]}: {exc}") from exc
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.command_timeout_s)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise NginxFailure(f"`{' '.join(command)}` timed out") from exc
+        if code != 0:
+            text = output.read_text(errors="replace")
+            why = _nginx_error(text) or f"{command[0]} exited with {code}"
+            found = self.errors_since_reload()
+            raise NginxFailure(f"{why}; {found}" if found and found not in why else why)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.command_timeout_s
         while loop.time() < deadline:
-            if self._child.returncode is not None:
-                err = b""
-                if self._child.stderr is not None:
-                    err = await self._child.stderr.read()
-                self._child = None
-                raise NginxFailure(_nginx_error(err.decode(errors="replace")) or "nginx exited")
-            if self.pid() is not None:
-                log.info("nginx started", extra={"pid": self.pid(), "prefix": str(self.prefix)})
+            pid = self.pid()
+            if pid is not None:
+                log.info("nginx started", extra={"pid": pid, "prefix": str(self.prefix)})
                 return
             await asyncio.sleep(0.05)
-        raise NginxFailure("nginx did not write its pid file in time")
+        why = self.errors_since_reload() or "see its error log"
+        raise NginxFailure(f"nginx did not write its pid file in time: {why}")
 
     async def reload(self) -> None:
         master = self.pid()
@@ -250,19 +294,24 @@ class NginxProcess:
                 await asyncio.sleep(0.01)
         return True
 
-    async def stop(self) -> None:
-        """Stop the Nginx we started (gracefully, then by force); leave an adopted one."""
-        child, self._child = self._child, None
-        if child is None or child.returncode is not None:
+    async def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop the Nginx that runs from the pid file: gracefully (QUIT: in-flight requests
+        finish), then fast (TERM) after ``timeout_s``. Only ``orchestrify up`` (a demo in
+        one process) calls this; an edge leaves Nginx serving when it exits."""
+        pid = self.pid()
+        if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGQUIT)  # graceful: in-flight requests finish
-        try:
-            await asyncio.wait_for(child.wait(), 10)
-        except TimeoutError:
+        loop = asyncio.get_running_loop()
+        for sig, wait_s in ((signal.SIGQUIT, timeout_s), (signal.SIGTERM, timeout_s)):
             with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
+                os.kill(pid, sig)
+            deadline = loop.time() + wait_s
+            while loop.time() < deadline:
+                if not _alive(pid):
+                    log.info("nginx stopped", extra={"pid": pid})
+                    return
+                await asyncio.sleep(0.05)
+        log.warning("nginx did not stop", extra={"pid": pid})
 
 
 def _nginx_error(text: str) -> str:

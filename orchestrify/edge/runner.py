@@ -11,14 +11,28 @@ removal ``debounce_min_s`` after it sees it (without waiting out a burst), and N
 graceful reload lets old workers finish their in-flight requests. So as long as
 ``drain_s`` exceeds the edge's reaction (long-poll wake-up + debounce_min_s + reload,
 well under a second on a LAN) plus the longest request, no request reaches a stopped
-container.
+container. The edge also acknowledges every view it applied (the snapshot's ``as_of``,
+sent as ``applied_as_of`` on ``POST /v1/edges``): the controller stops a drained
+replica only once every edge has applied a view from after it left.
+
+Static stability: Nginx is not the edge's child and keeps serving its last good config
+whatever happens to the edge (``stop_nginx_on_exit`` is for ``orchestrify up`` only).
+After every successful apply the edge saves the upstreams it applied in the prefix
+(``VIEW_FILE``); a restarted edge adopts the running Nginx and applies that saved view at
+once, before (and whether or not) the controller answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import shlex
 import socket
+import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +51,13 @@ from orchestrify.models import Upstreams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Edge", "EdgeSettings", "parse_listen", "run_edge"]
+__all__ = ["VIEW_FILE", "Edge", "EdgeSettings", "parse_listen", "run_edge"]
+
+# In the prefix: the last upstreams the edge applied, and the log port Nginx sends to.
+VIEW_FILE = "orchestrify-view.json"
+# Waits between failed watches of the controller: short and capped low, so a controller
+# that comes back is noticed within ~2 s (a watch is one cheap request).
+WATCH_BACKOFF_S = (0.5, 1.0, 2.0)
 
 
 class EdgeSettings(BaseModel):
@@ -68,6 +88,16 @@ class EdgeSettings(BaseModel):
     verify_timeout_s: float = Field(5.0, gt=0, description="Wait for Nginx to serve a config.")
     connect_timeout: str = Field("500ms", description="proxy_connect_timeout (skip dead fast).")
     worker_processes: str = Field("auto", description="Nginx worker_processes.")
+    nginx_start_command: str | None = Field(
+        None,
+        description="Command that starts Nginx when none runs (e.g. `systemctl start "
+        "orchestrify-nginx`, so it lives in its own unit); default: run it as a daemon.",
+    )
+    stop_nginx_on_exit: bool = Field(
+        False,
+        description="Stop Nginx when the edge exits. False: Nginx keeps serving its last "
+        "good config without the edge; only `orchestrify up`, a one-process demo, sets it.",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -117,6 +147,9 @@ class Edge:
             pid_file=prefix / "nginx.pid",
             health_url=f"http://{host}:{port}/__orchestrify/health",
             error_log=prefix / "error.log",
+            start_command=(
+                shlex.split(settings.nginx_start_command) if settings.nginx_start_command else None
+            ),
         )
         self.applier = ConfigApplier(
             conf_dir=prefix, nginx=self.nginx, verify_timeout_s=settings.verify_timeout_s
@@ -127,6 +160,11 @@ class Edge:
         self.last_result: ApplyResult | None = None
         self.applied = asyncio.Event()  # set after every apply (tests and `up` wait on it)
         self._last_error: str | None = None
+        # The as_of of the view Nginx serves, and whether the controller has been told.
+        self.applied_as_of: datetime | None = None
+        self._ack_due = asyncio.Event()
+        self._applying = False  # an apply is under way: Nginx's view may be changing
+        self.view_file = prefix / VIEW_FILE
 
     def _render_settings(self) -> NginxRenderSettings:
         return NginxRenderSettings(
@@ -141,13 +179,10 @@ class Edge:
         )
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: LogReceiver(self.metrics, self.book),
-            local_addr=("127.0.0.1", self.settings.log_port),
-        )
-        self.log_port = transport.get_extra_info("sockname")[1]
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        saved = self._load_view()
+        transport = await self._open_log_receiver(saved[1] if saved else None)
+        self.log_port = transport.get_extra_info("sockname")[1]
         server = None
         if self.settings.metrics_port:
             server, _thread = start_http_server(
@@ -155,31 +190,111 @@ class Edge:
             )
         log.info(
             "edge starting",
-            extra={"controller": self.settings.controller_url, "prefix": str(self.prefix)},
+            extra={
+                "controller": self.settings.controller_url,
+                "prefix": str(self.prefix),
+                "nginx_pid": self.nginx.pid(),  # set: a running Nginx is adopted
+            },
         )
         try:
+            if saved is not None and self.upstreams is None:
+                # Before the controller answers (it may be away): what Nginx last served.
+                # A no-op when the running Nginx has these files; starts it when none runs.
+                log.info("applying the saved view", extra={"as_of": str(saved[0].as_of)})
+                await self.apply_once(saved[0])
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(), name="edge-watch")
                 tasks.create_task(self._apply_loop(), name="edge-apply")
                 tasks.create_task(self._resync(), name="edge-resync")
+                tasks.create_task(self._acknowledge(), name="edge-ack")
         finally:
             transport.close()
             if server is not None:
                 server.shutdown()
                 server.server_close()
-            await self.nginx.stop()
+            if self.settings.stop_nginx_on_exit:
+                await self.nginx.stop()
             await self.client.aclose()
 
-    async def _register(self) -> None:
+    async def _open_log_receiver(self, previous_port: int | None) -> asyncio.DatagramTransport:
+        """Listen for Nginx's access logs. With no fixed port, take the one the last edge
+        used when it is free: the adopted Nginx sends there, and its config stays as is."""
+        loop = asyncio.get_running_loop()
+        ports = [self.settings.log_port]
+        if not self.settings.log_port and previous_port:
+            ports.insert(0, previous_port)
+        for n, port in enumerate(ports):
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: LogReceiver(self.metrics, self.book),
+                    local_addr=("127.0.0.1", port),
+                )
+                return transport
+            except OSError:
+                if n == len(ports) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _load_view(self) -> tuple[Upstreams, int | None] | None:
+        """The upstreams (and log port) saved by the last successful apply, if readable."""
+        try:
+            data = json.loads(self.view_file.read_text())
+            return Upstreams.model_validate(data["upstreams"]), data.get("log_port")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("saved view not usable, ignored", extra={"error": str(exc)})
+            return None
+
+    def _save_view(self, upstreams: Upstreams) -> None:
+        """Write what Nginx now serves, atomically (temp file, fsync, rename)."""
+        body = json.dumps(
+            {"upstreams": upstreams.model_dump(mode="json"), "log_port": self.log_port},
+            sort_keys=True,
+        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{VIEW_FILE}.", dir=self.prefix)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.view_file)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            log.warning("could not save the applied view", extra={"error": str(exc)})
+
+    async def _register(self) -> bool:
+        """Register (or refresh) this edge, with the as_of of the view Nginx serves."""
         url = self.settings.metrics_url
         if url is None and self.settings.metrics_port:
             url = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
+        body: dict[str, Any] = {"name": self.settings.name, "metrics_url": url}
+        if self.applied_as_of is not None:
+            body["applied_as_of"] = self.applied_as_of.isoformat()
         try:
-            await self.client.request(
-                "POST", "/v1/edges", json={"name": self.settings.name, "metrics_url": url}
-            )
+            await self.client.request("POST", "/v1/edges", json=body)
         except OrchestrifyError as exc:
             log.warning("could not register the edge", extra={"error": str(exc)})
+            return False
+        return True
+
+    def _acknowledged(self, upstreams: Upstreams) -> None:
+        """Nginx serves the view of ``upstreams``: tell the controller (soon, once)."""
+        if upstreams.as_of is None or upstreams.as_of == self.applied_as_of:
+            return
+        self.applied_as_of = upstreams.as_of
+        self._ack_due.set()
+
+    async def _acknowledge(self) -> None:
+        """Send each new acknowledgement; while the controller is away, retry each second
+        (only the newest matters)."""
+        while True:
+            await self._ack_due.wait()
+            self._ack_due.clear()
+            if not await self._register():
+                await asyncio.sleep(1.0)
+                self._ack_due.set()
 
     async def _resync(self) -> None:
         while True:
@@ -190,7 +305,7 @@ class Edge:
 
     async def _watch(self) -> None:
         version: int | None = None
-        backoff = (0.5, 1.0, 2.0, 5.0)
+        backoff = WATCH_BACKOFF_S
         failures = 0
         while True:
             params: dict[str, Any] = {"timeout": self.settings.watch_timeout_s}
@@ -213,12 +328,17 @@ class Edge:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            after = build_view(upstreams)
+            ok = self.last_result is not None and self.last_result.ok
+            quiet = not self._applying and not self.debouncer.pending
+            if ok and quiet and after == self.view:
+                # Nginx already serves this newer snapshot's view: acknowledge it as is.
+                self._acknowledged(upstreams)
             if version == upstreams.version and self.upstreams is not None:
                 continue
             version = upstreams.version
             before = build_view(self.upstreams) if self.upstreams else None
             self.upstreams = upstreams
-            after = build_view(upstreams)
             if before is None or before != after:
                 self.debouncer.poke(urgent=bool(before and removed_replicas(before, after)))
 
@@ -230,6 +350,13 @@ class Edge:
             await self.apply_once(self.upstreams)
 
     async def apply_once(self, upstreams: Upstreams) -> ApplyResult:
+        self._applying = True
+        try:
+            return await self._apply(upstreams)
+        finally:
+            self._applying = False
+
+    async def _apply(self, upstreams: Upstreams) -> ApplyResult:
         view = build_view(upstreams)
         self.book.update(view)  # before the reload: the first requests must resolve
         try:
@@ -249,6 +376,8 @@ class Edge:
         if result.ok:
             self.view = view
             self._last_error = None
+            self._save_view(upstreams)
+            self._acknowledged(upstreams)
             if result.changed:
                 self.metrics.reloads.labels("ok").inc()
                 log.info(

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, Unauthorized
 from orchestrify.models import (
     CONTAINER_FIELDS,
+    DEFAULT_DRAIN_S,
+    DEFAULT_STOP_GRACE_S,
     Assignment,
     DesiredState,
     Edge,
@@ -60,7 +62,7 @@ from orchestrify.store.tables import (
     ServiceRow,
 )
 
-__all__ = ["ChangeKind", "NodeEnrollment", "Store", "utcnow"]
+__all__ = ["ChangeKind", "NodeEnrollment", "Store", "service_drain_s", "utcnow"]
 
 CLUSTER_ID_KEY = "cluster_id"
 
@@ -87,6 +89,14 @@ def _utc(dt: datetime | None) -> datetime | None:
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt
+
+
+def service_drain_s(spec: dict[str, Any] | None) -> float:
+    """A stored service spec's drain period (the default where an older spec lacks it;
+    0 when the service is gone: nothing to wait for)."""
+    if spec is None:
+        return 0.0
+    return float(spec.get("drain_s", DEFAULT_DRAIN_S))
 
 
 def _hash_token(token: str) -> str:
@@ -180,6 +190,7 @@ def _replica(row: ReplicaRow, node_names: dict[str, str] | None = None) -> Repli
         error=row.error,
         restarts=row.restarts,
         stop_after=_utc(row.stop_after),
+        left_upstreams_at=_utc(row.left_upstreams_at),
         generation=row.generation,
         created_at=_utc(row.created_at) or utcnow(),
         updated_at=_utc(row.updated_at) or utcnow(),
@@ -190,6 +201,7 @@ def _edge(row: EdgeRow) -> Edge:
     return Edge(
         name=row.name,
         metrics_url=row.metrics_url,
+        applied_as_of=_utc(row.applied_as_of),
         last_seen=_utc(row.last_seen) or utcnow(),
         created_at=_utc(row.created_at) or utcnow(),
     )
@@ -507,18 +519,15 @@ class Store:
 
     def delete_service(self, name: str) -> None:
         """Mark a service for removal: its replicas drain out of Nginx, then stop."""
-        now = utcnow()
         with self._write() as tx:
             row = tx.session.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
             row.deleting = True
-            drain_s = float(row.spec.get("drain_s", 10))
-            for rep in tx.session.scalars(select(ReplicaRow).where(ReplicaRow.service == name)):
-                if rep.desired == DesiredState.RUN:
-                    rep.desired = DesiredState.DRAIN
-                    rep.stop_after = now + timedelta(seconds=drain_s)
-                    rep.updated_at = now
+            drain_s = service_drain_s(row.spec)
+            for rep in self._replicas_of(tx.session, name):
+                # One event for the service below, not one per replica.
+                self._drain(tx, rep, reason=f"service {name} removed", quiet=True)
             self._add_event(
                 tx,
                 f"service {name} removed; its replicas drain for {drain_s:g}s, then stop",
@@ -764,29 +773,70 @@ class Store:
         self, replica_id: str, *, reason: str = "removed through the API"
     ) -> Replica:
         """Drain one replica out; the reconciler replaces it unless the service shrank."""
-        now = utcnow()
         with self._write() as tx:
             row = tx.session.get(ReplicaRow, replica_id)
             if row is None:
                 raise NotFound(f"no replica with id {replica_id!r}")
-            if row.desired == DesiredState.RUN:
-                svc = tx.session.get(ServiceRow, row.service)
-                drain_s = float(svc.spec.get("drain_s", 10)) if svc else 0.0
-                row.desired = DesiredState.DRAIN
-                row.stop_after = now + timedelta(seconds=drain_s)
-                row.updated_at = now
-                self._add_event(
-                    tx,
-                    f"replica {row.id} draining for {drain_s:g}s before it stops: {reason}",
-                    kind="action",
-                    service=row.service,
-                    replica=row.id,
-                    action="remove_replica",
-                    outcome="ok",
-                    reason=reason,
-                )
-                tx.changes.update({"spec", "state"})
+            self._drain(tx, row, reason=reason, action="remove_replica")
             return _replica(row)
+
+    def drain_replicas(
+        self, replica_ids: Iterable[str], *, reason: str, action: str = "drain_replica"
+    ) -> None:
+        """Drain these replicas (scale-in, node drain, rolling update, rollback): see
+        ``_drain``. Replicas already leaving, or gone, are left as they are."""
+        with self._write() as tx:
+            for rid in replica_ids:
+                row = tx.session.get(ReplicaRow, rid)
+                if row is not None:
+                    self._drain(tx, row, reason=reason, action=action)
+
+    def _drain(
+        self,
+        tx: _WriteTx,
+        row: ReplicaRow,
+        *,
+        reason: str,
+        action: str = "drain_replica",
+        quiet: bool = False,
+    ) -> bool:
+        """THE one way a running replica starts to leave (scale-in, removal, node drain,
+        rolling update, rollback, autoscaling): desired ``drain``, so it leaves the
+        upstreams at once; ``stop_after`` = now + its service's ``drain_s``; and, when
+        Nginx could send it traffic, ``left_upstreams_at`` = now, so that the reconciler
+        stops it only once every edge has applied a view from after that (or after a
+        bound). False (and nothing changes) when it is not running.
+
+        ``now`` is read under the store's write lock: ``upstreams`` reads its ``as_of``
+        under that lock too, so a snapshot with ``as_of`` after ``left_upstreams_at``
+        is sure to be without this replica.
+        """
+        if row.desired != DesiredState.RUN:
+            return False
+        now = utcnow()
+        svc = tx.session.get(ServiceRow, row.service)
+        drain_s = service_drain_s(svc.spec if svc is not None else None)
+        in_upstreams = row.state == ReplicaState.HEALTHY and row.address is not None
+        row.desired = DesiredState.DRAIN
+        row.stop_after = now + timedelta(seconds=drain_s)
+        row.left_upstreams_at = now if in_upstreams else None
+        if row.state != ReplicaState.FAILED:
+            row.state = ReplicaState.STOPPING
+        row.updated_at = now
+        if not quiet:
+            self._add_event(
+                tx,
+                f"replica {row.id} draining for {drain_s:g}s before it stops: {reason}",
+                kind="action",
+                service=row.service,
+                replica=row.id,
+                action=action,
+                outcome="ok",
+                reason=reason,
+                data={"drain_s": drain_s},
+            )
+        tx.changes.update({"spec", "state"})
+        return True
 
     def create_replicas(
         self, service: str, node_ids: Sequence[str], *, reason: str
@@ -833,9 +883,11 @@ class Store:
         desired: DesiredState,
         *,
         reason: str,
-        drain_s: float = 0.0,
         quiet: bool = False,
     ) -> None:
+        """Set ``run`` or ``stop``; draining goes through ``drain_replicas`` only."""
+        if desired == DesiredState.DRAIN:
+            raise ValueError("drain replicas with Store.drain_replicas (the one drain path)")
         now = utcnow()
         with self._write() as tx:
             for rid in replica_ids:
@@ -844,8 +896,6 @@ class Store:
                     continue
                 row.desired = desired
                 row.updated_at = now
-                if desired == DesiredState.DRAIN:
-                    row.stop_after = now + timedelta(seconds=drain_s)
                 if desired != DesiredState.RUN and row.state != ReplicaState.FAILED:
                     row.state = ReplicaState.STOPPING
                 if not quiet:
@@ -995,6 +1045,7 @@ class Store:
                         cpus=spec.get("cpus"),
                         generation=row.generation,
                         spec_hash=row.spec_hash or spec_hash(spec),
+                        stop_grace_s=float(svc.spec.get("stop_grace_s", DEFAULT_STOP_GRACE_S)),
                     )
                 )
             return out
@@ -1007,10 +1058,17 @@ class Store:
                 raise NotFound(f"no node with id {node_id!r}; register again")
             return list(row.prune or [])
 
-    def upstreams(self) -> list[UpstreamService]:
+    def upstreams(self) -> tuple[datetime, list[UpstreamService]]:
         """Every live service with the replicas Nginx may use: desired ``run``, observed
         ``healthy`` and with an address. A draining replica is absent, which is what takes
-        it out of Nginx before its container stops."""
+        it out of Nginx before its container stops.
+
+        Also answers the snapshot's ``as_of``: read under the write lock before the read
+        starts, so every write that ``_drain`` timed before it has committed and is in
+        the snapshot (one controller process owns the store; see docs/edge.md).
+        """
+        with self._write_lock:
+            as_of = utcnow()
         with self._sessions() as s:
             names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
             rows = s.scalars(
@@ -1036,11 +1094,11 @@ class Store:
             services = s.scalars(
                 select(ServiceRow).where(ServiceRow.deleting.is_(False)).order_by(ServiceRow.name)
             ).all()
-            return [
+            return as_of, [
                 UpstreamService(
                     name=svc.name,
                     port=int(svc.spec.get("port", 8000)),
-                    drain_s=float(svc.spec.get("drain_s", 10)),
+                    drain_s=service_drain_s(svc.spec),
                     replicas=by_service.get(svc.name, []),
                 )
                 for svc in services
@@ -1065,6 +1123,8 @@ class Store:
                     data={"edge": reg.name},
                 )
             row.metrics_url = reg.metrics_url
+            if reg.applied_as_of is not None:
+                row.applied_as_of = reg.applied_as_of
             row.last_seen = now
             tx.session.flush()
             return _edge(row)

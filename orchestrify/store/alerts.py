@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import Decision, PolicyState
-from orchestrify.models import DesiredState, ReplicaState, check_bounds
+from orchestrify.models import check_bounds
 from orchestrify.store import Store, _WriteTx
 from orchestrify.store.alert_tables import AlertInstanceRow, AlertReceiptRow, ScalingStateRow
 from orchestrify.store.tables import MetaRow, ReplicaRow, ServiceRow
@@ -359,26 +359,8 @@ class AlertStore:
             tx.changes.add("spec")
         for rid in d.drain:
             rep = s.get(ReplicaRow, rid)
-            if rep is None or rep.desired != DesiredState.RUN:
-                continue
-            svc = s.get(ServiceRow, rep.service)
-            drain_s = float(svc.spec.get("drain_s", 10)) if svc is not None else 0.0
-            rep.desired = DesiredState.DRAIN
-            rep.stop_after = now + timedelta(seconds=drain_s)
-            if rep.state != ReplicaState.FAILED:
-                rep.state = ReplicaState.STOPPING
-            rep.updated_at = now
-            self.store._add_event(
-                tx,
-                f"replica {rid} draining for {drain_s:g}s before it stops: {d.reason}",
-                kind="action",
-                service=rep.service,
-                replica=rid,
-                action="remove_replica",
-                outcome="ok",
-                reason=d.reason,
-            )
-            tx.changes.update({"spec", "state"})
+            if rep is not None:
+                self.store._drain(tx, rep, reason=d.reason, action="remove_replica")
         return d
 
     def _record(self, tx: _WriteTx, d: Decision) -> None:

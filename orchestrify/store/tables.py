@@ -73,6 +73,10 @@ class ReplicaRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
     stop_after: Mapped[datetime | None]
+    # When the replica left the upstreams (drained while Nginx could send it traffic): it
+    # is stopped only once every edge has applied a view taken after this time. None: it
+    # was not in any upstream when drained (or the row predates edge acknowledgements).
+    left_upstreams_at: Mapped[datetime | None]
     # What this replica runs: the service's generation and container fields when it was
     # created. Old replicas keep theirs during a rolling update. Stores from before
     # rolling updates gain these columns on open and have them filled in right then.
@@ -90,8 +94,9 @@ class ReplicaRow(Base):
 # migration tool), which never alters an existing table, so the store adds these itself.
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "services": ("paused_generation", "pause_reason", "previous_spec", "previous_generation"),
-    "replicas": ("generation", "spec", "spec_hash"),
+    "replicas": ("generation", "spec", "spec_hash", "left_upstreams_at"),
     "nodes": ("orphans", "prune"),
+    "edges": ("applied_as_of",),
     "scaling_states": ("manual_scale_at", "manual_replicas"),
 }
 
@@ -164,5 +169,7 @@ class EdgeRow(Base):
     __tablename__ = "edges"
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     metrics_url: Mapped[str | None] = mapped_column(String(512))
+    # The as_of of the upstreams snapshot its Nginx serves (its acknowledgement).
+    applied_as_of: Mapped[datetime | None]
     last_seen: Mapped[datetime]
     created_at: Mapped[datetime]

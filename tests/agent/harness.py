@@ -52,16 +52,20 @@ def start_controller(
     **overrides: Any,
 ) -> RunningController:
     """The real controller app on uvicorn in a thread; ``overrides`` are settings. The
-    tokens are random unless given (a controller started again with a new data dir)."""
+    tokens are random unless given (``admin_token`` or ``token``, and ``join_token``):
+    give a previous run's to restart it as it was."""
     from prometheus_client import CollectorRegistry
 
     settings = ControllerSettings(
         host="127.0.0.1",
         port=port,
         data_dir=data_dir,
-        token=admin_token or "admin-" + uuid.uuid4().hex,
-        join_token=join_token or "join-" + uuid.uuid4().hex,
-        **{"reconcile_interval_s": 0.5, **overrides},
+        **{
+            "token": admin_token or "admin-" + uuid.uuid4().hex,
+            "join_token": join_token or "join-" + uuid.uuid4().hex,
+            "reconcile_interval_s": 0.5,
+            **overrides,
+        },
     )
     app = create_app(settings, registry=CollectorRegistry())
     server = ControllerServer(

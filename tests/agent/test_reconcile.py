@@ -12,6 +12,7 @@ from orchestrify.agent.docker_engine import ContainerEvent, ContainerInfo, Conta
 from orchestrify.agent.metrics import AgentMetrics
 from orchestrify.agent.probe import ProbeResult
 from orchestrify.agent.reconcile import (
+    REPLACE_GRACE_S,
     GiveUp,
     LocalReplica,
     NodeReconciler,
@@ -39,7 +40,9 @@ def sync(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
 HEAL = HealSettings(backoff_s=(0, 1, 2, 4), max_replacements=3, replacement_window_s=60)
 
 
-def assignment(replica: str = "r1", *, desired: str = "run", image: str = "img") -> Assignment:
+def assignment(
+    replica: str = "r1", *, desired: str = "run", image: str = "img", stop_grace_s: float = 10
+) -> Assignment:
     return Assignment(
         replica=replica,
         service="web",
@@ -52,6 +55,7 @@ def assignment(replica: str = "r1", *, desired: str = "run", image: str = "img")
         memory_mb=64,
         cpus=0.5,
         generation=1,
+        stop_grace_s=stop_grace_s,
     )
 
 
@@ -89,6 +93,7 @@ class FakeEngine:
         self.containers: dict[str, ContainerInfo] = {}
         self.specs: list[ContainerSpec] = []
         self.removed: list[str] = []
+        self.graces: dict[str, float] = {}  # container id -> grace_s it was stopped with
         self.missing_images: set[str] = set()
         self._n = 0
 
@@ -114,8 +119,9 @@ class FakeEngine:
         self.containers[info.id] = info
         return info
 
-    async def remove(self, container_id: str) -> None:
+    async def remove(self, container_id: str, *, grace_s: float = 0.0) -> None:
         self.removed.append(container_id)
+        self.graces[container_id] = grace_s
         self.containers.pop(container_id, None)
 
 
@@ -221,6 +227,7 @@ async def test_dead_container_is_replaced_with_restarts_counted() -> None:
     await cycle(rec)
     rep = rec.replicas["r1"]
     assert engine.removed == ["new1"]
+    assert engine.graces == {"new1": REPLACE_GRACE_S}  # a dead one: the short grace
     assert rep.container is not None and rep.container.id == "new2"
     assert rep.restarts == 1
     assert rec.metrics.replacements.labels("web")._value.get() == 1
@@ -303,10 +310,27 @@ async def test_stop_removes_then_reports_stopped() -> None:
     rec.set_assignments([assignment(desired="stop")])
     await cycle(rec)
     assert engine.removed == ["new1"]
+    assert engine.graces == {"new1": 10}  # SIGTERM, SIGKILL after the service's grace
     (report,) = rec.take_reports(full=False)
     assert report.state == "stopped"
     rec.set_assignments([])
     assert rec.replicas == {}
+
+
+@sync
+async def test_a_stopped_replica_gets_its_own_stop_grace() -> None:
+    engine, prober, clock = FakeEngine(), FakeProber(), Clock()
+    rec = make(engine, prober, clock)
+    rec.set_assignments([assignment("r1", stop_grace_s=45), assignment("r2", stop_grace_s=0)])
+    await cycle(rec)
+    rec.set_assignments(
+        [
+            assignment("r1", desired="stop", stop_grace_s=45),
+            assignment("r2", desired="stop", stop_grace_s=0),
+        ]
+    )
+    await cycle(rec)
+    assert engine.graces == {"new1": 45, "new2": 0}
 
 
 @sync

@@ -148,6 +148,8 @@ INVALID = [
     ("replicas", {"replicas": 0, "min_replicas": 1}),
     ("min_replicas", {"replicas": 3, "min_replicas": 5, "max_replicas": 4}),
     ("name", {"name": "Bad_Name"}),
+    ("stop_grace_s", {"stop_grace_s": -1}),
+    ("stop_grace_s", {"stop_grace_s": 3601}),
 ]
 
 
@@ -178,6 +180,7 @@ PATCHES = [
     ("replicas", {"replicas": 50}),
     ("min_replicas", {"min_replicas": 20}),
     ("max_replicas", {"max_replicas": -1}),
+    ("stop_grace_s", {"stop_grace_s": 4000}),
 ]
 
 

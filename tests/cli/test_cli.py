@@ -96,6 +96,11 @@ def test_service_create_with_environment_and_host_port(controller: Controller) -
     spec = json.loads(controller.ok("service", "inspect", "seed", "--json"))
     assert spec["env"] == {"MODE": "prod", "URL": "http://x:1", "DEBUG": "0"}
     assert (spec["port"], spec["host_port"], spec["max_per_node"]) == (8000, 8080, 1)
+    assert spec["stop_grace_s"] == 10  # the default grace between SIGTERM and SIGKILL
+    out = controller.ok("service", "update", "seed", "--stop-grace", "25")
+    assert "stop grace 25s" in out
+    spec = json.loads(controller.ok("service", "inspect", "seed", "--json"))
+    assert (spec["stop_grace_s"], spec["generation"]) == (25, 1)  # nothing rolls
 
 
 def test_ls_inspect_scale_ps_rm(controller: Controller) -> None:
@@ -239,6 +244,7 @@ def _error_line(proc: Any) -> str:
         (["service", "update", "web"], "image"),
         (["service", "update", "web", "--env", "NOEQUALS"], "env"),
         (["service", "rollback", "Bad Name"], "name"),
+        (["service", "create", "nginx", "--name", "b8", "--stop-grace", "-1"], "stop_grace_s"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_field(

@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry
 from orchestrify.controller.app import create_app
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.settings import ControllerSettings
-from orchestrify.models import DesiredState
 
 ADMIN = {"Authorization": "Bearer admin-token"}
 JOIN = {"Authorization": "Bearer join-token"}
@@ -71,7 +70,7 @@ def test_upstreams_list_only_running_healthy_replicas_with_an_address(api: TestC
     ]
 
     # Draining (scale-in) takes it out at once, while its container still runs.
-    _state(api).store.set_desired([r1], DesiredState.DRAIN, reason="test", drain_s=7)
+    _state(api).store.drain_replicas([r1], reason="test")
     body = api.get("/v1/upstreams", params={"version": body["version"]}, headers=ADMIN).json()
     assert body["services"][0]["replicas"] == []
 
@@ -82,7 +81,8 @@ def test_upstreams_long_poll_waits_then_answers_unchanged(api: TestClient) -> No
     again = api.get(
         "/v1/upstreams", params={"version": first["version"], "timeout": 0.2}, headers=ADMIN
     ).json()
-    assert again == first
+    assert {**again, "as_of": None} == {**first, "as_of": None}
+    assert again["as_of"] > first["as_of"]  # a later snapshot, though the same view
 
 
 def test_upstreams_need_the_admin_token(api: TestClient) -> None:

@@ -29,6 +29,7 @@ from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.demo import DEMO_PORT, build_demo_image
 from orchestrify.edge import Edge, EdgeSettings
+from orchestrify.edge.nginx import NginxProcess
 from tests.conftest import TEST_LABEL, free_port
 
 T = TypeVar("T")
@@ -213,7 +214,8 @@ class StandInAgent:
 
 
 class EdgeThread:
-    """An edge (and so its Nginx) on an event loop of its own."""
+    """An edge on an event loop of its own. Nginx outlives an edge, so ``stop`` stops the
+    Nginx it ran too (a test leaves nothing behind); ``kill`` leaves it running."""
 
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
@@ -241,16 +243,32 @@ class EdgeThread:
         self.thread.start()
         return self
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """The edge process goes away; its Nginx keeps serving."""
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.task.cancel)
             self.thread.join(20)
+
+    def stop(self) -> None:
+        self.kill()
+        stop_nginx(self.settings.nginx_conf_dir)
 
     def served_replicas(self, service: str) -> set[str]:
         for svc in self.edge.view.services:
             if svc.name == service:
                 return {s.replica for s in svc.servers}
         return set()
+
+
+def stop_nginx(prefix: Path) -> None:
+    """Stop the Nginx that runs from ``prefix`` (its pid file), if any."""
+    nginx = NginxProcess(
+        binary="nginx",
+        prefix=prefix.resolve(),
+        pid_file=prefix.resolve() / "nginx.pid",
+        health_url="http://127.0.0.1:1/",
+    )
+    asyncio.run(nginx.stop(timeout_s=5))
 
 
 @contextlib.contextmanager

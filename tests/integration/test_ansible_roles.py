@@ -261,6 +261,8 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     edge_metrics_url = f"http://{host.address}:18082/metrics"
     assert f"--metrics-host 0.0.0.0 --metrics-url {edge_metrics_url}" in edge_start
     assert ex(host, "systemctl", "is-enabled", "nginx", check=False) == "disabled"
+    assert "--nginx-start-command systemctl start orchestrify-nginx.service" in edge_start
+    assert ex(host, "systemctl", "is-enabled", "orchestrify-nginx") == "enabled"
 
     # The real programs run: the controller answers, the edge's Nginx serves port 80 and
     # the edge registered with the controller, and the agent installed by the previous
@@ -299,6 +301,21 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     assert second.recap(host.name)["changed"] == 0, second.output[-5000:]
     for unit in ("orchestrify-controller", "orchestrify-edge"):
         assert unit_starts(lab_env, unit) == 1, unit
+
+    # Nginx runs under its own unit (the edge started it there), not in the edge's
+    # cgroup: restarting the edge leaves the same Nginx serving, and the new edge adopts it.
+    def nginx_main_pid() -> str:
+        return ex(host, "systemctl", "show", "-p", "MainPID", "--value", "orchestrify-nginx")
+
+    assert ex(host, "systemctl", "is-active", "orchestrify-nginx") == "active"
+    master = nginx_main_pid()
+    assert master == ex(host, "cat", "/etc/orchestrify/nginx/nginx.pid"), master
+    ex(host, "systemctl", "restart", "orchestrify-edge")
+    status, body = http_get(f"http://{host.address}:80/__orchestrify/health")
+    assert status == 200, body
+    assert wait_for_api(host, "/v1/edges", lambda edges: edges[0]["applied_as_of"] is not None)
+    assert nginx_main_pid() == master
+    assert ex(host, "systemctl", "is-active", "orchestrify-nginx") == "active"
 
 
 def test_invalid_rules_never_reach_prometheus(lab_env: LabEnv, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import functools
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import docker
@@ -201,3 +202,41 @@ def _timed_get(url: str) -> float:
     response = httpx.get(url, timeout=10)
     assert response.status_code == 200
     return time.monotonic() - started
+
+
+def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(
+    docker_client: docker.DockerClient, demo_tag: str, request: pytest.FixtureRequest
+) -> None:
+    container = docker_client.containers.run(
+        demo_tag,
+        detach=True,
+        environment={"ORCHESTRIFY_REPLICA": "demo-stop"},
+        labels={TEST_LABEL: "1"},
+        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    )
+    request.addfinalizer(functools.partial(container.remove, force=True))
+    container.reload()
+    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
+    _wait_until_answering(url)
+    assert httpx.get(f"{url}/admin/latency?ms=2000", timeout=5).status_code == 200
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        slow = [pool.submit(httpx.get, f"{url}/slow/{n}", timeout=30) for n in range(3)]
+        deadline = time.monotonic() + 10
+        while b"GET /admin/latency" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the slow requests are now being answered (sleeping 2 s)
+        container.kill(signal="SIGTERM")  # what `docker stop` sends first
+        deadline = time.monotonic() + 10
+        while b"received SIGTERM" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The listener is gone: a new connection is refused, while the slow ones go on.
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/", timeout=2)
+        answers = [f.result() for f in slow]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert all("hello from demo-stop" in r.text for r in answers)
+    assert container.wait(timeout=20)["StatusCode"] == 0  # exited by itself, not killed
+    logs = container.logs().decode()
+    assert logs.count("received SIGTERM") == 1, logs
+    assert logs.index("received SIGTERM") < logs.index("requests in flight finished"), logs

@@ -160,8 +160,14 @@ def test_up_deploys_serves_through_nginx_and_adopts_after_restart(
 
     before = _containers(engine, node["id"])
     assert len(before) == 2
+    nginx_pid = int((up.data_dir / "nginx" / "nginx.pid").read_text())
     assert up.stop() == 0
     assert _containers(engine, node["id"]) == before  # Ctrl-C leaves the containers running
+    # ...but `up`, a demo in one process, stops the Nginx it ran (an edge alone does not).
+    assert (
+        not Path(f"/proc/{nginx_pid}").exists()
+        or b"nginx" not in Path(f"/proc/{nginx_pid}/cmdline").read_bytes()
+    )
 
     up.start()
     with up.api() as api:

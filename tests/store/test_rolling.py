@@ -14,7 +14,6 @@ from sqlalchemy import inspect
 from orchestrify.errors import Conflict, NotFound
 from orchestrify.models import (
     CONTAINER_FIELDS,
-    DesiredState,
     NodeRegistration,
     ReplicaReport,
     ServicePatch,
@@ -68,7 +67,7 @@ def test_assignments_keep_the_old_spec_for_old_replicas(store: Store) -> None:
 
     # Scaling and drain_s do not start a rollout; old replicas stop counting once drained.
     assert store.update_service("web", ServicePatch(replicas=3, drain_s=2)).generation == 2
-    store.set_desired([r.id for r in old], DesiredState.DRAIN, reason="test")
+    store.drain_replicas([r.id for r in old], reason="test")
     done = store.get_service("web")
     assert (done.updated_replicas, done.update_state) == (1, UpdateState.COMPLETED)
 

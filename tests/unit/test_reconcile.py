@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrify.controller.reconcile import (
+    EDGE_ACK_TIMEOUT_S,
+    EDGE_SEEN_WINDOW_S,
     Drain,
     FinishRollout,
     Forget,
@@ -21,6 +23,7 @@ from orchestrify.controller.reconcile import (
 )
 from orchestrify.models import (
     DesiredState,
+    Edge,
     Node,
     NodeState,
     Replica,
@@ -58,6 +61,7 @@ def rep(
     desired: DesiredState = DesiredState.RUN,
     age_s: float = 100,
     stop_after: datetime | None = None,
+    left_upstreams_at: datetime | None = None,
     generation: int = 1,
 ) -> Replica:
     t = NOW - timedelta(seconds=age_s)
@@ -68,6 +72,7 @@ def rep(
         state=state,
         desired=desired,
         stop_after=stop_after,
+        left_upstreams_at=left_upstreams_at,
         generation=generation,
         created_at=t,
         updated_at=t,
@@ -81,12 +86,14 @@ def plan(
     *,
     removing: frozenset[str] = frozenset(),
     now: datetime = NOW,
+    edges: list[Edge] | None = None,
 ) -> list[Step]:
     snap = Snapshot(
         services=services,
         nodes=nodes,
         replicas=replicas,
         removing_nodes=removing,
+        edges=edges or [],
     )
     return plan_cycle(snap, now=now)
 
@@ -138,7 +145,6 @@ def test_surplus_drains_newest_when_otherwise_equal() -> None:
     steps = plan([svc(replicas=1, drain_s=7)], [nd("a"), nd("b"), nd("c")], reps)
     (drain,) = of(steps, Drain)
     assert drain.replicas == ("new", "mid")
-    assert drain.drain_s == 7
 
 
 def test_drain_becomes_stop_only_after_the_drain_period() -> None:
@@ -148,6 +154,86 @@ def test_drain_becomes_stop_only_after_the_drain_period() -> None:
     assert of(early, Stop) == []
     late = plan(services, nodes, [rep("r1", "a"), draining], now=NOW + timedelta(seconds=11))
     (stop,) = of(late, Stop)
+    assert stop.replicas == ("r2",)
+
+
+def edge(name: str, *, applied_s: float | None, seen_s: float = 1) -> Edge:
+    """An edge seen ``seen_s`` ago whose Nginx serves a view taken ``applied_s`` after NOW
+    (None: it never acknowledged one)."""
+    return Edge(
+        name=name,
+        applied_as_of=None if applied_s is None else NOW + timedelta(seconds=applied_s),
+        last_seen=NOW - timedelta(seconds=seen_s),
+        created_at=NOW - timedelta(hours=1),
+    )
+
+
+def _gated(left_s: float = 0, drain_s: float = 10) -> Replica:
+    """A replica that left the upstreams at NOW + left_s and drains for drain_s."""
+    left = NOW + timedelta(seconds=left_s)
+    return rep(
+        "r2",
+        "b",
+        state=ReplicaState.STOPPING,
+        desired=DesiredState.DRAIN,
+        stop_after=left + timedelta(seconds=drain_s),
+        left_upstreams_at=left,
+    )
+
+
+def test_drained_replica_stops_only_once_every_edge_applied_a_view_without_it() -> None:
+    services, nodes = [svc(replicas=1)], [nd("a"), nd("b")]
+    after = NOW + timedelta(seconds=11)  # the drain period is over
+    lagging = [edge("e1", applied_s=0.5), edge("e2", applied_s=-3)]  # e2: a view from before
+    assert (
+        of(plan(services, nodes, [rep("r1", "a"), _gated()], now=after, edges=lagging), Stop) == []
+    )
+    caught_up = [edge("e1", applied_s=0.5), edge("e2", applied_s=2)]
+    (stop,) = of(
+        plan(services, nodes, [rep("r1", "a"), _gated()], now=after, edges=caught_up), Stop
+    )
+    assert stop.replicas == ("r2",) and "did not confirm" not in stop.reason
+    # Acknowledged early does not cut the drain period short.
+    early = plan(
+        services, nodes, [rep("r1", "a"), _gated()], now=NOW + timedelta(seconds=5), edges=caught_up
+    )
+    assert of(early, Stop) == []
+
+
+def test_an_edge_not_seen_recently_does_not_hold_a_stop() -> None:
+    services, nodes = [svc(replicas=1)], [nd("a"), nd("b")]
+    gone = [edge("old", applied_s=None, seen_s=EDGE_SEEN_WINDOW_S + 5)]
+    steps = plan(
+        services, nodes, [rep("r1", "a"), _gated()], now=NOW + timedelta(seconds=11), edges=gone
+    )
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("r2",)
+
+
+def test_an_edge_that_never_confirms_holds_the_stop_until_the_bound_then_it_is_said() -> None:
+    services, nodes = [svc(replicas=1)], [nd("a"), nd("b")]
+    stuck = [edge("e1", applied_s=5), edge("stuck", applied_s=-60)]
+    bound = NOW + timedelta(seconds=10 + EDGE_ACK_TIMEOUT_S)
+    before = plan(
+        services, nodes, [rep("r1", "a"), _gated()], now=bound - timedelta(seconds=1), edges=stuck
+    )
+    assert of(before, Stop) == []
+    (stop,) = of(plan(services, nodes, [rep("r1", "a"), _gated()], now=bound, edges=stuck), Stop)
+    assert stop.replicas == ("r2",)
+    assert "stuck" in stop.reason and "e1" not in stop.reason and "stopped anyway" in stop.reason
+
+
+def test_a_replica_drained_while_not_in_nginx_waits_for_no_edge() -> None:
+    services, nodes = [svc(replicas=1)], [nd("a"), nd("b")]
+    never = rep(
+        "r2",
+        "b",
+        state=ReplicaState.STARTING,
+        desired=DesiredState.DRAIN,
+        stop_after=NOW + timedelta(seconds=10),
+    )
+    steps = plan(services, nodes, [rep("r1", "a"), never], edges=[edge("e1", applied_s=None)])
+    (stop,) = of(steps, Stop)
     assert stop.replicas == ("r2",)
 
 
@@ -183,7 +269,7 @@ def test_draining_node_replicas_are_drained_and_replaced_elsewhere() -> None:
         [svc(replicas=2, drain_s=5)], [nd("a", NodeState.DRAINING), nd("b"), nd("c")], reps
     )
     (drain,) = of(steps, Drain)
-    assert drain.replicas == ("moving",) and drain.drain_s == 5
+    assert drain.replicas == ("moving",)
     (place,) = of(steps, Place)
     assert place.nodes == ("c",)
 
@@ -281,7 +367,7 @@ def test_rollout_drains_one_old_replica_once_the_new_one_is_healthy_unhealthy_fi
     ]
     steps = plan([svc(replicas=2, generation=2, drain_s=3)], [nd("a"), nd("b"), nd("c")], reps)
     (drain,) = of(steps, Drain)
-    assert drain.replicas == ("old2",) and drain.drain_s == 3
+    assert drain.replicas == ("old2",)
     assert "replica old2 replaced by new1" in drain.reason
     assert of(steps, Place) == [] and of(steps, FinishRollout) == []
 

@@ -12,7 +12,9 @@ router = APIRouter(prefix="/v1/edges", tags=["edges"], dependencies=[Admin])
 
 @router.post("", response_model=Edge)
 def register_edge(reg: EdgeRegistration, state: State) -> Edge:
-    """Create or refresh an edge; its ``metrics_url`` joins Prometheus discovery."""
+    """Create or refresh an edge; its ``metrics_url`` joins Prometheus discovery. With
+    ``applied_as_of`` it acknowledges the upstreams view its Nginx serves: draining
+    replicas are stopped only once every recently seen edge has done so."""
     return state.store.register_edge(reg)
 
 

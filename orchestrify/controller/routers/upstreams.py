@@ -21,9 +21,11 @@ async def watch_upstreams(
     """Long-poll every service with its running, healthy replicas that have an address.
 
     Answers at once if the state version differs from ``version``, otherwise when
-    anything observed changes or after ``timeout`` seconds (same version, same body).
+    anything observed changes or after ``timeout`` seconds (same version, same services).
+    ``as_of`` is the controller's time of the snapshot; the edge reports it back
+    (``applied_as_of`` on ``POST /v1/edges``) once its Nginx serves that view.
     """
     wait = min(timeout, state.settings.watch_timeout_s)
     current = await state.feed.wait("state", version, wait)
-    services = await asyncio.to_thread(state.store.upstreams)
-    return Upstreams(version=current, services=services)
+    as_of, services = await asyncio.to_thread(state.store.upstreams)
+    return Upstreams(version=current, as_of=as_of, services=services)
