@@ -51,7 +51,14 @@ from orchestrify.agent.metrics import AgentMetrics
 from orchestrify.agent.probe import Prober
 from orchestrify.agent.settings import HealSettings
 from orchestrify.errors import OrchestrifyError
-from orchestrify.models import Assignment, DesiredState, Orphan, ReplicaReport, ReplicaState
+from orchestrify.models import (
+    DEFAULT_STOP_GRACE_S,
+    Assignment,
+    DesiredState,
+    Orphan,
+    ReplicaReport,
+    ReplicaState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +571,9 @@ class NodeReconciler:
 
     async def _remove_orphan(self, c: ContainerInfo, *, why: str) -> None:
         try:
-            await self.engine.remove(c.id)
+            # Gracefully, as any stop: it may still finish requests Nginx sent it before
+            # its replica was removed (the replica's own grace is not known any more).
+            await self.engine.remove(c.id, grace_s=DEFAULT_STOP_GRACE_S)
             log.info(
                 "removed container",
                 extra={"replica": c.replica, "container": c.id[:12], "why": why},
