@@ -492,6 +492,11 @@ class UpstreamService(BaseModel):
     port: int = Field(description="Container port (informative: replicas answer on address).")
     drain_s: float = Field(description="Seconds a replica keeps running after it leaves.")
     replicas: list[UpstreamReplica]
+    kept_from_cluster: str | None = Field(
+        None,
+        description="Set by an edge, never by the controller: the cluster this service came "
+        "from, kept in Nginx because the controller's (new) cluster does not serve it.",
+    )
 
 
 class Upstreams(BaseModel):
@@ -504,6 +509,12 @@ class Upstreams(BaseModel):
         "it is in it. The edge reports it back once Nginx serves the view (applied_as_of).",
     )
     services: list[UpstreamService]
+    cluster_id: str | None = Field(
+        None,
+        description="The controller's cluster (its store). An edge keeps serving the "
+        "services of another cluster that this one does not serve: a new or wiped store "
+        "never empties Nginx.",
+    )
 
 
 class EdgeRegistration(Strict):

@@ -45,7 +45,14 @@ from orchestrify.edge.debounce import Debouncer
 from orchestrify.edge.nginx import NginxProcess
 from orchestrify.edge.render import NginxRenderSettings, render_nginx
 from orchestrify.edge.telemetry import EdgeMetrics, LogReceiver
-from orchestrify.edge.view import AddressBook, EdgeView, build_view, removed_replicas
+from orchestrify.edge.view import (
+    AddressBook,
+    EdgeView,
+    build_view,
+    keep_other_clusters,
+    kept_services,
+    removed_replicas,
+)
 from orchestrify.errors import InvalidSpec, OrchestrifyError
 from orchestrify.models import Upstreams
 
@@ -165,6 +172,9 @@ class Edge:
         self._ack_due = asyncio.Event()
         self._applying = False  # an apply is under way: Nginx's view may be changing
         self.view_file = prefix / VIEW_FILE
+        self._served: Upstreams | None = None  # the saved view applied at start
+        self._kept: list[str] = []  # services kept from another cluster
+        self._pending_events: list[str] = []  # said to the controller by the resync
 
     def _render_settings(self) -> NginxRenderSettings:
         return NginxRenderSettings(
@@ -201,6 +211,8 @@ class Edge:
                 # Before the controller answers (it may be away): what Nginx last served.
                 # A no-op when the running Nginx has these files; starts it when none runs.
                 log.info("applying the saved view", extra={"as_of": str(saved[0].as_of)})
+                self._served = saved[0]
+                self._kept = kept_services(saved[0])
                 await self.apply_once(saved[0])
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(), name="edge-watch")
@@ -328,6 +340,8 @@ class Edge:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            upstreams = self._keep_other_clusters(upstreams)
+            await self._flush_events()
             after = build_view(upstreams)
             ok = self.last_result is not None and self.last_result.ok
             quiet = not self._applying and not self.debouncer.pending
@@ -341,6 +355,42 @@ class Edge:
             self.upstreams = upstreams
             if before is None or before != after:
                 self.debouncer.poke(urgent=bool(before and removed_replicas(before, after)))
+
+    def _keep_other_clusters(self, upstreams: Upstreams) -> Upstreams:
+        """Never let a new or wiped controller store empty Nginx: keep what it does not
+        serve of another cluster (said once per change of the kept set)."""
+        last = self.upstreams if self.upstreams is not None else self._served
+        merged = keep_other_clusters(last, upstreams)
+        kept = kept_services(merged)
+        if kept != self._kept:
+            self._kept = kept
+            if kept:
+                message = (
+                    f"edge {self.settings.name}: the controller's cluster "
+                    f"{upstreams.cluster_id} does not serve {', '.join(kept)}, which Nginx "
+                    "served for another cluster (a new or wiped store?); kept with their "
+                    "last replicas until this cluster serves them (re-create the services, "
+                    "or `orchestrify node adopt`)"
+                )
+                log.warning("keeping services of another cluster", extra={"services": kept})
+                self._pending_events.append(message)
+            else:
+                log.info("no service of another cluster kept any more")
+        return merged
+
+    async def _flush_events(self) -> None:
+        """Record the edge's pending events on the controller (kept for the next try)."""
+        while self._pending_events:
+            try:
+                await self.client.request(
+                    "POST",
+                    f"/v1/edges/{self.settings.name}/events",
+                    json={"message": self._pending_events[0], "kind": "config", "outcome": "info"},
+                )
+            except OrchestrifyError as exc:
+                log.warning("could not record an edge event", extra={"error": str(exc)})
+                return
+            self._pending_events.pop(0)
 
     async def _apply_loop(self) -> None:
         while True:

@@ -135,3 +135,35 @@ class AddressBook:
 def removed_replicas(before: EdgeView, after: EdgeView) -> Sequence[str]:
     """Replicas that left: the edge reloads for them without waiting out a burst."""
     return sorted(before.replica_ids() - after.replica_ids())
+
+
+def keep_other_clusters(last: Upstreams | None, new: Upstreams) -> Upstreams:
+    """``new``, plus the services Nginx serves for another cluster that ``new``'s cluster
+    does not serve (absent, or without a replica).
+
+    A controller on a new or wiped store answers with another ``cluster_id`` and none of
+    the services that still run (their containers are orphans its agents keep running):
+    rendering that answer as it is would empty Nginx. Such services stay, with their last
+    replicas and ``kept_from_cluster`` set, until the new cluster serves a service of the
+    same name with at least one replica (re-created, or its orphans adopted).
+    """
+    if last is None or new.cluster_id is None:
+        return new
+    served = {s.name for s in new.services if s.replicas}
+    kept = []
+    for svc in last.services:
+        origin = svc.kept_from_cluster or last.cluster_id
+        if origin is None or origin == new.cluster_id or not svc.replicas:
+            continue
+        if svc.name not in served:
+            kept.append(svc.model_copy(update={"kept_from_cluster": origin}))
+    if not kept:
+        return new
+    names = {s.name for s in kept}
+    services = [s for s in new.services if s.name not in names] + kept
+    return new.model_copy(update={"services": sorted(services, key=lambda s: s.name)})
+
+
+def kept_services(upstreams: Upstreams) -> list[str]:
+    """Names of the services kept from another cluster (see ``keep_other_clusters``)."""
+    return sorted(s.name for s in upstreams.services if s.kept_from_cluster)

@@ -2,12 +2,14 @@
 SIGKILL), the agent on the real Docker engine, the edge with the real Nginx, and traffic
 through Nginx every 20 ms on new connections. The data plane must not notice.
 
-Drill numbers follow issue 9; drills 3, 4, 6 and 7 live next to the code they prove
-(tests/integration/test_orphans.py, test_edge_outage.py, test_liveness.py, test_drain.py).
+Drill numbers follow issue 9. Drill 3 is here with traffic (its orphan and adoption
+details are in test_lost_store.py), drill 4 in test_edge_restart.py, drill 6 in
+test_liveness.py and drill 7 in test_graceful_stop.py.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -137,6 +139,42 @@ def test_controller_away_a_minute_replaces_nothing_and_catches_up(
         for load in loads:
             assert load.total > 1000
             assert load.failures == [], load.failures[:5]
+
+
+def test_controller_store_wiped_under_traffic_nginx_keeps_serving(
+    tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Drill 3 with traffic: the controller's data dir is wiped and a fresh controller
+    starts (another cluster). No container is removed, the agent reports them as orphans,
+    the edge keeps them in Nginx (no request fails), and re-creating the service adopts
+    them without a restart."""
+    with fleet(tmp_path, engine, controller_args=NODE_TIMEOUT) as f:
+        f.deploy("web", image=DEFAULT_TAG, replicas=2)
+        wait_for("web to be served", lambda: _whole(f, web=2), timeout=90)
+        before = containers(engine, f.run_id, service="web")
+        served = f.edge.upstream_addresses()
+        load = f.load("web")
+
+        f.controller.kill()
+        shutil.rmtree(f.controller.data_dir)
+        f.controller.start()
+
+        def orphans() -> int:
+            with f.controller.api() as api:
+                return sum(len(n["orphaned"]) for n in api.get("/v1/nodes").json())
+
+        wait_for("the agent to report its containers as orphans", lambda: orphans() == 2)
+        time.sleep(3)  # traffic goes on while the controller knows no service at all
+        assert f.edge.upstream_addresses() == served, "the edge emptied an upstream"
+        f.deploy("web", image=DEFAULT_TAG, replicas=2)  # re-created by name: adopts them
+        wait_for("web adopted and served", lambda: _whole(f, web=2), timeout=60)
+        load.stop()
+
+        assert containers(engine, f.run_id, service="web") == before, "a container changed"
+        assert f.edge.upstream_addresses() == served
+        assert orphans() == 0
+        assert load.total > 200
+        assert load.failures == [], load.failures[:5]
 
 
 def test_docker_engine_restarted_under_the_agent_replicas_come_back(

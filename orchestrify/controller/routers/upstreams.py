@@ -28,4 +28,6 @@ async def watch_upstreams(
     wait = min(timeout, state.settings.watch_timeout_s)
     current = await state.feed.wait("state", version, wait)
     as_of, services = await asyncio.to_thread(state.store.upstreams)
-    return Upstreams(version=current, as_of=as_of, services=services)
+    return Upstreams(
+        version=current, as_of=as_of, services=services, cluster_id=state.store.cluster_id
+    )
