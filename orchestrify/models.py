@@ -29,9 +29,15 @@ IMAGE_REF = re.compile(
 
 
 class NodeState(StrEnum):
+    """``ready`` takes new replicas; ``draining`` moves its replicas away; ``unreachable``
+    went silent together with many others (the controller or the network is suspected:
+    its replicas stay and keep serving); ``not_ready`` went silent alone (its replicas
+    are rescheduled elsewhere, at a limited rate)."""
+
     READY = "ready"
     NOT_READY = "not_ready"
     DRAINING = "draining"
+    UNREACHABLE = "unreachable"
 
 
 class ReplicaState(StrEnum):
@@ -253,6 +259,13 @@ class NodeCredentials(BaseModel):
 
 
 class Heartbeat(Strict):
+    address: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="The agent's current address, when it detects it (not pinned with "
+        "--advertise-address): a change moves the node and its replicas' addresses.",
+    )
     cpu_percent: float | None = None
     memory_total: int | None = None
     memory_free: int | None = None

@@ -26,7 +26,11 @@ NodeAuth = Depends(require_node)
 
 @router.post("/register", response_model=NodeCredentials, dependencies=[Depends(require_join)])
 def register_node(reg: NodeRegistration, state: State) -> NodeCredentials:
+    liveness = state.reconciler.liveness
+    if reg.node_id:
+        liveness.seen(reg.node_id)  # before the store says ready, so no cycle undoes it
     node, token = state.store.register_node(reg)
+    liveness.seen(node.id)
     return NodeCredentials(node_id=node.id, node_token=token)
 
 
@@ -60,7 +64,9 @@ def remove_node(
 ) -> Response:
     """Drain the node, then forget it once no replica is left (202: in progress)."""
     if force:
-        state.store.delete_node(node_id)
+        node = state.store.get_node(node_id)
+        state.store.delete_node(node.id)
+        state.reconciler.liveness.forget(node.id)
         return Response(status_code=204)
     state.store.set_node_draining(node_id, draining=True, remove=True)
     return Response(status_code=202)
@@ -68,6 +74,9 @@ def remove_node(
 
 @router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
 def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
+    # Seen first (this process's monotonic clock): a cycle that judges meanwhile then
+    # finds the node alive, and the store write below restores a silent node's state.
+    state.reconciler.liveness.seen(node_id)
     return state.store.heartbeat(node_id, hb)
 
 
