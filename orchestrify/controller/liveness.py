@@ -76,6 +76,7 @@ class NodeLiveness:
         self.started = clock()
         self._seen: dict[str, float] = {}
         self._stored: dict[str, datetime | None] = {}
+        self._first_look = True
         self._lock = threading.Lock()
 
     def seen(self, node_id: str) -> None:
@@ -102,14 +103,18 @@ class NodeLiveness:
 
     def _observe(self, nodes: Iterable[Node]) -> None:
         """Count a changed stored heartbeat time as a sighting (now, on our clock): only a
-        change counts, never the wall-clock value itself. A node met for the first time
-        counts as seen now (at start, that is the start)."""
+        change counts, never the wall-clock value itself. A node in the store at the
+        first look counts as seen at start; one met later (registered through another
+        controller) as seen when met."""
         now = self.clock()
         with self._lock:
+            first_met = self.started if self._first_look else now
+            self._first_look = False
             for n in nodes:
-                before = self._stored.get(n.id, n.last_heartbeat)
-                if n.id not in self._seen or before != n.last_heartbeat:
-                    self._seen[n.id] = now
+                if n.id not in self._seen:
+                    self._seen[n.id] = first_met
+                elif self._stored.get(n.id, n.last_heartbeat) != n.last_heartbeat:
+                    self._seen[n.id] = max(self._seen[n.id], now)
                 self._stored[n.id] = n.last_heartbeat
 
     def judge(self, nodes: Iterable[Node]) -> LivenessVerdict:
