@@ -32,8 +32,7 @@ class StoreCollector(Collector):
         yield g
         up = GaugeMetricFamily(
             "orchestrify_node_up",
-            "1 when the node is ready or draining, 0 when it is silent (not_ready or "
-            "unreachable).",
+            "1 when the node is ready or draining, 0 when it is silent (not_ready or unreachable).",
             labels=["node"],
         )
         silent = (NodeState.NOT_READY, NodeState.UNREACHABLE)
