@@ -199,11 +199,11 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
         "--controller ${ORCHESTRIFY_URL}",
         "--join-token ${ORCHESTRIFY_JOIN_TOKEN}",
         f"--name {host.name}",
-        f"--advertise-address {host.address}",
         "--state-dir /var/lib/orchestrify",
         "--metrics-port 18081",
     ):
         assert flag in exec_start
+    assert "--advertise-address" not in exec_start  # detected by the agent unless pinned
     assert "lab-join-token" not in ex(host, "cat", "/etc/systemd/system/orchestrify-agent.service")
     assert ex(host, "systemctl", "is-enabled", "orchestrify-agent") == "enabled"
     # the first install starts the agent once, not started by a task and then restarted
