@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from orchestrify import clock
-from tests.api.conftest import bearer, register, running, service_spec, wait_for
+from tests.api.conftest import JOIN, bearer, register, running, service_spec, wait_for
 
 
 @contextmanager
@@ -112,8 +112,32 @@ def test_a_lone_silent_node_is_unreachable_and_keeps_draining(
     a, a_token = register(api, "a")
     api.post(f"/v1/nodes/{a}/drain")
     wait_for(lambda: api.get(f"/v1/nodes/{a}").json()["state"] == "unreachable", what="a silent")
+    # Not up, for NodeDown (the reschedule action refuses an unreachable node).
+    assert 'orchestrify_node_up{node="a"} 0.0' in api.get("/metrics").text
     api.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(a_token))
     assert api.get(f"/v1/nodes/{a}").json()["state"] == "draining"
+    assert 'orchestrify_node_up{node="a"} 1.0' in api.get("/metrics").text
+
+
+def test_a_removed_node_leaves_discovery_and_node_metrics(api: TestClient) -> None:
+    """What decommission.yml ends with: the node's NodeDown alert resolves because
+    Prometheus no longer scrapes its agent nor sees it in orchestrify_node_up."""
+    resp = api.post(
+        "/v1/nodes/register",
+        json={"name": "old", "address": "127.0.0.1", "agent_url": "http://127.0.0.1:18081"},
+        headers=bearer(JOIN),
+    )
+    node_id = resp.json()["node_id"]
+
+    def agents() -> list[str]:
+        targets = api.get("/v1/discovery/prometheus").json()
+        return [t["labels"]["node"] for t in targets if t["labels"]["job"] == "orchestrify-agent"]
+
+    assert agents() == ["old"]
+    assert 'orchestrify_node_up{node="old"}' in api.get("/metrics").text
+    assert api.delete(f"/v1/nodes/{node_id}", params={"force": "true"}).status_code == 204
+    assert agents() == []
+    assert 'orchestrify_node_up{node="old"}' not in api.get("/metrics").text
 
 
 def _fleet_an_hour_ago(
