@@ -51,9 +51,12 @@ def start_controller(data_dir: Path, port: int, **overrides: Any) -> RunningCont
         host="127.0.0.1",
         port=port,
         data_dir=data_dir,
-        token="admin-" + uuid.uuid4().hex,
-        join_token="join-" + uuid.uuid4().hex,
-        **{"reconcile_interval_s": 0.5, **overrides},
+        **{
+            "token": "admin-" + uuid.uuid4().hex,
+            "join_token": "join-" + uuid.uuid4().hex,
+            "reconcile_interval_s": 0.5,
+            **overrides,  # a restart on the same data dir may keep the tokens
+        },
     )
     app = create_app(settings, registry=CollectorRegistry())
     server = ControllerServer(
