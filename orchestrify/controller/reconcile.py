@@ -263,7 +263,7 @@ def _plan_service(
     drain: list[str] = []
     avoid_new = set(avoid)
     reasons: list[str] = []
-    gone_nodes: list[str] = []
+    evacuated_from: list[str] = []
 
     active: list[Replica] = []
     for r in reps:
@@ -279,7 +279,7 @@ def _plan_service(
             # the container on that order; the row goes when it reports it stopped.
             if r.desired != DesiredState.STOP:
                 evacuate.append(r.id)
-                gone_nodes.append(node.name)
+                evacuated_from.append(node.name)
             if r.desired == DesiredState.RUN:
                 reasons.append(f"node {node.name} is not ready")
             avoid_new.add(r.node)
@@ -301,7 +301,7 @@ def _plan_service(
     if forget:
         steps.append(Forget(tuple(forget), reason="its node is gone (rescheduled elsewhere)"))
     if evacuate:
-        where = ", ".join(dict.fromkeys(gone_nodes))
+        where = ", ".join(dict.fromkeys(evacuated_from))
         steps.append(
             Stop(tuple(evacuate), reason=f"node {where} is not ready (rescheduled elsewhere)")
         )
