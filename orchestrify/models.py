@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HOST_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # IPv4, IPv6 or a DNS name
 SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest]
 IMAGE_REF = re.compile(
@@ -271,6 +272,14 @@ class Heartbeat(Strict):
     memory_free: int | None = None
     disk_free: int | None = None
     replica_count: int | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        # It becomes the host of every replica's host:port, and so of Nginx upstreams.
+        if v is not None and not HOST_ADDRESS.match(v):
+            raise ValueError("must be an IP address or a DNS name")
+        return v
 
 
 class Node(BaseModel):

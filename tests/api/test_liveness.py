@@ -213,3 +213,15 @@ def test_restarted_controller_without_heartbeats_marks_the_fleet_unreachable_onc
     node_id, token = next(iter(tokens.items()))
     api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(token))
     assert api.get(f"/v1/nodes/{node_id}").json()["state"] == "ready"
+
+
+def test_a_heartbeat_with_a_bad_address_is_422_naming_it(api: TestClient) -> None:
+    node_id, token = register(api, "a")
+    resp = api.post(
+        f"/v1/nodes/{node_id}/heartbeat",
+        json={"address": "10.0.0.1; include /etc/passwd"},
+        headers=bearer(token),
+    )
+    assert resp.status_code == 422
+    assert "address" in resp.json()["message"]
+    assert api.get(f"/v1/nodes/{node_id}").json()["address"] == "127.0.0.1"
