@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HOST_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # IPv4, IPv6 or a DNS name
 SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest]
 IMAGE_REF = re.compile(
@@ -39,9 +40,15 @@ DEFAULT_STOP_GRACE_S = 10.0
 
 
 class NodeState(StrEnum):
+    """``ready`` takes new replicas; ``draining`` moves its replicas away; ``unreachable``
+    went silent together with many others (the controller or the network is suspected:
+    its replicas stay and keep serving); ``not_ready`` went silent alone (its replicas
+    are rescheduled elsewhere, at a limited rate)."""
+
     READY = "ready"
     NOT_READY = "not_ready"
     DRAINING = "draining"
+    UNREACHABLE = "unreachable"
 
 
 class ReplicaState(StrEnum):
@@ -323,11 +330,26 @@ class NodeCredentials(BaseModel):
 
 
 class Heartbeat(Strict):
+    address: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="The agent's current address, when it detects it (not pinned with "
+        "--advertise-address): a change moves the node and its replicas' addresses.",
+    )
     cpu_percent: float | None = None
     memory_total: int | None = None
     memory_free: int | None = None
     disk_free: int | None = None
     replica_count: int | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        # It becomes the host of every replica's host:port, and so of Nginx upstreams.
+        if v is not None and not HOST_ADDRESS.match(v):
+            raise ValueError("must be an IP address or a DNS name")
+        return v
 
 
 class Node(BaseModel):

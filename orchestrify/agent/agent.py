@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import psutil
 from prometheus_client import start_http_server
 
+from orchestrify.agent.address import detect_address
 from orchestrify.agent.docker_engine import ContainerEvent, DockerEngine, Engine
 from orchestrify.agent.metrics import AgentMetrics
 from orchestrify.agent.probe import HttpProber
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RESYNC_ENGINE_S = 10.0  # a missed Docker event is noticed at the latest after this
+FALLBACK_ADDRESS = "127.0.0.1"  # before the first detection: reaches published ports anyway
 
 
 class Agent:
@@ -73,6 +75,9 @@ class Agent:
         # Set while the controller answers; cleared by a failed call. Loops backing off
         # wait on it, so the first call that gets through wakes the others at once.
         self._reachable = asyncio.Event()
+        # The address replicas publish on: pinned, or detected (and followed) towards the
+        # controller; the fallback only serves local healing before the first detection.
+        self.address: str = settings.advertise_address or FALLBACK_ADDRESS
 
     async def run(self) -> None:
         s = self.settings
@@ -82,12 +87,15 @@ class Agent:
         client = AsyncControllerClient(
             s.controller_url, s.join_token, component="agent", min_protocol=MIN_PROTOCOL_VERSION
         )
+        if not s.pinned:
+            with contextlib.suppress(OrchestrifyError):  # registering detects it again
+                self.address = await asyncio.to_thread(detect_address, s.controller_url)
         rec = NodeReconciler(
             engine=engine,
             prober=prober,
             heal=s.heal,
             metrics=self.metrics,
-            advertise_address=s.advertise_address,
+            advertise_address=self.address,
             bind_address=s.bind_address,
             extra_labels=s.container_labels,
             log_max_size=s.log_max_size,
@@ -275,17 +283,28 @@ class Agent:
             if self._registrations == seen:  # nobody else did it meanwhile
                 await self._with_controller("register", lambda: self._register(client), client)
 
+    def _follow_address(self, address: str) -> None:
+        """Publish replicas at ``address`` from now on (reports and probes)."""
+        if address != self.address:
+            log.warning("this host's address changed", extra={"old": self.address, "new": address})
+            self.address = address
+            if self.reconciler is not None:
+                self.reconciler.advertise_address = address
+
     async def _register(self, client: AsyncControllerClient) -> None:
         s = self.settings
+        if not s.pinned:
+            # Raises NodeUnreachable while there is no route: retried like the call.
+            self._follow_address(await asyncio.to_thread(detect_address, s.controller_url))
         client.set_token(s.join_token)
         reg = NodeRegistration(
             name=s.name,
-            address=s.advertise_address,
+            address=self.address,
             node_id=self.identity.node_id if self.identity else None,
             cpus=psutil.cpu_count(),
             memory_total=psutil.virtual_memory().total,
             agent_url=(
-                f"http://{s.advertise_address}:{self.metrics_port}"
+                f"http://{self.address}:{self.metrics_port}"
                 if self.metrics_port is not None
                 else None
             ),
@@ -343,6 +362,8 @@ class Agent:
         psutil.cpu_percent(interval=None)  # primes the counter; the first value is 0
         while True:
             hb = await asyncio.to_thread(self._heartbeat, rec.running_count())
+            if hb.address is not None:
+                self._follow_address(hb.address)
 
             async def send(hb: Heartbeat = hb) -> None:
                 await client.request("POST", self._node_path("heartbeat"), json=hb.model_dump())
@@ -351,12 +372,22 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     def _heartbeat(self, replica_count: int) -> Heartbeat:
+        """What the heartbeat says; unpinned, with the address detected now (the last one
+        known when detection fails: the controller keeps what it has)."""
+        address: str | None = None
+        if not self.settings.pinned:
+            try:
+                address = detect_address(self.settings.controller_url)
+            except OrchestrifyError as exc:
+                log.warning("cannot detect this host's address", extra={"error": str(exc)})
+                address = self.address
         mem = psutil.virtual_memory()
         try:
             disk_free: int | None = psutil.disk_usage(str(self.settings.state_dir)).free
         except OSError:
             disk_free = None
         return Heartbeat(
+            address=address,
             cpu_percent=psutil.cpu_percent(interval=None),
             memory_total=mem.total,
             memory_free=mem.available,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from orchestrify.agent.address import is_loopback_host
 
 DEFAULT_METRICS_PORT = 18081  # next to the controller's 18080
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
@@ -63,7 +66,10 @@ class AgentSettings:
     controller_url: str
     join_token: str
     name: str
-    advertise_address: str = "127.0.0.1"
+    advertise_address: str | None = None
+    """Pinned address that Nginx and the controller reach replicas at; None: detected (the
+    source address towards the controller) at start and at every heartbeat, so a host
+    whose address changes brings its replicas along."""
     docker_url: str = DEFAULT_DOCKER_URL
     state_dir: Path = field(default_factory=default_state_dir)
     metrics_port: int | None = DEFAULT_METRICS_PORT
@@ -88,8 +94,16 @@ class AgentSettings:
     """json-file rotation: number of files kept."""
 
     @property
+    def pinned(self) -> bool:
+        return self.advertise_address is not None
+
+    @property
     def bind_address(self) -> str:
-        """Where ports and /metrics listen: loopback stays loopback, anything else is all."""
+        """Where ports and /metrics listen: loopback stays loopback, anything else is all.
+        Unpinned, a controller on loopback means this host is alone: loopback too."""
+        if self.advertise_address is None:
+            host = urlsplit(self.controller_url).hostname or ""
+            return "127.0.0.1" if is_loopback_host(host) else "0.0.0.0"
         try:
             if ipaddress.ip_address(self.advertise_address).is_loopback:
                 return self.advertise_address

@@ -592,6 +592,17 @@ def _reschedule(alert: AlertFacts, rule: AlertRule, inputs: Inputs) -> Decision:
         return _refuse(
             rule.action, "unknown_node", f"no node {label or '(no node label)'}", **common
         )
+    if node.state == NodeState.UNREACHABLE:
+        # Silent together with many others: the controller or the network is suspected,
+        # so its replicas stay (the reconciler's mass-silence rule; an alert must not
+        # undo it).
+        return _refuse(
+            rule.action,
+            "unreachable",
+            f"node {node.name} is unreachable (many nodes went silent at once): assuming a "
+            "controller or network problem, its replicas stay where they are",
+            **common,
+        )
     moving = tuple(
         r.id
         for r in inputs.replicas

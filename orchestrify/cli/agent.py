@@ -29,10 +29,12 @@ def agent(
     name: str = typer.Option(
         default_node_name(), "--name", help="Node name shown in `orchestrify node ls`."
     ),
-    advertise_address: str = typer.Option(
-        "127.0.0.1",
+    advertise_address: str | None = typer.Option(
+        None,
         "--advertise-address",
-        help="Address of this host that Nginx and the controller reach replicas at.",
+        help="Pin the address of this host that Nginx and the controller reach replicas "
+        "at. Default: detected at start and at every heartbeat (the source address towards "
+        "the controller), so a host whose address changes takes its replicas along.",
     ),
     docker_url: str = typer.Option(
         DEFAULT_DOCKER_URL, "--docker-url", help="Docker engine to run the containers on."

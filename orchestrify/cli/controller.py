@@ -49,6 +49,26 @@ def controller(
     node_timeout: float = typer.Option(
         15.0, "--node-timeout", help="Seconds without heartbeat before a node is not_ready."
     ),
+    node_startup_grace: float | None = typer.Option(
+        None,
+        "--node-startup-grace",
+        envvar="ORCHESTRIFY_NODE_STARTUP_GRACE_S",
+        help="Seconds after start before any node may be called silent "
+        "(default: 2 x --node-timeout).",
+    ),
+    mass_silence_threshold: float | None = typer.Option(
+        None,
+        "--mass-silence-threshold",
+        envvar="ORCHESTRIFY_MASS_SILENCE_THRESHOLD",
+        help="Share (0-1] of the live nodes silent at once above which they are "
+        "unreachable and keep their replicas, instead of not_ready (default 0.5).",
+    ),
+    reschedule_nodes_per_minute: float | None = typer.Option(
+        None,
+        "--reschedule-nodes-per-minute",
+        envvar="ORCHESTRIFY_RESCHEDULE_NODES_PER_MINUTE",
+        help="Not-ready nodes whose replicas may move elsewhere per minute (default 6).",
+    ),
     public_url: str | None = typer.Option(
         None, "--public-url", help="URL others reach this controller at (for discovery)."
     ),
@@ -107,6 +127,15 @@ def controller(
             token=token,
             join_token=join_token,
             node_timeout_s=node_timeout,
+            **{
+                key: value
+                for key, value in {
+                    "node_startup_grace_s": node_startup_grace,
+                    "mass_silence_threshold": mass_silence_threshold,
+                    "reschedule_nodes_per_minute": reschedule_nodes_per_minute,
+                }.items()
+                if value is not None  # unset: the settings' own default
+            },
             public_url=public_url,
             dry_run=dry_run,
             playbook_dir=playbook_dir or default_playbook_dir(),

@@ -20,6 +20,7 @@ from orchestrify import __version__
 from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
@@ -172,6 +173,13 @@ def open_state(
         feed,
         interval_s=settings.reconcile_interval_s,
         node_timeout_s=settings.node_timeout_s,
+        # Liveness starts now, with the store: every known node counts as seen now.
+        liveness=NodeLiveness(
+            timeout_s=settings.node_timeout_s,
+            startup_grace_s=settings.resolved_node_startup_grace_s,
+            mass_silence_threshold=settings.mass_silence_threshold,
+        ),
+        limiter=RescheduleLimiter(nodes_per_minute=settings.reschedule_nodes_per_minute),
     )
     jobs = JobRunner(
         store,

@@ -32,11 +32,12 @@ class StoreCollector(Collector):
         yield g
         up = GaugeMetricFamily(
             "orchestrify_node_up",
-            "1 when the node is ready or draining, 0 when not ready.",
+            "1 when the node is ready or draining, 0 when it is silent (not_ready or unreachable).",
             labels=["node"],
         )
+        silent = (NodeState.NOT_READY, NodeState.UNREACHABLE)
         for n in nodes:
-            up.add_metric([n.name], 0 if n.state == NodeState.NOT_READY else 1)
+            up.add_metric([n.name], 0 if n.state in silent else 1)
         yield up
         reps = GaugeMetricFamily(
             "orchestrify_replicas", "Replicas by service and state.", labels=["service", "state"]

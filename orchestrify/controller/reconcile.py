@@ -1,9 +1,11 @@
 """The controller's reconcile step: desired replica counts vs the replicas that exist,
 and rolling updates (replicas of an older generation replaced one at a time).
 
-``plan_cycle`` is a pure function of a snapshot (services, nodes, replicas, time) that
-returns steps; ``Reconciler`` reads the snapshot, plans, applies each step once and
-records the outcome. One failing step never stops the others.
+``plan_cycle`` is a pure function of a snapshot (services, nodes, replicas, time, the
+not-ready nodes admitted for rescheduling) that returns steps; ``Reconciler`` judges node
+liveness (``controller.liveness``), reads the snapshot, admits not-ready nodes through
+the rescheduling rate limiter, plans, applies each step once and records the outcome.
+One failing step never stops the others.
 
 A draining replica is stopped (its container gets SIGTERM, then SIGKILL after its
 service's ``stop_grace_s``) when its drain period is over and every edge seen in the last
@@ -24,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
 from orchestrify.models import (
     DesiredState,
     Edge,
@@ -152,11 +155,18 @@ def plan_cycle(
     *,
     now: datetime,
     avoid_hints: Mapping[str, frozenset[str]] | None = None,
+    admitted: frozenset[str] = frozenset(),
 ) -> list[Step]:
     """Decide what to do so every service has its desired count of running replicas.
 
     ``avoid_hints`` maps a service to nodes its *new* replicas should avoid (a slow
     replica's node); it is a preference: with no other node, the same node is used.
+
+    ``admitted`` holds the not-ready nodes whose replicas may be rescheduled now (the
+    rate limiter's choice): theirs are told to stop (an explicit order, should the node
+    come back; they leave Nginx at once) and replaced elsewhere. A not-ready node not
+    admitted keeps its replicas as they are, counted as present. An ``unreachable`` node
+    (mass silence) keeps its replicas too, for as long as it is unreachable.
     """
     avoid_hints = avoid_hints or {}
     nodes = {n.id: n for n in snap.nodes}
@@ -199,10 +209,20 @@ def plan_cycle(
                 now=now,
                 avoid=avoid_hints.get(svc.name, frozenset()),
                 edges=snap.edges,
+                admitted=admitted,
             )
         )
     for node_id in sorted(snap.removing_nodes):
-        if not any(r.node == node_id for r in snap.replicas):
+        left = [r for r in snap.replicas if r.node == node_id]
+        node = nodes.get(node_id)
+        # A silent node being removed will never report its replicas stopped: once every
+        # one of them is told to stop (and replaced), removing it deletes their rows.
+        silent_done = (
+            node is not None
+            and node.state == NodeState.NOT_READY
+            and all(r.desired == DesiredState.STOP for r in left)
+        )
+        if not left or silent_done:
             steps.append(RemoveNode(node=node_id))
     return steps
 
@@ -210,6 +230,11 @@ def plan_cycle(
 def _node_gone(r: Replica, nodes: Mapping[str, Node]) -> Node | None:
     node = nodes.get(r.node)
     return None if node is None or node.state == NodeState.NOT_READY else node
+
+
+def _evacuating(node: Node | None, admitted: frozenset[str]) -> bool:
+    """The node is not ready and the rate limiter let its replicas move."""
+    return node is not None and node.state == NodeState.NOT_READY and node.id in admitted
 
 
 def _wind_down(
@@ -310,22 +335,36 @@ def _plan_service(
     now: datetime,
     avoid: frozenset[str],
     edges: Sequence[Edge] = (),
+    admitted: frozenset[str] = frozenset(),
 ) -> list[Step]:
     steps: list[Step] = []
     forget: list[str] = []
     stop: list[str] = []
+    evacuate: list[str] = []
     drain: list[str] = []
     draining: list[Replica] = []
     avoid_new = set(avoid)
     reasons: list[str] = []
+    evacuated_from: list[str] = []
 
     active: list[Replica] = []
     for r in reps:
-        node = _node_gone(r, nodes)
+        node = nodes.get(r.node)
         if node is None:
+            # Its node was removed from the store: nothing can be told to it any more.
             forget.append(r.id)
             if r.desired == DesiredState.RUN:
-                reasons.append(f"node {names.get(r.node, r.node)} is not ready")
+                reasons.append(f"node {r.node} is gone")
+            continue
+        if _evacuating(node, admitted):
+            # Told to stop, not forgotten: should the node come back, its agent removes
+            # the container on that order; the row goes when it reports it stopped.
+            if r.desired != DesiredState.STOP:
+                evacuate.append(r.id)
+                evacuated_from.append(node.name)
+            if r.desired == DesiredState.RUN:
+                reasons.append(f"node {node.name} is not ready")
+            avoid_new.add(r.node)
             continue
         if r.desired == DesiredState.RUN:
             if r.state == ReplicaState.FAILED:
@@ -342,7 +381,12 @@ def _plan_service(
             draining.append(r)
 
     if forget:
-        steps.append(Forget(tuple(forget), reason="its node is not ready (rescheduled elsewhere)"))
+        steps.append(Forget(tuple(forget), reason="its node is gone (rescheduled elsewhere)"))
+    if evacuate:
+        where = ", ".join(dict.fromkeys(evacuated_from))
+        steps.append(
+            Stop(tuple(evacuate), reason=f"node {where} is not ready (rescheduled elsewhere)")
+        )
     if drain:
         steps.append(Drain(tuple(drain), reason="its node is draining"))
 
@@ -379,14 +423,14 @@ def _plan_service(
     if missing > 0 and held:
         wait = min(missing, len(held))
         missing -= wait
-        where = sorted({n.id for n in held})
+        holders = sorted({n.id for n in held})
         steps.append(
             Unplaceable(
                 svc.name,
                 wait,
                 reason=f"{len(held)} orphaned container(s) of {svc.name} on node(s) "
-                f"{', '.join(names.get(n, n) for n in where)} may be its replicas: "
-                + " or ".join(f"`orchestrify node adopt {n}`" for n in where)
+                f"{', '.join(names.get(n, n) for n in holders)} may be its replicas: "
+                + " or ".join(f"`orchestrify node adopt {n}`" for n in holders)
                 + " to adopt them, `orchestrify node prune NODE` to have them removed",
             )
         )
@@ -539,7 +583,11 @@ def _pick_victims(active: Sequence[Replica], count: int, fleet: _Fleet, svc: Ser
 
 
 class Reconciler:
-    """Runs ``plan_cycle`` on every spec change and at least every ``interval`` seconds."""
+    """Runs ``plan_cycle`` on every spec change and at least every ``interval`` seconds.
+
+    Each cycle first judges node liveness (``liveness``, this process's monotonic view of
+    heartbeats), then admits not-ready nodes for rescheduling through ``limiter``.
+    """
 
     def __init__(
         self,
@@ -548,13 +596,23 @@ class Reconciler:
         *,
         interval_s: float = 1.0,
         node_timeout_s: float = 15.0,
+        liveness: NodeLiveness | None = None,
+        limiter: RescheduleLimiter | None = None,
     ) -> None:
         self.store = store
         self.feed = feed
         self.interval_s = interval_s
         self.node_timeout = timedelta(seconds=node_timeout_s)
+        self.liveness = liveness or NodeLiveness(
+            timeout_s=node_timeout_s,
+            startup_grace_s=2 * node_timeout_s,
+            mass_silence_threshold=0.5,
+        )
+        self.limiter = limiter or RescheduleLimiter(nodes_per_minute=6.0)
         self._lock = threading.Lock()
         self._last_refusal: dict[str, str] = {}
+        self._admitted: set[str] = set()
+        self._waiting_said: tuple[str, ...] = ()
 
     def run_once(self, *, avoid: Mapping[str, frozenset[str]] | None = None) -> list[Step]:
         with self._lock:
@@ -572,8 +630,59 @@ class Reconciler:
             result = change()
             return result, self._cycle(avoid)
 
+    def judge_liveness(self) -> None:
+        """Mark silent nodes ``unreachable`` (mass silence) or ``not_ready``, from what
+        this process saw; nothing during the startup grace."""
+        verdict = self.liveness.judge(self.store.list_nodes())
+        still_silent = self._still_silent
+        if verdict.unreachable:
+            self.store.mark_unreachable(
+                verdict.silent_s,
+                live=verdict.live,
+                threshold=self.liveness.threshold,
+                still_silent=still_silent,
+            )
+        if verdict.not_ready:
+            self.store.mark_not_ready(
+                {i: verdict.silent_s[i] for i in verdict.not_ready},
+                timeout_s=self.liveness.timeout_s,
+                still_silent=still_silent,
+            )
+
+    def _still_silent(self, node_id: str) -> bool:
+        return self.liveness.silent_for(node_id) > self.liveness.timeout_s
+
+    def admit(self, nodes: Sequence[Node], replicas: Sequence[Replica]) -> frozenset[str]:
+        """The not-ready nodes whose replicas may move now: those admitted before (while
+        they stay not ready) and new ones as the rate limiter's tokens allow. The ones
+        left waiting are said in an event, once per distinct set."""
+        not_ready = {n.id: n.name for n in nodes if n.state == NodeState.NOT_READY}
+        self._admitted &= set(not_ready)
+        moving = (DesiredState.RUN, DesiredState.DRAIN)
+        needing = {r.node for r in replicas if r.node in not_ready and r.desired in moving}
+        waiting: list[str] = []
+        for node_id in sorted(needing - self._admitted, key=lambda i: not_ready[i]):
+            if self.limiter.try_take():
+                self._admitted.add(node_id)
+            else:
+                waiting.append(not_ready[node_id])
+        if waiting and tuple(waiting) != self._waiting_said:
+            rate = self.limiter.rate_per_s * 60
+            reason = f"rescheduling is limited to {rate:g} node(s) per minute"
+            self.store.record_event(
+                f"replicas on not-ready node(s) {', '.join(waiting)} wait for the rescheduling "
+                f"rate limiter ({rate:g} node(s) per minute); they stay as they are for now",
+                kind="decision",
+                action="reschedule_node",
+                outcome="refused",
+                reason=reason,
+                data={"nodes": waiting, "nodes_per_minute": rate},
+            )
+        self._waiting_said = tuple(waiting)
+        return frozenset(self._admitted)
+
     def _cycle(self, avoid: Mapping[str, frozenset[str]] | None) -> list[Step]:
-        self.store.mark_stale_nodes(timeout=self.node_timeout)
+        self.judge_liveness()
         services, nodes, replicas = self.store.snapshot()
         snap = Snapshot(
             services=services,
@@ -582,7 +691,8 @@ class Reconciler:
             removing_nodes=frozenset(self.store.node_removals_pending()),
             edges=self.store.list_edges(),
         )
-        steps = plan_cycle(snap, now=utcnow(), avoid_hints=avoid or {})
+        admitted = self.admit(nodes, replicas)
+        steps = plan_cycle(snap, now=utcnow(), avoid_hints=avoid or {}, admitted=admitted)
         for step in steps:
             try:
                 self._apply(step)
@@ -616,6 +726,7 @@ class Reconciler:
                     )
             case RemoveNode(node):
                 self.store.delete_node(node)
+                self.liveness.forget(node)
             case PauseRollout(service, generation, reason):
                 self.store.pause_rollout(service, generation=generation, reason=reason)
             case FinishRollout(service, generation):

@@ -32,6 +32,29 @@ class ControllerSettings(BaseSettings):
     node_timeout_s: float = Field(
         15.0, gt=0, description="Seconds without heartbeat before a node is not_ready."
     )
+    node_startup_grace_s: float | None = Field(
+        None,
+        ge=0,
+        description="Seconds after this process starts before any node may be called "
+        "silent; unset: 2 x node_timeout_s, so every agent gets at least two full timeouts "
+        "to reach a restarted controller (Nomad's failover heartbeat TTL, Kubernetes' "
+        "node startup grace period).",
+    )
+    mass_silence_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the live nodes (ready, draining, unreachable) that may be "
+        "silent at once before the controller blames itself or the network: above it, the "
+        "silent nodes are unreachable and keep their replicas. 0.5 as Kubernetes' "
+        "unhealthy-zone threshold (0.55).",
+    )
+    reschedule_nodes_per_minute: float = Field(
+        6.0,
+        gt=0,
+        description="Not-ready nodes whose replicas may be moved elsewhere per minute "
+        "(a token bucket, burst 1); 6 is Kubernetes' node eviction rate of 0.1/s.",
+    )
     reconcile_interval_s: float = Field(
         1.0, gt=0, description="Longest wait between reconcile cycles (they also run on change)."
     )
@@ -84,6 +107,12 @@ class ControllerSettings(BaseSettings):
         "every hour; 0 keeps everything. Two weeks is enough to look back on last week's "
         "incidents, and far longer than Alertmanager re-sends a notification (hours).",
     )
+
+    @property
+    def resolved_node_startup_grace_s(self) -> float:
+        if self.node_startup_grace_s is not None:
+            return self.node_startup_grace_s
+        return 2 * self.node_timeout_s
 
     @property
     def resolved_jobs_dir(self) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrify import clock
 from orchestrify.errors import Conflict, InvalidSpec, NotFound, Unauthorized
 from orchestrify.models import (
     CONTAINER_FIELDS,
@@ -77,11 +78,16 @@ class NodeEnrollment:
     known: bool
 
 
+# A node that went quiet: a heartbeat or a registration brings it back.
+_SILENT_STATES = (NodeState.NOT_READY, NodeState.UNREACHABLE)
+_LIVE_STATES = (NodeState.READY, NodeState.DRAINING, NodeState.UNREACHABLE)
+
 ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """The wall clock, read through ``orchestrify.clock`` (the one place a test steps it)."""
+    return clock.utcnow()
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -574,7 +580,7 @@ class Store:
                     select(NodeRow).where(NodeRow.name == reg.name)
                 ).first()
                 if same_name is not None:
-                    if same_name.state != NodeState.NOT_READY and self._fresh(same_name, now):
+                    if same_name.state not in _SILENT_STATES and self._fresh(same_name, now):
                         raise Conflict(
                             f"a ready node is already named {reg.name!r}; pick another --name"
                         )
@@ -598,14 +604,17 @@ class Store:
                 )
                 tx.session.add(row)
             row.name = reg.name
-            row.address = reg.address
+            if created:
+                row.address = reg.address
+            else:
+                self._move_address(tx, row, reg.address)
             row.labels = reg.labels
             row.cpus = reg.cpus
             row.memory_total = reg.memory_total
             row.agent_url = reg.agent_url
             row.token_hash = _hash_token(token)
             row.last_heartbeat = now
-            if created or row.state == NodeState.NOT_READY:
+            if created or row.state in _SILENT_STATES:
                 row.state = NodeState.DRAINING if row.draining else NodeState.READY
             if not known and reg.containers:
                 # Orphans from the start, in the same transaction: the reconciler never
@@ -648,14 +657,17 @@ class Store:
             row = tx.session.get(NodeRow, node_id)
             if row is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
-            row.last_heartbeat = now
-            for key, value in hb.model_dump(exclude_none=True).items():
+            row.last_heartbeat = now  # for display: liveness is judged on a monotonic clock
+            for key, value in hb.model_dump(exclude_none=True, exclude={"address"}).items():
                 setattr(row, key, value)
-            if row.state == NodeState.NOT_READY:
+            if hb.address is not None:
+                self._move_address(tx, row, hb.address)
+            if row.state in _SILENT_STATES:
+                was = row.state
                 row.state = NodeState.DRAINING if row.draining else NodeState.READY
                 self._add_event(
                     tx,
-                    f"node {row.name} is {row.state} again (heartbeat received)",
+                    f"node {row.name} is {row.state} again (heartbeat received; was {was})",
                     kind="node",
                     node=row.name,
                     action="node_ready",
@@ -686,13 +698,15 @@ class Store:
         with self._write() as tx:
             row = self._node_row(tx.session, id_or_name)
             row.draining = draining
-            fresh = self._fresh(row, utcnow())
+            # A silent node stays silent (its next heartbeat applies the drain flag);
+            # no wall-clock comparison here: liveness is the reconciler's to judge.
+            fresh = row.state not in _SILENT_STATES
             if draining:
-                row.state = NodeState.DRAINING if fresh else NodeState.NOT_READY
+                row.state = NodeState.DRAINING if fresh else row.state
                 row.removing = row.removing or remove
                 what = "removal requested: draining first" if remove else "draining"
             else:
-                row.state = NodeState.READY if fresh else NodeState.NOT_READY
+                row.state = NodeState.READY if fresh else row.state
                 row.removing = False
                 what = "active again"
             self._add_event(
@@ -722,27 +736,116 @@ class Store:
             )
             tx.changes.update({"spec", "state"})
 
-    def mark_stale_nodes(self, *, timeout: timedelta) -> list[Node]:
-        """Nodes whose last heartbeat is older than ``timeout`` become not_ready."""
-        now = utcnow()
-        changed = []
+    def _move_address(self, tx: _WriteTx, row: NodeRow, address: str) -> None:
+        """The node now answers at ``address`` (DHCP, a restarted VM): move the node, its
+        agent's metrics URL and every replica's ``host:port`` (same port, new host), so
+        Nginx and the probes follow at once. Said in one event."""
+        old = row.address
+        if address == old:
+            return
+        row.address = address
+        if row.agent_url and f"//{old}:" in row.agent_url:
+            row.agent_url = row.agent_url.replace(f"//{old}:", f"//{address}:", 1)
+        moved = 0
+        for rep in tx.session.scalars(select(ReplicaRow).where(ReplicaRow.node == row.id)):
+            host, sep, port = (rep.address or "").rpartition(":")
+            if sep and host != address:
+                rep.address = f"{address}:{port}"
+                rep.updated_at = utcnow()
+                moved += 1
+        self._add_event(
+            tx,
+            f"node {row.name} moved from {old} to {address}; {moved} replica address(es) follow",
+            kind="node",
+            node=row.name,
+            action="node_address",
+            outcome="info",
+            data={"from": old, "to": address, "replicas": moved},
+        )
+        tx.changes.update({"spec", "state"})
+
+    def mark_unreachable(
+        self,
+        silent_s: Mapping[str, float],
+        *,
+        live: int,
+        threshold: float,
+        still_silent: Callable[[str], bool],
+    ) -> list[Node]:
+        """Mass silence: the live nodes in ``silent_s`` that are not yet unreachable become
+        ``unreachable`` (``still_silent`` is asked again under the write lock, so a
+        heartbeat that arrived meanwhile wins). Their replicas stay where they are and in
+        Nginx. Said in one event for all of them."""
+        changed: list[Node] = []
         with self._write() as tx:
-            live = (NodeState.READY, NodeState.DRAINING)
-            for row in tx.session.scalars(select(NodeRow).where(NodeRow.state.in_(live))):
-                last = _utc(row.last_heartbeat)
-                if last is None or now - last > timeout:
-                    row.state = NodeState.NOT_READY
-                    seconds = (now - last).total_seconds() if last else float("inf")
-                    self._add_event(
-                        tx,
-                        f"node {row.name} is not ready: no heartbeat for {seconds:.0f}s",
-                        kind="node",
-                        node=row.name,
-                        action="node_not_ready",
-                        outcome="info",
-                        reason=f"missed heartbeats (timeout {timeout.total_seconds():g}s)",
-                    )
+            live_states = (NodeState.READY, NodeState.DRAINING)
+            rows = tx.session.scalars(
+                select(NodeRow).where(
+                    NodeRow.id.in_(list(silent_s)), NodeRow.state.in_(live_states)
+                )
+            ).all()
+            for row in rows:
+                if still_silent(row.id):
+                    row.state = NodeState.UNREACHABLE
                     changed.append(_node(row))
+            if changed:
+                names = sorted(n.name for n in changed)
+                silent = len(silent_s)
+                reason = (
+                    f"{silent} of {live} live nodes are silent at once, more than the "
+                    f"mass-silence threshold of {threshold:.0%}: assuming a controller or "
+                    "network problem"
+                )
+                self._add_event(
+                    tx,
+                    f"{len(changed)} node(s) unreachable ({', '.join(names)}): {reason}; "
+                    "their replicas keep running and stay in Nginx, nothing is rescheduled",
+                    kind="node",
+                    action="mass_silence",
+                    outcome="info",
+                    reason=reason,
+                    data={
+                        "nodes": names,
+                        "silent": silent,
+                        "live": live,
+                        "threshold": threshold,
+                    },
+                )
+                tx.changes.update({"spec", "state"})
+        return changed
+
+    def mark_not_ready(
+        self,
+        silent_s: Mapping[str, float],
+        *,
+        timeout_s: float,
+        still_silent: Callable[[str], bool],
+    ) -> list[Node]:
+        """The live nodes in ``silent_s`` (node id -> seconds this controller has not seen
+        it) become ``not_ready``; their replicas are then rescheduled, at a limited rate."""
+        changed: list[Node] = []
+        with self._write() as tx:
+            rows = tx.session.scalars(
+                select(NodeRow).where(
+                    NodeRow.id.in_(list(silent_s)), NodeRow.state.in_(list(_LIVE_STATES))
+                )
+            ).all()
+            for row in rows:
+                if not still_silent(row.id):
+                    continue
+                was = row.state
+                row.state = NodeState.NOT_READY
+                self._add_event(
+                    tx,
+                    f"node {row.name} is not ready: no heartbeat for {silent_s[row.id]:.0f}s"
+                    + (" (it was unreachable)" if was == NodeState.UNREACHABLE else ""),
+                    kind="node",
+                    node=row.name,
+                    action="node_not_ready",
+                    outcome="info",
+                    reason=f"missed heartbeats (timeout {timeout_s:g}s)",
+                )
+                changed.append(_node(row))
             if changed:
                 tx.changes.update({"spec", "state"})
         return changed

@@ -237,6 +237,15 @@ def test_reschedule_a_nodes_replicas_all_or_of_the_service() -> None:
     assert dry and dry.refusal == "dry_run"
 
 
+def test_reschedule_refuses_an_unreachable_node() -> None:
+    """NodeDown fires for an unreachable node too (it is not up), but mass silence means
+    the controller or the network is suspected: the alert must not move its replicas."""
+    fleet = [*nodes("n1", state=NodeState.UNREACHABLE), *nodes("n2", "n3")]
+    decision = run(alert("NodeDown", node="n1"), Inputs(service=None, replicas=REPS, nodes=fleet))
+    assert decision and decision.refusal == "unreachable" and not decision.drain
+    assert "controller or network problem" in decision.reason
+
+
 def test_notify_only() -> None:
     d = run(alert("Info", service="web"), Inputs(service=service()))
     assert d and d.outcome == "ok" and not d.acts

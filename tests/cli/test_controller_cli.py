@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,74 @@ def test_a_bad_setting_from_the_environment_is_one_line_and_exit_2(
     assert "ORCHESTRIFY_RECONCILE_INTERVAL_S" in line
     assert "ORCHESTRIFY_ALERT_STALE_AFTER_S" in line
     assert served == []
+
+
+def test_liveness_settings_default_to_the_documented_values(
+    tmp_path: Path, served: list[ControllerSettings]
+) -> None:
+    result = controller(tmp_path, "--node-timeout", "7")
+    assert result.exit_code == 0, result.output
+    (settings,) = served
+    assert settings.resolved_node_startup_grace_s == 14  # 2 x --node-timeout
+    assert settings.mass_silence_threshold == 0.5
+    assert settings.reschedule_nodes_per_minute == 6
+
+
+def test_liveness_settings_from_the_flags_or_the_environment(
+    tmp_path: Path, served: list[ControllerSettings]
+) -> None:
+    flags = controller(
+        tmp_path,
+        "--node-startup-grace",
+        "90",
+        "--mass-silence-threshold",
+        "0.3",
+        "--reschedule-nodes-per-minute",
+        "2",
+    )
+    assert flags.exit_code == 0, flags.output
+    env = {
+        "ORCHESTRIFY_NODE_STARTUP_GRACE_S": "45",
+        "ORCHESTRIFY_MASS_SILENCE_THRESHOLD": "1",
+        "ORCHESTRIFY_RESCHEDULE_NODES_PER_MINUTE": "12",
+    }
+    from_env = controller(tmp_path, env=env)
+    assert from_env.exit_code == 0, from_env.output
+    got = [
+        (s.resolved_node_startup_grace_s, s.mass_silence_threshold, s.reschedule_nodes_per_minute)
+        for s in served
+    ]
+    assert got == [(90, 0.3, 2), (45, 1, 12)]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--mass-silence-threshold", "0"), ("--mass-silence-threshold", "1.5"),
+     ("--reschedule-nodes-per-minute", "0"), ("--node-startup-grace", "-1")],
+)  # fmt: skip
+def test_a_bad_liveness_setting_exits_2_naming_it(
+    tmp_path: Path, served: list[ControllerSettings], flag: str, value: str
+) -> None:
+    result = controller(tmp_path, flag, value)
+    assert result.exit_code == 2, result.output
+    name = flag.removeprefix("--").replace("-", "_")
+    assert name in result.output.replace("\n", "")
+    assert served == []
+
+
+def test_up_reads_the_liveness_settings_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[ControllerSettings] = []
+
+    async def run_up(settings: ControllerSettings, *_: object) -> None:
+        seen.append(settings)
+
+    # (``orchestrify.cli.up`` as a dotted name is the command function, not the module.)
+    monkeypatch.setattr(importlib.import_module("orchestrify.cli.up"), "run_up", run_up)
+    env = {"ORCHESTRIFY_NODE_STARTUP_GRACE_S": "120", "ORCHESTRIFY_MASS_SILENCE_THRESHOLD": "0.8"}
+    result = runner.invoke(app, ["up", "--no-edge", "--data-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 0, result.output
+    (settings,) = seen
+    assert settings.resolved_node_startup_grace_s == 120
+    assert settings.mass_silence_threshold == 0.8

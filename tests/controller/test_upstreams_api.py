@@ -50,7 +50,9 @@ def _setup(api: TestClient) -> tuple[str, str, list[str]]:
 def test_upstreams_list_only_running_healthy_replicas_with_an_address(api: TestClient) -> None:
     node_id, node_token, (r1, r2, r3) = _setup(api)
     first = api.get("/v1/upstreams", headers=ADMIN).json()
-    assert first["services"] == [{"name": "web", "port": 8000, "drain_s": 7.0, "replicas": []}]
+    assert first["services"] == [
+        {"name": "web", "port": 8000, "drain_s": 7.0, "replicas": [], "kept_from_cluster": None}
+    ]
 
     reports = [
         {"id": r1, "state": "healthy", "address": "127.0.0.1:30001"},

@@ -199,11 +199,11 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
         "--controller ${ORCHESTRIFY_URL}",
         "--join-token ${ORCHESTRIFY_JOIN_TOKEN}",
         f"--name {host.name}",
-        f"--advertise-address {host.address}",
         "--state-dir /var/lib/orchestrify",
         "--metrics-port 18081",
     ):
         assert flag in exec_start
+    assert "--advertise-address" not in exec_start  # detected by the agent unless pinned
     assert "lab-join-token" not in ex(host, "cat", "/etc/systemd/system/orchestrify-agent.service")
     assert ex(host, "systemctl", "is-enabled", "orchestrify-agent") == "enabled"
     # the first install starts the agent once, not started by a task and then restarted
@@ -337,7 +337,7 @@ def test_invalid_rules_never_reach_prometheus(lab_env: LabEnv, tmp_path: Path) -
 
 class FakeControllerAPI(ThreadingHTTPServer):
     """Just enough of the controller's API for decommission.yml: the node list, the drain
-    call, and a replica list that empties two polls after the drain."""
+    call, a replica list that empties two polls after the drain, and the node's removal."""
 
     node_name: str
     calls: list[tuple[str, str, str | None]]
@@ -379,6 +379,14 @@ class FakeControllerHandler(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"detail": "not found"})
 
+    def do_DELETE(self) -> None:
+        self._record()
+        if self.path == "/v1/nodes/n-lab?force=true":
+            self.send_response(204)
+            self.end_headers()
+        else:
+            self._reply(404, {"detail": "not found"})
+
     def do_POST(self) -> None:
         self._record()
         if self.path == "/v1/nodes/n-lab/drain":
@@ -415,6 +423,8 @@ def test_decommission_drains_then_stops_the_agent(lab_env: LabEnv, tmp_path: Pat
     paths = [(method, path) for method, path, _ in api.calls]
     assert paths[:2] == [("GET", "/v1/nodes"), ("POST", "/v1/nodes/n-lab/drain")]
     assert paths.count(("GET", "/v1/replicas")) == 3
+    # Last, once the agent is stopped: the node leaves the store (and Prometheus' targets).
+    assert paths[-1] == ("DELETE", "/v1/nodes/n-lab?force=true")
     assert {auth for _, _, auth in api.calls} == {"Bearer lab-api-token"}
     assert ex(host, "systemctl", "is-active", "orchestrify-agent", check=False) == "inactive"
     assert ex(host, "systemctl", "is-enabled", "orchestrify-agent", check=False) == "disabled"

@@ -126,8 +126,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         inventory = the_lab.write_inventory(tmp / "lab.yml", groups={"workers": hosts})
         data = yaml.safe_load(inventory.read_text())
         workers = data["all"]["children"]["workers"]
-        for host in hosts:
-            workers["hosts"][host.name]["orchestrify_agent_advertise_address"] = host.address
+        # No orchestrify_agent_advertise_address: each agent detects its address (its
+        # source address towards the controller), which must be the lab host's own.
         workers["vars"] = {
             "orchestrify_agent_controller_url": url,
             "orchestrify_agent_join_token": join_token,

@@ -87,6 +87,7 @@ def plan(
     removing: frozenset[str] = frozenset(),
     now: datetime = NOW,
     edges: list[Edge] | None = None,
+    admitted: frozenset[str] = frozenset(),
 ) -> list[Step]:
     snap = Snapshot(
         services=services,
@@ -95,7 +96,7 @@ def plan(
         removing_nodes=removing,
         edges=edges or [],
     )
-    return plan_cycle(snap, now=now)
+    return plan_cycle(snap, now=now, admitted=admitted)
 
 
 def of(steps: list[Step], kind: type) -> list[Any]:
@@ -253,14 +254,55 @@ def test_failed_replica_with_no_other_node_is_replaced_on_the_same_one() -> None
     assert place.nodes == ("a",) and "same node" in place.reason
 
 
-def test_not_ready_node_replicas_are_forgotten_and_replaced_elsewhere() -> None:
+def test_admitted_not_ready_node_replicas_are_told_to_stop_and_replaced_elsewhere() -> None:
+    """Not forgotten: the row stays with desired=stop, an explicit order to its agent
+    should the node come back (and it leaves Nginx at once)."""
     reps = [rep("lost", "a"), rep("ok", "b")]
-    steps = plan([svc(replicas=2)], [nd("a", NodeState.NOT_READY), nd("b"), nd("c")], reps)
-    (forget,) = of(steps, Forget)
-    assert forget.replicas == ("lost",)
+    nodes = [nd("a", NodeState.NOT_READY), nd("b"), nd("c")]
+    steps = plan([svc(replicas=2)], nodes, reps, admitted=frozenset({"a"}))
+    assert of(steps, Forget) == []
+    (stop,) = of(steps, Stop)
+    assert stop.replicas == ("lost",) and "host-a is not ready" in stop.reason
     (place,) = of(steps, Place)
     assert place.nodes == ("c",)
     assert "host-a is not ready" in place.reason
+
+
+def test_not_ready_node_waiting_for_the_limiter_keeps_its_replicas_counted() -> None:
+    reps = [rep("waiting", "a"), rep("ok", "b")]
+    nodes = [nd("a", NodeState.NOT_READY), nd("b"), nd("c")]
+    assert plan([svc(replicas=2)], nodes, reps) == []  # not admitted: nothing moves yet
+
+
+def test_stopped_replica_on_a_not_ready_node_is_not_placed_again() -> None:
+    """Once told to stop, the row stays until its agent reports it or the node goes; it
+    is not counted, and it is not told again."""
+    reps = [rep("told", "a", desired=DesiredState.STOP), rep("new", "c")]
+    nodes = [nd("a", NodeState.NOT_READY), nd("b"), nd("c")]
+    steps = plan([svc(replicas=1)], nodes, reps, admitted=frozenset({"a"}))
+    assert steps == []
+
+
+def test_unreachable_node_keeps_its_replicas() -> None:
+    """Mass silence: its replicas count as running; nothing is stopped or placed."""
+    reps = [rep("r1", "a"), rep("r2", "b")]
+    nodes = [nd("a", NodeState.UNREACHABLE), nd("b", NodeState.UNREACHABLE), nd("c")]
+    assert plan([svc(replicas=2)], nodes, reps, admitted=frozenset({"a", "b"})) == []
+
+
+def test_silent_node_being_removed_goes_once_its_replicas_are_told_to_stop() -> None:
+    nodes = [nd("a", NodeState.NOT_READY), nd("b")]
+    first = plan(
+        [svc(replicas=1)],
+        nodes,
+        [rep("r", "a")],
+        removing=frozenset({"a"}),
+        admitted=frozenset({"a"}),
+    )
+    assert of(first, RemoveNode) == [] and of(first, Stop)[0].replicas == ("r",)
+    told = [rep("r", "a", desired=DesiredState.STOP), rep("n", "b")]
+    later = plan([svc(replicas=1)], nodes, told, removing=frozenset({"a"}))
+    assert of(later, RemoveNode) == [RemoveNode(node="a")]
 
 
 def test_draining_node_replicas_are_drained_and_replaced_elsewhere() -> None:

@@ -32,7 +32,11 @@ NodeAuth = Depends(require_node)
 def register_node(reg: NodeRegistration, state: State) -> NodeCredentials:
     """``known`` says whether this store knew the node: when it did not, the agent keeps
     the containers it already runs as orphans (``node adopt`` / ``node prune``)."""
+    liveness = state.reconciler.liveness
+    if reg.node_id:
+        liveness.seen(reg.node_id)  # before the store says ready, so no cycle undoes it
     enrolled = state.store.enroll_node(reg)
+    liveness.seen(enrolled.node.id)
     return NodeCredentials(
         node_id=enrolled.node.id,
         node_token=enrolled.token,
@@ -87,7 +91,9 @@ def remove_node(
 ) -> Response:
     """Drain the node, then forget it once no replica is left (202: in progress)."""
     if force:
-        state.store.delete_node(node_id)
+        node = state.store.get_node(node_id)
+        state.store.delete_node(node.id)
+        state.reconciler.liveness.forget(node.id)
         return Response(status_code=204)
     state.store.set_node_draining(node_id, draining=True, remove=True)
     return Response(status_code=202)
@@ -95,6 +101,9 @@ def remove_node(
 
 @router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
 def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
+    # Seen first (this process's monotonic clock): a cycle that judges meanwhile then
+    # finds the node alive, and the store write below restores a silent node's state.
+    state.reconciler.liveness.seen(node_id)
     return state.store.heartbeat(node_id, hb)
 
 
