@@ -66,7 +66,7 @@ def _drill(
         wait_for("the fleet to be whole again", lambda: _whole(f), timeout=180)
         whole_after = time.monotonic() - ended
         time.sleep(1)
-        load.stop()
+        load.finish()
         after = containers(client, f.run_id)
         return Outcome(
             drill=name,

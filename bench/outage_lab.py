@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,19 +181,21 @@ class EdgeProcess(Process):
 
 
 @dataclass
-class AgentThread:
-    """A real agent in a thread of this process; ``kill`` cancels it (containers stay)."""
+class RunningAgent:
+    """A real agent in a thread of this process; ``kill()`` ends it as abruptly as asyncio
+    allows (its containers keep running, as when an agent process dies)."""
 
     settings: AgentSettings
     agent: Agent | None = None
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[None] | None = None
     thread: threading.Thread | None = None
+    error: list[BaseException] = field(default_factory=list)
 
     @classmethod
     def for_controller(
         cls, controller: ControllerProcess, *, state_dir: Path, name: str, run_id: str
-    ) -> AgentThread:
+    ) -> RunningAgent:
         return cls(
             AgentSettings(
                 controller_url=controller.url,
@@ -209,7 +210,7 @@ class AgentThread:
             )
         )
 
-    def start(self) -> AgentThread:
+    def start(self) -> RunningAgent:
         ready = threading.Event()
 
         def main() -> None:
@@ -218,9 +219,14 @@ class AgentThread:
             self.agent = Agent(self.settings)
             self.task = loop.create_task(self.agent.run())
             ready.set()
-            with contextlib.suppress(BaseException):
+            try:
                 loop.run_until_complete(self.task)
-            loop.close()
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:
+                self.error.append(exc)
+            finally:
+                loop.close()
 
         self.thread = threading.Thread(target=main, name="agent", daemon=True)
         self.thread.start()
@@ -234,49 +240,56 @@ class AgentThread:
         if self.thread is not None:
             self.thread.join(timeout=20)
 
+    @property
+    def node_id(self) -> str | None:
+        ident = self.agent.identity if self.agent else None
+        return ident.node_id if ident else None
+
 
 @dataclass
 class Load:
-    """GET ``url`` every 20 ms on a new connection (a keep-alive connection that a reload
-    closes is not a failure of the fleet) until stopped, for at most ``at_most_s``."""
+    """GET ``url`` every 20 ms, each on a new connection (a keep-alive connection that a
+    reload closes is not a failure of the fleet), until ``stop`` is set, for at most
+    ``at_most_s``. ``replicas`` lists who answered (X-Replica), in order."""
 
     url: str
     at_most_s: float = 180.0
-    answers: Counter[str] = field(default_factory=Counter)  # X-Replica -> count
+    replicas: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    stop_event: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
-    def _run(self) -> None:
+    def run(self) -> None:
         deadline = time.monotonic() + self.at_most_s
         limits = httpx.Limits(max_keepalive_connections=0)
         with httpx.Client(timeout=5, limits=limits) as http:
-            while not self.stop_event.is_set() and time.monotonic() < deadline:
+            while not self.stop.is_set() and time.monotonic() < deadline:
                 try:
                     resp = http.get(self.url)
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                 else:
                     if resp.is_success:
-                        self.answers[resp.headers.get("x-replica", "?")] += 1
+                        self.replicas.append(resp.headers.get("x-replica", "?"))
                     else:
                         self.failures.append(f"{resp.status_code}: {resp.text[:100]}")
-                self.stop_event.wait(REQUEST_EVERY_S)
+                self.stop.wait(REQUEST_EVERY_S)
 
     def start(self) -> Load:
-        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+        """Run in a thread of its own."""
+        self.thread = threading.Thread(target=self.run, name="load", daemon=True)
         self.thread.start()
         return self
 
-    def stop(self) -> Load:
-        self.stop_event.set()
+    def finish(self) -> Load:
+        self.stop.set()
         if self.thread is not None:
             self.thread.join(10)
         return self
 
     @property
     def total(self) -> int:
-        return sum(self.answers.values()) + len(self.failures)
+        return len(self.replicas) + len(self.failures)
 
 
 def containers(client: docker.DockerClient, run_id: str, **labels: str) -> dict[str, str]:
@@ -305,7 +318,7 @@ class Fleet:
         self.controller = ControllerProcess(
             self.workdir / "controller", extra=list(self.controller_args)
         )
-        self.agent = AgentThread.for_controller(
+        self.agent = RunningAgent.for_controller(
             self.controller,
             state_dir=self.workdir / "agent",
             name=f"node-{self.run_id}",
@@ -355,7 +368,7 @@ class Fleet:
 
     def close(self) -> None:
         for load in self.loads:
-            load.stop()
+            load.finish()
         self.edge.stop()
         self.edge.stop_nginx()
         self.agent.kill()

@@ -6,23 +6,31 @@ The controller is uvicorn serving ``create_app`` on a free loopback port; an age
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from orchestrify.agent import Agent, AgentSettings, HealSettings
+from bench.outage_lab import RunningAgent
+from orchestrify.agent import AgentSettings, HealSettings
 from orchestrify.client import ControllerClient
 from orchestrify.controller.app import ControllerServer, create_app
 from orchestrify.controller.settings import ControllerSettings
 from tests.conftest import TEST_LABEL
+
+__all__ = [
+    "RUN_LABEL",
+    "RunningAgent",
+    "RunningController",
+    "agent_settings",
+    "start_controller",
+    "wait_for",
+]
 
 RUN_LABEL = "orchestrify.test.run"
 
@@ -94,53 +102,6 @@ def start_controller(
         server=server,
         thread=thread,
     )
-
-
-@dataclass
-class RunningAgent:
-    """An agent in a thread; ``kill()`` ends it as abruptly as asyncio allows."""
-
-    settings: AgentSettings
-    agent: Agent | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    task: asyncio.Task[None] | None = None
-    thread: threading.Thread | None = None
-    error: list[BaseException] = field(default_factory=list)
-
-    def start(self) -> RunningAgent:
-        ready = threading.Event()
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self.loop = loop
-            self.agent = Agent(self.settings)
-            self.task = loop.create_task(self.agent.run())
-            ready.set()
-            try:
-                loop.run_until_complete(self.task)
-            except asyncio.CancelledError:
-                pass
-            except BaseException as exc:
-                self.error.append(exc)
-            finally:
-                loop.close()
-
-        self.thread = threading.Thread(target=main, name="agent", daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        return self
-
-    def kill(self) -> None:
-        if self.loop is not None and self.task is not None and not self.loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.task.cancel)
-        if self.thread is not None:
-            self.thread.join(timeout=15)
-
-    @property
-    def node_id(self) -> str | None:
-        ident = self.agent.identity if self.agent else None
-        return ident.node_id if ident else None
 
 
 def agent_settings(

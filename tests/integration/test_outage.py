@@ -70,7 +70,7 @@ def test_controller_killed_mid_deploy_the_deploy_completes_without_duplicates(
         time.sleep(2)
         f.controller.start()
         wait_for("the deploy to complete", lambda: _whole(f, steady=2, fresh=3), timeout=90)
-        load.stop()
+        load.finish()
 
         with f.controller.api() as api:
             listed = api.get("/v1/replicas", params={"service": "fresh"}).json()
@@ -126,7 +126,7 @@ def test_controller_away_a_minute_replaces_nothing_and_catches_up(
         print(f"catch-up after the controller returned: {time.monotonic() - back_at:.1f}s")
         wait_for("the fleet whole again", lambda: _whole(f, steady=2, healed=2), timeout=30)
         for load in loads:
-            load.stop()
+            load.finish()
 
         assert containers(engine, f.run_id, service="steady") == steady, "a container replaced"
         after = containers(engine, f.run_id, service="healed")
@@ -168,7 +168,7 @@ def test_controller_store_wiped_under_traffic_nginx_keeps_serving(
         assert f.edge.upstream_addresses() == served, "the edge emptied an upstream"
         f.deploy("web", image=DEFAULT_TAG, replicas=2)  # re-created by name: adopts them
         wait_for("web adopted and served", lambda: _whole(f, web=2), timeout=60)
-        load.stop()
+        load.finish()
 
         assert containers(engine, f.run_id, service="web") == before, "a container changed"
         assert f.edge.upstream_addresses() == served

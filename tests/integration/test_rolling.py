@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import httpx
 import pytest
 
+from bench.outage_lab import Load
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
@@ -46,33 +45,6 @@ class Fleet:
     agent: RunningAgent
     edge: EdgeThread
     nginx_url: str
-
-
-@dataclass
-class Load:
-    """Requests through Nginx every 20 ms, each on a new connection (so a keep-alive
-    connection closed by a reload is not mistaken for a failure), for at most 40 s."""
-
-    url: str
-    replicas: list[str] = field(default_factory=list)  # who answered, in order
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        deadline = time.monotonic() + LOAD_AT_MOST_S
-        limits = httpx.Limits(max_keepalive_connections=0)
-        with httpx.Client(timeout=5, limits=limits) as http:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                try:
-                    resp = http.get(self.url)
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                else:
-                    if resp.is_success:
-                        self.replicas.append(resp.headers.get("x-replica", "?"))
-                    else:
-                        self.failures.append(f"{resp.status_code}: {resp.text[:100]}")
-                self.stop.wait(REQUEST_EVERY_S)
 
 
 @pytest.fixture
