@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrify.errors import Conflict, OrchestrifyError
+from orchestrify.jobs.handoff import write_extra_vars
 from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_inventory
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
 from orchestrify.jobs.validation import check_extra_vars, check_limit, resolve_playbook
@@ -278,7 +279,7 @@ class JobRunner:
     def _run_playbook(
         self, job: Job, cancel: threading.Event
     ) -> tuple[JobStatus, int | None, str | None, dict[str, HostStats] | None]:
-        import ansible_runner
+        from ansible_runner.interface import init_runner
 
         playbook_dir, inventory = self._configured()
         try:
@@ -290,19 +291,22 @@ class JobRunner:
         # used where they are rather than copied into project/ and inventory/: roles
         # and group_vars sit beside them, and Ansible finds those relative to the
         # paths it is given (a copy or a symlink would lose them).
-        (private / "env").mkdir(parents=True, exist_ok=True)
+        (private / "env").mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Extra vars go in env/extravars, every string tagged !unsafe (never templated);
+        # ansible-runner passes the file as -e @env/extravars. Not as its extravars
+        # argument: that one is written as plain JSON, which Ansible templates.
+        write_extra_vars(private / "env" / "extravars", job.extra_vars)
         recorder = _EventRecorder(self.jobs, job.id)
         roles = [
             str(d) for d in (playbook_dir / "roles", playbook_dir.parent / "roles") if d.is_dir()
         ]
-        runner = ansible_runner.run(
+        runner = init_runner(
             private_data_dir=str(private),
             ident=job.id,
             project_dir=str(playbook_dir),
             playbook=str(playbook.relative_to(playbook_dir.resolve())),
             inventory=str(inventory.resolve()),
             limit=job.limit,
-            extravars=job.extra_vars,
             roles_path=roles or None,
             envvars=_ansible_env(),
             settings={"suppress_ansible_output": True},
@@ -311,6 +315,7 @@ class JobRunner:
             event_handler=recorder.handle,
             cancel_callback=cancel.is_set,
         )
+        runner.run()
         status = _RUNNER_STATUS.get(runner.status, JobStatus.FAILED)
         rc = runner.rc
         error: str | None = None
