@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrify.errors import Conflict, OrchestrifyError
-from orchestrify.jobs.handoff import write_extra_vars
+from orchestrify.jobs.handoff import job_environment, write_extra_vars
 from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_inventory
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
 from orchestrify.jobs.validation import check_extra_vars, check_limit, resolve_playbook
@@ -315,6 +315,11 @@ class JobRunner:
             event_handler=recorder.handle,
             cancel_callback=cancel.is_set,
         )
+        # ansible-runner seeds the run's environment with the controller's whole one
+        # (tokens included) and writes it to artifacts/<job>/command: cut it down before
+        # the run starts. ansible_runner.run() is init_runner() then run(), so this is
+        # the same run with a smaller environment.
+        runner.config.env = job_environment(runner.config.env)
         runner.run()
         status = _RUNNER_STATUS.get(runner.status, JobStatus.FAILED)
         rc = runner.rc
