@@ -127,7 +127,7 @@ def load_or_create_token(data_dir: Path, name: str, given: str | None) -> tuple[
     """
     if given:
         return given, False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # see orchestrify.store.files
     path = data_dir / f"{name}.token"
     if path.exists():
         return path.read_text().strip(), False

@@ -35,6 +35,7 @@ from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_invento
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
 from orchestrify.jobs.validation import check_extra_vars, check_limit, resolve_playbook
 from orchestrify.store import Store
+from orchestrify.store.files import ensure_private_dir
 from orchestrify.store.jobs import JobStore
 
 __all__ = ["JobRunner", "private_data_dir", "remove_private_data_dirs"]
@@ -94,6 +95,9 @@ class JobRunner:
     def start(self) -> None:
         """Fail jobs a previous controller left running, requeue pending ones, dispatch."""
         ensure_ansible_on_path()
+        # Jobs' private data dirs hold their extra vars and output: the controller's only.
+        if ensure_private_dir(self.jobs_dir):
+            log.warning("tightened the jobs dir to 0700", extra={"path": str(self.jobs_dir)})
         failed, pending = self.jobs.interrupted(reason=INTERRUPTED)
         for job in failed:
             log.warning("job interrupted by a restart", extra={"job": job.id})
@@ -291,7 +295,8 @@ class JobRunner:
         # used where they are rather than copied into project/ and inventory/: roles
         # and group_vars sit beside them, and Ansible finds those relative to the
         # paths it is given (a copy or a symlink would lose them).
-        (private / "env").mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(private)
+        ensure_private_dir(private / "env")
         # Extra vars go in env/extravars, every string tagged !unsafe (never templated);
         # ansible-runner passes the file as -e @env/extravars. Not as its extravars
         # argument: that one is written as plain JSON, which Ansible templates.
