@@ -96,8 +96,14 @@ class JobRunner:
         """Fail jobs a previous controller left running, requeue pending ones, dispatch."""
         ensure_ansible_on_path()
         # Jobs' private data dirs hold their extra vars and output: the controller's only.
-        if ensure_private_dir(self.jobs_dir):
-            log.warning("tightened the jobs dir to 0700", extra={"path": str(self.jobs_dir)})
+        # A jobs dir that cannot be made fails each job with the reason, not the start.
+        try:
+            if ensure_private_dir(self.jobs_dir):
+                log.warning("tightened the jobs dir to 0700", extra={"path": str(self.jobs_dir)})
+        except OSError as exc:
+            log.warning(
+                "cannot prepare the jobs dir", extra={"path": str(self.jobs_dir), "error": str(exc)}
+            )
         failed, pending = self.jobs.interrupted(reason=INTERRUPTED)
         for job in failed:
             log.warning("job interrupted by a restart", extra={"job": job.id})
