@@ -64,7 +64,7 @@ class AgentSettings:
     """Everything `orchestrify agent` takes from its flags."""
 
     controller_url: str
-    join_token: str
+    join_token: str = field(repr=False)  # never in a log line or a traceback
     name: str
     advertise_address: str | None = None
     """Pinned address that Nginx and the controller reach replicas at; None: detected (the

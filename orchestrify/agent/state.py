@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -28,7 +28,7 @@ _assignments = TypeAdapter(list[Assignment])
 @dataclass(frozen=True)
 class NodeIdentity:
     node_id: str
-    node_token: str
+    node_token: str = field(repr=False)  # never in a log line or a traceback
     # The cluster (controller store) the node registered with; None in state files of
     # older builds. A controller of another cluster is a stranger: see reconcile.py.
     cluster_id: str | None = None

@@ -90,9 +90,10 @@ def up(
             parse_listen(listen)  # before anything starts
         except ValueError as exc:
             raise fail(f"--{exc}", code=2) from None
-    settings = resolve_tokens(
-        build_settings(ControllerSettings, host=host, port=port, data_dir=data_dir)
-    )
+    given = build_settings(ControllerSettings, host=host, port=port, data_dir=data_dir)
+    admin_source = _token_source(given.token, data_dir / "admin.token", "ORCHESTRIFY_TOKEN")
+    join_source = _token_source(given.join_token, data_dir / "join.token", "ORCHESTRIFY_JOIN_TOKEN")
+    settings = resolve_tokens(given)
     assert settings.token is not None and settings.join_token is not None
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     ctx = UpContext(
@@ -111,10 +112,12 @@ def up(
         state_dir=data_dir / "agent",
         metrics_port=metrics_port,
     )
+    # The tokens themselves are printed once, by resolve_tokens, when they are generated;
+    # every later start says where they are, so a log of `up` holds no secret.
     err_console.print(
         f"orchestrify is starting: API {ctx.controller_url} (docs at /docs), data in {data_dir}\n"
-        f"  admin token: {ctx.admin_token}\n"
-        f"  join token:  {ctx.join_token}  (for `orchestrify agent` on other hosts)\n"
+        f"  admin token: {admin_source}\n"
+        f"  join token:  {join_source}  (for `orchestrify agent` on other hosts)\n"
         "Next steps, in another shell:\n"
         "  orchestrify demo-image\n"
         "  orchestrify service create orchestrify/demo:latest --name web --replicas 3\n"
@@ -130,6 +133,11 @@ def up(
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_up(settings, agent_settings, ctx))
+
+
+def _token_source(given: str | None, path: Path, env: str) -> str:
+    """Where a token is found, never the token: the variable it came from, or its file."""
+    return f"from {env}" if given else f"in {path}"
 
 
 async def run_up(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -27,8 +27,8 @@ class ControllerState:
     feed: ChangeFeed
     reconciler: Reconciler
     metrics: ControllerMetrics
-    admin_token: str
-    join_token: str
+    admin_token: str = field(repr=False)  # never in a log line or a traceback
+    join_token: str = field(repr=False)
     jobs: JobRunner
     alerts: AlertProcessor
     history: HistoryPruner

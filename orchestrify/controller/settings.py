@@ -27,8 +27,13 @@ class ControllerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on; loopback by default.")
     port: int = Field(18080, ge=1, le=65535, description="API port (the seed tool's 18080).")
     data_dir: Path = Field(default_factory=default_data_dir, description="SQLite and tokens.")
-    token: str | None = Field(None, description="Admin bearer token; generated when unset.")
-    join_token: str | None = Field(None, description="Agents register with it; generated.")
+    # repr=False: a settings object in a log line or a traceback never shows a token.
+    token: str | None = Field(
+        None, description="Admin bearer token; generated when unset.", repr=False
+    )
+    join_token: str | None = Field(
+        None, description="Agents register with it; generated.", repr=False
+    )
     node_timeout_s: float = Field(
         15.0, gt=0, description="Seconds without heartbeat before a node is not_ready."
     )
@@ -127,7 +132,7 @@ def load_or_create_token(data_dir: Path, name: str, given: str | None) -> tuple[
     """
     if given:
         return given, False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # see orchestrify.store.files
     path = data_dir / f"{name}.token"
     if path.exists():
         return path.read_text().strip(), False

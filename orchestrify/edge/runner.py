@@ -73,7 +73,8 @@ class EdgeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     controller_url: str = Field(description="Controller API URL.")
-    token: str | None = Field(description="Admin token of the controller.")
+    # repr=False: a settings object in a log line or a traceback never shows it.
+    token: str | None = Field(description="Admin token of the controller.", repr=False)
     nginx_conf_dir: Path = Field(description="Nginx prefix: nginx.conf, upstreams.conf, pid.")
     nginx_bin: str = Field("nginx", description="The nginx binary.")
     listen: str = Field("8080", description="Where Nginx listens: PORT or HOST:PORT.")

@@ -10,6 +10,7 @@ which overlaps every job: waiting too long is safe, running two jobs on one host
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrify.errors import PlaybookFailed
+from orchestrify.jobs.handoff import job_environment
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +108,27 @@ class Inventory:
 
 
 def read_inventory(inventory: Path) -> Inventory:
-    """Run ``ansible-inventory --list`` through ansible-runner; PlaybookFailed on error."""
-    import ansible_runner
+    """Run ``ansible-inventory --list`` through ansible-runner; PlaybookFailed on error.
+
+    This is ``ansible_runner.get_inventory`` with the environment cut down as for a job
+    (a dynamic inventory is a program too, and must not see the controller's tokens).
+    """
+    from ansible_runner import Runner
+    from ansible_runner.config.inventory import InventoryConfig
+    from ansible_runner.utils import sanitize_json_response
 
     with tempfile.TemporaryDirectory(prefix="orchestrify-inventory-") as tmp:
         try:
-            out, err = ansible_runner.get_inventory(
-                action="list",
-                inventories=[str(inventory)],
-                response_format="json",
-                quiet=True,
-                private_data_dir=tmp,
+            config = InventoryConfig(private_data_dir=tmp, quiet=True)
+            config.prepare_inventory_command(
+                action="list", inventories=[str(inventory)], response_format="json"
             )
+            config.env = job_environment(config.env)
+            runner = Runner(config)
+            runner.run()
+            with runner.stdout as stdout, runner.stderr as stderr:
+                text, err = stdout.read(), stderr.read()
+            out = json.loads(sanitize_json_response(text)) if text else text
         except Exception as exc:  # ansible-runner raises its own and plain errors alike
             raise PlaybookFailed(f"cannot read the inventory {inventory}: {exc}") from exc
     if not isinstance(out, dict):

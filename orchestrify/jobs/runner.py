@@ -30,10 +30,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrify.errors import Conflict, OrchestrifyError
+from orchestrify.jobs.handoff import job_environment, write_extra_vars
 from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_inventory
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
 from orchestrify.jobs.validation import check_extra_vars, check_limit, resolve_playbook
 from orchestrify.store import Store
+from orchestrify.store.files import ensure_private_dir
 from orchestrify.store.jobs import JobStore
 
 __all__ = ["JobRunner", "private_data_dir", "remove_private_data_dirs"]
@@ -93,6 +95,15 @@ class JobRunner:
     def start(self) -> None:
         """Fail jobs a previous controller left running, requeue pending ones, dispatch."""
         ensure_ansible_on_path()
+        # Jobs' private data dirs hold their extra vars and output: the controller's only.
+        # A jobs dir that cannot be made fails each job with the reason, not the start.
+        try:
+            if ensure_private_dir(self.jobs_dir):
+                log.warning("tightened the jobs dir to 0700", extra={"path": str(self.jobs_dir)})
+        except OSError as exc:
+            log.warning(
+                "cannot prepare the jobs dir", extra={"path": str(self.jobs_dir), "error": str(exc)}
+            )
         failed, pending = self.jobs.interrupted(reason=INTERRUPTED)
         for job in failed:
             log.warning("job interrupted by a restart", extra={"job": job.id})
@@ -278,7 +289,7 @@ class JobRunner:
     def _run_playbook(
         self, job: Job, cancel: threading.Event
     ) -> tuple[JobStatus, int | None, str | None, dict[str, HostStats] | None]:
-        import ansible_runner
+        from ansible_runner.interface import init_runner
 
         playbook_dir, inventory = self._configured()
         try:
@@ -290,19 +301,23 @@ class JobRunner:
         # used where they are rather than copied into project/ and inventory/: roles
         # and group_vars sit beside them, and Ansible finds those relative to the
         # paths it is given (a copy or a symlink would lose them).
-        (private / "env").mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(private)
+        ensure_private_dir(private / "env")
+        # Extra vars go in env/extravars, every string tagged !unsafe (never templated);
+        # ansible-runner passes the file as -e @env/extravars. Not as its extravars
+        # argument: that one is written as plain JSON, which Ansible templates.
+        write_extra_vars(private / "env" / "extravars", job.extra_vars)
         recorder = _EventRecorder(self.jobs, job.id)
         roles = [
             str(d) for d in (playbook_dir / "roles", playbook_dir.parent / "roles") if d.is_dir()
         ]
-        runner = ansible_runner.run(
+        runner = init_runner(
             private_data_dir=str(private),
             ident=job.id,
             project_dir=str(playbook_dir),
             playbook=str(playbook.relative_to(playbook_dir.resolve())),
             inventory=str(inventory.resolve()),
             limit=job.limit,
-            extravars=job.extra_vars,
             roles_path=roles or None,
             envvars=_ansible_env(),
             settings={"suppress_ansible_output": True},
@@ -311,6 +326,12 @@ class JobRunner:
             event_handler=recorder.handle,
             cancel_callback=cancel.is_set,
         )
+        # ansible-runner seeds the run's environment with the controller's whole one
+        # (tokens included) and writes it to artifacts/<job>/command: cut it down before
+        # the run starts. ansible_runner.run() is init_runner() then run(), so this is
+        # the same run with a smaller environment.
+        runner.config.env = job_environment(runner.config.env)
+        runner.run()
         status = _RUNNER_STATUS.get(runner.status, JobStatus.FAILED)
         rc = runner.rc
         error: str | None = None

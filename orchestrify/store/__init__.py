@@ -52,6 +52,7 @@ from orchestrify.models import (
     spec_hash,
 )
 from orchestrify.store.alert_tables import ScalingStateRow  # (also creates the alert tables)
+from orchestrify.store.files import DB_FILE, secure_data_dir
 from orchestrify.store.tables import (
     ADDED_COLUMNS,
     Base,
@@ -247,8 +248,10 @@ class Store:
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, *, node_timeout_s: float = 15.0) -> Store:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{data_dir / 'orchestrify.db'}", node_timeout_s=node_timeout_s)
+        """The SQLite store in ``data_dir``, which is made private first (0700, files
+        0600; see :mod:`orchestrify.store.files`)."""
+        secure_data_dir(data_dir)
+        return cls(f"sqlite:///{data_dir / DB_FILE}", node_timeout_s=node_timeout_s)
 
     def close(self) -> None:
         self.engine.dispose()

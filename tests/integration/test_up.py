@@ -184,3 +184,11 @@ def test_up_deploys_serves_through_nginx_and_adopts_after_restart(
         lambda: httpx.get(f"http://127.0.0.1:{up.listen}/upweb/", timeout=5).is_success,
         what="serving",
     )
+
+    # Secrets: the generated tokens were printed once, at the first start, and the
+    # second start and everything the three programs logged meanwhile hold neither.
+    log = up.log.read_text()
+    for name in ("admin", "join"):
+        token = (up.data_dir / f"{name}.token").read_text().strip()
+        assert log.count(token) == 1, f"the {name} token is in up's output {log.count(token)}x"
+    assert log.count(f"in {up.data_dir / 'admin.token'}") == 2  # where to find it, each start
