@@ -6,10 +6,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrify.controller.alerts import AlertProcessor
+from orchestrify.controller.border import BorderRoute, errors
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
@@ -48,19 +51,34 @@ _bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def api_router(*, auth: bool = True, **kwargs: Any) -> APIRouter:
+    """A resource's router: every route passes the border (``BorderRoute``) and documents
+    the errors any route can answer (401 when ``auth``, 413, 422, 503)."""
+    common = errors(401, 413, 422, 503) if auth else errors(413, 422, 503)
+    return APIRouter(route_class=BorderRoute, responses=common, **kwargs)
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of any two strings (``compare_digest`` refuses non-ASCII
+    text with a TypeError, and a header may carry any byte)."""
+    return secrets.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def require_admin(state: State, creds: Credentials) -> None:
-    if creds is None or not secrets.compare_digest(creds.credentials, state.admin_token):
+    if creds is None or not same_token(creds.credentials, state.admin_token):
         raise _unauthorized("a valid admin bearer token is required (--token / ORCHESTRIFY_TOKEN)")
 
 
 async def require_join(state: State, creds: Credentials) -> None:
     ok = creds is not None and (
-        secrets.compare_digest(creds.credentials, state.join_token)
-        or secrets.compare_digest(creds.credentials, state.admin_token)
+        same_token(creds.credentials, state.join_token)
+        or same_token(creds.credentials, state.admin_token)
     )
     if not ok:
         raise _unauthorized("a valid join token is required (--join-token)")
@@ -70,7 +88,7 @@ def require_node(node_id: str, state: State, creds: Credentials) -> None:
     """The node's own token, or the admin token."""
     if creds is None:
         raise _unauthorized("a node token is required")
-    if secrets.compare_digest(creds.credentials, state.admin_token):
+    if same_token(creds.credentials, state.admin_token):
         return
     try:
         state.store.authenticate_node(node_id, creds.credentials)

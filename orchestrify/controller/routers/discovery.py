@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
-from orchestrify.controller.deps import Admin, State
+from orchestrify.controller.deps import Admin, State, api_router
 
-router = APIRouter(prefix="/v1/discovery", tags=["discovery"], dependencies=[Admin])
+router = api_router(prefix="/v1/discovery", tags=["discovery"], dependencies=[Admin])
 
 
 def _hostport(url: str) -> str | None:

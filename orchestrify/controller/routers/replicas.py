@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
-from orchestrify.controller.deps import Admin, State
+from orchestrify.controller.deps import Admin, State, api_router
 from orchestrify.models import Replica
 
-router = APIRouter(prefix="/v1/replicas", tags=["replicas"], dependencies=[Admin])
+router = api_router(prefix="/v1/replicas", tags=["replicas"], dependencies=[Admin])
 
 
 @router.get("", response_model=list[Replica])
