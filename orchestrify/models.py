@@ -255,12 +255,8 @@ class ServicePatch(Strict):
     env: dict[str, str] | None = None
     port: int | None = None
     replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    min_replicas: int | None = Field(
-        None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC
-    )
-    max_replicas: int | None = Field(
-        None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC
-    )
+    min_replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    max_replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
     health_path: str | None = None
     max_per_node: int | None = Field(None, ge=1, le=REPLICAS_HARD_MAX)
     memory_mb: int | None = Field(None, ge=4, le=INT64_MAX)

@@ -43,8 +43,10 @@ class AlertmanagerAlert(BaseModel):
     def _utc(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             v = v.replace(tzinfo=UTC)
+        if v is None:
+            return None
         try:
-            return v.astimezone(UTC) if v is not None else None
+            return v.astimezone(UTC)
         except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
             raise ValueError(f"{v.isoformat()} is out of range once converted to UTC") from exc
 

@@ -20,10 +20,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.datastructures import DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.datastructures import DefaultPlaceholder
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -120,7 +120,9 @@ def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return True  # FastAPI reads a body without a Content-Type as JSON too
     kind = content_type.split(";", 1)[0].strip().lower()
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 class SafeJSONResponse(JSONResponse):
@@ -269,4 +271,3 @@ def _content_length(scope: Scope) -> int | None:
 def _too_large(limit: int) -> JSONResponse:
     message = f"request body larger than {limit} bytes (the controller's max_body_bytes)"
     return JSONResponse(status_code=413, content={"detail": message, "message": message})
-

@@ -260,6 +260,8 @@ def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
     if isinstance(exc, SQLAlchemyError):
         cause = getattr(exc, "orig", None) or exc
         return InvalidSpec(f"the store refused a value: {cause}")
+    if isinstance(exc, UnicodeEncodeError):  # a lone surrogate (the API refuses them)
+        return InvalidSpec(f"a text the store cannot hold (not valid Unicode): {exc.reason}")
     if isinstance(exc, OverflowError) and "SQLite" in str(exc):
         return InvalidSpec(f"a number is too large for the store: {exc}")
     return None
@@ -1580,7 +1582,7 @@ def _add_missing_columns(engine: Engine) -> None:
             rep.spec = container_spec(svc.spec) if svc is not None else {}
 
 
-def _ensure_cluster_id(sessions: sessionmaker[Session]) -> str:
+def _ensure_cluster_id(sessions: sessionmaker[_BorderSession]) -> str:
     """The store's cluster id, made (random) the first time the store is opened. Agents
     label every container with it; a controller whose store has another one is a
     stranger to them, whose silence about a container is no order to remove it."""

@@ -56,7 +56,9 @@ def cancel_job(job_id: str, state: State) -> Job:
 def job_events(
     job_id: str,
     state: State,
-    after: int = Query(0, ge=0, le=INT64_MAX, description="Only events with a larger counter (to resume)."),
+    after: int = Query(
+        0, ge=0, le=INT64_MAX, description="Only events with a larger counter (to resume)."
+    ),
     follow: bool = Query(True, description="Keep streaming until the job finishes."),
 ) -> StreamingResponse:
     """The job's events as NDJSON, one JSON object a line (counter, event, host, task,
