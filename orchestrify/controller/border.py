@@ -189,12 +189,19 @@ class BorderRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         takes_body = self.body_field is not None
+        # Deferring works by handing the body on as missing, which only a required body
+        # refuses; an optional one would run the route without it, so it fails at once.
+        defer = (
+            takes_body and self.body_field is not None and self.body_field.field_info.is_required()
+        )
 
         async def border(request: Request) -> Response:
             if takes_body and _is_json(request.headers.get("content-type")):
                 raw = await request.body()
                 if raw:
                     value, errors = decode_json_body(raw)
+                    if errors and not defer:
+                        raise RequestValidationError(errors)
                     if errors:
                         setattr(request.state, _BODY_ERRORS, errors)
                     request._json = value  # what FastAPI's request.json() returns

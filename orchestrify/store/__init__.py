@@ -624,9 +624,7 @@ class Store:
         token (``reg.node_token``) unless the caller is ``trusted`` (the admin token).
         Without it the registration is refused (``Conflict``) and the refusal recorded as
         an event: a join token alone must not take over a node and lock its agent out."""
-        refusal = self._refuse_takeover(reg) if not trusted else None
-        if refusal is not None:
-            raise Conflict(refusal)
+        self.check_node_claim(reg, trusted=trusted)
         token = secrets.token_urlsafe(32)
         now = utcnow()
         with self._write() as tx:
@@ -709,6 +707,13 @@ class Store:
             tx.changes.update({"spec", "state"})
             tx.session.flush()
             return NodeEnrollment(node=_node(row), token=token, known=known)
+
+    def check_node_claim(self, reg: NodeRegistration, *, trusted: bool = False) -> None:
+        """Refuse (``Conflict``, recorded as an event) a registration that claims a node id
+        this store knows without that node's token; ``trusted`` (the admin) may."""
+        refusal = None if trusted else self._refuse_takeover(reg)
+        if refusal is not None:
+            raise Conflict(refusal)
 
     def _refuse_takeover(self, reg: NodeRegistration) -> str | None:
         """Why ``reg`` may not re-register a node id this store knows (None: it may).

@@ -52,8 +52,11 @@ def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> No
     or the admin token: with the join token alone it is a 409 (and an event)."""
     liveness = state.reconciler.liveness
     trusted = creds is not None and same_token(creds.credentials, state.admin_token)
+    state.store.check_node_claim(reg, trusted=trusted)  # a refused claim is not "seen"
+    if reg.node_id:
+        liveness.seen(reg.node_id)  # before the store says ready, so no cycle undoes it
     enrolled = state.store.enroll_node(reg, trusted=trusted)
-    liveness.seen(enrolled.node.id)  # before any later cycle judges it silent
+    liveness.seen(enrolled.node.id)
     return NodeCredentials(
         node_id=enrolled.node.id,
         node_token=enrolled.token,
