@@ -1673,7 +1673,7 @@ class _WriteTx:
                         self.session.flush()  # assigns the event ids
                         self.events.extend(_event(row) for row in self.event_rows)
                     self.session.commit()
-                except (SQLAlchemyError, OverflowError) as err:
+                except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
                     self.session.rollback()
                     translated = translate_store_error(err)
                     if translated is None:
