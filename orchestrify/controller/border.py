@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -208,6 +208,13 @@ class BorderRoute(APIRoute):
             return await handler(request)
 
         return border
+
+
+def api_router(*, auth: bool = True, **kwargs: Any) -> APIRouter:
+    """A resource's router: every route passes the border (``BorderRoute``) and documents
+    the errors any route can answer (401 when ``auth``, 413, 422, 503)."""
+    common = errors(401, 413, 422, 503) if auth else errors(413, 422, 503)
+    return APIRouter(route_class=BorderRoute, responses=common, **kwargs)
 
 
 def body_validation_errors(request: Request, exc: RequestValidationError) -> list[Any]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrify.controller.alerts import AlertProcessor
-from orchestrify.controller.border import BorderRoute, errors
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
@@ -47,13 +46,6 @@ _bearer = HTTPBearer(
     auto_error=False, description="Admin token (or a node's token for its own node)."
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def api_router(*, auth: bool = True, **kwargs: Any) -> APIRouter:
-    """A resource's router: every route passes the border (``BorderRoute``) and documents
-    the errors any route can answer (401 when ``auth``, 413, 422, 503)."""
-    common = errors(401, 413, 422, 503) if auth else errors(413, 422, 503)
-    return APIRouter(route_class=BorderRoute, responses=common, **kwargs)
 
 
 def same_token(given: str, expected: str) -> bool:

@@ -8,7 +8,8 @@ from pydantic import BaseModel
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.rules import RuleSet
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 from orchestrify.errors import TooLarge
 
 router = api_router(tags=["alerts"], dependencies=[Admin])

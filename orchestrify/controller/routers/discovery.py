@@ -7,7 +7,8 @@ from urllib.parse import urlparse
 
 from fastapi import Request
 
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 
 router = api_router(prefix="/v1/discovery", tags=["discovery"], dependencies=[Admin])
 

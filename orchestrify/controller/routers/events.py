@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import HTTPException, Query
 
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 from orchestrify.models import INT64_MAX, Event
 from orchestrify.store import utcnow
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from fastapi import Query
 from fastapi.responses import StreamingResponse
 
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 from orchestrify.jobs.models import Job, JobRequest, JobStatus
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.models import INT64_MAX

@@ -11,12 +11,11 @@ import asyncio
 from fastapi import Depends, Query, Response
 
 from orchestrify import __version__
+from orchestrify.controller.border import api_router, errors
 from orchestrify.controller.deps import (
     Admin,
     Credentials,
     State,
-    api_router,
-    errors,
     require_join,
     require_node,
     same_token,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import Query
 
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 from orchestrify.models import Replica
 
 router = api_router(prefix="/v1/replicas", tags=["replicas"], dependencies=[Admin])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import Response
 
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 from orchestrify.errors import InvalidSpec
 from orchestrify.models import Service, ServicePatch, ServiceSpec
 

@@ -6,7 +6,8 @@ import asyncio
 
 from fastapi import Query
 
-from orchestrify.controller.deps import Admin, State, api_router
+from orchestrify.controller.border import api_router
+from orchestrify.controller.deps import Admin, State
 from orchestrify.models import Upstreams
 
 router = api_router(prefix="/v1/upstreams", tags=["edges"], dependencies=[Admin])
