@@ -27,6 +27,15 @@ class InvalidSpec(OrchestrifyError):
         self.field = field
 
 
+class StoreUnavailable(OrchestrifyError):
+    """The store cannot take a write or answer a read now (locked, disk I/O error, gone):
+    the API answers 503 with Retry-After, the caller tries again later."""
+
+
+class TooLarge(OrchestrifyError):
+    """A request asks for more work than the controller takes at once (HTTP 413)."""
+
+
 class Unauthorized(OrchestrifyError):
     """A missing or wrong credential."""
 

@@ -31,6 +31,13 @@ IMAGE_REF = re.compile(
 )
 
 
+# Integers a store column holds: SQLite and PostgreSQL integers are signed 64-bit, and a
+# larger one in a body is a 422 here rather than an overflow in the store.
+INT64_MAX = 2**63 - 1
+# The most replicas (desired, min or max) a service may ask for in any build; a controller
+# lowers it with its max_replicas_per_service setting (1,000 by default).
+REPLICAS_HARD_MAX = 100_000
+
 # The controller's defaults for how a replica leaves: ``drain_s`` seconds out of Nginx
 # before it is stopped (long enough for the edge to reload and in-flight requests to end),
 # then ``stop_grace_s`` seconds between SIGTERM and SIGKILL (Docker's and Kubernetes'
@@ -87,10 +94,21 @@ class ScalingPolicy(Strict):
         100, gt=0, description="p95 latency target (the first seed tool's 100 ms)."
     )
     requests_per_replica: int = Field(
-        20, ge=1, description="Requests per window one replica handles (the second seed: 20)."
+        20,
+        ge=1,
+        le=INT64_MAX,
+        description="Requests per window one replica handles (the second seed: 20).",
     )
-    request_window_s: int = Field(120, ge=10, description="Window for requests_per_replica.")
+    request_window_s: int = Field(
+        120, ge=10, le=INT64_MAX, description="Window for requests_per_replica."
+    )
     dry_run: bool = Field(False, description="Decide and record, but do not act.")
+
+
+_REPLICAS_DOC = (
+    "At most the controller's max_replicas_per_service (1,000 by default; the schema's "
+    "maximum is that of the controller serving it)."
+)
 
 
 class ServiceSpec(Strict):
@@ -103,12 +121,16 @@ class ServiceSpec(Strict):
     host_port: int | None = Field(
         None, description="Fixed published port (at most one replica per node); default: any."
     )
-    replicas: int = Field(1, ge=0)
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(10, ge=0)
+    replicas: int = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    min_replicas: int = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    max_replicas: int = Field(10, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
     health_path: str = Field("/health")
-    max_per_node: int | None = Field(None, ge=1, description="Cap of replicas per node.")
-    memory_mb: int | None = Field(None, ge=4, description="Memory limit per container.")
+    max_per_node: int | None = Field(
+        None, ge=1, le=REPLICAS_HARD_MAX, description="Cap of replicas per node."
+    )
+    memory_mb: int | None = Field(
+        None, ge=4, le=INT64_MAX, description="Memory limit per container."
+    )
     cpus: float | None = Field(None, gt=0, description="CPU limit per container (cores).")
     drain_s: float = Field(
         DEFAULT_DRAIN_S, ge=0, le=3600, description="Seconds to drain before stopping."
@@ -232,12 +254,12 @@ class ServicePatch(Strict):
     image: str | None = None
     env: dict[str, str] | None = None
     port: int | None = None
-    replicas: int | None = Field(None, ge=0)
-    min_replicas: int | None = Field(None, ge=0)
-    max_replicas: int | None = Field(None, ge=0)
+    replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    min_replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    max_replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
     health_path: str | None = None
-    max_per_node: int | None = Field(None, ge=1)
-    memory_mb: int | None = Field(None, ge=4)
+    max_per_node: int | None = Field(None, ge=1, le=REPLICAS_HARD_MAX)
+    memory_mb: int | None = Field(None, ge=4, le=INT64_MAX)
     cpus: float | None = Field(None, gt=0)
     drain_s: float | None = Field(None, ge=0, le=3600)
     stop_grace_s: float | None = Field(None, ge=0, le=3600)
@@ -291,7 +313,16 @@ class Orphan(BaseModel):
 class NodeRegistration(Strict):
     name: str = Field(min_length=1, max_length=253)
     address: str = Field(min_length=1, max_length=253, description="Address replicas publish on.")
-    node_id: str | None = Field(None, description="Set when re-registering after a restart.")
+    node_id: str | None = Field(
+        None, max_length=64, description="Set when re-registering after a restart."
+    )
+    node_token: str | None = Field(
+        None,
+        max_length=256,
+        description="The node's own token, with node_id: re-registering a node id this "
+        "controller knows needs it (or the admin token); the join token alone is refused "
+        "with 409. Not needed for an id the controller does not know (a wiped store).",
+    )
     cluster_id: str | None = Field(
         None,
         max_length=64,
@@ -306,9 +337,11 @@ class NodeRegistration(Strict):
         "them before the agent's first report.",
     )
     labels: dict[str, str] = Field(default_factory=dict)
-    cpus: int | None = None
-    memory_total: int | None = Field(None, description="Bytes.")
-    agent_url: str | None = Field(None, description="Where the agent's /metrics is served.")
+    cpus: int | None = Field(None, ge=0, le=INT64_MAX)
+    memory_total: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
+    agent_url: str | None = Field(
+        None, max_length=512, description="Where the agent's /metrics is served."
+    )
 
 
 class NodeCredentials(BaseModel):
@@ -337,11 +370,11 @@ class Heartbeat(Strict):
         description="The agent's current address, when it detects it (not pinned with "
         "--advertise-address): a change moves the node and its replicas' addresses.",
     )
-    cpu_percent: float | None = None
-    memory_total: int | None = None
-    memory_free: int | None = None
-    disk_free: int | None = None
-    replica_count: int | None = None
+    cpu_percent: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+    memory_total: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
+    memory_free: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
+    disk_free: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
+    replica_count: int | None = Field(None, ge=0, le=INT64_MAX)
 
     @field_validator("address")
     @classmethod
@@ -433,7 +466,7 @@ class ReplicaReport(Strict):
     address: str | None = None
     container_id: str | None = None
     error: str | None = None
-    restarts: int | None = None
+    restarts: int | None = Field(None, ge=0, le=INT64_MAX)
 
 
 class ReplicaReports(Strict):
@@ -498,6 +531,16 @@ class Event(BaseModel):
     reason: str | None = None
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class NodeRemoval(BaseModel):
+    """What ``DELETE /v1/nodes/{id}`` did: 202 draining (forgotten once its replicas have
+    moved), or 200 forgotten now (``force``)."""
+
+    node: str = Field(description="Node id.")
+    name: str
+    removed: bool = Field(description="True: forgotten now; False: draining first.")
+    message: str
 
 
 class UpstreamReplica(BaseModel):

@@ -41,7 +41,13 @@ from orchestrify.agent.state import (
     save_orphans,
 )
 from orchestrify.client import AsyncControllerClient
-from orchestrify.errors import NotFound, OrchestrifyError, Unauthorized, VersionMismatch
+from orchestrify.errors import (
+    Conflict,
+    NotFound,
+    OrchestrifyError,
+    Unauthorized,
+    VersionMismatch,
+)
 from orchestrify.models import (
     Assignments,
     Heartbeat,
@@ -242,7 +248,12 @@ class Agent:
                     )
             except OrchestrifyError as exc:
                 self._controller_lost(exc)
-                if attempt == 0 or attempt % 10 == 0:
+                if isinstance(exc, Conflict) and what == "register":
+                    # Our node id is known with another token, or our name is another
+                    # node's: retried, the containers keep running meanwhile, and
+                    # `orchestrify node rm ID --force` on the controller lets us back in.
+                    log.error("registration refused; retrying", extra={"error": str(exc)})
+                elif attempt == 0 or attempt % 10 == 0:
                     log.warning(f"{what} failed; retrying", extra={"error": str(exc)})
             else:
                 self._controller_answered()
@@ -301,6 +312,9 @@ class Agent:
             name=s.name,
             address=self.address,
             node_id=self.identity.node_id if self.identity else None,
+            # Proves the saved node id is ours: a controller that knows the id refuses
+            # it (409) without its token; one that does not (a wiped store) ignores it.
+            node_token=self.identity.node_token if self.identity else None,
             cpus=psutil.cpu_count(),
             memory_total=psutil.virtual_memory().total,
             agent_url=(

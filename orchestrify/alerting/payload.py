@@ -43,7 +43,12 @@ class AlertmanagerAlert(BaseModel):
     def _utc(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             v = v.replace(tzinfo=UTC)
-        return v.astimezone(UTC) if v is not None else None
+        if v is None:
+            return None
+        try:
+            return v.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
+            raise ValueError(f"{v.isoformat()} is out of range once converted to UTC") from exc
 
     @property
     def alertname(self) -> str:
@@ -86,7 +91,7 @@ class AlertBatch(BaseModel):
     receiver: str = ""
     status: AlertStatus
     group_key: str = Field("", alias="groupKey")
-    truncated_alerts: int = Field(0, ge=0, alias="truncatedAlerts")
+    truncated_alerts: int = Field(0, ge=0, le=2**63 - 1, alias="truncatedAlerts")
     group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
     common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")

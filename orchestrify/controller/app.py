@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from orchestrify import __version__
 from orchestrify.controller.alerts import AlertProcessor
+from orchestrify.controller.border import BodyLimit, SafeJSONResponse, body_validation_errors
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
@@ -36,7 +37,15 @@ from orchestrify.controller.routers import (
     upstreams,
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
-from orchestrify.errors import Conflict, InvalidSpec, NotFound, OrchestrifyError, Unauthorized
+from orchestrify.errors import (
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    OrchestrifyError,
+    StoreUnavailable,
+    TooLarge,
+    Unauthorized,
+)
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.models import error_location
 from orchestrify.protocol import (
@@ -47,7 +56,7 @@ from orchestrify.protocol import (
     peer_protocol,
     refusal,
 )
-from orchestrify.store import Store
+from orchestrify.store import Store, translate_store_error
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +114,7 @@ def create_app(
         version=__version__,
         description="Services, nodes, replicas and the event trail of an orchestrify fleet.",
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
     for router in (
         services.router,
@@ -120,6 +130,9 @@ def create_app(
         app.include_router(router)
     _install_error_handlers(app)
     _install_metrics(app)
+    _document_limits(app, settings)
+    # Outermost of ours: an oversized body is refused before anything reads it.
+    app.add_middleware(BodyLimit, max_bytes=lambda: settings.max_body_bytes)
     return app
 
 
@@ -214,14 +227,44 @@ def open_state(
     )
 
 
-def _error(status: int, message: str, *, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"detail": message}
+STORE_RETRY_AFTER_S = 1  # a locked SQLite store frees up within its 30 s busy timeout
+
+
+def _document_limits(app: FastAPI, settings: ControllerSettings) -> None:
+    """The OpenAPI states this controller's own replica ceiling as the schema's maximum
+    (the models carry the hard maximum of any build)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.get("components", {}).get("schemas", {})
+            for name in ("ServiceSpec", "ServicePatch"):
+                props = components.get(name, {}).get("properties", {})
+                for field in ("replicas", "min_replicas", "max_replicas"):
+                    prop = props.get(field)
+                    for branch in [prop, *(prop or {}).get("anyOf", [])]:
+                        if isinstance(branch, dict) and "maximum" in branch:
+                            branch["maximum"] = settings.max_replicas_per_service
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"detail": message, "message": message}
     if field is not None:
         body["detail"] = [
             {"loc": ["body", *field.split(".")], "msg": message, "type": "value_error"}
         ]
-        body["message"] = message
-    return JSONResponse(status_code=status, content=body)
+    return SafeJSONResponse(status_code=status, content=body, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -229,22 +272,41 @@ def _install_error_handlers(app: FastAPI) -> None:
         (NotFound, 404),
         (Conflict, 409),
         (Unauthorized, 401),
+        (TooLarge, 413),
     ]
 
     @app.exception_handler(OrchestrifyError)
     async def orchestrify_error(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, InvalidSpec):
             return _error(422, str(exc), field=exc.field)
+        if isinstance(exc, StoreUnavailable):
+            log.warning("store unavailable", extra={"error": str(exc)})
+            return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
         for cls, status in statuses:
             if isinstance(exc, cls):
                 return _error(status, str(exc))
         log.error("request failed", extra={"error": str(exc), "type": type(exc).__name__})
         return _error(500, str(exc))
 
+    @app.exception_handler(Exception)
+    async def last_resort(request: Request, exc: Exception) -> JSONResponse:
+        """A genuine bug (or a store error that escaped its border): logged with its
+        traceback, answered with JSON, never a dropped connection."""
+        translated = translate_store_error(exc)
+        if translated is not None:
+            return await orchestrify_error(request, translated)
+        log.error(
+            "request failed: unexpected error",
+            exc_info=exc,
+            extra={"path": request.url.path, "method": request.method},
+        )
+        message = f"internal error ({type(exc).__name__}); the controller's log has the details"
+        return _error(500, message)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = exc.errors()
+        errors = body_validation_errors(request, exc)
         parts = []
         detail = []
         for err in errors:
@@ -259,7 +321,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             "request rejected",
             extra={"path": request.url.path, "method": request.method, "error": "; ".join(parts)},
         )
-        return JSONResponse(
+        return SafeJSONResponse(
             status_code=422, content={"detail": detail, "message": "; ".join(parts)}
         )
 

@@ -48,19 +48,27 @@ _bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of any two strings (``compare_digest`` refuses non-ASCII
+    text with a TypeError, and a header may carry any byte)."""
+    return secrets.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def require_admin(state: State, creds: Credentials) -> None:
-    if creds is None or not secrets.compare_digest(creds.credentials, state.admin_token):
+    if creds is None or not same_token(creds.credentials, state.admin_token):
         raise _unauthorized("a valid admin bearer token is required (--token / ORCHESTRIFY_TOKEN)")
 
 
 async def require_join(state: State, creds: Credentials) -> None:
     ok = creds is not None and (
-        secrets.compare_digest(creds.credentials, state.join_token)
-        or secrets.compare_digest(creds.credentials, state.admin_token)
+        same_token(creds.credentials, state.join_token)
+        or same_token(creds.credentials, state.admin_token)
     )
     if not ok:
         raise _unauthorized("a valid join token is required (--join-token)")
@@ -70,7 +78,7 @@ def require_node(node_id: str, state: State, creds: Credentials) -> None:
     """The node's own token, or the admin token."""
     if creds is None:
         raise _unauthorized("a node token is required")
-    if secrets.compare_digest(creds.credentials, state.admin_token):
+    if same_token(creds.credentials, state.admin_token):
         return
     try:
         state.store.authenticate_node(node_id, creds.credentials)

@@ -104,6 +104,29 @@ class ControllerSettings(BaseSettings):
         "minutes; an hour stops a hung SSH session without cutting a slow apt run.",
     )
 
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body in bytes (413 beyond), refused on its "
+        "Content-Length before it is read. 1 MiB holds a 1,000-alert webhook batch and "
+        "any service spec many times over.",
+    )
+    max_alerts_per_batch: int = Field(
+        1000,
+        ge=1,
+        description="Most alerts in one webhook notification (413 beyond). Set "
+        "Alertmanager's receiver max_alerts to this or less: it then sends at most this "
+        "many and counts the rest in truncatedAlerts.",
+    )
+    max_replicas_per_service: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Ceiling of replicas, min_replicas and max_replicas of a service (422 "
+        "beyond): 1,000 is more than a few hundred hosts run of one service, and keeps a "
+        "typo like 10**20 from making the controller plan without end.",
+    )
+
     history_retention_days: int = Field(
         14,
         ge=0,

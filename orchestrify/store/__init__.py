@@ -17,11 +17,18 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrify import clock
-from orchestrify.errors import Conflict, InvalidSpec, NotFound, Unauthorized
+from orchestrify.errors import (
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    OrchestrifyError,
+    StoreUnavailable,
+    Unauthorized,
+)
 from orchestrify.models import (
     CONTAINER_FIELDS,
     DEFAULT_DRAIN_S,
@@ -64,7 +71,14 @@ from orchestrify.store.tables import (
     ServiceRow,
 )
 
-__all__ = ["ChangeKind", "NodeEnrollment", "Store", "service_drain_s", "utcnow"]
+__all__ = [
+    "ChangeKind",
+    "NodeEnrollment",
+    "Store",
+    "service_drain_s",
+    "translate_store_error",
+    "utcnow",
+]
 
 CLUSTER_ID_KEY = "cluster_id"
 
@@ -230,6 +244,41 @@ def _event(row: EventRow) -> Event:
     )
 
 
+def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
+    """The orchestrify error for a database error (None: not one).
+
+    A store that cannot write now (locked past its busy timeout, a disk I/O error, a lost
+    connection) is ``StoreUnavailable`` (503, retry); a constraint is a ``Conflict``; any
+    other statement the database refuses (a value it cannot hold) is ``InvalidSpec``."""
+    if isinstance(exc, OrchestrifyError):
+        return None
+    if isinstance(exc, IntegrityError):
+        return Conflict(f"conflicts with what is stored: {exc.orig}")
+    if isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return StoreUnavailable(f"the store cannot be used now: {exc.orig}")
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        return InvalidSpec(f"the store refused a value: {cause}")
+    if isinstance(exc, UnicodeEncodeError):  # a lone surrogate (the API refuses them)
+        return InvalidSpec(f"a text the store cannot hold (not valid Unicode): {exc.reason}")
+    if isinstance(exc, OverflowError) and "SQLite" in str(exc):
+        return InvalidSpec(f"a number is too large for the store: {exc}")
+    return None
+
+
+class _BorderSession(Session):
+    """A session whose ``with`` block turns database errors into orchestrify errors, so
+    nothing above the store sees an SQLAlchemy type."""
+
+    def __exit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        super().__exit__(type_, value, traceback)
+        translated = translate_store_error(value) if value is not None else None
+        if translated is not None:
+            raise translated from value
+
+
 class Store:
     """Durable controller state. Thread-safe: API handlers run in a thread pool."""
 
@@ -240,7 +289,7 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, class_=_BorderSession)
         self.cluster_id = _ensure_cluster_id(self._sessions)
         self._write_lock = threading.RLock()
         self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
@@ -566,18 +615,34 @@ class Store:
         enrolled = self.enroll_node(reg)
         return enrolled.node, enrolled.token
 
-    def enroll_node(self, reg: NodeRegistration) -> NodeEnrollment:
+    def enroll_node(self, reg: NodeRegistration, *, trusted: bool = False) -> NodeEnrollment:
         """Register (or re-register) a node, saying whether this store knew it.
 
         An id this store does not know (a wiped or new store, a node removed with
         ``--force``) is made a node again under that same id, so the agent keeps finding
         its containers by their node label, but ``known`` is False: the agent then keeps
-        every container it has as an orphan instead of removing what is not assigned."""
+        every container it has as an orphan instead of removing what is not assigned.
+
+        An id this store knows is that node's: re-registering it needs the node's own
+        token (``reg.node_token``) unless the caller is ``trusted`` (the admin token).
+        Without it the registration is refused (``Conflict``) and the refusal recorded as
+        an event: a join token alone must not take over a node and lock its agent out."""
+        self.check_node_claim(reg, trusted=trusted)
         token = secrets.token_urlsafe(32)
         now = utcnow()
         with self._write() as tx:
             row = tx.session.get(NodeRow, reg.node_id) if reg.node_id else None
             known = row is not None
+            if row is not None and row.name != reg.name:
+                taken = tx.session.scalars(
+                    select(NodeRow).where(NodeRow.name == reg.name, NodeRow.id != row.id)
+                ).first()
+                if taken is not None:
+                    raise Conflict(
+                        f"node name {reg.name!r} belongs to node {taken.id}, not to node "
+                        f"{row.id}; start the agent with another --name, or forget the "
+                        f"other node (`orchestrify node rm {taken.id} --force`)"
+                    )
             if row is None:
                 same_name = tx.session.scalars(
                     select(NodeRow).where(NodeRow.name == reg.name)
@@ -645,6 +710,45 @@ class Store:
             tx.changes.update({"spec", "state"})
             tx.session.flush()
             return NodeEnrollment(node=_node(row), token=token, known=known)
+
+    def check_node_claim(self, reg: NodeRegistration, *, trusted: bool = False) -> None:
+        """Refuse (``Conflict``, recorded as an event) a registration that claims a node id
+        this store knows without that node's token; ``trusted`` (the admin) may."""
+        refusal = None if trusted else self._refuse_takeover(reg)
+        if refusal is not None:
+            raise Conflict(refusal)
+
+    def _refuse_takeover(self, reg: NodeRegistration) -> str | None:
+        """Why ``reg`` may not re-register a node id this store knows (None: it may).
+        A refusal is recorded as an event, in its own transaction."""
+        if not reg.node_id:
+            return None
+        with self._write() as tx:
+            row = tx.session.get(NodeRow, reg.node_id)
+            if row is None:
+                return None  # unknown id (a wiped store): the join token is enough
+            if reg.node_token and secrets.compare_digest(
+                row.token_hash, _hash_token(reg.node_token)
+            ):
+                return None
+            why = "without a node token" if not reg.node_token else "with a wrong node token"
+            message = (
+                f"registration as node {row.id} ({row.name}) refused: presented {why}. "
+                f"Only that node's agent (with its saved token) or the admin token may "
+                f"re-register a known node id; if this host really is {row.name} and lost "
+                f"its token, forget the node first (`orchestrify node rm {row.id} --force`)"
+            )
+            self._add_event(
+                tx,
+                message,
+                kind="node",
+                node=row.name,
+                action="register",
+                outcome="refused",
+                reason="node_token",
+                data={"node_id": row.id, "name": reg.name, "address": reg.address},
+            )
+            return message
 
     def authenticate_node(self, node_id: str, token: str) -> None:
         with self._sessions() as s:
@@ -1486,7 +1590,7 @@ def _add_missing_columns(engine: Engine) -> None:
             rep.spec = container_spec(svc.spec) if svc is not None else {}
 
 
-def _ensure_cluster_id(sessions: sessionmaker[Session]) -> str:
+def _ensure_cluster_id(sessions: sessionmaker[_BorderSession]) -> str:
     """The store's cluster id, made (random) the first time the store is opened. Agents
     label every container with it; a controller whose store has another one is a
     stranger to them, whose silence about a container is no order to remove it."""
@@ -1497,7 +1601,7 @@ def _ensure_cluster_id(sessions: sessionmaker[Session]) -> str:
     try:
         with sessions() as s, s.begin():
             s.add(MetaRow(key=CLUSTER_ID_KEY, value=secrets.token_hex(8)))
-    except IntegrityError:
+    except (IntegrityError, Conflict):
         pass  # another controller on the same database made it first
     with sessions() as s:
         made = s.get(MetaRow, CLUSTER_ID_KEY)
@@ -1572,11 +1676,17 @@ class _WriteTx:
                         self.session.flush()  # assigns the event ids
                         self.events.extend(_event(row) for row in self.event_rows)
                     self.session.commit()
-                except IntegrityError as err:
+                except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
                     self.session.rollback()
-                    raise Conflict(f"conflicts with what is stored: {err.orig}") from err
+                    translated = translate_store_error(err)
+                    if translated is None:
+                        raise
+                    raise translated from err
             else:
                 self.session.rollback()
+                translated = translate_store_error(exc)
+                if translated is not None:
+                    raise translated from exc
         finally:
             self.session.close()
             self.store._write_lock.release()

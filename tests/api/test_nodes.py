@@ -36,7 +36,12 @@ def test_reregistering_with_node_id_keeps_the_node(api: TestClient) -> None:
     node_id, old_token = register(api, "worker-1")
     resp = api.post(
         "/v1/nodes/register",
-        json={"name": "worker-1", "address": "10.0.0.2", "node_id": node_id},
+        json={
+            "name": "worker-1",
+            "address": "10.0.0.2",
+            "node_id": node_id,
+            "node_token": old_token,  # the agent presents its saved token
+        },
         headers=bearer(JOIN),
     )
     assert resp.json()["node_id"] == node_id

@@ -24,10 +24,14 @@ from tests.api.conftest import (
 )
 
 
-def enroll(api: TestClient, name: str, node_id: str | None = None) -> dict[str, Any]:
+def enroll(
+    api: TestClient, name: str, node_id: str | None = None, node_token: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "address": "10.0.0.9"}
     if node_id is not None:
         body["node_id"] = node_id
+    if node_token is not None:
+        body["node_token"] = node_token  # a known node id needs its own token
     resp = api.post("/v1/nodes/register", json=body, headers=bearer(JOIN))
     assert resp.status_code == 200, resp.text
     answer: dict[str, Any] = resp.json()
@@ -89,7 +93,7 @@ def test_cluster_id_is_made_with_the_store_and_answered_everywhere(
 def test_registration_says_whether_the_node_id_was_known(api: TestClient) -> None:
     new = enroll(api, "worker-1")
     assert new["known"] is False  # no id presented: a new node
-    again = enroll(api, "worker-1", node_id=new["node_id"])
+    again = enroll(api, "worker-1", node_id=new["node_id"], node_token=new["node_token"])
     assert again["known"] is True and again["node_id"] == new["node_id"]
     # An id this store never made (a wiped store): same id, but not "known".
     stranger = enroll(api, "worker-2", node_id="0123456789ab")
@@ -267,7 +271,7 @@ def test_an_unknown_node_brings_its_containers_as_orphans_and_nothing_is_placed_
         headers=bearer(JOIN),
     )
     assert resp.status_code == 200 and resp.json()["known"] is False
-    node = resp.json()["node_id"]
+    node, token = resp.json()["node_id"], resp.json()["node_token"]
     # Orphans from the registration on, before any report: the reconciler waits for them.
     assert len(api.get(f"/v1/nodes/{node}").json()["orphaned"]) == 2
     steps = reconcile(api)
@@ -284,6 +288,7 @@ def test_an_unknown_node_brings_its_containers_as_orphans_and_nothing_is_placed_
             "name": "worker-1",
             "address": "10.0.0.9",
             "node_id": node,
+            "node_token": token,
             "containers": [orphan("c1", "web-1111")],
         },
         headers=bearer(JOIN),

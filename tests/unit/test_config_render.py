@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from orchestrify.cli import app
 from orchestrify.config_render import render_config, templates_dir
+from orchestrify.controller.settings import ControllerSettings
 from orchestrify.errors import InvalidSpec
 
 URL = "http://127.0.0.1:18080"
@@ -72,6 +73,8 @@ def test_alertmanager_posts_to_the_webhook_with_the_token(tmp_path: Path) -> Non
     (webhook,) = receiver["webhook_configs"]
     assert webhook["url"] == f"{URL}/v1/alerts"
     assert webhook["send_resolved"] is True
+    # Alertmanager sends no more alerts per notification than the controller takes.
+    assert webhook["max_alerts"] == ControllerSettings().max_alerts_per_batch
     assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials": TOKEN}
     route = config["route"]
     assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from pydantic import BaseModel
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.rules import RuleSet
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
+from orchestrify.errors import TooLarge
 
-router = APIRouter(tags=["alerts"], dependencies=[Admin])
+router = api_router(tags=["alerts"], dependencies=[Admin])
 
 
 class IntakeAnswer(BaseModel):
@@ -29,7 +30,15 @@ class RulesView(BaseModel):
 @router.post("/v1/alerts", response_model=IntakeAnswer)
 def receive_alerts(batch: AlertBatch, state: State) -> IntakeAnswer:
     """Alertmanager's webhook (payload version 4). 200 once every alert is stored;
-    each alert (fingerprint + startsAt + status) acts at most once."""
+    each alert (fingerprint + startsAt + status) acts at most once. A batch of more
+    than ``max_alerts_per_batch`` alerts is a 413 (set Alertmanager's ``max_alerts``)."""
+    cap = state.settings.max_alerts_per_batch
+    if len(batch.alerts) > cap:
+        raise TooLarge(
+            f"{len(batch.alerts)} alerts in one notification; this controller takes at most "
+            f"{cap} (max_alerts_per_batch): set max_alerts: {cap} in the Alertmanager "
+            "receiver's webhook_configs"
+        )
     intake = state.alerts.receive(batch)
     return IntakeAnswer(received=intake.received, new=intake.new, duplicates=intake.duplicates)
 

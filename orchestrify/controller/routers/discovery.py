@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
 
-router = APIRouter(prefix="/v1/discovery", tags=["discovery"], dependencies=[Admin])
+router = api_router(prefix="/v1/discovery", tags=["discovery"], dependencies=[Admin])
 
 
 def _hostport(url: str) -> str | None:

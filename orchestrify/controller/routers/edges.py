@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
 from orchestrify.models import Edge, EdgeEvent, EdgeRegistration
 
-router = APIRouter(prefix="/v1/edges", tags=["edges"], dependencies=[Admin])
+router = api_router(prefix="/v1/edges", tags=["edges"], dependencies=[Admin])
 
 
 @router.post("", response_model=Edge)

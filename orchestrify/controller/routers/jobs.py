@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from fastapi.responses import StreamingResponse
 
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
 from orchestrify.jobs.models import Job, JobRequest, JobStatus
 from orchestrify.jobs.runner import JobRunner
+from orchestrify.models import INT64_MAX
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Admin])
+router = api_router(prefix="/v1/jobs", tags=["jobs"], dependencies=[Admin])
 POLL_S = 0.25  # how often a followed stream looks for new events; a job line is ~ms
 
 
@@ -55,7 +57,9 @@ def cancel_job(job_id: str, state: State) -> Job:
 def job_events(
     job_id: str,
     state: State,
-    after: int = Query(0, ge=0, description="Only events with a larger counter (to resume)."),
+    after: int = Query(
+        0, ge=0, le=INT64_MAX, description="Only events with a larger counter (to resume)."
+    ),
     follow: bool = Query(True, description="Keep streaming until the job finishes."),
 ) -> StreamingResponse:
     """The job's events as NDJSON, one JSON object a line (counter, event, host, task,

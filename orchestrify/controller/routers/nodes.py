@@ -8,34 +8,53 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import Depends, Query, Response
 
 from orchestrify import __version__
-from orchestrify.controller.deps import Admin, State, require_join, require_node
+from orchestrify.controller.border import api_router, errors
+from orchestrify.controller.deps import (
+    Admin,
+    Credentials,
+    State,
+    require_join,
+    require_node,
+    same_token,
+)
 from orchestrify.models import (
     Assignments,
     Heartbeat,
     Node,
     NodeCredentials,
     NodeRegistration,
+    NodeRemoval,
     OrphanAdoption,
     OrphanPrune,
     ReplicaReports,
 )
 from orchestrify.protocol import PROTOCOL_VERSION
 
-router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+router = api_router(prefix="/v1/nodes", tags=["nodes"])
 NodeAuth = Depends(require_node)
 
 
-@router.post("/register", response_model=NodeCredentials, dependencies=[Depends(require_join)])
-def register_node(reg: NodeRegistration, state: State) -> NodeCredentials:
+@router.post(
+    "/register",
+    response_model=NodeCredentials,
+    dependencies=[Depends(require_join)],
+    responses=errors(409),
+)
+def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> NodeCredentials:
     """``known`` says whether this store knew the node: when it did not, the agent keeps
-    the containers it already runs as orphans (``node adopt`` / ``node prune``)."""
+    the containers it already runs as orphans (``node adopt`` / ``node prune``).
+
+    Re-registering a node id this store knows needs that node's token (``node_token``)
+    or the admin token: with the join token alone it is a 409 (and an event)."""
     liveness = state.reconciler.liveness
+    trusted = creds is not None and same_token(creds.credentials, state.admin_token)
+    state.store.check_node_claim(reg, trusted=trusted)  # a refused claim is not "seen"
     if reg.node_id:
         liveness.seen(reg.node_id)  # before the store says ready, so no cycle undoes it
-    enrolled = state.store.enroll_node(reg)
+    enrolled = state.store.enroll_node(reg, trusted=trusted)
     liveness.seen(enrolled.node.id)
     return NodeCredentials(
         node_id=enrolled.node.id,
@@ -83,20 +102,32 @@ def prune_orphans(node_id: str, state: State) -> OrphanPrune:
     return state.store.prune_orphans(node_id)
 
 
-@router.delete("/{node_id}", status_code=202, dependencies=[Admin])
+@router.delete(
+    "/{node_id}",
+    status_code=202,
+    response_model=NodeRemoval,
+    dependencies=[Admin],
+    responses={204: {"description": "Forgotten now (force): no body."}},
+)
 def remove_node(
     node_id: str,
     state: State,
     force: bool = Query(False, description="Forget it now, without draining."),
-) -> Response:
-    """Drain the node, then forget it once no replica is left (202: in progress)."""
+) -> NodeRemoval | Response:
+    """Drain the node, then forget it once no replica is left (202, with what was done);
+    with ``force``, forget it now (204, no body)."""
     if force:
         node = state.store.get_node(node_id)
         state.store.delete_node(node.id)
         state.reconciler.liveness.forget(node.id)
         return Response(status_code=204)
-    state.store.set_node_draining(node_id, draining=True, remove=True)
-    return Response(status_code=202)
+    node = state.store.set_node_draining(node_id, draining=True, remove=True)
+    return NodeRemoval(
+        node=node.id,
+        name=node.name,
+        removed=False,
+        message=f"node {node.name} draining; it is forgotten once its replicas have moved",
+    )
 
 
 @router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
 from orchestrify.models import Replica
 
-router = APIRouter(prefix="/v1/replicas", tags=["replicas"], dependencies=[Admin])
+router = api_router(prefix="/v1/replicas", tags=["replicas"], dependencies=[Admin])
 
 
 @router.get("", response_model=list[Replica])

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
+from orchestrify.errors import InvalidSpec
 from orchestrify.models import Service, ServicePatch, ServiceSpec
 
-router = APIRouter(prefix="/v1/services", tags=["services"], dependencies=[Admin])
+router = api_router(prefix="/v1/services", tags=["services"], dependencies=[Admin])
+
+
+def check_replica_ceiling(state: State, spec: ServiceSpec | ServicePatch) -> None:
+    """Replica counts at most this controller's ``max_replicas_per_service`` (422 naming
+    the field): placing and tracking replicas costs memory and time per replica."""
+    ceiling = state.settings.max_replicas_per_service
+    for field in ("replicas", "min_replicas", "max_replicas"):
+        value = getattr(spec, field)
+        if value is not None and value > ceiling:
+            raise InvalidSpec(
+                f"{field}: {value} is above this controller's ceiling of {ceiling} "
+                "replicas per service (its max_replicas_per_service setting)",
+                field=field,
+            )
 
 
 @router.post("", status_code=201, response_model=Service)
 def create_service(spec: ServiceSpec, state: State) -> Service:
+    check_replica_ceiling(state, spec)
     svc = state.store.create_service(spec)
     return svc
 
@@ -28,6 +45,7 @@ def get_service(name: str, state: State) -> Service:
 
 @router.patch("/{name}", response_model=Service)
 def update_service(name: str, patch: ServicePatch, state: State) -> Service:
+    check_replica_ceiling(state, patch)
     return state.store.update_service(name, patch)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
+from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
 from orchestrify.models import Upstreams
 
-router = APIRouter(prefix="/v1/upstreams", tags=["edges"], dependencies=[Admin])
+router = api_router(prefix="/v1/upstreams", tags=["edges"], dependencies=[Admin])
 
 
 @router.get("", response_model=Upstreams)
