@@ -169,6 +169,7 @@ def serve_controller(settings: ControllerSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        **settings.uvicorn_tls,  # HTTPS only when set: no plain-HTTP listener beside it
     )
     ControllerServer(config).run()
 
