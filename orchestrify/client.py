@@ -22,7 +22,6 @@ from orchestrify.errors import (
     Unauthorized,
     VersionMismatch,
 )
-from orchestrify.tls import certificate_rejected, client_verify
 from orchestrify.protocol import (
     HEADER_VERSION,
     UNANNOUNCED_PROTOCOL,
@@ -30,6 +29,7 @@ from orchestrify.protocol import (
     peer_protocol,
     refusal,
 )
+from orchestrify.tls import certificate_rejected, client_verify
 
 DEFAULT_URL = "http://127.0.0.1:18080"
 

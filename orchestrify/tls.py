@@ -25,11 +25,11 @@ __all__ = [
 ]
 
 
-def _readable(path: Path, what: str) -> None:
+def _readable(path: Path, option: str) -> None:
     if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist or is not a file")
+        raise ValueError(f"{option} {path}: no such file")
     if not os.access(path, os.R_OK):
-        raise ValueError(f"{what} {path} is not readable by this user")
+        raise ValueError(f"{option} {path}: not readable by this user")
 
 
 def check_server_pair(*, cert: Path | None, key: Path | None) -> None:
@@ -39,28 +39,28 @@ def check_server_pair(*, cert: Path | None, key: Path | None) -> None:
         return
     if cert is None or key is None:
         raise ValueError("give both --tls-cert and --tls-key, or neither")
-    _readable(cert, "certificate file")
-    _readable(key, "key file")
+    _readable(cert, "--tls-cert")
+    _readable(key, "--tls-key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     except ssl.SSLError as exc:
         why = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else ""
         raise ValueError(
-            f"cannot use certificate {cert} with key {key}: "
+            f"--tls-cert {cert} with --tls-key {key}: "
             f"{why or 'not a PEM certificate and its unencrypted PEM key'} ({exc.reason})"
         ) from None
     except OSError as exc:  # a passphrase prompt that got nothing, or a read error
-        raise ValueError(f"cannot use certificate {cert} with key {key}: {exc}") from None
+        raise ValueError(f"--tls-cert {cert} with --tls-key {key}: {exc}") from None
 
 
 def check_ca_file(ca: Path) -> None:
     """Raise ValueError unless ``ca`` is a readable file of PEM CA certificates."""
-    _readable(ca, "CA file")
+    _readable(ca, "--ca")
     try:
         ssl.create_default_context(cafile=str(ca))
     except ssl.SSLError as exc:
-        raise ValueError(f"CA file {ca} holds no PEM certificate ({exc.reason})") from None
+        raise ValueError(f"--ca {ca}: no PEM certificate in it ({exc.reason})") from None
 
 
 def client_verify(ca: Path | None) -> ssl.SSLContext | bool:

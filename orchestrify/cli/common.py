@@ -82,7 +82,7 @@ def checked_ca(ca: Path | None) -> Path | None:
         try:
             check_ca_file(ca)
         except ValueError as exc:
-            raise fail(f"--ca (or env ORCHESTRIFY_CA): {exc}", code=2) from None
+            raise fail(f"{exc} (--ca or env ORCHESTRIFY_CA)", code=2) from None
     return ca
 
 
@@ -96,9 +96,13 @@ def settings_error(exc: ValidationError, model: type[BaseModel]) -> str:
     prefix = model.model_config.get("env_prefix")
     parts = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a check across fields names its options itself
+            parts.append(msg)
+            continue
+        name = ".".join(str(p) for p in err["loc"])
         where = f" (or env {prefix}{name.upper()})" if prefix and "." not in name else ""
-        parts.append(f"{name}{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        parts.append(f"{name}{where}: {msg}")
     return "invalid setting " + "; ".join(parts)
 
 

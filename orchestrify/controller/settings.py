@@ -144,8 +144,9 @@ class ControllerSettings(BaseSettings):
         "controller speaks HTTPS only. Checked at start against the key.",
     )
     tls_key: Path | None = Field(
-        None, description="Unencrypted PEM private key of tls_cert (mode 0600, readable by "
-        "the controller's user only)."
+        None,
+        description="Unencrypted PEM private key of tls_cert (mode 0600, readable by "
+        "the controller's user only).",
     )
 
     @model_validator(mode="after")
@@ -158,13 +159,6 @@ class ControllerSettings(BaseSettings):
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
-
-    @property
-    def uvicorn_tls(self) -> dict[str, str]:
-        """uvicorn.Config's ssl_certfile/ssl_keyfile, or nothing for plain HTTP."""
-        if self.tls_cert is None or self.tls_key is None:
-            return {}
-        return {"ssl_certfile": str(self.tls_cert), "ssl_keyfile": str(self.tls_key)}
 
     @property
     def resolved_node_startup_grace_s(self) -> float:
