@@ -74,9 +74,7 @@ def make_ca(directory: Path, *, name: str = "test-ca") -> CertAuthority:
     return CertAuthority(cert_file=path, cert=cert, key=key)
 
 
-def make_server_pair(
-    ca: CertAuthority, directory: Path, *, name: str = "server"
-) -> ServerPair:
+def make_server_pair(ca: CertAuthority, directory: Path, *, name: str = "server") -> ServerPair:
     """A server certificate for 127.0.0.1 and localhost signed by ``ca``, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     start, end = _validity()
