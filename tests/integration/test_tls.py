@@ -10,6 +10,7 @@ those labels in teardown.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Iterator
@@ -213,7 +214,7 @@ def test_a_controller_signed_by_another_ca_is_refused_and_nothing_changes(
     for running in (restarted, newcomer):
         wait_for(
             "the agent to log the refused certificate",
-            lambda running=running: _refusals(caplog, running),
+            functools.partial(_refusals, caplog, running),
             timeout=DEADLINE_S,
         )
     message = _refusals(caplog, newcomer)[0]
