@@ -80,6 +80,12 @@ def _unreachable(url: str, exc: httpx.HTTPError, *, ca: Path | None = None) -> N
     rejected = certificate_rejected(exc, url=url, ca=ca)
     if rejected is not None:
         return rejected
+    if url.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError):
+        # What a plain-HTTP request to an HTTPS-only controller gets: a closed connection.
+        return NodeUnreachable(
+            f"the controller at {url} closed the connection without answering "
+            f"({exc}); if it serves HTTPS (--tls-cert), use an https:// URL"
+        )
     return NodeUnreachable(
         f"cannot reach the controller at {url} ({type(exc).__name__}: {exc}); "
         "is `orchestrify controller` (or `orchestrify up`) running? "

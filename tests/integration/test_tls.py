@@ -175,6 +175,14 @@ def test_the_agent_and_the_cli_work_over_https_with_the_private_ca(
     assert listed.exit_code == 0, listed.output
     assert f"tls-{c.run_id}" in listed.output
 
+    # An http:// URL to the HTTPS-only controller says what to change.
+    plain = CliRunner().invoke(
+        cli_app,
+        ["--controller", c.controller.url.replace("https://", "http://"), "node", "ls"],
+        env={"ORCHESTRIFY_CA": None, "ORCHESTRIFY_TOKEN": c.controller.admin_token},
+    )
+    assert plain.exit_code == 1 and "use an https:// URL" in plain.output, plain.output
+
     # Without --ca the system's store is used, which does not hold the private CA.
     untrusted = c.cli("node", "ls", ca=None)
     assert untrusted.exit_code == 1
