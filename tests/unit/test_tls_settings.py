@@ -129,3 +129,24 @@ def test_only_certificate_failures_become_certificate_rejected() -> None:
     assert isinstance(err, CertificateRejected)
     assert "not signed by the CA in /etc/ca.pem" in str(err)
     assert "unable to get local issuer certificate" in str(err)
+
+
+def test_the_agent_command_refuses_a_missing_ca_file_with_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "agent",
+            "--controller",
+            "https://127.0.0.1:1",
+            "--join-token",
+            "j",
+            "--state-dir",
+            str(tmp_path / "agent"),
+            "--ca",
+            str(tmp_path / "nope.pem"),
+        ],
+        env={"ORCHESTRIFY_CA": None},
+    )
+    assert result.exit_code == 2, result.output
+    assert "--ca" in result.output and "no such file" in result.output
+    assert not (tmp_path / "agent").exists()  # refused before the agent started
