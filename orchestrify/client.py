@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from orchestrify.protocol import (
     peer_protocol,
     refusal,
 )
+from orchestrify.tls import certificate_rejected, client_verify
 
 DEFAULT_URL = "http://127.0.0.1:18080"
 
@@ -74,7 +76,16 @@ def raise_for_status(resp: httpx.Response) -> None:
     raise ControllerError(f"controller answered {resp.status_code}: {msg}", status=resp.status_code)
 
 
-def _unreachable(url: str, exc: Exception) -> NodeUnreachable:
+def _unreachable(url: str, exc: httpx.HTTPError, *, ca: Path | None = None) -> NodeUnreachable:
+    rejected = certificate_rejected(exc, url=url, ca=ca)
+    if rejected is not None:
+        return rejected
+    if url.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError):
+        # What a plain-HTTP request to an HTTPS-only controller gets: a closed connection.
+        return NodeUnreachable(
+            f"the controller at {url} closed the connection without answering "
+            f"({exc}); if it serves HTTPS (--tls-cert), use an https:// URL"
+        )
     return NodeUnreachable(
         f"cannot reach the controller at {url} ({type(exc).__name__}: {exc}); "
         "is `orchestrify controller` (or `orchestrify up`) running? "
@@ -108,12 +119,18 @@ class ControllerClient:
         *,
         timeout: float = 10.0,
         component: str = "cli",
+        ca: Path | None = None,
     ):
+        """``ca``: verify an https controller against the CA certificates in this file
+        only; None: against the system's trust store."""
         self.url = url.rstrip("/")
+        self.ca = ca
         headers = announce(component)
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, verify=client_verify(ca)
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -128,7 +145,7 @@ class ControllerClient:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise _unreachable(self.url, exc, ca=self.ca) from exc
         raise_for_status(resp)
         if resp.status_code == 204 or not resp.content:
             return None
@@ -153,7 +170,7 @@ class ControllerClient:
                     if line.strip():
                         yield json.loads(line)
         except httpx.HTTPError as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise _unreachable(self.url, exc, ca=self.ca) from exc
 
 
 class AsyncControllerClient:
@@ -172,12 +189,17 @@ class AsyncControllerClient:
         timeout: float = 10.0,
         component: str = "edge",  # the edge builds its client with defaults; the agent says so
         min_protocol: int | None = None,
+        ca: Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.min_protocol = min_protocol
+        self.ca = ca
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, headers=announce(component)
+            base_url=self.url,
+            timeout=timeout,
+            headers=announce(component),
+            verify=client_verify(ca),
         )
 
     def set_token(self, token: str) -> None:
@@ -196,7 +218,7 @@ class AsyncControllerClient:
         try:
             resp = await self._http.request(method, path, headers=headers, **kwargs, **extra)
         except httpx.HTTPError as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise _unreachable(self.url, exc, ca=self.ca) from exc
         if resp.status_code != 426:  # a refusal says why itself, naming both versions
             check_controller_protocol(resp, minimum=self.min_protocol)
         raise_for_status(resp)

@@ -44,6 +44,12 @@ class NodeUnreachable(OrchestrifyError):
     """A node, controller or other peer did not answer."""
 
 
+class CertificateRejected(NodeUnreachable):
+    """TLS with the controller failed: its certificate is not signed by the CA this side
+    trusts, or names another host. A NodeUnreachable, so the agent and the edge retry it
+    like an absent controller (the containers keep running) and never act on it."""
+
+
 class DockerFailure(OrchestrifyError):
     """The Docker engine refused or failed an operation."""
 

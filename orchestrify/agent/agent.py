@@ -91,7 +91,11 @@ class Agent:
         engine = self._engine or DockerEngine(s.docker_url)
         prober = HttpProber(timeout_s=s.heal.probe_timeout_s)
         client = AsyncControllerClient(
-            s.controller_url, s.join_token, component="agent", min_protocol=MIN_PROTOCOL_VERSION
+            s.controller_url,
+            s.join_token,
+            component="agent",
+            min_protocol=MIN_PROTOCOL_VERSION,
+            ca=s.ca,
         )
         if not s.pinned:
             with contextlib.suppress(OrchestrifyError):  # registering detects it again

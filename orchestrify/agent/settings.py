@@ -86,6 +86,9 @@ class AgentSettings:
     Kept short so that a returning controller hears of what changed within seconds (a
     retry costs one small request); each delay is spread by +-20 % so a fleet that lost
     its controller does not come back in lockstep."""
+    ca: Path | None = None
+    """PEM file of the CA that signed the controller's certificate (https URLs); None: the
+    system's trust store. A certificate it refuses is retried like an absent controller."""
     container_labels: dict[str, str] = field(default_factory=dict)
     """Extra labels on every container (tests mark theirs for clean-up)."""
     log_max_size: str = "10m"

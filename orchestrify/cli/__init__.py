@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
 from orchestrify.cli.agent import agent
-from orchestrify.cli.common import CliConfig
+from orchestrify.cli.common import CaOpt, CliConfig, checked_ca
 from orchestrify.cli.config import config_app
 from orchestrify.cli.controller import controller
 from orchestrify.cli.demo import demo_image
@@ -41,6 +42,7 @@ def root(
     token: str | None = typer.Option(
         None, "--token", envvar="ORCHESTRIFY_TOKEN", help="Admin token of the controller."
     ),
+    ca: Path | None = CaOpt,
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     log_format: str = typer.Option(
         "text", "--log-format", help="text (people) or json (machines)."
@@ -49,7 +51,7 @@ def root(
     setup_logging(level=log_level, fmt=log_format)
     if token is None:
         token = _token_from_default_data_dir()
-    ctx.obj = CliConfig(controller=controller_url, token=token)
+    ctx.obj = CliConfig(controller=controller_url, token=token, ca=checked_ca(ca))
 
 
 def _token_from_default_data_dir() -> str | None:

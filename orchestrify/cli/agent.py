@@ -10,6 +10,7 @@ import typer
 
 from orchestrify.agent import Agent, AgentSettings, HealSettings, default_node_name
 from orchestrify.agent.settings import DEFAULT_DOCKER_URL, DEFAULT_METRICS_PORT, default_state_dir
+from orchestrify.cli.common import CaOpt, checked_ca
 from orchestrify.cli.lifecycle import run_until_signalled
 
 
@@ -63,6 +64,7 @@ def agent(
     metrics_port: int = typer.Option(
         DEFAULT_METRICS_PORT, "--metrics-port", help="Port of the agent's Prometheus /metrics."
     ),
+    ca: Path | None = CaOpt,
 ) -> None:
     """Run the agent of this host: register with the controller, run the replicas it
     assigns here on the local Docker engine, probe their health and replace sick ones.
@@ -77,6 +79,7 @@ def agent(
         docker_url=docker_url,
         state_dir=state_dir,
         metrics_port=metrics_port,
+        ca=checked_ca(ca),
         heal=HealSettings(
             fault_interval_s=fault_interval,
             probe_timeout_s=min(0.8, fault_interval * 0.8),

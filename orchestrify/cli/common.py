@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from orchestrify.client import DEFAULT_URL, ControllerClient
 from orchestrify.errors import InvalidSpec, OrchestrifyError
+from orchestrify.tls import check_ca_file
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,24 +33,57 @@ if not console.is_terminal:
 err_console = Console(stderr=True, highlight=False)
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+TlsCertOpt = typer.Option(
+    None,
+    "--tls-cert",
+    envvar="ORCHESTRIFY_TLS_CERT",
+    help="PEM certificate to serve HTTPS with (HTTPS only; needs --tls-key).",
+)
+TlsKeyOpt = typer.Option(
+    None,
+    "--tls-key",
+    envvar="ORCHESTRIFY_TLS_KEY",
+    help="Unencrypted PEM private key of --tls-cert.",
+)
+CaOpt = typer.Option(
+    None,
+    "--ca",
+    envvar="ORCHESTRIFY_CA",
+    help="PEM file of the CA that signed the controller's certificate (https URLs); "
+    "default: the system's trust store.",
+)
 
 
 @dataclass
 class CliConfig:
     controller: str = DEFAULT_URL
     token: str | None = None
+    ca: Path | None = None
 
     def client(self) -> ControllerClient:
-        return ControllerClient(self.controller, self.token)
+        return ControllerClient(self.controller, self.token, ca=self.ca)
 
 
 def config(ctx: typer.Context) -> CliConfig:
     obj = ctx.find_root().obj
     if isinstance(obj, CliConfig):
         return obj
+    ca = os.environ.get("ORCHESTRIFY_CA")
     return CliConfig(
-        os.environ.get("ORCHESTRIFY_URL", DEFAULT_URL), os.environ.get("ORCHESTRIFY_TOKEN")
+        os.environ.get("ORCHESTRIFY_URL", DEFAULT_URL),
+        os.environ.get("ORCHESTRIFY_TOKEN"),
+        Path(ca) if ca else None,
     )
+
+
+def checked_ca(ca: Path | None) -> Path | None:
+    """``ca`` after checking it is a readable PEM file, or a one-line error and exit 2."""
+    if ca is not None:
+        try:
+            check_ca_file(ca)
+        except ValueError as exc:
+            raise fail(f"{exc} (--ca or env ORCHESTRIFY_CA)", code=2) from None
+    return ca
 
 
 def fail(message: str, *, code: int = 1) -> typer.Exit:
@@ -61,9 +96,13 @@ def settings_error(exc: ValidationError, model: type[BaseModel]) -> str:
     prefix = model.model_config.get("env_prefix")
     parts = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a check across fields names its options itself
+            parts.append(msg)
+            continue
+        name = ".".join(str(p) for p in err["loc"])
         where = f" (or env {prefix}{name.upper()})" if prefix and "." not in name else ""
-        parts.append(f"{name}{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        parts.append(f"{name}{where}: {msg}")
     return "invalid setting " + "; ".join(parts)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from orchestrify.cli.common import build_settings, err_console
+from orchestrify.cli.common import TlsCertOpt, TlsKeyOpt, build_settings, err_console
 from orchestrify.controller.settings import (
     ControllerSettings,
     default_data_dir,
@@ -105,6 +105,8 @@ def controller(
         "--rules",
         help="Alert -> action rules (YAML), applied at every start; default: the shipped ones.",
     ),
+    tls_cert: Path | None = TlsCertOpt,
+    tls_key: Path | None = TlsKeyOpt,
 ) -> None:
     """Run the controller: REST API under /v1 (docs at /docs), state store and reconciler."""
     from orchestrify.alerting.rules import load_rules
@@ -143,6 +145,8 @@ def controller(
             jobs_dir=jobs_dir,
             history_retention_days=history_retention_days,
             rules_file=rules,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
     )
     serve_controller(settings)

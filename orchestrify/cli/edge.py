@@ -63,6 +63,25 @@ def edge(
         "'systemctl start orchestrify-nginx' so that it lives in its own unit "
         "(default: the edge starts it as a daemon of its own).",
     ),
+    tls_cert: Path | None = typer.Option(
+        None,
+        "--tls-cert",
+        envvar="ORCHESTRIFY_EDGE_TLS_CERT",
+        help="PEM certificate the edge's /metrics serves HTTPS with (needs --tls-key).",
+    ),
+    tls_key: Path | None = typer.Option(
+        None,
+        "--tls-key",
+        envvar="ORCHESTRIFY_EDGE_TLS_KEY",
+        help="Unencrypted PEM private key of --tls-cert.",
+    ),
+    ca: Path | None = typer.Option(
+        None,
+        "--ca",
+        envvar="ORCHESTRIFY_CA",
+        help="PEM file of the CA that signed the controller's certificate "
+        "(default: the global --ca, else the system's trust store).",
+    ),
 ) -> None:
     """Run an edge: render Nginx from the controller's healthy replicas, reload it safely,
     and export request metrics.
@@ -92,6 +111,9 @@ def edge(
         metrics_url=metrics_url,
         templates_dir=templates_dir,
         nginx_start_command=nginx_start_command,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        ca=ca or root.ca,
         **({"name": name} if name else {}),
     )
     with contextlib.suppress(KeyboardInterrupt):

@@ -18,7 +18,15 @@ import uvicorn
 
 from orchestrify.agent import Agent, AgentSettings, default_node_name
 from orchestrify.agent.settings import DEFAULT_METRICS_PORT
-from orchestrify.cli.common import build_settings, err_console, fail
+from orchestrify.cli.common import (
+    CaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    build_settings,
+    checked_ca,
+    err_console,
+    fail,
+)
 from orchestrify.cli.controller import resolve_tokens
 from orchestrify.cli.lifecycle import run_until_signalled
 from orchestrify.controller.settings import ControllerSettings, default_data_dir
@@ -36,6 +44,7 @@ class UpContext:
     data_dir: Path
     listen: str | None = "8080"
     edge_metrics_port: int = 18082
+    ca: Path | None = None
 
 
 def edge_program(ctx: UpContext) -> Coroutine[Any, Any, Any] | None:
@@ -51,6 +60,7 @@ def edge_program(ctx: UpContext) -> Coroutine[Any, Any, Any] | None:
             listen=ctx.listen,
             metrics_port=ctx.edge_metrics_port,
             name="edge",
+            ca=ctx.ca,
             # `up` is a demo in one process: Ctrl-C stops everything it started, Nginx
             # too. A provisioned edge leaves Nginx serving (its own systemd unit).
             stop_nginx_on_exit=True,
@@ -79,6 +89,9 @@ def up(
         18082, "--edge-metrics-port", help="Port of the edge's Prometheus /metrics."
     ),
     no_edge: bool = typer.Option(False, "--no-edge", help="Do not run the edge and Nginx."),
+    tls_cert: Path | None = TlsCertOpt,
+    tls_key: Path | None = TlsKeyOpt,
+    ca: Path | None = CaOpt,  # with --tls-cert: what this agent and edge verify it with
 ) -> None:
     """Run everything on this host in one process: the controller and an agent that runs
     replicas on the local Docker engine. The quickest way to start.
@@ -90,19 +103,29 @@ def up(
             parse_listen(listen)  # before anything starts
         except ValueError as exc:
             raise fail(f"--{exc}", code=2) from None
-    given = build_settings(ControllerSettings, host=host, port=port, data_dir=data_dir)
+    given = build_settings(
+        ControllerSettings,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+    ca = checked_ca(ca)
     admin_source = _token_source(given.token, data_dir / "admin.token", "ORCHESTRIFY_TOKEN")
     join_source = _token_source(given.join_token, data_dir / "join.token", "ORCHESTRIFY_JOIN_TOKEN")
     settings = resolve_tokens(given)
     assert settings.token is not None and settings.join_token is not None
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    scheme = "https" if settings.tls else "http"
     ctx = UpContext(
-        controller_url=f"http://{connect}:{port}",
+        controller_url=f"{scheme}://{connect}:{port}",
         admin_token=settings.token,
         join_token=settings.join_token,
         data_dir=data_dir,
         listen=None if no_edge else listen,
         edge_metrics_port=edge_metrics_port,
+        ca=ca,
     )
     agent_settings = AgentSettings(
         controller_url=ctx.controller_url,
@@ -111,6 +134,7 @@ def up(
         advertise_address="127.0.0.1",
         state_dir=data_dir / "agent",
         metrics_port=metrics_port,
+        ca=ca,
     )
     # The tokens themselves are printed once, by resolve_tokens, when they are generated;
     # every later start says where they are, so a log of `up` holds no secret.
@@ -153,6 +177,9 @@ async def run_up(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=2,  # agents' long-polls would hold shut-down for 30 s
+        # HTTPS only when set: no plain-HTTP listener beside it
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     # `up` owns SIGINT/SIGTERM for every program it runs.
     server = ControllerServer(config, handle_signals=False)

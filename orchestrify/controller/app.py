@@ -169,6 +169,9 @@ def serve_controller(settings: ControllerSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # HTTPS only when set: no plain-HTTP listener beside it
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     ControllerServer(config).run()
 

@@ -6,8 +6,10 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrify.tls import check_server_pair
 
 
 def default_playbook_dir() -> Path | None:
@@ -135,6 +137,28 @@ class ControllerSettings(BaseSettings):
         "every hour; 0 keeps everything. Two weeks is enough to look back on last week's "
         "incidents, and far longer than Alertmanager re-sends a notification (hours).",
     )
+
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (with its chain) the API serves: set with tls_key, the "
+        "controller speaks HTTPS only. Checked at start against the key.",
+    )
+    tls_key: Path | None = Field(
+        None,
+        description="Unencrypted PEM private key of tls_cert (mode 0600, readable by "
+        "the controller's user only).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControllerSettings:
+        # At start, before anything listens: a wrong file is one line and exit 2, not a
+        # traceback from inside uvicorn.
+        check_server_pair(cert=self.tls_cert, key=self.tls_key)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def resolved_node_startup_grace_s(self) -> float:

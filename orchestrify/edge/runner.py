@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrify.client import AsyncControllerClient
 from orchestrify.edge.apply import ApplyResult, ConfigApplier
@@ -55,6 +55,7 @@ from orchestrify.edge.view import (
 )
 from orchestrify.errors import InvalidSpec, OrchestrifyError
 from orchestrify.models import Upstreams
+from orchestrify.tls import check_ca_file, check_server_pair
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,15 @@ class EdgeSettings(BaseModel):
         description="Command that starts Nginx when none runs (e.g. `systemctl start "
         "orchestrify-nginx`, so it lives in its own unit); default: run it as a daemon.",
     )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate /metrics serves HTTPS with (needs tls_key)."
+    )
+    tls_key: Path | None = Field(None, description="Unencrypted PEM private key of tls_cert.")
+    ca: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the controller's certificate (https "
+        "URLs); None: the system's trust store.",
+    )
     stop_nginx_on_exit: bool = Field(
         False,
         description="Stop Nginx when the edge exits. False: Nginx keeps serving its last "
@@ -112,6 +122,14 @@ class EdgeSettings(BaseModel):
     def _valid_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> EdgeSettings:
+        # At start: a wrong certificate, key or CA file is one line and exit 2.
+        check_server_pair(cert=self.tls_cert, key=self.tls_key)
+        if self.ca is not None:
+            check_ca_file(self.ca)
+        return self
 
     def listen_address(self) -> tuple[str, int]:
         """Where to reach Nginx from this host (a wildcard address becomes loopback)."""
@@ -139,7 +157,7 @@ class Edge:
     ) -> None:
         self.settings = settings
         self.client = client or AsyncControllerClient(
-            settings.controller_url, settings.token, timeout=10.0
+            settings.controller_url, settings.token, timeout=10.0, ca=settings.ca
         )
         self.metrics = EdgeMetrics(registry)
         self.book = AddressBook()
@@ -197,7 +215,12 @@ class Edge:
         server = None
         if self.settings.metrics_port:
             server, _thread = start_http_server(
-                self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry
+                self.settings.metrics_port,
+                self.settings.metrics_host,
+                self.metrics.registry,
+                # Both set: HTTPS only (prometheus_client >= 0.17 wraps the socket).
+                certfile=str(self.settings.tls_cert) if self.settings.tls_cert else None,
+                keyfile=str(self.settings.tls_key) if self.settings.tls_key else None,
             )
         log.info(
             "edge starting",
@@ -281,7 +304,9 @@ class Edge:
         """Register (or refresh) this edge, with the as_of of the view Nginx serves."""
         url = self.settings.metrics_url
         if url is None and self.settings.metrics_port:
-            url = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
+            scheme = "https" if self.settings.tls_cert else "http"
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            url = f"{scheme}://{host}:{port}/metrics"
         body: dict[str, Any] = {"name": self.settings.name, "metrics_url": url}
         if self.applied_as_of is not None:
             body["applied_as_of"] = self.applied_as_of.isoformat()

@@ -42,9 +42,10 @@ class RunningController:
     join_token: str
     server: ControllerServer
     thread: threading.Thread
+    ca: Path | None = None  # the CA its clients verify it with (an https controller)
 
     def client(self) -> ControllerClient:
-        return ControllerClient(self.url, self.admin_token)
+        return ControllerClient(self.url, self.admin_token, ca=self.ca)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -57,11 +58,13 @@ def start_controller(
     *,
     admin_token: str | None = None,
     join_token: str | None = None,
+    ca: Path | None = None,
     **overrides: Any,
 ) -> RunningController:
     """The real controller app on uvicorn in a thread; ``overrides`` are settings. The
     tokens are random unless given (``admin_token`` or ``token``, and ``join_token``):
-    give a previous run's to restart it as it was."""
+    give a previous run's to restart it as it was. With the ``tls_cert`` and ``tls_key``
+    settings it serves HTTPS only, and ``ca`` is what its clients verify it with."""
     from prometheus_client import CollectorRegistry
 
     settings = ControllerSettings(
@@ -84,6 +87,8 @@ def start_controller(
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=2,
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
         ),
         handle_signals=False,  # signals belong to the main thread (pytest)
     )
@@ -96,11 +101,12 @@ def start_controller(
         time.sleep(0.05)
     assert settings.token and settings.join_token
     return RunningController(
-        url=f"http://127.0.0.1:{port}",
+        url=f"{'https' if settings.tls else 'http'}://127.0.0.1:{port}",
         admin_token=settings.token,
         join_token=settings.join_token,
         server=server,
         thread=thread,
+        ca=ca,
     )
 
 
@@ -121,6 +127,7 @@ def agent_settings(
         metrics_port=0,
         heal=heal or HealSettings(),
         heartbeat_interval_s=2.0,
+        ca=controller.ca,
         container_labels={TEST_LABEL: "1", RUN_LABEL: run_id},
     )
 
