@@ -310,20 +310,26 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     # Least privilege: the controller, the edge and the edge's Nginx run as the
     # orchestrify system user, which owns their private directories; tokens reach them
     # through root-only env files, never their command lines.
-    for unit in ("orchestrify-controller", "orchestrify-edge", "orchestrify-nginx"):
-        assert ex(host, "systemctl", "show", "-p", "User", "--value", unit) == "orchestrify"
+    for unit, user in (
+        ("orchestrify-controller", "orchestrify"),
+        ("orchestrify-edge", "orchestrify-edge"),
+        ("orchestrify-nginx", "orchestrify-edge"),
+    ):
+        assert ex(host, "systemctl", "show", "-p", "User", "--value", unit) == user, unit
     for unit in ("orchestrify-controller", "orchestrify-edge"):
         assert "--token" not in ex(host, "systemctl", "show", "-p", "ExecStart", unit)
-    owners = ex(host, "ps", "-o", "user=,args=", "-u", "orchestrify")
-    assert "orchestrify controller" in owners and "orchestrify edge" in owners, owners
-    assert "nginx: master process" in owners, owners
+    controller_procs = ex(host, "ps", "-o", "args=", "-u", "orchestrify")
+    assert "orchestrify controller" in controller_procs, controller_procs
+    edge_procs = ex(host, "ps", "-o", "args=", "-u", "orchestrify-edge")
+    assert "orchestrify edge" in edge_procs, edge_procs
+    assert "nginx: master process" in edge_procs and "nginx: worker process" in edge_procs
     assert "nginx: master process" not in ex(host, "ps", "-o", "args=", "-u", "root")
     args = ps_args(lab_env)
     assert API_TOKEN not in args and "lab-join-token" not in args, args
     for path, wanted in (
         ("/var/lib/orchestrify", "700 orchestrify"),
         ("/var/lib/orchestrify/.ssh/id_ed25519", "600 orchestrify"),
-        ("/etc/orchestrify/nginx", "700 orchestrify"),
+        ("/etc/orchestrify/nginx", "700 orchestrify-edge"),
         ("/etc/orchestrify/controller.env", "600 root"),
         ("/etc/orchestrify/edge.env", "600 root"),
     ):
