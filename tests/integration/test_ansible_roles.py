@@ -324,6 +324,17 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     assert "orchestrify edge" in edge_procs, edge_procs
     assert "nginx: master process" in edge_procs and "nginx: worker process" in edge_procs
     assert "nginx: master process" not in ex(host, "ps", "-o", "args=", "-u", "root")
+    # Nginx shares the edge's user, but cannot read the edge's environment (its token)
+    edge_pid = ex(host, "systemctl", "show", "-p", "MainPID", "--value", "orchestrify-edge")
+    as_edge_user = (
+        "setpriv",
+        "--reuid=orchestrify-edge",
+        "--regid=orchestrify-edge",
+        "--clear-groups",
+    )
+    peek = ex(host, *as_edge_user, "cat", f"/proc/{edge_pid}/environ", check=False)
+    assert API_TOKEN not in peek, "the edge's user reads the edge's token"
+    assert "orchestrify" in ex(host, *as_edge_user, "cat", f"/proc/{edge_pid}/cmdline")
     args = ps_args(lab_env)
     assert API_TOKEN not in args and "lab-join-token" not in args, args
     for path, wanted in (
