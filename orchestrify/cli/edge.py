@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from orchestrify.cli.common import build_settings, config, fail
+from orchestrify.process_privacy import forbid_same_user_inspection
 
 
 def edge(
@@ -116,5 +117,8 @@ def edge(
         ca=ca or root.ca,
         **({"name": name} if name else {}),
     )
+    # The token is in this process's environment and memory; its Nginx may run as the
+    # same user (roles/orchestrify_edge) and must not be able to read them.
+    forbid_same_user_inspection()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_edge(settings))

@@ -147,6 +147,11 @@ def unit_starts(env: LabEnv, unit: str) -> int:
     return sum(line.startswith(f"Started {unit}") for line in journal.splitlines())
 
 
+def ps_args(env: LabEnv) -> str:
+    """Every process's command line on the lab host, as any local user sees them."""
+    return env.lab.exec(env.host, "ps", "-eo", "args")
+
+
 def api_call(host: lab.LabHost, method: str, path: str, body: object = None) -> Any:
     """One call to the lab host's controller API with the admin token."""
     request = urllib.request.Request(
@@ -197,13 +202,17 @@ def test_agent_role_installs_offline(lab_env: LabEnv) -> None:
     for flag in (
         "/opt/orchestrify/venv/bin/orchestrify agent",
         "--controller ${ORCHESTRIFY_URL}",
-        "--join-token ${ORCHESTRIFY_JOIN_TOKEN}",
         f"--name {host.name}",
         "--state-dir /var/lib/orchestrify",
         "--metrics-port 18081",
     ):
         assert flag in exec_start
     assert "--advertise-address" not in exec_start  # detected by the agent unless pinned
+    # the join token reaches the agent through its environment, never its command line
+    assert "--join-token" not in exec_start
+    assert "lab-join-token" not in ps_args(lab_env)
+    assert "orchestrify agent" in ps_args(lab_env)  # it runs, as root (the Docker socket)
+    assert ex(host, "systemctl", "show", "-p", "User", "--value", "orchestrify-agent") == ""
     assert "lab-join-token" not in ex(host, "cat", "/etc/systemd/system/orchestrify-agent.service")
     assert ex(host, "systemctl", "is-enabled", "orchestrify-agent") == "enabled"
     # the first install starts the agent once, not started by a task and then restarted
@@ -255,14 +264,20 @@ def test_control_playbook(lab_env: LabEnv) -> None:
     for shipped in ("ansible.cfg", "playbooks/ping.yml", "roles/orchestrify_agent/tasks/main.yml",
                     "templates/prometheus/prometheus.yml.j2"):  # fmt: skip
         ex(host, "test", "-f", f"/opt/orchestrify/ansible/{shipped}")
-    assert ex(host, "stat", "-c", "%a", "/etc/orchestrify/inventory/jobs-inventory.ini") == "600"
+    # root's, readable by the controller's user (its group) and nobody else
+    inventory_mode = ex(
+        host, "stat", "-c", "%a %U %G", "/etc/orchestrify/inventory/jobs-inventory.ini"
+    )
+    assert inventory_mode == "640 root orchestrify"
     edge_start = ex(host, "systemctl", "show", "-p", "ExecStart", "orchestrify-edge")
     assert "--nginx-conf-dir /etc/orchestrify/nginx --listen 80" in edge_start
     edge_metrics_url = f"http://{host.address}:18082/metrics"
     assert f"--metrics-host 0.0.0.0 --metrics-url {edge_metrics_url}" in edge_start
     assert ex(host, "systemctl", "is-enabled", "nginx", check=False) == "disabled"
-    assert "--nginx-start-command systemctl start orchestrify-nginx.service" in edge_start
+    # the unprivileged edge cannot `systemctl start` its Nginx: a path unit does
+    assert "--nginx-start-command true" in edge_start
     assert ex(host, "systemctl", "is-enabled", "orchestrify-nginx") == "enabled"
+    assert ex(host, "systemctl", "is-active", "orchestrify-nginx.path") == "active"
 
     # The real programs run: the controller answers, the edge's Nginx serves port 80 and
     # the edge registered with the controller, and the agent installed by the previous
@@ -291,6 +306,46 @@ def test_control_playbook(lab_env: LabEnv) -> None:
         time.sleep(1)
         job = api_call(host, "GET", f"/v1/jobs/{job['id']}")
     assert job["status"] == "successful", job
+
+    # Least privilege: the controller, the edge and the edge's Nginx run as the
+    # orchestrify system user, which owns their private directories; tokens reach them
+    # through root-only env files, never their command lines.
+    for unit, user in (
+        ("orchestrify-controller", "orchestrify"),
+        ("orchestrify-edge", "orchestrify-edge"),
+        ("orchestrify-nginx", "orchestrify-edge"),
+    ):
+        assert ex(host, "systemctl", "show", "-p", "User", "--value", unit) == user, unit
+    for unit in ("orchestrify-controller", "orchestrify-edge"):
+        assert "--token" not in ex(host, "systemctl", "show", "-p", "ExecStart", unit)
+    controller_procs = ex(host, "ps", "-o", "args=", "-u", "orchestrify")
+    assert "orchestrify controller" in controller_procs, controller_procs
+    edge_procs = ex(host, "ps", "-o", "args=", "-u", "orchestrify-edge")
+    assert "orchestrify edge" in edge_procs, edge_procs
+    assert "nginx: master process" in edge_procs and "nginx: worker process" in edge_procs
+    assert "nginx: master process" not in ex(host, "ps", "-o", "args=", "-u", "root")
+    # Nginx shares the edge's user, but cannot read the edge's environment (its token)
+    edge_pid = ex(host, "systemctl", "show", "-p", "MainPID", "--value", "orchestrify-edge")
+    as_edge_user = (
+        "setpriv",
+        "--reuid=orchestrify-edge",
+        "--regid=orchestrify-edge",
+        "--clear-groups",
+    )
+    peek = ex(host, *as_edge_user, "cat", f"/proc/{edge_pid}/environ", check=False)
+    assert API_TOKEN not in peek, "the edge's user reads the edge's token"
+    assert "orchestrify" in ex(host, *as_edge_user, "cat", f"/proc/{edge_pid}/cmdline")
+    args = ps_args(lab_env)
+    assert API_TOKEN not in args and "lab-join-token" not in args, args
+    for path, wanted in (
+        ("/var/lib/orchestrify", "700 orchestrify"),
+        ("/var/lib/orchestrify/.ssh/id_ed25519", "600 orchestrify"),
+        ("/etc/orchestrify/nginx", "700 orchestrify-edge"),
+        ("/etc/orchestrify/controller.env", "600 root"),
+        ("/etc/orchestrify/edge.env", "600 root"),
+    ):
+        assert ex(host, "stat", "-c", "%a %U", path) == wanted, path
+    assert ex(host, "getent", "passwd", "orchestrify").split(":")[5] == "/var/lib/orchestrify"
 
     # the first install started each once (not started, then restarted by the handler)
     for unit in ("orchestrify-controller", "orchestrify-edge"):
