@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import docker.errors
 import httpx
 
 from orchestrify.agent import Agent, AgentSettings, HealSettings
+from orchestrify.edge.runner import VIEW_FILE
 
 T = TypeVar("T")
 
@@ -150,15 +152,17 @@ class EdgeProcess(Process):
         super().__init__(args, log_path=prefix.parent / f"edge-{name}.log")
 
     def upstream_addresses(self) -> set[str]:
-        """The replica addresses in the upstreams file Nginx serves now."""
+        """The replica addresses of the view Nginx serves now: the edge saves it only
+        once Nginx answers with that config (upstreams.conf is swapped in before the
+        reload, so it may be ahead of what Nginx serves)."""
         try:
-            text = (self.prefix / "upstreams.conf").read_text()
-        except OSError:
+            view = json.loads((self.prefix / VIEW_FILE).read_text())
+        except (OSError, ValueError):
             return set()
         return {
-            line.split()[1]
-            for line in text.splitlines()
-            if line.strip().startswith("server ") and ":" in line.split()[1]
+            replica["address"]
+            for service in view["upstreams"]["services"]
+            for replica in service["replicas"]
         }
 
     def stop_nginx(self) -> None:
