@@ -22,7 +22,6 @@ import pytest
 
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
-from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from tests.agent.harness import (
     RUN_LABEL,
     RunningAgent,
@@ -31,7 +30,7 @@ from tests.agent.harness import (
     start_controller,
     wait_for,
 )
-from tests.conftest import TEST_LABEL, free_port, require, require_docker
+from tests.conftest import TEST_LABEL, free_port, require_docker
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +39,6 @@ DEADLINE_S = 30.0
 
 def _docker() -> docker.DockerClient:
     return require_docker()
-
-
-@pytest.fixture(scope="module")
-def demo_image() -> str:
-    _docker()
-    try:
-        build_demo_image()
-    except Exception as exc:
-        require(False, f"the demo image can be built ({exc})")
-    return DEFAULT_TAG
 
 
 @dataclass

@@ -26,7 +26,7 @@ import pytest
 from orchestrify import clock
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
-from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from orchestrify.demo import DEFAULT_TAG
 from tests.agent.harness import (
     RUN_LABEL,
     RunningAgent,
@@ -35,23 +35,13 @@ from tests.agent.harness import (
     start_controller,
     wait_for,
 )
-from tests.conftest import TEST_LABEL, free_port, require, require_docker
+from tests.conftest import TEST_LABEL, free_port, require_docker
 
 pytestmark = pytest.mark.integration
 
 NODE_TIMEOUT_S = 2.0
 GRACE_S = 2 * NODE_TIMEOUT_S  # the default: 2 x node_timeout
 DEADLINE_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def demo_image() -> str:
-    require_docker().close()
-    try:
-        build_demo_image()
-    except Exception as exc:
-        require(False, f"the demo image can be built ({exc})")
-    return DEFAULT_TAG
 
 
 @dataclass

@@ -27,7 +27,7 @@ import pytest
 
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
-from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from orchestrify.demo import DEFAULT_TAG
 from tests.agent.harness import (
     RUN_LABEL,
     RunningAgent,
@@ -36,24 +36,13 @@ from tests.agent.harness import (
     start_controller,
     wait_for,
 )
-from tests.conftest import TEST_LABEL, free_port, require, require_docker
+from tests.conftest import TEST_LABEL, free_port, require_docker
 
 pytestmark = pytest.mark.integration
 
 DEADLINE_S = 60.0
 ADMIN = "admin-" + uuid.uuid4().hex
 JOIN = "join-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def demo_image() -> str:
-    client = require_docker()
-    client.close()
-    try:
-        build_demo_image()
-    except Exception as exc:
-        require(False, f"the demo image can be built ({exc})")
-    return DEFAULT_TAG
 
 
 @dataclass

@@ -19,7 +19,7 @@ import docker
 import pytest
 
 from bench.outage_lab import Fleet, containers, fleet, wait_for
-from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from orchestrify.demo import DEFAULT_TAG
 from tests.conftest import require, require_binary, require_docker
 
 pytestmark = pytest.mark.integration
@@ -30,13 +30,9 @@ NODE_TIMEOUT = ["--node-timeout", "3"]  # a minute is 20 node timeouts
 
 
 @pytest.fixture
-def engine() -> Iterator[docker.DockerClient]:
+def engine(demo_image: str) -> Iterator[docker.DockerClient]:
     require_binary("nginx")
     client = require_docker()
-    try:
-        build_demo_image()
-    except Exception as exc:
-        require(False, f"the demo image can be built ({exc})")
     yield client
     client.close()
 

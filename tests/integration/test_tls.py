@@ -28,7 +28,6 @@ from typer.testing import CliRunner
 from orchestrify.agent import HealSettings
 from orchestrify.cli import app as cli_app
 from orchestrify.client import ControllerClient
-from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from tests.agent.harness import (
     RUN_LABEL,
     RunningAgent,
@@ -37,23 +36,13 @@ from tests.agent.harness import (
     start_controller,
     wait_for,
 )
-from tests.conftest import TEST_LABEL, free_port, require, require_docker
+from tests.conftest import TEST_LABEL, free_port, require_docker
 from tests.tls import CertAuthority, make_ca, make_server_pair
 
 pytestmark = pytest.mark.integration
 
 DEADLINE_S = 60.0  # generous: the machine is shared
 REFUSED = "not signed by the CA in"
-
-
-@pytest.fixture(scope="module")
-def demo_image() -> str:
-    require_docker().close()
-    try:
-        build_demo_image()
-    except Exception as exc:
-        require(False, f"the demo image can be built ({exc})")
-    return DEFAULT_TAG
 
 
 @dataclass

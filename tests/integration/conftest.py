@@ -1,0 +1,19 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from tests.conftest import require, require_docker
+
+
+@pytest.fixture(scope="session")
+def demo_image() -> str:
+    """The demo app image, built once per run without a registry (needs the engine)."""
+    require_docker().close()
+    try:
+        build_demo_image()
+    except Exception as exc:
+        require(False, f"the demo image can be built ({exc})")
+    return DEFAULT_TAG
