@@ -28,7 +28,7 @@ import docker.errors
 import httpx
 
 from orchestrify.agent import Agent, AgentSettings, HealSettings
-from orchestrify.edge.runner import VIEW_FILE
+from orchestrify.edge.runner import VIEW_FILE, remove_temp_dir
 
 T = TypeVar("T")
 
@@ -167,6 +167,10 @@ class EdgeProcess(Process):
 
     def stop_nginx(self) -> None:
         """End the Nginx of this prefix (it outlives the edge on purpose)."""
+        self._end_nginx()
+        remove_temp_dir(self.prefix)
+
+    def _end_nginx(self) -> None:
         try:
             pid = int((self.prefix / "nginx.pid").read_text().strip())
         except (OSError, ValueError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -50,3 +52,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _root_edge_temp_base() -> Iterator[None]:
+    """A root edge in this test process keeps Nginx's temp dirs in a throwaway folder
+    (not /var/cache) that its `nobody` workers can traverse, removed at the end."""
+    import tempfile
+
+    from orchestrify.edge import runner
+
+    base = Path(tempfile.mkdtemp(prefix="orchestrify-edge-tmp-"))
+    base.chmod(0o755)
+    saved = runner.ROOT_TEMP_BASE
+    runner.ROOT_TEMP_BASE = base
+    yield
+    runner.ROOT_TEMP_BASE = saved
+    shutil.rmtree(base, ignore_errors=True)

@@ -45,6 +45,9 @@ class NginxRenderSettings:
     error_log: str
     temp_dir: str
     access_log: str  # e.g. syslog:server=127.0.0.1:PORT,tag=orchestrify,nohostname
+    # "USER GROUP" of Nginx's workers when its master runs as root; None: no `user`
+    # directive (a master that is not root runs its workers as itself).
+    worker_user: str | None = None
     worker_processes: str = "auto"
     worker_connections: int = 4096
     connect_timeout: str = "500ms"  # a dead replica is skipped quickly (loopback/LAN)

@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
+import hashlib
 import json
 import logging
 import os
+import pwd
 import shlex
+import shutil
 import socket
 import tempfile
 from datetime import datetime
@@ -59,13 +63,64 @@ from orchestrify.tls import check_ca_file, check_server_pair
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VIEW_FILE", "Edge", "EdgeSettings", "parse_listen", "run_edge"]
+__all__ = [
+    "VIEW_FILE",
+    "Edge",
+    "EdgeSettings",
+    "nginx_temp_dir",
+    "parse_listen",
+    "remove_temp_dir",
+    "run_edge",
+]
 
 # In the prefix: the last upstreams the edge applied, and the log port Nginx sends to.
 VIEW_FILE = "orchestrify-view.json"
+# Where a root edge puts Nginx's temp dirs (see nginx_temp_dir).
+ROOT_TEMP_BASE = Path("/var/cache/orchestrify-edge")
+# Who Nginx's workers run as when its master is root (Nginx's own compiled-in default).
+ROOT_WORKER_USER = "nobody"
 # Waits between failed watches of the controller: short and capped low, so a controller
 # that comes back is noticed within ~2 s (a watch is one cheap request).
 WATCH_BACKOFF_S = (0.5, 1.0, 2.0)
+
+
+def nginx_temp_dir(prefix: Path) -> Path:
+    """Where Nginx's workers buffer request and response bodies that do not fit in memory.
+
+    Normally ``PREFIX/tmp``. When the edge (and so Nginx's master) runs as root, the
+    workers run as ``nobody`` and cannot reach into the prefix when it sits in a private
+    (0700) data dir, which is where `orchestrify up` keeps it: every large body would get
+    a 500. Then the temp dir is ``/var/cache/orchestrify-edge/<hash of the prefix>``,
+    owned by the workers' user and 0700.
+    """
+    if os.geteuid() != 0:
+        return prefix / "tmp"
+    digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:16]
+    return ROOT_TEMP_BASE / digest
+
+
+def root_worker_user() -> str | None:
+    """``"USER GROUP"`` for Nginx's ``user`` directive when running as root, else None."""
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(ROOT_WORKER_USER)
+    return f"{entry.pw_name} {grp.getgrgid(entry.pw_gid).gr_name}"
+
+
+def prepare_temp_dir(path: Path) -> None:
+    """Create Nginx's temp dir so that its workers, and only they, can write there."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        path.parent.chmod(0o755)  # traversable; the leaf below is private
+        entry = pwd.getpwnam(ROOT_WORKER_USER)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o700)
+
+
+def remove_temp_dir(prefix: Path) -> None:
+    """Remove a root edge's temp dir outside its prefix, once its Nginx has stopped."""
+    if os.geteuid() == 0:
+        shutil.rmtree(nginx_temp_dir(prefix.resolve()), ignore_errors=True)
 
 
 class EdgeSettings(BaseModel):
@@ -166,6 +221,7 @@ class Edge:
         )
         prefix = settings.nginx_conf_dir.resolve()
         self.prefix = prefix
+        self.temp_dir = nginx_temp_dir(prefix)
         host, port = settings.listen_address()
         self.nginx = NginxProcess(
             binary=settings.nginx_bin,
@@ -201,14 +257,15 @@ class Edge:
             domain=self.settings.domain,
             pid_file=str(self.prefix / "nginx.pid"),
             error_log=str(self.prefix / "error.log"),
-            temp_dir=str(self.prefix / "tmp"),
+            temp_dir=str(self.temp_dir),
+            worker_user=root_worker_user(),
             access_log=f"syslog:server=127.0.0.1:{self.log_port},tag=orchestrify,nohostname",
             connect_timeout=self.settings.connect_timeout,
             worker_processes=self.settings.worker_processes,
         )
 
     async def run(self) -> None:
-        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        prepare_temp_dir(self.temp_dir)
         saved = self._load_view()
         transport = await self._open_log_receiver(saved[1] if saved else None)
         self.log_port = transport.get_extra_info("sockname")[1]
@@ -250,6 +307,7 @@ class Edge:
                 server.server_close()
             if self.settings.stop_nginx_on_exit:
                 await self.nginx.stop()
+                remove_temp_dir(self.prefix)
             await self.client.aclose()
 
     async def _open_log_receiver(self, previous_port: int | None) -> asyncio.DatagramTransport:

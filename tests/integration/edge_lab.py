@@ -30,6 +30,7 @@ from orchestrify.controller.settings import ControllerSettings
 from orchestrify.demo import DEMO_PORT, build_demo_image
 from orchestrify.edge import Edge, EdgeSettings
 from orchestrify.edge.nginx import NginxProcess
+from orchestrify.edge.runner import remove_temp_dir
 from tests.conftest import TEST_LABEL, free_port
 
 T = TypeVar("T")
@@ -269,6 +270,7 @@ def stop_nginx(prefix: Path) -> None:
         health_url="http://127.0.0.1:1/",
     )
     asyncio.run(nginx.stop(timeout_s=5))
+    remove_temp_dir(prefix)
 
 
 @contextlib.contextmanager
