@@ -52,6 +52,14 @@ options:
     description: Check the controller's TLS certificate.
     type: bool
     default: true
+  ca_path:
+    description:
+      - PEM file of the CA that signed the controller's certificate (an https URL), e.g.
+        the fleet's CA the roles install as C(/etc/orchestrify/tls/ca.crt) with
+        C(orchestrify_tls). Unset, the system's trust store.
+    type: path
+    env:
+      - name: ORCHESTRIFY_CA
 """
 
 EXAMPLES = r"""
@@ -86,6 +94,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 headers=headers,
                 timeout=self.get_option("timeout"),
                 validate_certs=self.get_option("validate_certs"),
+                ca_path=self.get_option("ca_path"),
             )
             payload = json.loads(response.read())
         except HTTPError as exc:

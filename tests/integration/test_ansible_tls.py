@@ -1,0 +1,337 @@
+"""TLS from the roles (``orchestrify_tls: true``), proven on two lab hosts provisioned by
+``playbooks/site.yml``: one control host (controller, Prometheus, Alertmanager, edge) and
+one worker (Docker engine, agent).
+
+The roles generate a private CA on the control host (its key stays there), issue the
+controller and the edge certificates from it, and every client verifies them with the
+CA: the controller answers HTTPS only, the agent registers and heartbeats over it,
+Prometheus scrapes the controller and the edge over https (and discovers the agent over
+it), and Alertmanager's webhook reaches the controller over https. A second run changes
+nothing (no new key or certificate), and a changed name list re-issues the controller's
+certificate from the same CA.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.conftest import require, require_binary
+from tests.integration import lab
+from tests.integration.provisioning import PlaybookRun, build_wheelhouse, run_playbook
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+
+T = TypeVar("T")
+API_TOKEN = "tls-lab-api-token"
+JOIN_TOKEN = "tls-lab-join-token"
+PORT = 18080
+
+
+@dataclass(frozen=True)
+class TlsFleet:
+    lab: lab.Lab
+    control: lab.LabHost
+    worker: lab.LabHost
+    inventory: Path
+    extra_vars: Path
+    ca_file: Path  # this machine's copy of the CA certificate the roles made
+    first: PlaybookRun
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.control.address}:{PORT}"
+
+    def context(self) -> ssl.SSLContext:
+        """Trusts the fleet's CA and nothing else (not the system's store)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def call(self, method: str, path: str, body: object | None = None) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10, context=self.context()) as response:
+            return json.loads(response.read() or b"null")
+
+    def site(self, *args: str) -> PlaybookRun:
+        return run_playbook(
+            "site.yml",
+            inventory=self.inventory,
+            extra_vars=self.extra_vars,
+            args=("--skip-tags", "node_exporter", *args),
+        )
+
+
+def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            result, last = None, exc
+        if result:
+            return result
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def plain_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFleet]:
+    require_binary("docker")
+    require_binary("ssh")
+    require_binary("ansible-playbook")
+    require(lab.docker_available(), "a running Docker engine (see shared/ENVIRONMENT.md)")
+    require(
+        shutil.which("debootstrap") is not None or lab.image_label(lab.HOST_IMAGE, "x") is not None,
+        "debootstrap (apt-get install debootstrap) to build the lab image",
+    )
+    tmp = tmp_path_factory.mktemp("tls-lab")
+    lab.ensure_images()
+    wheelhouse = build_wheelhouse(tmp / "wheelhouse")
+    the_lab = lab.Lab(key=lab.generate_ssh_key(tmp / "ssh"))
+    try:
+        control, worker = the_lab.start(2)
+        inventory = the_lab.write_inventory(
+            tmp / "hosts.yml",
+            groups={"controller": [control], "edge": [control], "workers": [worker]},
+        )
+        url = f"https://{control.address}:{PORT}"
+        extra_vars = tmp / "vars.json"
+        extra_vars.write_text(
+            json.dumps(
+                {
+                    "orchestrify_tls": True,
+                    "orchestrify_controller_url": url,
+                    "orchestrify_controller_token": API_TOKEN,
+                    "orchestrify_controller_join_token": JOIN_TOKEN,
+                    "orchestrify_controller_wheelhouse_src": str(wheelhouse),
+                    "orchestrify_controller_ansible_archive": str(tmp / "ansible.tar"),
+                    "orchestrify_agent_controller_url": url,
+                    "orchestrify_agent_join_token": JOIN_TOKEN,
+                    "orchestrify_agent_wheelhouse_src": str(wheelhouse),
+                    "orchestrify_edge_controller_url": url,
+                    "orchestrify_edge_token": API_TOKEN,
+                    "orchestrify_edge_wheelhouse_src": str(wheelhouse),
+                    "prometheus_controller_url": url,
+                    "prometheus_token": API_TOKEN,
+                    "prometheus_scrape_interval": "2s",
+                    "prometheus_evaluation_interval": "2s",
+                    "alertmanager_controller_url": url,
+                    "alertmanager_token": API_TOKEN,
+                    "alertmanager_group_wait": "1s",
+                }
+            )
+        )
+        first = run_playbook(
+            "site.yml", inventory=inventory, extra_vars=extra_vars,
+            args=("--skip-tags", "node_exporter"),
+        )  # fmt: skip
+        assert first.rc == 0, first.output[-6000:]
+        ca_file = tmp / "ca.crt"
+        ca_file.write_text(the_lab.exec(control, "cat", "/etc/orchestrify/ca/ca.crt") + "\n")
+        yield TlsFleet(the_lab, control, worker, inventory, extra_vars, ca_file, first)
+    finally:
+        the_lab.teardown()
+
+
+def test_controller_serves_https_only_with_a_certificate_of_the_fleet_ca(fleet: TlsFleet) -> None:
+    # Verified with the generated CA alone: the certificate is signed by it and names
+    # the address the others reach the controller at.
+    def healthy() -> bool:
+        with urllib.request.urlopen(
+            f"{fleet.url}/healthz", timeout=5, context=fleet.context()
+        ) as response:
+            return response.status == 200
+
+    wait_for("the controller's /healthz over https", healthy, timeout=60)
+    # The system's trust store does not know the private CA.
+    with (
+        pytest.raises(ssl.SSLCertVerificationError),
+        socket.create_connection((fleet.control.address, PORT), timeout=10) as raw,
+    ):
+        ssl.create_default_context().wrap_socket(raw, server_hostname=fleet.control.address)
+    # No plain-HTTP listener beside it: an http request gets no HTTP answer.
+    with pytest.raises((OSError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://{fleet.control.address}:{PORT}/healthz", timeout=10)
+
+    ex, host = fleet.lab.exec, fleet.control
+    start = ex(host, "systemctl", "show", "-p", "ExecStart", "orchestrify-controller")
+    assert "--tls-cert /etc/orchestrify/tls/controller.crt" in start, start
+    assert "--tls-key /etc/orchestrify/tls/controller.key" in start, start
+    profile = ex(host, "cat", "/etc/profile.d/orchestrify.sh")
+    assert "ORCHESTRIFY_URL=https://127.0.0.1:18080" in profile, profile
+    assert "ORCHESTRIFY_CA=/etc/orchestrify/tls/ca.crt" in profile, profile
+    # The CLI on the control host, with the profile's URL and CA and the admin token
+    cli = ex(host, "bash", "-lc",
+             f"ORCHESTRIFY_TOKEN={API_TOKEN} orchestrify node ls --json")  # fmt: skip
+    assert isinstance(json.loads(cli), list), cli
+
+
+def test_agent_registers_and_heartbeats_over_tls(fleet: TlsFleet) -> None:
+    ex, worker = fleet.lab.exec, fleet.worker
+    start = ex(worker, "systemctl", "show", "-p", "ExecStart", "orchestrify-agent")
+    assert "--ca /etc/orchestrify/tls/agent-ca.crt" in start, start
+    assert f"ORCHESTRIFY_URL={fleet.url}" in ex(worker, "cat", "/etc/orchestrify/agent.env")
+
+    def node() -> dict[str, Any] | None:
+        nodes = [n for n in fleet.call("GET", "/v1/nodes") if n["name"] == worker.name]
+        return nodes[0] if nodes and nodes[0]["state"] == "ready" else None
+
+    first = wait_for("the worker's agent registered and ready", node, timeout=120)
+    assert first["address"] == worker.address, first
+
+    def heartbeat_after_first() -> dict[str, Any] | None:
+        current = node()
+        return current if current and current["last_heartbeat"] != first["last_heartbeat"] else None
+
+    later = wait_for("a later heartbeat", heartbeat_after_first, timeout=60)
+    assert later["last_heartbeat"] > first["last_heartbeat"], (first, later)
+
+
+def test_prometheus_scrapes_controller_and_edge_over_https(fleet: TlsFleet) -> None:
+    address = fleet.control.address
+    config = plain_get(f"http://{address}:9090/api/v1/status/config")["data"]["yaml"]
+    assert "ca_file: /etc/orchestrify/tls/ca.crt" in config, config
+
+    def targets_up() -> dict[str, dict[str, Any]] | None:
+        active = plain_get(f"http://{address}:9090/api/v1/targets")["data"]["activeTargets"]
+        by_job: dict[str, dict[str, Any]] = {}
+        for target in active:
+            if target["health"] == "up":
+                by_job.setdefault(target["labels"]["job"], target)
+        wanted = {"orchestrify-controller", "orchestrify-edge", "orchestrify-agent"}
+        return by_job if wanted <= set(by_job) else None
+
+    try:
+        up = wait_for("controller, edge and agent targets up", targets_up, timeout=180)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n{plain_get(f'http://{address}:9090/api/v1/targets')}"
+        ) from None
+    assert up["orchestrify-controller"]["scrapeUrl"].startswith(f"https://{address}:{PORT}/")
+    assert up["orchestrify-edge"]["scrapeUrl"].startswith(f"https://{address}:18082/")
+    # the agent's /metrics stays plain http, found through the controller's https discovery
+    assert up["orchestrify-agent"]["scrapeUrl"].startswith(f"http://{fleet.worker.address}:")
+    # the edge's /metrics answers HTTPS only too
+    with urllib.request.urlopen(
+        f"https://{address}:18082/metrics", timeout=10, context=fleet.context()
+    ) as response:
+        assert "orchestrify_edge" in response.read().decode(errors="replace")
+
+
+def test_alertmanager_webhook_reaches_the_controller_over_https(fleet: TlsFleet) -> None:
+    address = fleet.control.address
+    status = plain_get(f"http://{address}:9093/api/v2/status")
+    original = status["config"]["original"]
+    assert (
+        f"{fleet.url}/v1/alerts" in original and "ca_file: /etc/orchestrify/tls/ca.crt" in original
+    )
+    alert = [{"labels": {"alertname": "TlsWebhookProbe", "service": "tls-probe"}}]
+    request = urllib.request.Request(
+        f"http://{address}:9093/api/v2/alerts",
+        data=json.dumps(alert).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+    def received() -> bool:
+        return any(
+            e["kind"] == "alert" and "TlsWebhookProbe" in e["message"]
+            for e in fleet.call("GET", "/v1/events")
+        )
+
+    wait_for("the alert at the controller's webhook", received, timeout=120)
+
+
+def test_keys_stay_private_and_the_ca_key_stays_on_the_control_host(fleet: TlsFleet) -> None:
+    ex, control, worker = fleet.lab.exec, fleet.control, fleet.worker
+    for path, wanted in (
+        ("/etc/orchestrify/ca", "700 root"),
+        ("/etc/orchestrify/ca/ca.key", "600 root"),
+        ("/etc/orchestrify/tls/controller.key", "600 orchestrify"),
+        ("/etc/orchestrify/tls/edge.key", "600 orchestrify-edge"),
+        ("/etc/orchestrify/tls/controller.crt", "644 root"),
+    ):
+        assert ex(control, "stat", "-c", "%a %U", path) == wanted, path
+    # the controller's certificate is the CA's, for the names others use
+    text = ex(control, "openssl", "x509", "-in", "/etc/orchestrify/tls/controller.crt",
+              "-noout", "-issuer", "-ext", "subjectAltName")  # fmt: skip
+    assert "CN = orchestrify CA" in text and f"IP Address:{control.address}" in text, text
+    ex(control, "openssl", "verify", "-CAfile", "/etc/orchestrify/ca/ca.crt",
+       "/etc/orchestrify/tls/controller.crt", "/etc/orchestrify/tls/edge.crt")  # fmt: skip
+
+    # The worker has the CA's certificate, and no trace of its key anywhere.
+    assert (
+        ex(worker, "cat", "/etc/orchestrify/tls/agent-ca.crt") == fleet.ca_file.read_text().strip()
+    )
+    assert (
+        ex(worker, "sh", "-c", "test -e /etc/orchestrify/ca && echo present || echo absent")
+        == "absent"
+    )
+    key_lines = ex(control, "cat", "/etc/orchestrify/ca/ca.key").splitlines()
+    body = max(key_lines[1:-1], key=len)  # a line of the key's base64, unique to it
+    found = ex(worker, "grep", "-rlF", "--", body, "/etc", "/opt", "/root", "/var/lib/orchestrify",
+               "/tmp", check=False)  # fmt: skip
+    assert found == "", found
+    assert ex(worker, "sh", "-c", "ls /etc/orchestrify/tls") == "agent-ca.crt"
+
+
+def test_second_run_changes_nothing(fleet: TlsFleet) -> None:
+    ex, control = fleet.lab.exec, fleet.control
+    before = ex(control, "sha256sum", "/etc/orchestrify/tls/controller.crt",
+                "/etc/orchestrify/tls/edge.crt", "/etc/orchestrify/ca/ca.crt")  # fmt: skip
+    second = fleet.site()
+    assert second.rc == 0, second.output[-6000:]
+    for host in (fleet.control, fleet.worker):
+        assert second.recap(host.name)["changed"] == 0, second.output[-6000:]
+    after = ex(control, "sha256sum", "/etc/orchestrify/tls/controller.crt",
+               "/etc/orchestrify/tls/edge.crt", "/etc/orchestrify/ca/ca.crt")  # fmt: skip
+    assert after == before
+
+
+def test_a_new_name_reissues_the_controller_certificate_from_the_same_ca(fleet: TlsFleet) -> None:
+    ex, control = fleet.lab.exec, fleet.control
+    ca_before = ex(control, "sha256sum", "/etc/orchestrify/ca/ca.key", "/etc/orchestrify/ca/ca.crt")
+    run = run_playbook(
+        "control.yml", inventory=fleet.inventory, extra_vars=fleet.extra_vars,
+        args=("--tags", "orchestrify_controller",
+              "-e", '{"orchestrify_controller_tls_names": ["controller.lab.example"]}'),
+    )  # fmt: skip
+    assert run.rc == 0, run.output[-6000:]
+    assert run.recap(control.name)["changed"] > 0
+    assert ex(control, "sha256sum", "/etc/orchestrify/ca/ca.key", "/etc/orchestrify/ca/ca.crt") == (
+        ca_before
+    )
+
+    # The restarted controller presents a certificate for the new name, from the same CA.
+    def serves_new_name() -> bool:
+        with (
+            socket.create_connection((control.address, PORT), timeout=10) as raw,
+            fleet.context().wrap_socket(raw, server_hostname="controller.lab.example"),
+        ):
+            return True
+
+    wait_for("the controller's certificate for controller.lab.example", serves_new_name, timeout=60)
