@@ -33,6 +33,10 @@ class AlertReceiptRow(Base):
     generator_url: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime]
     processed_at: Mapped[datetime | None] = mapped_column(index=True)
+    # What decisions are scheduled fairly across (``alert_lane``): pending receipts are
+    # decided round-robin over lanes, in arrival order within one. None: stored by an
+    # older build (one lane of its own).
+    lane: Mapped[str | None] = mapped_column(String(300))
 
 
 class AlertInstanceRow(Base):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import Decision, PolicyState
@@ -75,6 +75,19 @@ class Intake:
     received: int
     new: int
     duplicates: int
+    receipts: tuple[int, ...] = ()  # ids of the new receipts, to wait for their decisions
+
+
+def alert_lane(labels: dict[str, str]) -> str:
+    """The lane an alert waits in for its decision: its service, else its node, else its
+    alert name. Lanes are served round-robin, so a flood in one never holds another's
+    decisions back; within a lane alerts are decided in arrival order, so the scaling
+    policy (cooldown, stabilization, one step) sees a service's alerts in order."""
+    if labels.get("service"):
+        return f"service={labels['service']}"
+    if labels.get("node"):
+        return f"node={labels['node']}"
+    return f"alertname={labels.get('alertname', '')}"
 
 
 def _receipt(row: AlertReceiptRow) -> Receipt:
@@ -115,6 +128,7 @@ class AlertStore:
     def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
         """Record every alert of a notification; each idempotency key is stored once."""
         new = dup = 0
+        added: list[AlertReceiptRow] = []
         with self.store._write() as tx:
             s = tx.session
             keys = [a.receipt_key for a in batch.alerts]
@@ -132,24 +146,25 @@ class AlertStore:
                         inst.last_seen_at = now  # a repeat notification: still firing
                 else:
                     new += 1
-                    s.add(
-                        AlertReceiptRow(
-                            key=key,
-                            instance=alert.instance,
-                            fingerprint=alert.identity,
-                            alertname=alert.alertname,
-                            status=alert.status,
-                            starts_at=alert.starts_at,
-                            ends_at=alert.ends_at,
-                            labels=alert.labels,
-                            annotations=alert.annotations,
-                            receiver=batch.receiver,
-                            group_key=batch.group_key,
-                            generator_url=alert.generator_url,
-                            received_at=now,
-                            processed_at=None,
-                        )
+                    receipt = AlertReceiptRow(
+                        key=key,
+                        instance=alert.instance,
+                        fingerprint=alert.identity,
+                        alertname=alert.alertname,
+                        status=alert.status,
+                        starts_at=alert.starts_at,
+                        ends_at=alert.ends_at,
+                        labels=alert.labels,
+                        annotations=alert.annotations,
+                        receiver=batch.receiver,
+                        group_key=batch.group_key,
+                        generator_url=alert.generator_url,
+                        received_at=now,
+                        processed_at=None,
+                        lane=alert_lane(alert.labels)[:300],
                     )
+                    s.add(receipt)
+                    added.append(receipt)
                 labels = alert.labels
                 self.store._add_event(
                     tx,
@@ -175,17 +190,47 @@ class AlertStore:
                         "duplicate": duplicate,
                     },
                 )
-        return Intake(received=len(batch.alerts), new=new, duplicates=dup)
+            s.flush()  # the new receipts' ids, for the caller to wait on their decisions
+            ids = tuple(r.id for r in added)
+        return Intake(received=len(batch.alerts), new=new, duplicates=dup, receipts=ids)
 
     def pending(self, *, limit: int = 1000) -> list[Receipt]:
+        """Up to ``limit`` undecided receipts in fair order: round-robin over lanes
+        (``alert_lane``), the first of every lane, then the second of every lane, and so
+        on; in arrival order within a lane. A lane with 10,000 waiting puts one receipt
+        ahead of a quiet lane's first, not 10,000."""
+        lane = func.coalesce(AlertReceiptRow.lane, "")
+        turn = func.row_number().over(partition_by=lane, order_by=AlertReceiptRow.id)
+        waiting = (
+            select(AlertReceiptRow.id.label("id"), turn.label("turn"))
+            .where(AlertReceiptRow.processed_at.is_(None))
+            .subquery()
+        )
         with self.store._sessions() as s:
-            rows = s.scalars(
-                select(AlertReceiptRow)
-                .where(AlertReceiptRow.processed_at.is_(None))
-                .order_by(AlertReceiptRow.id)
-                .limit(limit)
-            ).all()
-            return [_receipt(r) for r in rows]
+            order = list(
+                s.scalars(
+                    select(waiting.c.id).order_by(waiting.c.turn, waiting.c.id).limit(limit)
+                ).all()
+            )
+            if not order:
+                return []
+            rows = {
+                r.id: r
+                for r in s.scalars(select(AlertReceiptRow).where(AlertReceiptRow.id.in_(order)))
+            }
+            return [_receipt(rows[i]) for i in order if i in rows]
+
+    def undecided(self, ids: tuple[int, ...]) -> int:
+        """How many of these receipts still wait for their decision."""
+        if not ids:
+            return 0
+        with self.store._sessions() as s:
+            count = s.scalar(
+                select(func.count())
+                .select_from(AlertReceiptRow)
+                .where(AlertReceiptRow.id.in_(ids), AlertReceiptRow.processed_at.is_(None))
+            )
+            return int(count or 0)
 
     def instance(self, instance_id: str) -> AlertInstance | None:
         with self.store._sessions() as s:
