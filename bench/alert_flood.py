@@ -1,20 +1,23 @@
 """How long a quiet service's alert waits behind another service's alert flood.
 
-A real controller (uvicorn on loopback, SQLite store) with services ``flood`` and
-``quiet``. ``--batches`` notifications of ``--per-batch`` alerts for ``flood`` (10 x 1,000
-by default: the 10,000-alert flood of issue 10's probe, cut into batches the
-``max_alerts_per_batch`` cap accepts; each alert a distinct per-replica latency alert) are
-posted at once, as Alertmanager posts the notifications of different groups; once they
-are all being taken in, one ``ServiceRequestRateHigh`` alert for ``quiet`` is posted.
+A real controller (uvicorn on loopback, SQLite store, its reconciler and 5 s alert timer
+running) with services ``flood`` and ``quiet``, one healthy replica each. A flood of
+10,000 alerts for ``flood`` (each a distinct per-replica latency alert) is posted, in two
+shapes: ``1x10000``, the one notification of issue 10's probe (the cap raised to take
+it), and ``10x1000``, ten notifications the default ``max_alerts_per_batch`` accepts,
+posted at once as Alertmanager posts the notifications of different groups. Once the
+controller has begun taking it in, one ``ServiceRequestRateHigh`` alert for ``quiet`` is
+posted.
 
-Prints, in seconds from the moment the quiet alert is posted:
-  * ``quiet decided``: until the decision on it is recorded (its event);
+Prints per shape:
+  * ``quiet decided``: seconds from posting the quiet alert until its decision is recorded;
   * ``quiet answered``: until its webhook call is answered;
-  * ``flood done``: until the last flood notification is answered (from the flood's start);
+  * ``flood answered`` / ``flood decided``: from the flood's start until its last call is
+    answered / its last alert decided;
 and how many flood decisions were recorded before and after the quiet one.
 
-Run: python bench/alert_flood.py [--batches 10] [--per-batch 1000]
-     [--profile FILE.html]   (pyinstrument profile of the controller while flooded)
+Run: python bench/alert_flood.py [--shapes 1x10000,10x1000]
+(The cost per alert was profiled with ``py-spy record -p PID`` on this process.)
 """
 
 from __future__ import annotations
@@ -112,24 +115,7 @@ def serve(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-@contextlib.contextmanager
-def profiled(path: Path | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    from pyinstrument import Profiler
-
-    profiler = Profiler(async_mode="disabled")
-    profiler.start()
-    try:
-        yield
-    finally:
-        profiler.stop()
-        path.write_text(profiler.output_html())
-        print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
-
-
-def run(batches: int, per_batch: int, profile: Path | None) -> None:
+def run(batches: int, per_batch: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = ControllerSettings(
             data_dir=Path(tmp),
@@ -166,23 +152,22 @@ def run(batches: int, per_batch: int, profile: Path | None) -> None:
                 with lock:
                     flood_answered.append(time.perf_counter())
 
-            with profiled(profile):
-                flood_start = time.perf_counter()
-                flood_start_at = datetime.now(UTC)
-                threads = [threading.Thread(target=post_flood, args=(b,)) for b in bodies]
-                for t in threads:
-                    t.start()
-                # Posted after the flood: wait until the server has taken in some of it.
-                wait_for_alert_events(api, at_least=min(per_batch, 100), timeout=120)
-                quiet_posted = time.perf_counter()
-                quiet_posted_at = datetime.now(UTC)
-                api.post("/v1/alerts", json=quiet_batch()).raise_for_status()
-                quiet_answered = time.perf_counter() - quiet_posted
-                for t in threads:
-                    t.join()
-                flood_answered_s = max(flood_answered) - flood_start
-                # What the webhook calls left pending is decided by the alert timer.
-                quiet, last_flood = wait_for_decisions(api, flood=batches * per_batch)
+            flood_start = time.perf_counter()
+            flood_start_at = datetime.now(UTC)
+            threads = [threading.Thread(target=post_flood, args=(b,)) for b in bodies]
+            for t in threads:
+                t.start()
+            # Posted after the flood: wait until the server has taken in some of it.
+            wait_for_alert_events(api, at_least=min(per_batch, 100), timeout=120)
+            quiet_posted = time.perf_counter()
+            quiet_posted_at = datetime.now(UTC)
+            api.post("/v1/alerts", json=quiet_batch()).raise_for_status()
+            quiet_answered = time.perf_counter() - quiet_posted
+            for t in threads:
+                t.join()
+            flood_answered_s = max(flood_answered) - flood_start
+            # What the webhook calls left pending is decided by the alert timer.
+            quiet, last_flood = wait_for_decisions(api, flood=batches * per_batch)
             after = len(events(api, kind="decision", service="flood", after=quiet["id"]))
             before = batches * per_batch - after
             print(
@@ -258,11 +243,14 @@ def events(api: httpx.Client, *, kind: str, service: str, after: int = 0) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--per-batch", type=int, default=1000)
-    parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument(
+        "--shapes", default="1x10000,10x1000", help="BATCHESxALERTS, comma-separated"
+    )
     args = parser.parse_args()
-    run(args.batches, args.per_batch, args.profile)
+    for shape in args.shapes.split(","):
+        batches, per_batch = (int(x) for x in shape.split("x"))
+        run(batches, per_batch)
+        print()
 
 
 if __name__ == "__main__":
