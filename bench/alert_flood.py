@@ -10,6 +10,7 @@ controller has begun taking it in, one ``ServiceRequestRateHigh`` alert for ``qu
 posted.
 
 Prints per shape:
+  * ``quiet stored``: seconds from posting the quiet alert until it is stored (its event);
   * ``quiet decided``: seconds from posting the quiet alert until its decision is recorded;
   * ``quiet answered``: until its webhook call is answered;
   * ``flood answered`` / ``flood decided``: from the flood's start until its last call is
@@ -170,8 +171,11 @@ def run(batches: int, per_batch: int) -> None:
             quiet, last_flood = wait_for_decisions(api, flood=batches * per_batch)
             after = len(events(api, kind="decision", service="flood", after=quiet["id"]))
             before = batches * per_batch - after
+            (quiet_stored,) = events(api, kind="alert", service="quiet")
             print(
                 f"flood: {batches} x {per_batch} alerts for 'flood', then 1 alert for 'quiet'\n"
+                f"quiet stored    {since(quiet_posted_at, quiet_stored):8.2f} s after it was "
+                "posted\n"
                 f"quiet decided   {since(quiet_posted_at, quiet):8.2f} s after it was posted"
                 f" ({quiet['outcome']}: {quiet['message'][:60]})\n"
                 f"quiet answered  {quiet_answered:8.2f} s after it was posted\n"

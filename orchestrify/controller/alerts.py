@@ -16,9 +16,10 @@ whatever its size; within a lane, alerts are still decided in arrival order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,11 @@ class AlertProcessor:
         self.rules: RuleSet = default_rules()
         self.rules_source = "default"
         self._lock = threading.Lock()
+        # Told each time the lock is let go: a webhook call waiting for its alerts'
+        # decisions checks them then, instead of queueing for the lock behind calls that
+        # would only decide the flood's next slice.
+        self._turns = threading.Condition()
+        self._turn = 0
         self._said: dict[tuple[str | None, str], str] = {}
         # Services that took their scale step since the backlog of undecided alerts was
         # last empty: alerts that arrive together are one step, even when their
@@ -120,7 +126,7 @@ class AlertProcessor:
     def set_rules(self, rules: RuleSet, *, source: str) -> None:
         data: dict[str, Any] = rules.model_dump(mode="json", exclude_defaults=True)
         self.alerts.put_rules(data, source=source)
-        with self._lock:
+        with self._holding():
             self.rules, self.rules_source = rules, source
 
     # --- intake --------------------------------------------------------------------
@@ -142,7 +148,7 @@ class AlertProcessor:
         retries)."""
         done = 0
         while True:
-            with self._lock:
+            with self._holding():
                 n = self._decide_slice()
             done += n
             if n < self.slice_size:
@@ -151,15 +157,42 @@ class AlertProcessor:
     def _decide_until(self, receipts: tuple[int, ...]) -> None:
         """Decide slices until ``receipts`` are decided. Whoever holds the lock decides the
         fairest slice, not its own alerts first: a caller whose alerts another thread
-        decided meanwhile returns without deciding anything. Gives up (they stay pending
-        for the timer) when a slice decides nothing: an alert that cannot be decided now
-        must not spin the webhook call."""
+        decided meanwhile returns without deciding anything, and while another holds the
+        lock it waits for the next turn, not in the lock's queue. Gives up (they stay
+        pending for the timer) when a slice decides nothing: an alert that cannot be
+        decided now must not spin the webhook call."""
         while self.alerts.undecided(receipts):
+            with self._turns:
+                turn = self._turn
+            if not self._lock.acquire(blocking=False):
+                self._wait_for_turn(turn)
+                continue
+            try:
+                if not self.alerts.undecided(receipts) or self._decide_slice() == 0:
+                    return
+            finally:
+                self._lock.release()
+                self._hand_over()
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        """Hold the decision lock; let waiting webhook calls know when it is let go."""
+        try:
             with self._lock:
-                if not self.alerts.undecided(receipts):
-                    return
-                if self._decide_slice() == 0:
-                    return
+                yield
+        finally:
+            self._hand_over()
+
+    def _wait_for_turn(self, turn: int) -> None:
+        """Wait until the lock is let go after ``turn``; at most a second (a holder that
+        does not say so, such as a test holding the lock)."""
+        with self._turns:
+            self._turns.wait_for(lambda: self._turn != turn, timeout=1.0)
+
+    def _hand_over(self) -> None:
+        with self._turns:
+            self._turn += 1
+            self._turns.notify_all()
 
     def _decide_slice(self, collect: dict[str, str] | None = None) -> int:
         """Decide one slice of undecided alerts, in fair order (caller holds the lock);
@@ -288,10 +321,10 @@ class AlertProcessor:
         # arrive meanwhile get their turn; then whatever is left, and the re-evaluation,
         # in one hold.
         while True:
-            with self._lock:
+            with self._holding():
                 if self._decide_slice(pending_steps) < self.slice_size:
                     break
-        with self._lock:
+        with self._holding():
             self._decide_slice(pending_steps)
             now = self.clock()
             states = self.alerts.policy_states()
