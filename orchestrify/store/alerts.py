@@ -20,7 +20,12 @@ from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import Decision, PolicyState
 from orchestrify.models import Event, check_bounds
 from orchestrify.store import Store, _WriteTx, utcnow
-from orchestrify.store.alert_tables import AlertInstanceRow, AlertReceiptRow, ScalingStateRow
+from orchestrify.store.alert_tables import (
+    PENDING_BY_LANE,
+    AlertInstanceRow,
+    AlertReceiptRow,
+    ScalingStateRow,
+)
 from orchestrify.store.tables import EventRow, MetaRow, ReplicaRow, ServiceRow
 
 RULES_KEY = "alert_rules"
@@ -123,6 +128,9 @@ class AlertStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # A store made before the index: ``create_all`` adds no index to a table that
+        # already exists.
+        PENDING_BY_LANE.create(store.engine, checkfirst=True)
 
     # --- intake --------------------------------------------------------------------
     def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
@@ -231,8 +239,10 @@ class AlertStore:
         (``alert_lane``), the first of every lane, then the second of every lane, and so
         on; in arrival order within a lane. A lane with 10,000 waiting puts one receipt
         ahead of a quiet lane's first, not 10,000."""
-        lane = func.coalesce(AlertReceiptRow.lane, "")
-        turn = func.row_number().over(partition_by=lane, order_by=AlertReceiptRow.id)
+        # Receipts of an older build (lane NULL) are one lane: SQL partitions NULLs together.
+        turn = func.row_number().over(
+            partition_by=AlertReceiptRow.lane, order_by=AlertReceiptRow.id
+        )
         waiting = (
             select(AlertReceiptRow.id.label("id"), turn.label("turn"))
             .where(AlertReceiptRow.processed_at.is_(None))
