@@ -3,12 +3,13 @@ alert name), arrival order within a lane, and receipts of an older build (no lan
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import inspect, update
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.store import Store, utcnow
@@ -104,3 +105,31 @@ def test_receipts_of_an_older_build_without_a_lane_are_decided_too(alerts: Alert
     assert len(got) == 5
     old = [r for r in got if r.labels["replica"].startswith("old")]
     assert [r.id for r in old] == sorted(r.id for r in old)
+
+
+def test_a_store_from_before_lanes_gains_the_column_and_index_and_decides_its_backlog(
+    tmp_path: Path,
+) -> None:
+    store = Store.in_data_dir(tmp_path)
+    AlertStore(store).store_batch(
+        batch("ServiceLatencyHigh", 2, tag="old", service="web"), now=utcnow()
+    )
+    store.close()
+    db = sqlite3.connect(tmp_path / "orchestrify.db")
+    with db:  # what an older build left: no index, no lane column, a pending backlog
+        db.execute("DROP INDEX ix_alert_receipts_pending_lane")
+        db.execute("ALTER TABLE alert_receipts DROP COLUMN lane")
+    db.close()
+    store = Store.in_data_dir(tmp_path)
+    try:
+        columns = {c["name"] for c in inspect(store.engine).get_columns("alert_receipts")}
+        assert "lane" in columns
+        alerts = AlertStore(store)
+        indexes = {i["name"] for i in inspect(store.engine).get_indexes("alert_receipts")}
+        assert "ix_alert_receipts_pending_lane" in indexes
+        alerts.store_batch(batch("NodeDown", 1, tag="n", node="n1"), now=utcnow())
+        got = alerts.pending(limit=10)
+        # The old backlog is one lane (NULL) beside the new one, in arrival order.
+        assert [r.labels["replica"] for r in got] == ["old-0", "n-0", "old-1"]
+    finally:
+        store.close()
