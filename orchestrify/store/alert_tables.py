@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text
+from sqlalchemy import JSON, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from orchestrify.store.tables import Base
@@ -33,6 +33,20 @@ class AlertReceiptRow(Base):
     generator_url: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime]
     processed_at: Mapped[datetime | None] = mapped_column(index=True)
+    # What decisions are scheduled fairly across (``alert_lane``): pending receipts are
+    # decided round-robin over lanes, in arrival order within one. None: stored by an
+    # older build (one lane of its own).
+    lane: Mapped[str | None] = mapped_column(String(300))
+
+
+# The fair order's query reads undecided receipts by lane and id from this index alone,
+# without sorting the backlog for every slice (orchestrify.store.alerts.pending).
+PENDING_BY_LANE = Index(
+    "ix_alert_receipts_pending_lane",
+    AlertReceiptRow.processed_at,
+    AlertReceiptRow.lane,
+    AlertReceiptRow.id,
+)
 
 
 class AlertInstanceRow(Base):

@@ -14,14 +14,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import Decision, PolicyState
-from orchestrify.models import check_bounds
-from orchestrify.store import Store, _WriteTx
-from orchestrify.store.alert_tables import AlertInstanceRow, AlertReceiptRow, ScalingStateRow
-from orchestrify.store.tables import MetaRow, ReplicaRow, ServiceRow
+from orchestrify.models import Event, check_bounds
+from orchestrify.store import Store, _WriteTx, utcnow
+from orchestrify.store.alert_tables import (
+    PENDING_BY_LANE,
+    AlertInstanceRow,
+    AlertReceiptRow,
+    ScalingStateRow,
+)
+from orchestrify.store.tables import EventRow, MetaRow, ReplicaRow, ServiceRow
 
 RULES_KEY = "alert_rules"
 
@@ -75,6 +80,19 @@ class Intake:
     received: int
     new: int
     duplicates: int
+    receipts: tuple[int, ...] = ()  # ids of the new receipts, to wait for their decisions
+
+
+def alert_lane(labels: dict[str, str]) -> str:
+    """The lane an alert waits in for its decision: its service, else its node, else its
+    alert name. Lanes are served round-robin, so a flood in one never holds another's
+    decisions back; within a lane alerts are decided in arrival order, so the scaling
+    policy (cooldown, stabilization, one step) sees a service's alerts in order."""
+    if labels.get("service"):
+        return f"service={labels['service']}"
+    if labels.get("node"):
+        return f"node={labels['node']}"
+    return f"alertname={labels.get('alertname', '')}"
 
 
 def _receipt(row: AlertReceiptRow) -> Receipt:
@@ -110,11 +128,20 @@ class AlertStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # A store made before the index: ``create_all`` adds no index to a table that
+        # already exists.
+        PENDING_BY_LANE.create(store.engine, checkfirst=True)
 
     # --- intake --------------------------------------------------------------------
     def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
-        """Record every alert of a notification; each idempotency key is stored once."""
+        """Record every alert of a notification; each idempotency key is stored once.
+
+        Receipts and their ``alert`` events are written as two multi-row inserts, not as
+        one ORM object each: a 1,000-alert notification holds the store's write lock (and
+        every other notification waiting for it) about a fifth as long."""
         new = dup = 0
+        receipts: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         with self.store._write() as tx:
             s = tx.session
             keys = [a.receipt_key for a in batch.alerts]
@@ -132,60 +159,120 @@ class AlertStore:
                         inst.last_seen_at = now  # a repeat notification: still firing
                 else:
                     new += 1
-                    s.add(
-                        AlertReceiptRow(
-                            key=key,
-                            instance=alert.instance,
-                            fingerprint=alert.identity,
-                            alertname=alert.alertname,
-                            status=alert.status,
-                            starts_at=alert.starts_at,
-                            ends_at=alert.ends_at,
-                            labels=alert.labels,
-                            annotations=alert.annotations,
-                            receiver=batch.receiver,
-                            group_key=batch.group_key,
-                            generator_url=alert.generator_url,
-                            received_at=now,
-                            processed_at=None,
-                        )
+                    receipts.append(
+                        {
+                            "key": key,
+                            "instance": alert.instance,
+                            "fingerprint": alert.identity,
+                            "alertname": alert.alertname,
+                            "status": alert.status,
+                            "starts_at": alert.starts_at,
+                            "ends_at": alert.ends_at,
+                            "labels": alert.labels,
+                            "annotations": alert.annotations,
+                            "receiver": batch.receiver,
+                            "group_key": batch.group_key,
+                            "generator_url": alert.generator_url,
+                            "received_at": now,
+                            "processed_at": None,
+                            "lane": alert_lane(alert.labels)[:300],
+                        }
                     )
                 labels = alert.labels
-                self.store._add_event(
-                    tx,
-                    f"alert {alert.alertname} {alert.status}"
-                    + "".join(
-                        f" {k}={labels[k]}" for k in ("service", "replica", "node") if k in labels
-                    )
-                    + (" (duplicate, already stored)" if duplicate else ""),
-                    kind="alert",
-                    service=labels.get("service"),
-                    node=labels.get("node"),
-                    replica=labels.get("replica"),
-                    outcome="info",
-                    reason="duplicate" if duplicate else None,
-                    data={
-                        "status": alert.status,
-                        "fingerprint": alert.identity,
-                        "startsAt": alert.starts_at.isoformat(),
-                        "labels": labels,
-                        "annotations": alert.annotations,
-                        "receiver": batch.receiver,
-                        "groupKey": batch.group_key,
-                        "duplicate": duplicate,
-                    },
+                events.append(
+                    {
+                        "time": utcnow(),
+                        "kind": "alert",
+                        "service": labels.get("service"),
+                        "node": labels.get("node"),
+                        "replica": labels.get("replica"),
+                        "action": None,
+                        "outcome": "info",
+                        "reason": "duplicate" if duplicate else None,
+                        "message": f"alert {alert.alertname} {alert.status}"
+                        + "".join(
+                            f" {k}={labels[k]}"
+                            for k in ("service", "replica", "node")
+                            if k in labels
+                        )
+                        + (" (duplicate, already stored)" if duplicate else ""),
+                        "data": {
+                            "status": alert.status,
+                            "fingerprint": alert.identity,
+                            "startsAt": alert.starts_at.isoformat(),
+                            "labels": labels,
+                            "annotations": alert.annotations,
+                            "receiver": batch.receiver,
+                            "groupKey": batch.group_key,
+                            "duplicate": duplicate,
+                        },
+                    }
                 )
-        return Intake(received=len(batch.alerts), new=new, duplicates=dup)
+            s.flush()  # the touched alert instances, before the inserts
+            ids: tuple[int, ...] = ()
+            if receipts:
+                ids = tuple(
+                    s.scalars(
+                        insert(AlertReceiptRow).returning(
+                            AlertReceiptRow.id, sort_by_parameter_order=True
+                        ),
+                        receipts,
+                    ).all()
+                )
+            event_ids = (
+                s.scalars(
+                    insert(EventRow).returning(EventRow.id, sort_by_parameter_order=True), events
+                ).all()
+                if events
+                else []
+            )
+            # Told to the event subscribers (the /v1/events followers) after the commit,
+            # as ``Store._add_event`` rows are.
+            tx.events.extend(
+                Event(id=event_id, **fields)
+                for event_id, fields in zip(event_ids, events, strict=True)
+            )
+        return Intake(received=len(batch.alerts), new=new, duplicates=dup, receipts=ids)
 
     def pending(self, *, limit: int = 1000) -> list[Receipt]:
+        """Up to ``limit`` undecided receipts in fair order: round-robin over lanes
+        (``alert_lane``), the first of every lane, then the second of every lane, and so
+        on; in arrival order within a lane. A lane with 10,000 waiting puts one receipt
+        ahead of a quiet lane's first, not 10,000."""
+        # Receipts of an older build (lane NULL) are one lane: SQL partitions NULLs together.
+        turn = func.row_number().over(
+            partition_by=AlertReceiptRow.lane, order_by=AlertReceiptRow.id
+        )
+        waiting = (
+            select(AlertReceiptRow.id.label("id"), turn.label("turn"))
+            .where(AlertReceiptRow.processed_at.is_(None))
+            .subquery()
+        )
         with self.store._sessions() as s:
-            rows = s.scalars(
-                select(AlertReceiptRow)
-                .where(AlertReceiptRow.processed_at.is_(None))
-                .order_by(AlertReceiptRow.id)
-                .limit(limit)
-            ).all()
-            return [_receipt(r) for r in rows]
+            order = list(
+                s.scalars(
+                    select(waiting.c.id).order_by(waiting.c.turn, waiting.c.id).limit(limit)
+                ).all()
+            )
+            if not order:
+                return []
+            rows = {
+                r.id: r
+                for r in s.scalars(select(AlertReceiptRow).where(AlertReceiptRow.id.in_(order)))
+            }
+            return [_receipt(rows[i]) for i in order if i in rows]
+
+    def undecided(self, ids: tuple[int, ...]) -> int:
+        """How many of these receipts still wait for their decision."""
+        if not ids:
+            return 0
+        with self.store._sessions() as s:
+            count = s.scalar(
+                select(func.count())
+                .select_from(AlertReceiptRow)
+                .where(AlertReceiptRow.id.in_(ids), AlertReceiptRow.processed_at.is_(None))
+            )
+            return int(count or 0)
 
     def instance(self, instance_id: str) -> AlertInstance | None:
         with self.store._sessions() as s:

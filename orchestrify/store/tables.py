@@ -98,6 +98,7 @@ ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "nodes": ("orphans", "prune"),
     "edges": ("applied_as_of",),
     "scaling_states": ("manual_scale_at", "manual_replicas"),
+    "alert_receipts": ("lane",),
 }
 
 
