@@ -15,10 +15,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from orchestrify import __version__
 from orchestrify.controller.alerts import AlertProcessor
-from orchestrify.controller.border import BodyLimit, SafeJSONResponse, body_validation_errors
+from orchestrify.controller.border import (
+    BodyLimit,
+    SafeJSONResponse,
+    body_validation_errors,
+    errors,
+)
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
@@ -306,6 +313,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = f"internal error ({type(exc).__name__}); the controller's log has the details"
         return _error(500, message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        """FastAPI's answer to an HTTPException, with ``message`` beside ``detail``, and a
+        405's ``Allow`` listing every method of the path: Starlette lists only those of
+        the first route that matched it (GET /v1/services and POST /v1/services are two
+        routes), which RFC 9110 and schemathesis' allow_header_conformance refuse."""
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        body: dict[str, Any] = {"detail": exc.detail}
+        if isinstance(exc.detail, str):
+            body["message"] = exc.detail
+        return SafeJSONResponse(status_code=exc.status_code, content=body, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -327,6 +349,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         return SafeJSONResponse(
             status_code=422, content={"detail": detail, "message": "; ".join(parts)}
         )
+
+
+def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
+    """Every method some route serves at this request's path (HEAD with GET, as served)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 class _MeasureLatency:
@@ -411,11 +443,11 @@ def _install_metrics(app: FastAPI) -> None:
     app.add_middleware(_MeasureLatency, owner=app)
     app.add_middleware(_AnnounceVersion)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses=errors(426))
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get("/metrics", tags=["health"], response_class=Response, responses=errors(426))
     def metrics(request: Request) -> Response:
         state: ControllerState = request.app.state.controller
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

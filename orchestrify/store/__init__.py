@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, delete, event, inspect, select, text
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -195,6 +195,7 @@ def _node(row: NodeRow) -> Node:
         created_at=_utc(row.created_at) or utcnow(),
         orphaned=[Orphan.model_validate(o) for o in row.orphans or []],
         pruning=list(row.prune or []),
+        removing=bool(row.removing),
     )
 
 
@@ -827,10 +828,24 @@ class Store:
             tx.changes.update({"spec", "state"})
             return _node(row)
 
-    def delete_node(self, id_or_name: str) -> None:
-        """Forget a node and its replicas now (used once it is drained, or with --force)."""
+    def delete_node(self, id_or_name: str, *, force: bool = True) -> Node:
+        """Forget a node and its replicas now (used once it is drained, or with --force);
+        the node as it was. Without ``force``, a node that still has replicas is a
+        Conflict: they are drained first (``set_node_draining(remove=True)``), so that
+        nothing stops a replica without that order."""
         with self._write() as tx:
             row = self._node_row(tx.session, id_or_name)
+            if not force:
+                left = tx.session.scalar(
+                    select(func.count()).select_from(ReplicaRow).where(ReplicaRow.node == row.id)
+                )
+                if left:
+                    raise Conflict(
+                        f"node {row.name} has {left} replica(s): drain it and forget it once "
+                        f"they have moved (POST /v1/nodes/{row.id}/drain?remove=true, or "
+                        "`orchestrify node rm`), or forget it now with force=true"
+                    )
+            node = _node(row)
             tx.session.execute(delete(ReplicaRow).where(ReplicaRow.node == row.id))
             tx.session.delete(row)
             self._add_event(
@@ -842,6 +857,7 @@ class Store:
                 outcome="ok",
             )
             tx.changes.update({"spec", "state"})
+            return node
 
     def _move_address(self, tx: _WriteTx, row: NodeRow, address: str) -> None:
         """The node now answers at ``address`` (DHCP, a restarted VM): move the node, its
