@@ -18,9 +18,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    Strict as StrictType,
     field_validator,
     model_validator,
+)
+from pydantic import (
+    Strict as StrictType,
 )
 
 # Every pattern below is also the OpenAPI ``pattern`` of its field, so the schema is as
