@@ -55,6 +55,16 @@ JSON_INT_MAX = 2**53 - 1
 IMAGE_REF_MAX = 255
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: an int, or a number with no fraction (JSON Schema's ``integer``
+    takes 5.0 too); never a string or a boolean (pydantic's lax mode would take both)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
 def _json_text_only(value: Any) -> Any:
     """A time in a body is RFC 3339 text: a number (pydantic would read Unix seconds)
     is refused, as the schema's ``type: string`` says."""
@@ -66,7 +76,7 @@ def _json_text_only(value: Any) -> Any:
 # Types of request fields that take exactly what their JSON Schema type says: pydantic's
 # lax mode would also take "5" or 5.0 for an integer, 1 for a boolean and a number for a
 # time, which the schema refuses (schemathesis' negative tests send exactly those).
-JsonInt = Annotated[int, StrictType()]
+JsonInt = Annotated[int, BeforeValidator(_json_integer), StrictType()]
 JsonFloat = Annotated[float, StrictType()]  # an integer is a JSON number too: taken
 JsonBool = Annotated[bool, StrictType()]
 JsonTime = Annotated[datetime, BeforeValidator(_json_text_only)]

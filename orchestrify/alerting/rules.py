@@ -51,6 +51,12 @@ _MATCHER = re.compile(
 )
 
 
+# _MATCHER without VERBOSE and named groups: the schema's pattern of a matcher.
+MATCHER_PATTERN = (
+    r"""^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*("([^"\\]|\\.)*"|[^"\s]\S*)?\s*$"""
+)
+
+
 class Matcher(BaseModel):
     """One ``label op value`` test on an alert's labels."""
 
@@ -96,10 +102,25 @@ class Matcher(BaseModel):
 class AlertRule(BaseModel):
     """One mapping from label matchers to an action with its parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    # run_playbook needs a playbook: stated in the schema as well (_action_params)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"action": {"const": "run_playbook"}}, "required": ["action"]},
+            "then": {
+                "required": ["playbook"],
+                "properties": {"playbook": {"type": "string", "minLength": 1}},
+            },
+        },
+    )
 
     name: str = Field(min_length=1, max_length=100)
-    matchers: list[str] = Field(min_length=1, description="All must match (Alertmanager syntax).")
+    matchers: list[str] = Field(
+        min_length=1,
+        description="All must match (Alertmanager syntax). A regex (=~, !~) must compile "
+        "as a Python regular expression, which no JSON Schema pattern can state.",
+        json_schema_extra={"items": {"type": "string", "pattern": MATCHER_PATTERN}},
+    )
     action: Action
     enabled: bool = True
     step: int = Field(

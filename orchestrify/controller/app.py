@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import socket
 import time
@@ -45,6 +46,7 @@ from orchestrify.controller.routers import (
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.errors import (
+    Busy,
     Conflict,
     InvalidSpec,
     NotFound,
@@ -54,6 +56,7 @@ from orchestrify.errors import (
     Unauthorized,
 )
 from orchestrify.jobs.runner import JobRunner
+from orchestrify.jobs.validation import list_playbooks
 from orchestrify.models import error_location
 from orchestrify.protocol import (
     HEADER_COMPONENT,
@@ -210,6 +213,8 @@ def open_state(
         inventory=settings.inventory,
         jobs_dir=settings.resolved_jobs_dir,
         job_timeout_s=settings.job_timeout_s,
+        max_running=settings.max_running_jobs,
+        max_pending=settings.max_pending_jobs,
     )
     metrics = ControllerMetrics(store, registry)
     return ControllerState(
@@ -242,10 +247,25 @@ STORE_RETRY_AFTER_S = 1  # a locked SQLite store frees up within its 30 s busy t
 
 def _document_limits(app: FastAPI, settings: ControllerSettings) -> None:
     """The OpenAPI states this controller's own replica ceiling as the schema's maximum
-    (the models carry the hard maximum of any build)."""
+    (the models carry the hard maximum of any build), and the playbooks a job may name
+    now as the ``playbook`` field's enum (read at each request: files come and go)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
+        schema = _openapi_with_ceilings()
+        playbooks = (
+            list_playbooks(settings.playbook_dir)
+            if settings.playbook_dir is not None and settings.playbook_dir.is_dir()
+            else []
+        )
+        if not playbooks:
+            return schema  # no job can run: POST /v1/jobs is a 409 (or a 422 naming it)
+        schema = copy.deepcopy(schema)
+        prop = schema["components"]["schemas"]["JobRequest"]["properties"]["playbook"]
+        prop["enum"] = playbooks
+        return schema
+
+    def _openapi_with_ceilings() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             components = schema.get("components", {}).get("schemas", {})
@@ -289,6 +309,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def orchestrify_error(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, InvalidSpec):
             return _error(422, str(exc), field=exc.field)
+        if isinstance(exc, Busy):
+            return _error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
         if isinstance(exc, StoreUnavailable):
             log.warning("store unavailable", extra={"error": str(exc)})
             return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER_S)})

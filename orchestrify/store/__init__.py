@@ -33,11 +33,13 @@ from orchestrify.models import (
     CONTAINER_FIELDS,
     DEFAULT_DRAIN_S,
     DEFAULT_STOP_GRACE_S,
+    REPLICAS_HARD_MAX,
     Assignment,
     DesiredState,
     Edge,
     EdgeRegistration,
     Event,
+    FieldError,
     Heartbeat,
     Node,
     NodeRegistration,
@@ -54,6 +56,7 @@ from orchestrify.models import (
     UpdateState,
     UpstreamReplica,
     UpstreamService,
+    check_bounds,
     container_spec,
     error_location,
     spec_hash,
@@ -443,6 +446,25 @@ class Store:
             current = ServiceSpec.model_validate(row.spec)
             changes = patch.model_dump(exclude_unset=True)
             merged = current.model_dump() | changes
+            # Counts the patch itself gets wrong are a 422; counts that are fine on their
+            # own but clash with the stored ones (replicas 50 against a stored max of 10)
+            # are a 409: the same body is accepted by a service with other bounds.
+            r, lo, hi = (changes.get(k) for k in ("replicas", "min_replicas", "max_replicas"))
+            try:  # (a count the patch leaves out cannot clash here)
+                check_bounds(
+                    r if r is not None else (lo if lo is not None else 0),
+                    lo if lo is not None else 0,
+                    hi if hi is not None else REPLICAS_HARD_MAX,
+                )
+            except FieldError as exc:
+                raise InvalidSpec(f"{exc.field}: {exc}", field=exc.field) from exc
+            try:
+                check_bounds(merged["replicas"], merged["min_replicas"], merged["max_replicas"])
+            except FieldError as exc:
+                raise Conflict(
+                    f"{exc.field}: {exc}, with the service's stored counts; patch "
+                    "replicas, min_replicas and max_replicas together"
+                ) from exc
             try:
                 updated = ServiceSpec.model_validate(merged)
             except ValueError as exc:  # pydantic.ValidationError is a ValueError

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import Query
 from fastapi.responses import StreamingResponse
 
-from orchestrify.controller.border import api_router
+from orchestrify.controller.border import api_router, errors
 from orchestrify.controller.deps import Admin, State
 from orchestrify.jobs.models import Job, JobRequest, JobStatus
 from orchestrify.jobs.runner import JobRunner
@@ -18,7 +18,7 @@ router = api_router(prefix="/v1/jobs", tags=["jobs"], dependencies=[Admin])
 POLL_S = 0.25  # how often a followed stream looks for new events; a job line is ~ms
 
 
-@router.post("", response_model=Job, status_code=202)
+@router.post("", response_model=Job, status_code=202, responses=errors(429))
 def submit_job(body: JobRequest, state: State) -> Job:
     """Queue a playbook run. It starts once no running job holds any of its hosts."""
     return state.jobs.submit(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import Query
 
-from orchestrify.controller.border import api_router
+from orchestrify.controller.border import api_router, errors
 from orchestrify.controller.deps import Admin, State
 from orchestrify.models import Replica
 
 router = api_router(prefix="/v1/replicas", tags=["replicas"], dependencies=[Admin])
 
 
-@router.get("", response_model=list[Replica])
+@router.get("", response_model=list[Replica], responses=errors(404))
 def list_replicas(
     state: State,
     service: str | None = Query(None, description="Only this service's replicas."),
