@@ -76,7 +76,13 @@ def _json_text_only(value: Any) -> Any:
 # Types of request fields that take exactly what their JSON Schema type says: pydantic's
 # lax mode would also take "5" or 5.0 for an integer, 1 for a boolean and a number for a
 # time, which the schema refuses (schemathesis' negative tests send exactly those).
-JsonInt = Annotated[int, BeforeValidator(_json_integer), StrictType()]
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+# Optional, with the validator around the whole union: pydantic then still writes the
+# field's ge/le as minimum/maximum (around the int alone it wrote "ge"/"le" keys, which
+# no JSON Schema tool reads).
+JsonIntOrNone = Annotated[
+    int | None, BeforeValidator(lambda v: v if v is None else _json_integer(v))
+]
 JsonFloat = Annotated[float, StrictType()]  # an integer is a JSON number too: taken
 JsonBool = Annotated[bool, StrictType()]
 JsonTime = Annotated[datetime, BeforeValidator(_json_text_only)]
@@ -179,7 +185,7 @@ class ServiceSpec(Strict):
     port: JsonInt = Field(
         8000, ge=1, le=65535, description="Container port the service listens on."
     )
-    host_port: JsonInt | None = Field(
+    host_port: JsonIntOrNone = Field(
         None,
         ge=1,
         le=65535,
@@ -189,10 +195,10 @@ class ServiceSpec(Strict):
     min_replicas: JsonInt = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
     max_replicas: JsonInt = Field(10, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
     health_path: str = Field("/health", max_length=1024, pattern=HEALTH_PATH.pattern)
-    max_per_node: JsonInt | None = Field(
+    max_per_node: JsonIntOrNone = Field(
         None, ge=1, le=REPLICAS_HARD_MAX, description="Cap of replicas per node."
     )
-    memory_mb: JsonInt | None = Field(
+    memory_mb: JsonIntOrNone = Field(
         None, ge=4, le=JSON_INT_MAX, description="Memory limit per container."
     )
     cpus: JsonFloat | None = Field(None, gt=0, description="CPU limit per container (cores).")
@@ -313,25 +319,32 @@ class UpdateState(StrEnum):
 
 
 class ServicePatch(Strict):
-    """A partial update (``PATCH /v1/services/{name}``); unset fields keep their value."""
+    """A partial update (``PATCH /v1/services/{name}``); unset fields keep their value.
+
+    ``null`` keeps the value too for a field a service cannot be without (image, port,
+    counts...); for one a service may lack (memory_mb, cpus, max_per_node) it clears it."""
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this patch changes, as a dict of new values."""
+        given = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in given.items() if v is not None or k in _CLEARABLE}
 
     image: str | None = Field(None, max_length=IMAGE_REF_MAX, pattern=IMAGE_REF.pattern)
     env: dict[str, str] | None = Field(None, json_schema_extra=_ENV_KEYS)
-    port: JsonInt | None = Field(None, ge=1, le=65535)
-    replicas: JsonInt | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    min_replicas: JsonInt | None = Field(
-        None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC
-    )
-    max_replicas: JsonInt | None = Field(
-        None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC
-    )
+    port: JsonIntOrNone = Field(None, ge=1, le=65535)
+    replicas: JsonIntOrNone = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    min_replicas: JsonIntOrNone = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    max_replicas: JsonIntOrNone = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
     health_path: str | None = Field(None, max_length=1024, pattern=HEALTH_PATH.pattern)
-    max_per_node: JsonInt | None = Field(None, ge=1, le=REPLICAS_HARD_MAX)
-    memory_mb: JsonInt | None = Field(None, ge=4, le=JSON_INT_MAX)
+    max_per_node: JsonIntOrNone = Field(None, ge=1, le=REPLICAS_HARD_MAX)
+    memory_mb: JsonIntOrNone = Field(None, ge=4, le=JSON_INT_MAX)
     cpus: JsonFloat | None = Field(None, gt=0)
     drain_s: JsonFloat | None = Field(None, ge=0, le=3600)
     stop_grace_s: JsonFloat | None = Field(None, ge=0, le=3600)
     policy: ScalingPolicy | None = None
+
+
+_CLEARABLE = frozenset({"max_per_node", "memory_mb", "cpus"})
 
 
 class Service(ServiceSpec):
@@ -410,8 +423,8 @@ class NodeRegistration(Strict):
         "them before the agent's first report.",
     )
     labels: dict[str, str] = Field(default_factory=dict)
-    cpus: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX)
-    memory_total: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    cpus: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX)
+    memory_total: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
     agent_url: str | None = Field(
         None, max_length=512, description="Where the agent's /metrics is served."
     )
@@ -445,10 +458,10 @@ class Heartbeat(Strict):
         "--advertise-address): a change moves the node and its replicas' addresses.",
     )
     cpu_percent: JsonFloat | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
-    memory_total: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
-    memory_free: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
-    disk_free: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
-    replica_count: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX)
+    memory_total: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    memory_free: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    disk_free: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    replica_count: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX)
 
     @field_validator("address")
     @classmethod
@@ -545,7 +558,7 @@ class ReplicaReport(Strict):
     address: str | None = None
     container_id: str | None = None
     error: str | None = None
-    restarts: JsonInt | None = Field(None, ge=0, le=JSON_INT_MAX)
+    restarts: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX)
 
 
 class ReplicaReports(Strict):

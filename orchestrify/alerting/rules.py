@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from orchestrify.errors import InvalidSpec
-from orchestrify.models import FieldError, error_location
+from orchestrify.models import FieldError, JsonBool, JsonInt, error_location
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "controller" / "default_rules.yml"
 
@@ -122,8 +122,8 @@ class AlertRule(BaseModel):
         json_schema_extra={"items": {"type": "string", "pattern": MATCHER_PATTERN}},
     )
     action: Action
-    enabled: bool = True
-    step: int = Field(
+    enabled: JsonBool = True
+    step: JsonInt = Field(
         1, ge=1, le=100, description="scale_out/scale_in: replicas per action (capped by policy)."
     )
     scope: Literal["service", "all"] = Field(

@@ -376,11 +376,23 @@ def _install_error_handlers(app: FastAPI) -> None:
 def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
     """Every method some route serves at this request's path (HEAD with GET, as served)."""
     methods: set[str] = set()
-    for route in app.router.routes:
+    for route in _every_route(app.router.routes):
         match, _ = route.matches(scope)
         if match != Match.NONE:
+            route = getattr(route, "original_route", route)
             methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods)
+
+
+def _every_route(routes: list[Any]) -> Iterator[Any]:
+    """The routes themselves: FastAPI (0.13x on) wraps each included router in one route
+    object whose ``effective_route_contexts`` are its routes, prefix applied."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            yield from contexts()
+        else:
+            yield route
 
 
 class _MeasureLatency:

@@ -444,7 +444,7 @@ class Store:
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
             current = ServiceSpec.model_validate(row.spec)
-            changes = patch.model_dump(exclude_unset=True)
+            changes = patch.changes()
             merged = current.model_dump() | changes
             # Counts the patch itself gets wrong are a 422; counts that are fine on their
             # own but clash with the stored ones (replicas 50 against a stored max of 10)

@@ -76,7 +76,7 @@ def list_events(
     limit: int = Query(500, ge=1, le=10000),
 ) -> list[Event]:
     try:
-        since_dt = parse_since(since) if since else None
+        since_dt = parse_since(since) if since is not None else None  # "" is a 422 too
     except ValueError as exc:
         raise HTTPException(
             422, detail=[{"loc": ["query", "since"], "msg": str(exc), "type": "value_error"}]

@@ -25,7 +25,11 @@ def get_replica(replica_id: str, state: State) -> Replica:
     return state.store.get_replica(replica_id)
 
 
-@router.delete("/{replica_id}", response_model=Replica, status_code=202)
-def remove_replica(replica_id: str, state: State) -> Replica:
-    """Drain and stop the replica; it is replaced unless the service was scaled down."""
+@router.post("/{replica_id}/stop", response_model=Replica, status_code=202)
+def stop_replica(replica_id: str, state: State) -> Replica:
+    """Drain and stop the replica; it is replaced unless the service was scaled down.
+
+    An action, not a DELETE: the replica stays visible (desired ``drain``/``stop``) until
+    its agent reports it stopped, and a DELETE that leaves its resource readable breaks
+    what a client may assume of DELETE (schemathesis' use-after-free check)."""
     return state.store.remove_replica(replica_id)
