@@ -375,13 +375,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
     """Every method some route serves at this request's path (HEAD with GET, as served)."""
-    methods: set[str] = set()
+    literal: set[str] = set()  # routes whose path has no parameter: /v1/nodes/register
+    templated: set[str] = set()  # /v1/nodes/{node_id}, which "register" matches too
     for route in _every_route(app.router.routes):
         match, _ = route.matches(scope)
         if match != Match.NONE:
             route = getattr(route, "original_route", route)
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+            found = set(getattr(route, "methods", None) or ())
+            (templated if "{" in getattr(route, "path", "") else literal).update(found)
+    # As OpenAPI matches paths: a concrete path wins over a template that also fits it.
+    return sorted(literal or templated)
 
 
 def _every_route(routes: list[Any]) -> Iterator[Any]:

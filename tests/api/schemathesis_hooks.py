@@ -31,7 +31,11 @@ def counts_hold(body: dict[str, Any], *, defaults: dict[str, int] | None) -> boo
     """Whether the body's replica counts are consistent. With ``defaults`` (a create) the
     missing ones take them; without (a patch) only the given ones are compared, as the
     store does (a clash with the stored counts is its own 409)."""
-    given = {k: body.get(k) for k in REPLICA_DEFAULTS if isinstance(body.get(k), int)}
+    given = {
+        k: int(v)
+        for k in REPLICA_DEFAULTS
+        if isinstance(v := body.get(k), int | float) and not isinstance(v, bool)
+    }
     if defaults is not None:
         counts = defaults | given
     else:

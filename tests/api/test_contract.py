@@ -24,6 +24,7 @@ RESOURCE_PATHS = [
     ("/v1/jobs", {"GET", "POST"}),
     ("/v1/rules", {"GET", "PUT"}),
     ("/v1/nodes/abc", {"GET", "DELETE"}),
+    ("/v1/nodes/register", {"POST"}),  # not GET/DELETE of a node named "register"
 ]
 
 
