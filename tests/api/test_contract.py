@@ -266,3 +266,13 @@ def test_running_jobs_are_capped_and_the_queue_is_bounded(
 def test_a_full_job_queue_is_a_documented_429(api: TestClient) -> None:
     op = api.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]
     assert "429" in op["responses"]
+
+
+def test_links_from_a_created_service_name_real_operations(api: TestClient) -> None:
+    """The stateful phase (and any client) follows them: a renamed route must not leave
+    a link to an operation that no longer exists."""
+    paths = api.get("/openapi.json").json()["paths"]
+    ids = {op["operationId"] for item in paths.values() for op in item.values()}
+    links = paths["/v1/services"]["post"]["responses"]["201"]["links"]
+    assert {"GetService", "RollbackService"} <= set(links)
+    assert {link["operationId"] for link in links.values()} <= ids
