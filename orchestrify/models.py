@@ -31,7 +31,7 @@ from pydantic import (
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # IPv4, IPv6 or a DNS name
 SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-HEALTH_PATH = re.compile(r"^/[^\s]*$")
+HEALTH_PATH = re.compile(r"^/[!-~]*$")  # visible ASCII: percent-encode the rest
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest]
 IMAGE_REF = re.compile(
     # Optional registry host. As in Docker, a first component is a host only when it has

@@ -44,16 +44,22 @@ def action_unavailable(action: Action) -> str | None:
     return None
 
 
+# Spaces and "any escaped character" are spelled out: Python's \s and . differ from
+# those of JSON Schema's ECMA-262 patterns (\u0085 is a space only to Python, \r ends
+# "." only in ECMA), and MATCHER_PATTERN below must accept exactly what this does.
+_SP = r"[ \t\n\r\f\v]"
+_NON_SP = r"[^ \t\n\r\f\v]"
+_ESCAPED = r"\\[^\n\r\u2028\u2029]"
 _MATCHER = re.compile(
-    r"""^\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*
-    (?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^"\s]\S*)?)\s*$""",
-    re.VERBOSE,
+    rf"""^{_SP}*(?P<label>[A-Za-z_][A-Za-z0-9_]*){_SP}*(?P<op>=~|!~|!=|=){_SP}*"""
+    rf"""(?:"(?P<quoted>(?:[^"\\]|{_ESCAPED})*)"|(?P<bare>[^" \t\n\r\f\v]{_NON_SP}*)?){_SP}*$"""
 )
 
 
 # _MATCHER without VERBOSE and named groups: the schema's pattern of a matcher.
 MATCHER_PATTERN = (
-    r"""^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*("([^"\\]|\\.)*"|[^"\s]\S*)?\s*$"""
+    rf"""^{_SP}*[A-Za-z_][A-Za-z0-9_]*{_SP}*(=~|!~|!=|=){_SP}*"""
+    rf"""("([^"\\]|{_ESCAPED})*"|[^" \t\n\r\f\v]{_NON_SP}*)?{_SP}*$"""
 )
 
 

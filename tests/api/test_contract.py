@@ -276,3 +276,29 @@ def test_links_from_a_created_service_name_real_operations(api: TestClient) -> N
     links = paths["/v1/services"]["post"]["responses"]["201"]["links"]
     assert {"GetService", "RollbackService"} <= set(links)
     assert {link["operationId"] for link in links.values()} <= ids
+
+
+@pytest.mark.parametrize(
+    ("pattern_of", "text"),
+    [
+        ("health_path", "/\u00e5\u0085"),  # \u0085 is a space to Python's \s, not to ECMA's
+        ("matcher", "a=x\u0085y"),
+        ("matcher", 'a="\\\ry"'),  # "." takes \r in Python, not in ECMA
+    ],
+)
+def test_patterns_mean_the_same_to_python_and_to_json_schema(
+    api: TestClient, pattern_of: str, text: str
+) -> None:
+    """The code and the schema decide alike on characters where Python's regex and
+    ECMA-262 (JSON Schema's) differ: no class shorthand in a pattern both read."""
+    schemas = _schemas(api)
+    if pattern_of == "health_path":
+        pattern = schemas["ServiceSpec"]["properties"]["health_path"]["pattern"]
+        body = {"name": "web", "image": "nginx", "health_path": text}
+        code_ok = api.post("/v1/services", json=body).status_code == 201
+    else:
+        pattern = schemas["AlertRule"]["properties"]["matchers"]["items"]["pattern"]
+        body = {"rules": [{"name": "r", "matchers": [text], "action": "notify_only"}]}
+        code_ok = api.put("/v1/rules", json=body).status_code == 200
+    assert "\\s" not in pattern and "\\S" not in pattern and "\\." not in pattern
+    assert bool(re.search(pattern, text)) is code_ok
