@@ -142,7 +142,7 @@ def main() -> int:
                 while not stop.wait(args.every):
                     served = sorted(edge.served_replicas("bench"))
                     if served:
-                        controller.http.delete(f"/v1/replicas/{served[0]}")
+                        controller.http.post(f"/v1/replicas/{served[0]}/stop")
 
             churner = threading.Thread(target=churn, daemon=True)
             churner.start()

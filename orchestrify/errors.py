@@ -36,6 +36,13 @@ class TooLarge(OrchestrifyError):
     """A request asks for more work than the controller takes at once (HTTP 413)."""
 
 
+class Busy(OrchestrifyError):
+    """Too much work of this kind is already queued (HTTP 429 with Retry-After): the
+    request was fine, and is taken again once some of it has run."""
+
+    retry_after_s = 5
+
+
 class Unauthorized(OrchestrifyError):
     """A missing or wrong credential."""
 

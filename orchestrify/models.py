@@ -11,13 +11,27 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic import (
+    Strict as StrictType,
+)
 
+# Every pattern below is also the OpenAPI ``pattern`` of its field, so the schema is as
+# narrow as the code. They are matched with ``fullmatch`` (Python's ``$`` would also let a
+# trailing newline through) and use no look-around, which JSON Schema tools cannot draw.
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # IPv4, IPv6 or a DNS name
 SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HEALTH_PATH = re.compile(r"^/[!-~]*$")  # visible ASCII: percent-encode the rest
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest]
 IMAGE_REF = re.compile(
     # Optional registry host. As in Docker, a first component is a host only when it has
@@ -26,7 +40,7 @@ IMAGE_REF = re.compile(
     r"|[a-zA-Z0-9-]+:[0-9]+)/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # first path component
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # more path components
-    r"(?::[\w][\w.-]{0,127})?"  # tag
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # tag (ASCII, as Docker's)
     r"(?:@sha256:[a-f0-9]{64})?$"  # digest
 )
 
@@ -34,6 +48,44 @@ IMAGE_REF = re.compile(
 # Integers a store column holds: SQLite and PostgreSQL integers are signed 64-bit, and a
 # larger one in a body is a 422 here rather than an overflow in the store.
 INT64_MAX = 2**63 - 1
+# The largest integer an API body or query takes: JSON's interoperable range (RFC 7493,
+# I-JSON: beyond 2**53 a JavaScript client or a float-based validator rounds, so
+# 2**63 - 1 and 2**63 look equal to it). It fits the store's 64-bit columns with room.
+JSON_INT_MAX = 2**53 - 1
+IMAGE_REF_MAX = 255
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: an int, or a number with no fraction (JSON Schema's ``integer``
+    takes 5.0 too); never a string or a boolean (pydantic's lax mode would take both)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+def _json_text_only(value: Any) -> Any:
+    """A time in a body is RFC 3339 text: a number (pydantic would read Unix seconds)
+    is refused, as the schema's ``type: string`` says."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
+# Types of request fields that take exactly what their JSON Schema type says: pydantic's
+# lax mode would also take "5" or 5.0 for an integer, 1 for a boolean and a number for a
+# time, which the schema refuses (schemathesis' negative tests send exactly those).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+# Optional, with the validator around the whole union: pydantic then still writes the
+# field's ge/le as minimum/maximum (around the int alone it wrote "ge"/"le" keys, which
+# no JSON Schema tool reads).
+JsonIntOrNone = Annotated[
+    int | None, BeforeValidator(lambda v: v if v is None else _json_integer(v))
+]
+JsonFloat = Annotated[float, StrictType()]  # an integer is a JSON number too: taken
+JsonBool = Annotated[bool, StrictType()]
+JsonTime = Annotated[datetime, BeforeValidator(_json_text_only)]
 # The most replicas (desired, min or max) a service may ask for in any build; a controller
 # lowers it with its max_replicas_per_service setting (1,000 by default).
 REPLICAS_HARD_MAX = 100_000
@@ -82,27 +134,29 @@ class Strict(BaseModel):
 class ScalingPolicy(Strict):
     """How a service reacts to alerts. Defaults follow Kubernetes' HPA and the seed tools."""
 
-    scale_up_stabilization_s: float = Field(
+    scale_up_stabilization_s: JsonFloat = Field(
         0, ge=0, description="Seconds a scale-out signal must persist; 0 as in Kubernetes."
     )
-    scale_down_stabilization_s: float = Field(
+    scale_down_stabilization_s: JsonFloat = Field(
         300, ge=0, description="Seconds load must stay low before scaling in (Kubernetes: 300)."
     )
-    cooldown_s: float = Field(30, ge=0, description="Seconds after any scaling action.")
-    max_step: int = Field(1, ge=1, le=100, description="Most replicas added/removed per action.")
-    latency_target_ms: float = Field(
+    cooldown_s: JsonFloat = Field(30, ge=0, description="Seconds after any scaling action.")
+    max_step: JsonInt = Field(
+        1, ge=1, le=100, description="Most replicas added/removed per action."
+    )
+    latency_target_ms: JsonFloat = Field(
         100, gt=0, description="p95 latency target (the first seed tool's 100 ms)."
     )
-    requests_per_replica: int = Field(
+    requests_per_replica: JsonInt = Field(
         20,
         ge=1,
-        le=INT64_MAX,
+        le=JSON_INT_MAX,
         description="Requests per window one replica handles (the second seed: 20).",
     )
-    request_window_s: int = Field(
-        120, ge=10, le=INT64_MAX, description="Window for requests_per_replica."
+    request_window_s: JsonInt = Field(
+        120, ge=10, le=JSON_INT_MAX, description="Window for requests_per_replica."
     )
-    dry_run: bool = Field(False, description="Decide and record, but do not act.")
+    dry_run: JsonBool = Field(False, description="Decide and record, but do not act.")
 
 
 _REPLICAS_DOC = (
@@ -111,31 +165,47 @@ _REPLICAS_DOC = (
 )
 
 
+# The schema of env's keys (pydantic states no propertyNames for a dict's keys).
+_ENV_KEYS: dict[str, Any] = {"propertyNames": {"pattern": ENV_KEY.pattern}}
+
+
 class ServiceSpec(Strict):
     """What a user deploys. Field names are the public API: keep them."""
 
-    name: str = Field(description="DNS-style name: lowercase letters, digits, dashes.")
-    image: str = Field(description="Docker image reference, e.g. orchestrify/demo:latest.")
-    env: dict[str, str] = Field(default_factory=dict)
-    port: int = Field(8000, description="Container port the service listens on.")
-    host_port: int | None = Field(
-        None, description="Fixed published port (at most one replica per node); default: any."
+    name: str = Field(
+        pattern=SERVICE_NAME.pattern,
+        description="DNS-style name: 1-63 lowercase letters, digits, dashes.",
     )
-    replicas: int = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    min_replicas: int = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    max_replicas: int = Field(10, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    health_path: str = Field("/health")
-    max_per_node: int | None = Field(
+    image: str = Field(
+        max_length=IMAGE_REF_MAX,
+        pattern=IMAGE_REF.pattern,
+        description="Docker image reference, e.g. orchestrify/demo:latest.",
+    )
+    env: dict[str, str] = Field(default_factory=dict, json_schema_extra=_ENV_KEYS)
+    port: JsonInt = Field(
+        8000, ge=1, le=65535, description="Container port the service listens on."
+    )
+    host_port: JsonIntOrNone = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Fixed published port (at most one replica per node); default: any.",
+    )
+    replicas: JsonInt = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    min_replicas: JsonInt = Field(1, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    max_replicas: JsonInt = Field(10, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    health_path: str = Field("/health", max_length=1024, pattern=HEALTH_PATH.pattern)
+    max_per_node: JsonIntOrNone = Field(
         None, ge=1, le=REPLICAS_HARD_MAX, description="Cap of replicas per node."
     )
-    memory_mb: int | None = Field(
-        None, ge=4, le=INT64_MAX, description="Memory limit per container."
+    memory_mb: JsonIntOrNone = Field(
+        None, ge=4, le=JSON_INT_MAX, description="Memory limit per container."
     )
-    cpus: float | None = Field(None, gt=0, description="CPU limit per container (cores).")
-    drain_s: float = Field(
+    cpus: JsonFloat | None = Field(None, gt=0, description="CPU limit per container (cores).")
+    drain_s: JsonFloat = Field(
         DEFAULT_DRAIN_S, ge=0, le=3600, description="Seconds to drain before stopping."
     )
-    stop_grace_s: float = Field(
+    stop_grace_s: JsonFloat = Field(
         DEFAULT_STOP_GRACE_S,
         ge=0,
         le=3600,
@@ -147,7 +217,7 @@ class ServiceSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not SERVICE_NAME.match(v):
+        if not SERVICE_NAME.fullmatch(v):
             raise ValueError(
                 "must be 1-63 lowercase letters, digits or dashes, "
                 "not starting or ending with a dash"
@@ -157,7 +227,7 @@ class ServiceSpec(Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if len(v) > 255 or not IMAGE_REF.match(v):
+        if len(v) > IMAGE_REF_MAX or not IMAGE_REF.fullmatch(v):
             raise ValueError(f"not a valid image reference: {v!r}")
         return v
 
@@ -172,14 +242,14 @@ class ServiceSpec(Strict):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not ENV_KEY.match(key):
+            if not ENV_KEY.fullmatch(key):
                 raise ValueError(f"env key {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
         return v
 
     @field_validator("health_path")
     @classmethod
     def _health(cls, v: str) -> str:
-        if not v.startswith("/") or any(c.isspace() for c in v):
+        if not HEALTH_PATH.fullmatch(v):
             raise ValueError("must be a URL path starting with / and without spaces")
         return v
 
@@ -249,21 +319,32 @@ class UpdateState(StrEnum):
 
 
 class ServicePatch(Strict):
-    """A partial update (``PATCH /v1/services/{name}``); unset fields keep their value."""
+    """A partial update (``PATCH /v1/services/{name}``); unset fields keep their value.
 
-    image: str | None = None
-    env: dict[str, str] | None = None
-    port: int | None = None
-    replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    min_replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    max_replicas: int | None = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
-    health_path: str | None = None
-    max_per_node: int | None = Field(None, ge=1, le=REPLICAS_HARD_MAX)
-    memory_mb: int | None = Field(None, ge=4, le=INT64_MAX)
-    cpus: float | None = Field(None, gt=0)
-    drain_s: float | None = Field(None, ge=0, le=3600)
-    stop_grace_s: float | None = Field(None, ge=0, le=3600)
+    ``null`` keeps the value too for a field a service cannot be without (image, port,
+    counts...); for one a service may lack (memory_mb, cpus, max_per_node) it clears it."""
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this patch changes, as a dict of new values."""
+        given = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in given.items() if v is not None or k in _CLEARABLE}
+
+    image: str | None = Field(None, max_length=IMAGE_REF_MAX, pattern=IMAGE_REF.pattern)
+    env: dict[str, str] | None = Field(None, json_schema_extra=_ENV_KEYS)
+    port: JsonIntOrNone = Field(None, ge=1, le=65535)
+    replicas: JsonIntOrNone = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    min_replicas: JsonIntOrNone = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    max_replicas: JsonIntOrNone = Field(None, ge=0, le=REPLICAS_HARD_MAX, description=_REPLICAS_DOC)
+    health_path: str | None = Field(None, max_length=1024, pattern=HEALTH_PATH.pattern)
+    max_per_node: JsonIntOrNone = Field(None, ge=1, le=REPLICAS_HARD_MAX)
+    memory_mb: JsonIntOrNone = Field(None, ge=4, le=JSON_INT_MAX)
+    cpus: JsonFloat | None = Field(None, gt=0)
+    drain_s: JsonFloat | None = Field(None, ge=0, le=3600)
+    stop_grace_s: JsonFloat | None = Field(None, ge=0, le=3600)
     policy: ScalingPolicy | None = None
+
+
+_CLEARABLE = frozenset({"max_per_node", "memory_mb", "cpus"})
 
 
 class Service(ServiceSpec):
@@ -307,12 +388,17 @@ class Orphan(BaseModel):
     cluster_id: str | None = Field(
         None, max_length=64, description="Its orchestrify.cluster label (None: older build)."
     )
-    running: bool = True
+    running: JsonBool = True
 
 
 class NodeRegistration(Strict):
     name: str = Field(min_length=1, max_length=253)
-    address: str = Field(min_length=1, max_length=253, description="Address replicas publish on.")
+    address: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=HOST_ADDRESS.pattern,
+        description="Address replicas publish on: an IP address or a DNS name.",
+    )
     node_id: str | None = Field(
         None, max_length=64, description="Set when re-registering after a restart."
     )
@@ -337,8 +423,8 @@ class NodeRegistration(Strict):
         "them before the agent's first report.",
     )
     labels: dict[str, str] = Field(default_factory=dict)
-    cpus: int | None = Field(None, ge=0, le=INT64_MAX)
-    memory_total: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
+    cpus: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX)
+    memory_total: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
     agent_url: str | None = Field(
         None, max_length=512, description="Where the agent's /metrics is served."
     )
@@ -367,20 +453,21 @@ class Heartbeat(Strict):
         None,
         min_length=1,
         max_length=253,
+        pattern=HOST_ADDRESS.pattern,
         description="The agent's current address, when it detects it (not pinned with "
         "--advertise-address): a change moves the node and its replicas' addresses.",
     )
-    cpu_percent: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
-    memory_total: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
-    memory_free: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
-    disk_free: int | None = Field(None, ge=0, le=INT64_MAX, description="Bytes.")
-    replica_count: int | None = Field(None, ge=0, le=INT64_MAX)
+    cpu_percent: JsonFloat | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+    memory_total: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    memory_free: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    disk_free: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX, description="Bytes.")
+    replica_count: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX)
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
         # It becomes the host of every replica's host:port, and so of Nginx upstreams.
-        if v is not None and not HOST_ADDRESS.match(v):
+        if v is not None and not HOST_ADDRESS.fullmatch(v):
             raise ValueError("must be an IP address or a DNS name")
         return v
 
@@ -407,6 +494,11 @@ class Node(BaseModel):
     )
     pruning: list[str] = Field(
         default_factory=list, description="Orphan container ids the agent was told to remove."
+    )
+    removing: bool = Field(
+        False,
+        description="Draining to be forgotten (POST /v1/nodes/{id}/drain?remove=true): the "
+        "controller forgets it once no replica is left on it.",
     )
 
 
@@ -466,12 +558,12 @@ class ReplicaReport(Strict):
     address: str | None = None
     container_id: str | None = None
     error: str | None = None
-    restarts: int | None = Field(None, ge=0, le=INT64_MAX)
+    restarts: JsonIntOrNone = Field(None, ge=0, le=JSON_INT_MAX)
 
 
 class ReplicaReports(Strict):
     replicas: list[ReplicaReport]
-    full: bool = Field(
+    full: JsonBool = Field(
         False, description="True when this is every replica the agent has (periodic resync)."
     )
     orphans: list[Orphan] | None = Field(
@@ -534,12 +626,15 @@ class Event(BaseModel):
 
 
 class NodeRemoval(BaseModel):
-    """What ``DELETE /v1/nodes/{id}`` did: 202 draining (forgotten once its replicas have
-    moved), or 200 forgotten now (``force``)."""
+    """What ``DELETE /v1/nodes/{id}`` did: the node is forgotten now (a GET of it is a 404
+    from then on)."""
 
     node: str = Field(description="Node id.")
     name: str
-    removed: bool = Field(description="True: forgotten now; False: draining first.")
+    removed: bool = Field(True, description="Always true: the node is forgotten now.")
+    replicas_forgotten: int = Field(
+        0, description="Replicas the node still had (force only); they are placed elsewhere."
+    )
     message: str
 
 
@@ -587,7 +682,7 @@ class EdgeRegistration(Strict):
     metrics_url: str | None = Field(
         None, max_length=512, description="Where the edge's /metrics is served, for Prometheus."
     )
-    applied_as_of: datetime | None = Field(
+    applied_as_of: JsonTime | None = Field(
         None,
         description="The as_of of the upstreams view its Nginx serves now: a draining replica "
         "stops once every recently seen edge has applied a view from after it left.",

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrify.models import JSON_INT_MAX, JsonInt, JsonTime
+
 AlertStatus = Literal["firing", "resolved"]
 
 
@@ -22,10 +24,18 @@ class AlertmanagerAlert(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     status: AlertStatus
-    labels: dict[str, str] = Field(min_length=1, description="Must hold at least alertname.")
+    labels: dict[str, str] = Field(
+        min_length=1,
+        description="Must hold at least alertname.",
+        # stated in the schema too (what _alertname checks)
+        json_schema_extra={
+            "required": ["alertname"],
+            "properties": {"alertname": {"type": "string", "minLength": 1}},
+        },
+    )
     annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: datetime = Field(alias="startsAt")
-    ends_at: datetime | None = Field(None, alias="endsAt")
+    starts_at: JsonTime = Field(alias="startsAt")
+    ends_at: JsonTime | None = Field(None, alias="endsAt")
     generator_url: str = Field("", alias="generatorURL")
     fingerprint: str = Field(
         "", description="Alertmanager's hash of the labels; derived from them when absent."
@@ -87,11 +97,14 @@ class AlertBatch(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    version: str = Field(description='Webhook payload version; "4" since Alertmanager 0.7.')
+    version: str = Field(
+        description='Webhook payload version; "4" since Alertmanager 0.7.',
+        json_schema_extra={"const": "4"},  # what _version checks, stated in the schema
+    )
     receiver: str = ""
     status: AlertStatus
     group_key: str = Field("", alias="groupKey")
-    truncated_alerts: int = Field(0, ge=0, le=2**63 - 1, alias="truncatedAlerts")
+    truncated_alerts: JsonInt = Field(0, ge=0, le=JSON_INT_MAX, alias="truncatedAlerts")
     group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
     common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
     common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from orchestrify.errors import InvalidSpec
-from orchestrify.models import FieldError, error_location
+from orchestrify.models import FieldError, JsonBool, JsonInt, error_location
 
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "controller" / "default_rules.yml"
 
@@ -44,10 +44,22 @@ def action_unavailable(action: Action) -> str | None:
     return None
 
 
+# Spaces and "any escaped character" are spelled out: Python's \s and . differ from
+# those of JSON Schema's ECMA-262 patterns (\u0085 is a space only to Python, \r ends
+# "." only in ECMA), and MATCHER_PATTERN below must accept exactly what this does.
+_SP = r"[ \t\n\r\f\v]"
+_NON_SP = r"[^ \t\n\r\f\v]"
+_ESCAPED = r"\\[^\n\r\u2028\u2029]"
 _MATCHER = re.compile(
-    r"""^\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*
-    (?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^"\s]\S*)?)\s*$""",
-    re.VERBOSE,
+    rf"""^{_SP}*(?P<label>[A-Za-z_][A-Za-z0-9_]*){_SP}*(?P<op>=~|!~|!=|=){_SP}*"""
+    rf"""(?:"(?P<quoted>(?:[^"\\]|{_ESCAPED})*)"|(?P<bare>[^" \t\n\r\f\v]{_NON_SP}*)?){_SP}*$"""
+)
+
+
+# _MATCHER without VERBOSE and named groups: the schema's pattern of a matcher.
+MATCHER_PATTERN = (
+    rf"""^{_SP}*[A-Za-z_][A-Za-z0-9_]*{_SP}*(=~|!~|!=|=){_SP}*"""
+    rf"""("([^"\\]|{_ESCAPED})*"|[^" \t\n\r\f\v]{_NON_SP}*)?{_SP}*$"""
 )
 
 
@@ -96,13 +108,28 @@ class Matcher(BaseModel):
 class AlertRule(BaseModel):
     """One mapping from label matchers to an action with its parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    # run_playbook needs a playbook: stated in the schema as well (_action_params)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"action": {"const": "run_playbook"}}, "required": ["action"]},
+            "then": {
+                "required": ["playbook"],
+                "properties": {"playbook": {"type": "string", "minLength": 1}},
+            },
+        },
+    )
 
     name: str = Field(min_length=1, max_length=100)
-    matchers: list[str] = Field(min_length=1, description="All must match (Alertmanager syntax).")
+    matchers: list[str] = Field(
+        min_length=1,
+        description="All must match (Alertmanager syntax). A regex (=~, !~) must compile "
+        "as a Python regular expression, which no JSON Schema pattern can state.",
+        json_schema_extra={"items": {"type": "string", "pattern": MATCHER_PATTERN}},
+    )
     action: Action
-    enabled: bool = True
-    step: int = Field(
+    enabled: JsonBool = True
+    step: JsonInt = Field(
         1, ge=1, le=100, description="scale_out/scale_in: replicas per action (capped by policy)."
     )
     scope: Literal["service", "all"] = Field(

@@ -142,7 +142,10 @@ def rm(
 ) -> None:
     """Remove a node: drain it first, then forget it once its replicas have moved."""
     with config(ctx).client() as api:
-        api.request("DELETE", f"/v1/nodes/{node}", params={"force": force})
+        if force:
+            api.request("DELETE", f"/v1/nodes/{node}", params={"force": True})
+        else:
+            api.request("POST", f"/v1/nodes/{node}/drain", params={"remove": True})
     typer.echo(
         f"node {node} removed"
         if force

@@ -88,5 +88,5 @@ def rm(
     """Remove replicas; each is replaced unless its service was scaled down."""
     with config(ctx).client() as api:
         for rid in replica_ids:
-            api.request("DELETE", f"/v1/replicas/{rid}")
+            api.request("POST", f"/v1/replicas/{rid}/stop")
             typer.echo(f"{rid} draining, then stopping (a replacement is placed)")

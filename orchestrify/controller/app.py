@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import socket
 import time
@@ -15,10 +16,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from orchestrify import __version__
 from orchestrify.controller.alerts import AlertProcessor
-from orchestrify.controller.border import BodyLimit, SafeJSONResponse, body_validation_errors
+from orchestrify.controller.border import (
+    BodyLimit,
+    SafeJSONResponse,
+    body_validation_errors,
+    errors,
+)
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
@@ -38,6 +46,7 @@ from orchestrify.controller.routers import (
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.errors import (
+    Busy,
     Conflict,
     InvalidSpec,
     NotFound,
@@ -47,6 +56,7 @@ from orchestrify.errors import (
     Unauthorized,
 )
 from orchestrify.jobs.runner import JobRunner
+from orchestrify.jobs.validation import list_playbooks
 from orchestrify.models import error_location
 from orchestrify.protocol import (
     HEADER_COMPONENT,
@@ -203,6 +213,8 @@ def open_state(
         inventory=settings.inventory,
         jobs_dir=settings.resolved_jobs_dir,
         job_timeout_s=settings.job_timeout_s,
+        max_running=settings.max_running_jobs,
+        max_pending=settings.max_pending_jobs,
     )
     metrics = ControllerMetrics(store, registry)
     return ControllerState(
@@ -235,10 +247,25 @@ STORE_RETRY_AFTER_S = 1  # a locked SQLite store frees up within its 30 s busy t
 
 def _document_limits(app: FastAPI, settings: ControllerSettings) -> None:
     """The OpenAPI states this controller's own replica ceiling as the schema's maximum
-    (the models carry the hard maximum of any build)."""
+    (the models carry the hard maximum of any build), and the playbooks a job may name
+    now as the ``playbook`` field's enum (read at each request: files come and go)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
+        schema = _openapi_with_ceilings()
+        playbooks = (
+            list_playbooks(settings.playbook_dir)
+            if settings.playbook_dir is not None and settings.playbook_dir.is_dir()
+            else []
+        )
+        if not playbooks:
+            return schema  # no job can run: POST /v1/jobs is a 409 (or a 422 naming it)
+        schema = copy.deepcopy(schema)
+        prop = schema["components"]["schemas"]["JobRequest"]["properties"]["playbook"]
+        prop["enum"] = playbooks
+        return schema
+
+    def _openapi_with_ceilings() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             components = schema.get("components", {}).get("schemas", {})
@@ -282,6 +309,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def orchestrify_error(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, InvalidSpec):
             return _error(422, str(exc), field=exc.field)
+        if isinstance(exc, Busy):
+            return _error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
         if isinstance(exc, StoreUnavailable):
             log.warning("store unavailable", extra={"error": str(exc)})
             return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
@@ -306,6 +335,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = f"internal error ({type(exc).__name__}); the controller's log has the details"
         return _error(500, message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        """FastAPI's answer to an HTTPException, with ``message`` beside ``detail``, and a
+        405's ``Allow`` listing every method of the path: Starlette lists only those of
+        the first route that matched it (GET /v1/services and POST /v1/services are two
+        routes), which RFC 9110 and schemathesis' allow_header_conformance refuse."""
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        body: dict[str, Any] = {"detail": exc.detail}
+        if isinstance(exc.detail, str):
+            body["message"] = exc.detail
+        return SafeJSONResponse(status_code=exc.status_code, content=body, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -327,6 +371,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         return SafeJSONResponse(
             status_code=422, content={"detail": detail, "message": "; ".join(parts)}
         )
+
+
+def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
+    """Every method some route serves at this request's path (HEAD with GET, as served)."""
+    literal: set[str] = set()  # routes whose path has no parameter: /v1/nodes/register
+    templated: set[str] = set()  # /v1/nodes/{node_id}, which "register" matches too
+    for route in _every_route(app.router.routes):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            route = getattr(route, "original_route", route)
+            found = set(getattr(route, "methods", None) or ())
+            (templated if "{" in getattr(route, "path", "") else literal).update(found)
+    # As OpenAPI matches paths: a concrete path wins over a template that also fits it.
+    return sorted(literal or templated)
+
+
+def _every_route(routes: list[Any]) -> Iterator[Any]:
+    """The routes themselves: FastAPI (0.13x on) wraps each included router in one route
+    object whose ``effective_route_contexts`` are its routes, prefix applied."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            yield from contexts()
+        else:
+            yield route
 
 
 class _MeasureLatency:
@@ -411,11 +480,11 @@ def _install_metrics(app: FastAPI) -> None:
     app.add_middleware(_MeasureLatency, owner=app)
     app.add_middleware(_AnnounceVersion)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses=errors(426))
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get("/metrics", tags=["health"], response_class=Response, responses=errors(426))
     def metrics(request: Request) -> Response:
         state: ControllerState = request.app.state.controller
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

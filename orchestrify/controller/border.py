@@ -154,6 +154,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: _answer("The request clashes with what is stored (a name taken, a node id held)."),
     413: _answer("The body passes max_body_bytes, or the batch max_alerts_per_batch."),
     422: _answer("Invalid input; detail[].loc and message name the field."),
+    426: _answer(
+        "The request names a protocol version (X-Orchestrify-Protocol) this controller "
+        "cannot serve; the message names both versions."
+    ),
+    429: _answer("Too much queued work of this kind (jobs); retry after Retry-After."),
     503: _answer("The store cannot write now (locked, I/O error); retry after Retry-After."),
 }
 
@@ -212,8 +217,8 @@ class BorderRoute(APIRoute):
 
 def api_router(*, auth: bool = True, **kwargs: Any) -> APIRouter:
     """A resource's router: every route passes the border (``BorderRoute``) and documents
-    the errors any route can answer (401 when ``auth``, 413, 422, 503)."""
-    common = errors(401, 413, 422, 503) if auth else errors(413, 422, 503)
+    the errors any route can answer (401 when ``auth``, 413, 422, 426, 503)."""
+    common = errors(401, 413, 422, 426, 503) if auth else errors(413, 422, 426, 503)
     return APIRouter(route_class=BorderRoute, responses=common, **kwargs)
 
 

@@ -105,6 +105,22 @@ class ControllerSettings(BaseSettings):
         description="Seconds before a job is stopped: provisioning a fresh host takes "
         "minutes; an hour stops a hung SSH session without cutting a slow apt run.",
     )
+    max_running_jobs: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Most jobs (ansible-playbook processes) running at once. Jobs on one "
+        "host always wait for each other; this bounds jobs on disjoint hosts too, so a "
+        "burst of jobs cannot start a process each and starve the controller of CPU. 4 is "
+        "a few hosts' worth, each forking up to Ansible's 5 connections.",
+    )
+    max_pending_jobs: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Most jobs waiting to run; POST /v1/jobs answers 429 (Retry-After) "
+        "beyond, so a loop of submissions cannot queue work without end.",
+    )
 
     max_body_bytes: int = Field(
         1_048_576,

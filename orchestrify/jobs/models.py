@@ -8,6 +8,28 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrify.jobs.validation import (
+    EXTRA_VAR_KEY,
+    LIMIT_PATTERN,
+    MAX_LIMIT_LEN,
+    MAX_PLAYBOOK_LEN,
+    PLAYBOOK_PATTERN,
+    RESERVED_EXTRA_VAR_PREFIX,
+    RESERVED_EXTRA_VARS,
+)
+
+# What check_extra_vars takes as a key, stated in the schema: an identifier that is not
+# one of Ansible's own (ansible_*, in any case, and the magic variables).
+EXTRA_VAR_NAMES: dict[str, Any] = {
+    "pattern": EXTRA_VAR_KEY.pattern,
+    "not": {
+        "anyOf": [
+            {"pattern": "^" + "".join(f"[{c.upper()}{c}]" for c in RESERVED_EXTRA_VAR_PREFIX)},
+            {"enum": sorted(RESERVED_EXTRA_VARS)},
+        ]
+    },
+}
+
 
 class JobStatus(StrEnum):
     PENDING = "pending"  # accepted; waiting for its hosts to be free (or to be resolved)
@@ -27,16 +49,25 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     playbook: str = Field(
+        # stated here, checked by resolve_playbook (its 422 says why in words)
+        json_schema_extra={"maxLength": MAX_PLAYBOOK_LEN, "pattern": PLAYBOOK_PATTERN.pattern},
         description="Playbook file relative to the controller's playbook directory, "
-        "e.g. workers.yml."
+        "e.g. workers.yml. A running controller's schema lists its playbooks as the enum.",
     )
     limit: str | None = Field(
         None,
+        # stated here, checked by check_limit (its 422 says why in words)
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": MAX_LIMIT_LEN,
+            "pattern": LIMIT_PATTERN.pattern,
+        },
         description="Ansible --limit pattern: hosts and groups separated by commas, "
         "with ':', '!' and '&' (e.g. 'workers:!host3'). Omit for every host.",
     )
     extra_vars: dict[str, Any] = Field(
         default_factory=dict,
+        json_schema_extra={"propertyNames": EXTRA_VAR_NAMES},
         description="Variables passed to Ansible as extra vars (keys are identifiers).",
     )
     reason: str | None = Field(

@@ -9,7 +9,8 @@ inventory, or every host when unknown). One dispatcher thread starts queued jobs
 submission order; a job starts only when its hosts overlap neither a running job nor
 an older job still waiting, so jobs on one host run in the order they were submitted
 and a stream of small jobs cannot starve a job on ``all``. Jobs on disjoint hosts run in
-parallel, each in its own thread.
+parallel, each in its own thread, at most ``max_running`` at once (a burst of jobs on
+many hosts must not start an ansible-playbook process each and starve the controller).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrify.errors import Conflict, OrchestrifyError
+from orchestrify.errors import Busy, Conflict, OrchestrifyError
 from orchestrify.jobs.handoff import job_environment, write_extra_vars
 from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_inventory
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
@@ -79,12 +80,16 @@ class JobRunner:
         inventory: Path | None,
         jobs_dir: Path,
         job_timeout_s: float = 3600.0,
+        max_running: int = 4,
+        max_pending: int = 100,
     ) -> None:
         self.jobs = JobStore(store)
         self.playbook_dir = playbook_dir
         self.inventory = inventory
         self.jobs_dir = jobs_dir
         self.job_timeout_s = job_timeout_s
+        self.max_running = max_running  # ansible-playbook processes at once
+        self.max_pending = max_pending  # queued jobs; more is Busy (429)
         self._lock = threading.Condition()
         self._queue: list[_Queued] = []
         self._running: dict[str, _Running] = {}
@@ -140,8 +145,15 @@ class JobRunner:
         """Validate and queue a playbook run; returns the job (``pending``).
 
         Raises InvalidSpec (naming the field) for a bad playbook, limit or extra var,
-        and Conflict when the controller has no playbook directory or inventory.
+        Conflict when the controller has no playbook directory or inventory, and Busy
+        when ``max_pending`` jobs already wait.
         """
+        with self._lock:
+            if len(self._queue) >= self.max_pending:
+                raise Busy(
+                    f"{len(self._queue)} jobs already wait to run (max_pending_jobs); "
+                    "submit again once some have run"
+                )
         playbook_dir, _ = self._configured()
         resolve_playbook(playbook_dir, playbook)
         limit = check_limit(limit)
@@ -223,6 +235,8 @@ class JobRunner:
                 time.sleep(1.0)
 
     def _startable_or_unresolved(self) -> bool:
+        if len(self._running) >= self.max_running and all(q.hosts is not None for q in self._queue):
+            return False
         busy = [r.hosts for r in self._running.values()]
         for queued in self._queue:
             if queued.hosts is None:
@@ -252,6 +266,8 @@ class JobRunner:
         """Start, in order, each queued job whose hosts nothing earlier holds."""
         busy = [r.hosts for r in self._running.values()]
         for queued in list(self._queue):
+            if len(self._running) >= self.max_running:
+                break  # a job ending wakes the dispatcher again
             if queued.hosts is None:
                 break  # resolved in order: keep the order of submission
             if any(overlaps(queued.hosts, other) for other in busy):

@@ -39,6 +39,11 @@ RESERVED_EXTRA_VARS = frozenset(
         "vars",
     }
 )
+# A playbook path relative to the playbook directory: components that start with a
+# letter, digit or '_' (so never '..', never hidden), ending in .yml or .yaml.
+_COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+PLAYBOOK_PATTERN = re.compile(rf"^(\./)?({_COMPONENT}/)*{_COMPONENT}\.(yml|yaml)$")
+MAX_PLAYBOOK_LEN = 255
 MAX_LIMIT_LEN = 2048
 MAX_EXTRA_VARS_BYTES = 64 * 1024
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
@@ -58,6 +63,12 @@ def resolve_playbook(playbook_dir: Path, playbook: str) -> Path:
         raise InvalidSpec(f"playbook: {playbook!r} must not contain '..'", field="playbook")
     if rel.suffix not in PLAYBOOK_SUFFIXES:
         raise InvalidSpec(f"playbook: {playbook!r} is not a .yml or .yaml file", field="playbook")
+    if len(playbook) > MAX_PLAYBOOK_LEN or not PLAYBOOK_PATTERN.fullmatch(playbook):
+        raise InvalidSpec(
+            f"playbook: {playbook[:80]!r} is not a playbook path (names of letters, digits, "
+            "'_', '.' and '-' separated by '/', not starting with '.')",
+            field="playbook",
+        )
     root = playbook_dir.resolve()
     target = (root / rel).resolve()  # follows symlinks: a link pointing out is caught here
     if not target.is_relative_to(root):
@@ -73,10 +84,8 @@ def check_limit(limit: str | None) -> str | None:
     """An Ansible host pattern made of names, groups, ``,``/``:`` and ``!``/``&`` only."""
     if limit is None:
         return None
-    limit = limit.strip()
-    if not limit:
-        return None
-    if len(limit) > MAX_LIMIT_LEN or not LIMIT_PATTERN.match(limit):
+    # Taken exactly as the schema states it: no padding, not empty (omit it for all).
+    if len(limit) > MAX_LIMIT_LEN or not LIMIT_PATTERN.fullmatch(limit):
         raise InvalidSpec(
             f"limit: {limit[:80]!r} is not a host pattern; use host and group names "
             "separated by ',' or ':', with '!' to exclude and '&' to intersect "
@@ -84,6 +93,26 @@ def check_limit(limit: str | None) -> str | None:
             field="limit",
         )
     return limit
+
+
+def list_playbooks(playbook_dir: Path, *, most: int = 500) -> list[str]:
+    """The playbooks a job may name: every .yml/.yaml file under ``playbook_dir`` whose
+    path ``resolve_playbook`` takes, sorted; at most ``most`` of them (the OpenAPI lists
+    them as the ``playbook`` field's ``enum``)."""
+    root = playbook_dir.resolve()
+    found: list[str] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not PLAYBOOK_PATTERN.fullmatch(rel) or len(rel) > MAX_PLAYBOOK_LEN:
+            continue
+        try:
+            resolve_playbook(root, rel)
+        except InvalidSpec:
+            continue
+        found.append(rel)
+        if len(found) >= most:
+            break
+    return found
 
 
 def check_extra_vars(extra_vars: dict[str, Any]) -> dict[str, Any]:

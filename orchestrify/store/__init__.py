@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, delete, event, inspect, select, text
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,11 +33,13 @@ from orchestrify.models import (
     CONTAINER_FIELDS,
     DEFAULT_DRAIN_S,
     DEFAULT_STOP_GRACE_S,
+    REPLICAS_HARD_MAX,
     Assignment,
     DesiredState,
     Edge,
     EdgeRegistration,
     Event,
+    FieldError,
     Heartbeat,
     Node,
     NodeRegistration,
@@ -54,6 +56,7 @@ from orchestrify.models import (
     UpdateState,
     UpstreamReplica,
     UpstreamService,
+    check_bounds,
     container_spec,
     error_location,
     spec_hash,
@@ -195,6 +198,7 @@ def _node(row: NodeRow) -> Node:
         created_at=_utc(row.created_at) or utcnow(),
         orphaned=[Orphan.model_validate(o) for o in row.orphans or []],
         pruning=list(row.prune or []),
+        removing=bool(row.removing),
     )
 
 
@@ -440,8 +444,27 @@ class Store:
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
             current = ServiceSpec.model_validate(row.spec)
-            changes = patch.model_dump(exclude_unset=True)
+            changes = patch.changes()
             merged = current.model_dump() | changes
+            # Counts the patch itself gets wrong are a 422; counts that are fine on their
+            # own but clash with the stored ones (replicas 50 against a stored max of 10)
+            # are a 409: the same body is accepted by a service with other bounds.
+            r, lo, hi = (changes.get(k) for k in ("replicas", "min_replicas", "max_replicas"))
+            try:  # (a count the patch leaves out cannot clash here)
+                check_bounds(
+                    r if r is not None else (lo if lo is not None else 0),
+                    lo if lo is not None else 0,
+                    hi if hi is not None else REPLICAS_HARD_MAX,
+                )
+            except FieldError as exc:
+                raise InvalidSpec(f"{exc.field}: {exc}", field=exc.field) from exc
+            try:
+                check_bounds(merged["replicas"], merged["min_replicas"], merged["max_replicas"])
+            except FieldError as exc:
+                raise Conflict(
+                    f"{exc.field}: {exc}, with the service's stored counts; patch "
+                    "replicas, min_replicas and max_replicas together"
+                ) from exc
             try:
                 updated = ServiceSpec.model_validate(merged)
             except ValueError as exc:  # pydantic.ValidationError is a ValueError
@@ -827,10 +850,24 @@ class Store:
             tx.changes.update({"spec", "state"})
             return _node(row)
 
-    def delete_node(self, id_or_name: str) -> None:
-        """Forget a node and its replicas now (used once it is drained, or with --force)."""
+    def delete_node(self, id_or_name: str, *, force: bool = True) -> Node:
+        """Forget a node and its replicas now (used once it is drained, or with --force);
+        the node as it was. Without ``force``, a node that still has replicas is a
+        Conflict: they are drained first (``set_node_draining(remove=True)``), so that
+        nothing stops a replica without that order."""
         with self._write() as tx:
             row = self._node_row(tx.session, id_or_name)
+            if not force:
+                left = tx.session.scalar(
+                    select(func.count()).select_from(ReplicaRow).where(ReplicaRow.node == row.id)
+                )
+                if left:
+                    raise Conflict(
+                        f"node {row.name} has {left} replica(s): drain it and forget it once "
+                        f"they have moved (POST /v1/nodes/{row.id}/drain?remove=true, or "
+                        "`orchestrify node rm`), or forget it now with force=true"
+                    )
+            node = _node(row)
             tx.session.execute(delete(ReplicaRow).where(ReplicaRow.node == row.id))
             tx.session.delete(row)
             self._add_event(
@@ -842,6 +879,7 @@ class Store:
                 outcome="ok",
             )
             tx.changes.update({"spec", "state"})
+            return node
 
     def _move_address(self, tx: _WriteTx, row: NodeRow, address: str) -> None:
         """The node now answers at ``address`` (DHCP, a restarted VM): move the node, its

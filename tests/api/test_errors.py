@@ -104,7 +104,7 @@ def test_node_token_only_works_for_its_own_node(api: TestClient) -> None:
         ("GET", "/v1/nodes/nope/assignments"),
         ("POST", "/v1/nodes/nope/replicas"),
         ("GET", "/v1/replicas/nope"),
-        ("DELETE", "/v1/replicas/nope"),
+        ("POST", "/v1/replicas/nope/stop"),
         ("GET", "/v1/replicas?node=nope"),
     ],
 )
@@ -177,8 +177,8 @@ PATCHES = [
     ("image", {"image": "bad image"}),
     ("port", {"port": 70000}),
     ("env", {"env": {"9X": "1"}}),
-    ("replicas", {"replicas": 50}),
-    ("min_replicas", {"min_replicas": 20}),
+    ("replicas", {"replicas": 50, "max_replicas": 10}),
+    ("min_replicas", {"min_replicas": 20, "max_replicas": 10}),
     ("max_replicas", {"max_replicas": -1}),
     ("stop_grace_s", {"stop_grace_s": 4000}),
 ]
@@ -195,6 +195,22 @@ def test_rejected_patch_changes_nothing(api: TestClient, field: str, bad: dict[s
     _assert_names_field(resp, field)
     assert api.get("/v1/services/web").json() == before
     assert api.get("/v1/events").json() == events_before
+
+
+@pytest.mark.parametrize(
+    ("field", "patch"), [("replicas", {"replicas": 50}), ("min_replicas", {"min_replicas": 20})]
+)
+def test_a_patch_clashing_with_the_stored_counts_is_409_naming_the_field(
+    api: TestClient, field: str, patch: dict[str, Any]
+) -> None:
+    """The body is valid on its own (a service with max_replicas 100 takes it): it clashes
+    with what is stored, a 409, not a 422 for a request the schema allows."""
+    api.post("/v1/services", json=service_spec(replicas=1))  # max_replicas 10
+    before = api.get("/v1/services/web").json()
+    resp = api.patch("/v1/services/web", json=patch)
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["message"].startswith(f"{field}:")
+    assert api.get("/v1/services/web").json() == before
 
 
 def test_unknown_field_is_rejected_by_name(api: TestClient) -> None:

@@ -94,7 +94,9 @@ def test_silent_draining_node_goes_not_ready_and_rm_completes(
         api.post("/v1/services", json=service_spec(replicas=1, max_per_node=1))
         (rep,) = wait_for(lambda: running(api, "web"), what="a replica")
         gone = rep["node"]
-        assert api.delete(f"/v1/nodes/{gone}").status_code == 202
+        assert api.delete(f"/v1/nodes/{gone}").status_code == 409  # it has a replica
+        removing = api.post(f"/v1/nodes/{gone}/drain", params={"remove": True})
+        assert removing.status_code == 200 and removing.json()["removing"] is True
         assert api.get(f"/v1/nodes/{gone}").json()["state"] == "draining"
     # The removed node falls silent while draining (the other one keeps beating): it goes
     # not_ready, its replica is told to stop, and the pending removal completes.
@@ -135,7 +137,7 @@ def test_a_removed_node_leaves_discovery_and_node_metrics(api: TestClient) -> No
 
     assert agents() == ["old"]
     assert 'orchestrify_node_up{node="old"}' in api.get("/metrics").text
-    assert api.delete(f"/v1/nodes/{node_id}", params={"force": "true"}).status_code == 204
+    assert api.delete(f"/v1/nodes/{node_id}", params={"force": "true"}).status_code == 200
     assert agents() == []
     assert 'orchestrify_node_up{node="old"}' not in api.get("/metrics").text
 

@@ -79,7 +79,10 @@ def test_rm_drains_first_and_the_node_goes_once_empty(api: TestClient) -> None:
     (rep,) = wait_for(lambda: running(api, "web"), what="a replica")
     b, _ = register(api, "b")
 
-    assert api.delete(f"/v1/nodes/{a}").status_code == 202
+    refused = api.delete(f"/v1/nodes/{a}")  # it has a replica: DELETE never drains
+    assert refused.status_code == 409 and "drain" in refused.json()["message"], refused.text
+    assert api.get(f"/v1/nodes/{a}").json()["state"] == "ready"
+    assert api.post(f"/v1/nodes/{a}/drain", params={"remove": True}).json()["removing"] is True
     assert api.get(f"/v1/nodes/{a}").json()["state"] == "draining"
     wait_for(lambda: [r["node"] for r in running(api, "web")] == [b], what="moved to b")
     wait_for(
@@ -97,5 +100,15 @@ def test_rm_drains_first_and_the_node_goes_once_empty(api: TestClient) -> None:
 
 def test_force_rm_forgets_at_once(api: TestClient) -> None:
     a, _ = register(api, "a")
-    assert api.delete(f"/v1/nodes/{a}", params={"force": True}).status_code == 204
+    assert api.delete(f"/v1/nodes/{a}", params={"force": True}).status_code == 200
+    assert api.get(f"/v1/nodes/{a}").status_code == 404
+
+
+def test_force_rm_of_a_node_with_replicas_says_how_many_it_forgot(api: TestClient) -> None:
+    a, _ = register(api, "a")
+    api.post("/v1/services", json=service_spec(replicas=1))
+    wait_for(lambda: running(api, "web"), what="a replica")
+    resp = api.delete(f"/v1/nodes/{a}", params={"force": True})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["removed"] is True and resp.json()["replicas_forgotten"] == 1
     assert api.get(f"/v1/nodes/{a}").status_code == 404

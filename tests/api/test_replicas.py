@@ -33,7 +33,7 @@ def test_deleted_replica_is_replaced(api: TestClient) -> None:
     register(api, "a")
     api.post("/v1/services", json=service_spec(replicas=1))
     (old,) = wait_for(lambda: running(api, "web"), what="a replica")
-    resp = api.delete(f"/v1/replicas/{old['id']}")
+    resp = api.post(f"/v1/replicas/{old['id']}/stop")
     assert resp.status_code == 202 and resp.json()["desired"] == "drain"
     (new,) = wait_for(
         lambda: [r for r in running(api, "web") if r["id"] != old["id"]], what="replacement"
@@ -51,12 +51,12 @@ def test_deleted_replica_is_not_replaced_after_scale_down(
     reconcile(api)
     first, second = running(api, "web")
 
-    api.delete(f"/v1/replicas/{first['id']}")
+    api.post(f"/v1/replicas/{first['id']}/stop")
     api.patch("/v1/services/web", json={"replicas": 1})
     reconcile(api)
     assert [r["id"] for r in running(api, "web")] == [second["id"]]
 
-    api.delete(f"/v1/replicas/{second['id']}")  # no scale-down this time: replaced
+    api.post(f"/v1/replicas/{second['id']}/stop")  # no scale-down this time: replaced
     reconcile(api)
     (new,) = running(api, "web")
     assert new["id"] not in {first["id"], second["id"]}

@@ -310,3 +310,24 @@ def test_help_through_the_real_entry_point() -> None:
         check=False,
     )
     assert proc.returncode == 0 and "--environment" in proc.stdout
+
+
+def test_node_rm_drains_then_forgets_and_force_forgets_at_once(controller: Controller) -> None:
+    """`node rm` asks for drain-then-forget (POST drain?remove=true): DELETE never drains,
+    it forgets now, or refuses with 409 a node that still has replicas."""
+    auth = {"Authorization": f"Bearer {JOIN}"}
+    for name in ("rm-me", "rm-me-now"):
+        reg = httpx.post(
+            f"{controller.url}/v1/nodes/register",
+            json={"name": name, "address": "127.0.0.1"},
+            headers=auth,
+        )
+        assert reg.status_code == 200, reg.text
+    assert "removed once" in controller.ok("node", "rm", "rm-me")
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    wait_for(
+        lambda: httpx.get(f"{controller.url}/v1/nodes/rm-me", headers=admin).status_code == 404,
+        what="rm-me forgotten once drained (it had no replica)",
+    )
+    assert "removed" in controller.ok("node", "rm", "rm-me-now", "--force")
+    assert httpx.get(f"{controller.url}/v1/nodes/rm-me-now", headers=admin).status_code == 404

@@ -75,9 +75,13 @@ def test_host_patterns_are_accepted(limit: str) -> None:
     assert check_limit(limit) == limit
 
 
-def test_empty_limit_means_no_limit() -> None:
+def test_no_limit_is_none_and_an_empty_or_padded_one_is_refused() -> None:
+    """The schema states minLength 1 and a pattern without spaces: the code takes
+    exactly that (a blank limit used to mean 'every host', wider than the schema)."""
     assert check_limit(None) is None
-    assert check_limit("  ") is None
+    for limit in ("", "  ", " web"):
+        with pytest.raises(InvalidSpec):
+            check_limit(limit)
 
 
 @pytest.mark.parametrize(

@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 from fastapi import Query
 from fastapi.responses import StreamingResponse
 
-from orchestrify.controller.border import api_router
+from orchestrify.controller.border import api_router, errors
 from orchestrify.controller.deps import Admin, State
 from orchestrify.jobs.models import Job, JobRequest, JobStatus
 from orchestrify.jobs.runner import JobRunner
-from orchestrify.models import INT64_MAX
+from orchestrify.models import JSON_INT_MAX
 
 router = api_router(prefix="/v1/jobs", tags=["jobs"], dependencies=[Admin])
 POLL_S = 0.25  # how often a followed stream looks for new events; a job line is ~ms
 
 
-@router.post("", response_model=Job, status_code=202)
+@router.post("", response_model=Job, status_code=202, responses=errors(429))
 def submit_job(body: JobRequest, state: State) -> Job:
     """Queue a playbook run. It starts once no running job holds any of its hosts."""
     return state.jobs.submit(
@@ -58,7 +58,7 @@ def job_events(
     job_id: str,
     state: State,
     after: int = Query(
-        0, ge=0, le=INT64_MAX, description="Only events with a larger counter (to resume)."
+        0, ge=0, le=JSON_INT_MAX, description="Only events with a larger counter (to resume)."
     ),
     follow: bool = Query(True, description="Keep streaming until the job finishes."),
 ) -> StreamingResponse:

@@ -77,9 +77,17 @@ def get_node(node_id: str, state: State) -> Node:
 
 
 @router.post("/{node_id}/drain", response_model=Node, dependencies=[Admin])
-def drain_node(node_id: str, state: State) -> Node:
-    """Move the node's replicas elsewhere and place nothing new on it."""
-    return state.store.set_node_draining(node_id, draining=True)
+def drain_node(
+    node_id: str,
+    state: State,
+    remove: bool = Query(
+        False,
+        description="Forget the node once no replica is left on it (`orchestrify node rm`).",
+    ),
+) -> Node:
+    """Move the node's replicas elsewhere and place nothing new on it; with ``remove``,
+    forget it once they have moved (``removing`` is true meanwhile)."""
+    return state.store.set_node_draining(node_id, draining=True, remove=remove)
 
 
 @router.post("/{node_id}/activate", response_model=Node, dependencies=[Admin])
@@ -104,29 +112,30 @@ def prune_orphans(node_id: str, state: State) -> OrphanPrune:
 
 @router.delete(
     "/{node_id}",
-    status_code=202,
     response_model=NodeRemoval,
     dependencies=[Admin],
-    responses={204: {"description": "Forgotten now (force): no body."}},
+    responses=errors(409),
 )
 def remove_node(
     node_id: str,
     state: State,
-    force: bool = Query(False, description="Forget it now, without draining."),
-) -> NodeRemoval | Response:
-    """Drain the node, then forget it once no replica is left (202, with what was done);
-    with ``force``, forget it now (204, no body)."""
-    if force:
-        node = state.store.get_node(node_id)
-        state.store.delete_node(node.id)
-        state.reconciler.liveness.forget(node.id)
-        return Response(status_code=204)
-    node = state.store.set_node_draining(node_id, draining=True, remove=True)
+    force: bool = Query(
+        False, description="Forget it now even if it has replicas (they are placed elsewhere)."
+    ),
+) -> NodeRemoval:
+    """Forget the node now (200; a GET of it is a 404 from then on). A node that still has
+    replicas is a 409 without ``force``: nothing stops a replica without an order to, so
+    drain it first with ``POST /v1/nodes/{id}/drain?remove=true`` (``orchestrify node rm``),
+    which forgets it once they have moved."""
+    before = len(state.store.list_replicas(node=node_id)) if force else 0
+    node = state.store.delete_node(node_id, force=force)
+    state.reconciler.liveness.forget(node.id)
     return NodeRemoval(
         node=node.id,
         name=node.name,
-        removed=False,
-        message=f"node {node.name} draining; it is forgotten once its replicas have moved",
+        replicas_forgotten=before,
+        message=f"node {node.name} removed"
+        + (f"; its {before} replica(s) are placed elsewhere" if before else ""),
     )
 
 

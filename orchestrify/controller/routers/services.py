@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Response
 
 from orchestrify.controller.border import api_router
@@ -26,7 +28,32 @@ def check_replica_ceiling(state: State, spec: ServiceSpec | ServicePatch) -> Non
             )
 
 
-@router.post("", status_code=201, response_model=Service)
+def _links(*operations: str) -> dict[str, Any]:
+    """OpenAPI links from an answer holding a service to operations on it by name (a
+    client, or schemathesis' stateful phase, follows them)."""
+    return {
+        op: {"operationId": op_id, "parameters": {"name": "$response.body#/name"}}
+        for op, op_id in (
+            ("GetService", "get_service_v1_services__name__get"),
+            ("UpdateService", "update_service_v1_services__name__patch"),
+            ("RollbackService", "rollback_service_v1_services__name__rollback_post"),
+            ("DeleteService", "delete_service_v1_services__name__delete"),
+        )
+        if op in operations
+    }
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Service,
+    responses={
+        201: {
+            "description": "Created",
+            "links": _links("GetService", "UpdateService", "RollbackService", "DeleteService"),
+        }
+    },
+)
 def create_service(spec: ServiceSpec, state: State) -> Service:
     check_replica_ceiling(state, spec)
     svc = state.store.create_service(spec)
@@ -43,7 +70,11 @@ def get_service(name: str, state: State) -> Service:
     return state.store.get_service(name)
 
 
-@router.patch("/{name}", response_model=Service)
+@router.patch(
+    "/{name}",
+    response_model=Service,
+    responses={200: {"description": "Updated", "links": _links("RollbackService", "GetService")}},
+)
 def update_service(name: str, patch: ServicePatch, state: State) -> Service:
     check_replica_ceiling(state, patch)
     return state.store.update_service(name, patch)
