@@ -15,7 +15,6 @@ from orchestrify.models import (
     UpstreamService,
 )
 from orchestrify.store.engine import StoreCore
-from orchestrify.store.events import add_event
 from orchestrify.store.rows import (
     edge_view,
     service_drain_s,
@@ -32,13 +31,12 @@ class EdgesPart(StoreCore):
     def register_edge(self, reg: EdgeRegistration) -> Edge:
         """Create or refresh an edge; edges call this at start and at every resync."""
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(EdgeRow, reg.name)
             if row is None:
                 row = EdgeRow(name=reg.name, created_at=now, last_seen=now)
                 tx.session.add(row)
-                add_event(
-                    tx,
+                tx.add_event(
                     f"edge {reg.name} registered"
                     + (f" (metrics at {reg.metrics_url})" if reg.metrics_url else ""),
                     kind="config",
@@ -54,7 +52,7 @@ class EdgesPart(StoreCore):
             return edge_view(row)
 
     def list_edges(self) -> list[Edge]:
-        with self._sessions() as s:
+        with self.read() as s:
             return [edge_view(r) for r in s.scalars(select(EdgeRow).order_by(EdgeRow.name)).all()]
 
     def upstreams(self) -> tuple[datetime, list[UpstreamService]]:
@@ -68,7 +66,7 @@ class EdgesPart(StoreCore):
         """
         with self._write_lock:
             as_of = utcnow()
-        with self._sessions() as s:
+        with self.read() as s:
             names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
             rows = s.scalars(
                 select(ReplicaRow)

@@ -10,21 +10,13 @@ from sqlalchemy import select
 from orchestrify.models import (
     Event,
 )
-from orchestrify.store.engine import StoreCore, WriteTx
+from orchestrify.store.engine import StoreCore
 from orchestrify.store.rows import (
     event_view,
-    utcnow,
 )
 from orchestrify.store.tables import EventRow
 
-__all__ = ["EventsPart", "add_event"]
-
-
-def add_event(tx: WriteTx, message: str, **fields: Any) -> None:
-    """Add an event row to ``tx``; it is written (one flush for all) at commit."""
-    row = EventRow(time=utcnow(), message=message, **{**fields, "data": fields.get("data") or {}})
-    tx.session.add(row)
-    tx.event_rows.append(row)
+__all__ = ["EventsPart"]
 
 
 class EventsPart(StoreCore):
@@ -43,9 +35,8 @@ class EventsPart(StoreCore):
         reason: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> Event:
-        with self._write() as tx:
-            add_event(
-                tx,
+        with self.write() as tx:
+            tx.add_event(
                 message,
                 kind=kind,
                 service=service,
@@ -67,7 +58,7 @@ class EventsPart(StoreCore):
         after_id: int | None = None,
         limit: int = 500,
     ) -> list[Event]:
-        with self._sessions() as s:
+        with self.read() as s:
             q = select(EventRow)
             if service:
                 q = q.where(EventRow.service == service)

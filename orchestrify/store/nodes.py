@@ -18,7 +18,6 @@ from orchestrify.models import (
     NodeState,
 )
 from orchestrify.store.engine import StoreCore, WriteTx
-from orchestrify.store.events import add_event
 from orchestrify.store.replicas import take_orphans
 from orchestrify.store.rows import (
     LIVE_STATES,
@@ -64,8 +63,7 @@ def move_address(tx: WriteTx, row: NodeRow, address: str) -> None:
             rep.address = f"{address}:{port}"
             rep.updated_at = utcnow()
             moved += 1
-    add_event(
-        tx,
+    tx.add_event(
         f"node {row.name} moved from {old} to {address}; {moved} replica address(es) follow",
         kind="node",
         node=row.name,
@@ -99,7 +97,7 @@ class NodesPart(StoreCore):
         self.check_node_claim(reg, trusted=trusted)
         token = secrets.token_urlsafe(32)
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(NodeRow, reg.node_id) if reg.node_id else None
             known = row is not None
             if row is not None and row.name != reg.name:
@@ -167,8 +165,7 @@ class NodesPart(StoreCore):
             else:
                 what = "registered" if created else "re-registered"
                 message = f"node {reg.name} {what} at {reg.address}"
-            add_event(
-                tx,
+            tx.add_event(
                 message,
                 kind="node",
                 node=reg.name,
@@ -192,7 +189,7 @@ class NodesPart(StoreCore):
         A refusal is recorded as an event, in its own transaction."""
         if not reg.node_id:
             return None
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(NodeRow, reg.node_id)
             if row is None:
                 return None  # unknown id (a wiped store): the join token is enough
@@ -207,8 +204,7 @@ class NodesPart(StoreCore):
                 f"re-register a known node id; if this host really is {row.name} and lost "
                 f"its token, forget the node first (`orchestrify node rm {row.id} --force`)"
             )
-            add_event(
-                tx,
+            tx.add_event(
                 message,
                 kind="node",
                 node=row.name,
@@ -220,7 +216,7 @@ class NodesPart(StoreCore):
             return message
 
     def authenticate_node(self, node_id: str, token: str) -> None:
-        with self._sessions() as s:
+        with self.read() as s:
             row = s.get(NodeRow, node_id)
             if row is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
@@ -229,7 +225,7 @@ class NodesPart(StoreCore):
 
     def heartbeat(self, node_id: str, hb: Heartbeat) -> Node:
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(NodeRow, node_id)
             if row is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
@@ -241,8 +237,7 @@ class NodesPart(StoreCore):
             if row.state in SILENT_STATES:
                 was = row.state
                 row.state = NodeState.DRAINING if row.draining else NodeState.READY
-                add_event(
-                    tx,
+                tx.add_event(
                     f"node {row.name} is {row.state} again (heartbeat received; was {was})",
                     kind="node",
                     node=row.name,
@@ -253,15 +248,15 @@ class NodesPart(StoreCore):
             return node_view(row)
 
     def list_nodes(self) -> list[Node]:
-        with self._sessions() as s:
+        with self.read() as s:
             return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name)).all()]
 
     def get_node(self, id_or_name: str) -> Node:
-        with self._sessions() as s:
+        with self.read() as s:
             return node_view(node_row(s, id_or_name))
 
     def set_node_draining(self, id_or_name: str, *, draining: bool, remove: bool = False) -> Node:
-        with self._write() as tx:
+        with self.write() as tx:
             row = node_row(tx.session, id_or_name)
             row.draining = draining
             # A silent node stays silent (its next heartbeat applies the drain flag);
@@ -275,8 +270,7 @@ class NodesPart(StoreCore):
                 row.state = NodeState.READY if fresh else row.state
                 row.removing = False
                 what = "active again"
-            add_event(
-                tx,
+            tx.add_event(
                 f"node {row.name}: {what}",
                 kind="node",
                 node=row.name,
@@ -288,12 +282,11 @@ class NodesPart(StoreCore):
 
     def delete_node(self, id_or_name: str) -> None:
         """Forget a node and its replicas now (used once it is drained, or with --force)."""
-        with self._write() as tx:
+        with self.write() as tx:
             row = node_row(tx.session, id_or_name)
             tx.session.execute(delete(ReplicaRow).where(ReplicaRow.node == row.id))
             tx.session.delete(row)
-            add_event(
-                tx,
+            tx.add_event(
                 f"node {row.name} removed",
                 kind="node",
                 node=row.name,
@@ -315,7 +308,7 @@ class NodesPart(StoreCore):
         heartbeat that arrived meanwhile wins). Their replicas stay where they are and in
         Nginx. Said in one event for all of them."""
         changed: list[Node] = []
-        with self._write() as tx:
+        with self.write() as tx:
             live_states = (NodeState.READY, NodeState.DRAINING)
             rows = tx.session.scalars(
                 select(NodeRow).where(
@@ -334,8 +327,7 @@ class NodesPart(StoreCore):
                     f"mass-silence threshold of {threshold:.0%}: assuming a controller or "
                     "network problem"
                 )
-                add_event(
-                    tx,
+                tx.add_event(
                     f"{len(changed)} node(s) unreachable ({', '.join(names)}): {reason}; "
                     "their replicas keep running and stay in Nginx, nothing is rescheduled",
                     kind="node",
@@ -362,7 +354,7 @@ class NodesPart(StoreCore):
         """The live nodes in ``silent_s`` (node id -> seconds this controller has not seen
         it) become ``not_ready``; their replicas are then rescheduled, at a limited rate."""
         changed: list[Node] = []
-        with self._write() as tx:
+        with self.write() as tx:
             rows = tx.session.scalars(
                 select(NodeRow).where(
                     NodeRow.id.in_(list(silent_s)), NodeRow.state.in_(list(LIVE_STATES))
@@ -373,8 +365,7 @@ class NodesPart(StoreCore):
                     continue
                 was = row.state
                 row.state = NodeState.NOT_READY
-                add_event(
-                    tx,
+                tx.add_event(
                     f"node {row.name} is not ready: no heartbeat for {silent_s[row.id]:.0f}s"
                     + (" (it was unreachable)" if was == NodeState.UNREACHABLE else ""),
                     kind="node",
@@ -393,5 +384,5 @@ class NodesPart(StoreCore):
         return last is not None and now - last <= self.node_timeout
 
     def node_removals_pending(self) -> list[str]:
-        with self._sessions() as s:
+        with self.read() as s:
             return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())

@@ -27,7 +27,6 @@ from orchestrify.models import (
     spec_hash,
 )
 from orchestrify.store.engine import StoreCore, WriteTx
-from orchestrify.store.events import add_event
 from orchestrify.store.rows import (
     node_row,
     node_view,
@@ -73,8 +72,7 @@ def drain_replica(
         row.state = ReplicaState.STOPPING
     row.updated_at = now
     if not quiet:
-        add_event(
-            tx,
+        tx.add_event(
             f"replica {row.id} draining for {drain_s:g}s before it stops: {reason}",
             kind="action",
             service=row.service,
@@ -105,8 +103,7 @@ def take_orphans(tx: WriteTx, node: NodeRow, orphans: Sequence[Orphan]) -> None:
         return
     tx.changes.add("state")
     if not after:
-        add_event(
-            tx,
+        tx.add_event(
             f"node {node.name} has no orphaned containers any more",
             kind="node",
             node=node.name,
@@ -116,8 +113,7 @@ def take_orphans(tx: WriteTx, node: NodeRow, orphans: Sequence[Orphan]) -> None:
         )
         return
     services = sorted({o.service for o in now_list})
-    add_event(
-        tx,
+    tx.add_event(
         f"node {node.name} keeps {len(after)} orphaned container(s) running "
         f"(service(s) {', '.join(services)}) that this controller has no replica for "
         "(its store is new or was lost, or the node was unknown to it). Nothing is "
@@ -180,8 +176,7 @@ def adopt_orphans_of(
             )
         )
         (adopted if same else outdated).append(orphan.replica)
-        add_event(
-            tx,
+        tx.add_event(
             f"orphan {orphan.replica} (container {orphan.container_id[:12]}) on "
             f"{node.name} adopted by service {svc.name}"
             + (
@@ -221,7 +216,7 @@ class ReplicasPart(StoreCore):
     def list_replicas(
         self, *, service: str | None = None, node: str | None = None
     ) -> list[Replica]:
-        with self._sessions() as s:
+        with self.read() as s:
             q = select(ReplicaRow)
             if service:
                 q = q.where(ReplicaRow.service == service)
@@ -232,7 +227,7 @@ class ReplicasPart(StoreCore):
             return [replica_view(r, names) for r in rows]
 
     def get_replica(self, replica_id: str) -> Replica:
-        with self._sessions() as s:
+        with self.read() as s:
             row = s.get(ReplicaRow, replica_id)
             if row is None:
                 raise NotFound(f"no replica with id {replica_id!r}")
@@ -243,7 +238,7 @@ class ReplicasPart(StoreCore):
         self, replica_id: str, *, reason: str = "removed through the API"
     ) -> Replica:
         """Drain one replica out; the reconciler replaces it unless the service shrank."""
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(ReplicaRow, replica_id)
             if row is None:
                 raise NotFound(f"no replica with id {replica_id!r}")
@@ -255,7 +250,7 @@ class ReplicasPart(StoreCore):
     ) -> None:
         """Drain these replicas (scale-in, node drain, rolling update, rollback): see
         ``_drain``. Replicas already leaving, or gone, are left as they are."""
-        with self._write() as tx:
+        with self.write() as tx:
             for rid in replica_ids:
                 row = tx.session.get(ReplicaRow, rid)
                 if row is not None:
@@ -266,7 +261,7 @@ class ReplicasPart(StoreCore):
     ) -> list[Replica]:
         now = utcnow()
         created = []
-        with self._write() as tx:
+        with self.write() as tx:
             names = {i: n for i, n in tx.session.execute(select(NodeRow.id, NodeRow.name))}
             svc = tx.session.get(ServiceRow, service)
             if svc is None:
@@ -285,8 +280,7 @@ class ReplicasPart(StoreCore):
                     updated_at=now,
                 )
                 tx.session.add(row)
-                add_event(
-                    tx,
+                tx.add_event(
                     f"replica {row.id} of {service} assigned to node {names.get(node_id, node_id)}",
                     kind="action",
                     service=service,
@@ -312,7 +306,7 @@ class ReplicasPart(StoreCore):
         if desired == DesiredState.DRAIN:
             raise ValueError("drain replicas with Store.drain_replicas (the one drain path)")
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             for rid in replica_ids:
                 row = tx.session.get(ReplicaRow, rid)
                 if row is None or row.desired == desired:
@@ -322,8 +316,7 @@ class ReplicasPart(StoreCore):
                 if desired != DesiredState.RUN and row.state != ReplicaState.FAILED:
                     row.state = ReplicaState.STOPPING
                 if not quiet:
-                    add_event(
-                        tx,
+                    tx.add_event(
                         f"replica {rid} -> {desired.value}: {reason}",
                         kind="action",
                         service=row.service,
@@ -335,14 +328,13 @@ class ReplicasPart(StoreCore):
                 tx.changes.update({"spec", "state"})
 
     def delete_replicas(self, replica_ids: Iterable[str], *, reason: str) -> None:
-        with self._write() as tx:
+        with self.write() as tx:
             for rid in replica_ids:
                 row = tx.session.get(ReplicaRow, rid)
                 if row is None:
                     continue
                 tx.session.delete(row)
-                add_event(
-                    tx,
+                tx.add_event(
                     f"replica {rid} forgotten: {reason}",
                     kind="replica",
                     service=row.service,
@@ -364,7 +356,7 @@ class ReplicasPart(StoreCore):
         """Take what an agent observed. ``stopped`` means the container is gone.
         ``orphans`` (when given) is every orphan the agent keeps now."""
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             node = tx.session.get(NodeRow, node_id)
             if node is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
@@ -403,8 +395,7 @@ class ReplicasPart(StoreCore):
                     row.updated_at = now
                     tx.changes.add("state")
                     if before[0] != row.state:
-                        add_event(
-                            tx,
+                        tx.add_event(
                             f"replica {row.id} on {node.name}: {before[0]} -> {row.state}"
                             + (f" ({row.error})" if row.error else ""),
                             kind="replica",
@@ -419,8 +410,7 @@ class ReplicasPart(StoreCore):
                         # A new error while the state stays (an image that cannot be
                         # pulled, a container that will not start): said at once, and
                         # once per distinct error, not at every retry.
-                        add_event(
-                            tx,
+                        tx.add_event(
                             f"replica {row.id} on {node.name} ({row.state}): {row.error}",
                             kind="replica",
                             service=row.service,
@@ -442,7 +432,7 @@ class ReplicasPart(StoreCore):
                         tx.changes.update({"spec", "state"})
 
     def assignments(self, node_id: str) -> list[Assignment]:
-        with self._sessions() as s:
+        with self.read() as s:
             if s.get(NodeRow, node_id) is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
             specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
@@ -475,7 +465,7 @@ class ReplicasPart(StoreCore):
 
     def pruning(self, node_id: str) -> list[str]:
         """The orphan container ids the node's agent must remove (``Assignments.prune``)."""
-        with self._sessions() as s:
+        with self.read() as s:
             row = s.get(NodeRow, node_id)
             if row is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
@@ -484,7 +474,7 @@ class ReplicasPart(StoreCore):
     def snapshot(self) -> tuple[list[Service], list[Node], list[Replica]]:
         """Everything the reconciler decides on, read in one transaction: the services
         not being removed, all nodes, all replicas (a removed service's too)."""
-        with self._sessions() as s:
+        with self.read() as s:
             live = s.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(False))).all()
             nodes = [node_view(r) for r in s.scalars(select(NodeRow)).all()]
             names = {n.id: n.name for n in nodes}
@@ -500,7 +490,7 @@ class ReplicasPart(StoreCore):
         service exists (by name) becomes a replica row with the orphan's replica id on
         the node. Orphans of services that do not exist stay orphans."""
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             node = node_row(tx.session, id_or_name)
             services = {
                 r.name: r
@@ -513,14 +503,13 @@ class ReplicasPart(StoreCore):
     def prune_orphans(self, id_or_name: str) -> OrphanPrune:
         """Tell the node's agent to remove its orphans (``Assignments.prune``); each one
         leaves the list once the agent no longer reports it."""
-        with self._write() as tx:
+        with self.write() as tx:
             node = node_row(tx.session, id_or_name)
             ids = [str(o.get("container_id")) for o in node.orphans or []]
             node.prune = ids
             if ids:
                 message = f"node {node.name}: {len(ids)} orphaned container(s) to be removed"
-                add_event(
-                    tx,
+                tx.add_event(
                     message,
                     kind="action",
                     node=node.name,

@@ -19,7 +19,6 @@ from orchestrify.models import (
 )
 from orchestrify.store.alert_tables import ScalingStateRow
 from orchestrify.store.engine import StoreCore, WriteTx
-from orchestrify.store.events import add_event
 from orchestrify.store.replicas import adopt_orphans_of, drain_replica
 from orchestrify.store.rows import (
     replicas_by_service,
@@ -46,8 +45,7 @@ def manual_scale(tx: WriteTx, name: str, *, replicas: int, now: datetime) -> Non
     state.manual_scale_at = now
     state.manual_replicas = replicas
     if state.baseline is not None and state.baseline != replicas:
-        add_event(
-            tx,
+        tx.add_event(
             f"autoscaling baseline of {name} moved from {state.baseline} to {replicas}: "
             "scaled by hand during a scaling episode; scale-in returns to it",
             kind="action",
@@ -91,7 +89,7 @@ class ServicesPart(StoreCore):
 
     def create_service(self, spec: ServiceSpec) -> Service:
         now = utcnow()
-        with self._write() as tx:
+        with self.write() as tx:
             existing = tx.session.get(ServiceRow, spec.name)
             if existing is not None:
                 if existing.deleting:
@@ -103,8 +101,7 @@ class ServicesPart(StoreCore):
                 name=spec.name, spec=spec.model_dump(mode="json"), created_at=now, updated_at=now
             )
             tx.session.add(row)
-            add_event(
-                tx,
+            tx.add_event(
                 f"service {spec.name} created with {spec.replicas} replica(s) of {spec.image}",
                 kind="action",
                 service=spec.name,
@@ -121,7 +118,7 @@ class ServicesPart(StoreCore):
             return service_view(row, replicas_of(tx.session, spec.name))
 
     def list_services(self) -> list[Service]:
-        with self._sessions() as s:
+        with self.read() as s:
             rows = s.scalars(
                 select(ServiceRow).where(ServiceRow.deleting.is_(False)).order_by(ServiceRow.name)
             ).all()
@@ -129,7 +126,7 @@ class ServicesPart(StoreCore):
             return [service_view(r, reps.get(r.name, ())) for r in rows]
 
     def get_service(self, name: str) -> Service:
-        with self._sessions() as s:
+        with self.read() as s:
             row = s.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
@@ -138,7 +135,7 @@ class ServicesPart(StoreCore):
     def update_service(
         self, name: str, patch: ServicePatch, *, reason: str = "requested through the API"
     ) -> Service:
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
@@ -163,8 +160,7 @@ class ServicesPart(StoreCore):
             if "replicas" in changes:
                 manual_scale(tx, name, replicas=updated.replicas, now=row.updated_at)
             if "replicas" in changes and changes["replicas"] != current.replicas:
-                add_event(
-                    tx,
+                tx.add_event(
                     f"service {name} scaled from {current.replicas} "
                     f"to {updated.replicas}: {reason}",
                     kind="action",
@@ -183,8 +179,7 @@ class ServicesPart(StoreCore):
                     if rolled and live
                     else ""
                 )
-                add_event(
-                    tx,
+                tx.add_event(
                     f"service {name} updated: {', '.join(others)}{rollout}",
                     kind="action",
                     service=name,
@@ -200,7 +195,7 @@ class ServicesPart(StoreCore):
         replaces every replica, the failed new ones included. Scaling fields, ``drain_s``
         and ``max_per_node`` keep their current values. The spec replaced becomes the
         previous one: rolling back twice returns to the update."""
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
@@ -233,8 +228,7 @@ class ServicesPart(StoreCore):
                 else ""
             )
             of = f" of generation {back_to}" if back_to is not None else ""
-            add_event(
-                tx,
+            tx.add_event(
                 f"service {name} rolled back to the spec{of}: "
                 f"{_spec_changes(current, row.spec)}{rollout}",
                 kind="action",
@@ -256,7 +250,7 @@ class ServicesPart(StoreCore):
 
     def delete_service(self, name: str) -> None:
         """Mark a service for removal: its replicas drain out of Nginx, then stop."""
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
@@ -265,8 +259,7 @@ class ServicesPart(StoreCore):
             for rep in replicas_of(tx.session, name):
                 # One event for the service below, not one per replica.
                 drain_replica(tx, rep, reason=f"service {name} removed", quiet=True)
-            add_event(
-                tx,
+            tx.add_event(
                 f"service {name} removed; its replicas drain for {drain_s:g}s, then stop",
                 kind="action",
                 service=name,
@@ -277,7 +270,7 @@ class ServicesPart(StoreCore):
 
     def purge_deleted_services(self) -> list[str]:
         """Drop services marked for removal once none of their replicas is left."""
-        with self._write() as tx:
+        with self.write() as tx:
             gone = []
             for row in tx.session.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(True))):
                 left = tx.session.scalars(
@@ -292,7 +285,7 @@ class ServicesPart(StoreCore):
         """Pause ``service``'s rolling update to ``generation``: no more old replicas are
         replaced until a new generation. Said once: False when already paused (or when the
         service has moved on to another generation since)."""
-        with self._write() as tx:
+        with self.write() as tx:
             row = tx.session.get(ServiceRow, service)
             if row is None or row.generation != generation:
                 return False
@@ -300,8 +293,7 @@ class ServicesPart(StoreCore):
                 return False
             row.paused_generation = generation
             row.pause_reason = reason
-            add_event(
-                tx,
+            tx.add_event(
                 f"rolling update of {service} to generation {generation} paused: {reason}; "
                 f"the old replicas keep serving. To go on: {way_out(row)}",
                 kind="decision",

@@ -91,7 +91,7 @@ def test_every_way_out_uses_the_same_drain(store: Store) -> None:
 def test_an_autoscaling_scale_in_drains_through_the_same_path(store: Store) -> None:
     _node, (serving, _starting) = _service(store, drain_s=3)
     decision = Decision(action="scale_in", outcome="ok", reason="load is low", drain=(serving,))
-    with store._write() as tx:
+    with store.write() as tx:
         AlertStore(store)._apply(tx, decision, utcnow())
     r = store.get_replica(serving)
     assert r.desired == DesiredState.DRAIN and r.left_upstreams_at is not None

@@ -26,10 +26,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_a_constraint_hit_inside_a_write_is_a_conflict(store: Store) -> None:
     a, _ = store.register_node(NodeRegistration(name="a", address="10.0.0.1"))
-    with pytest.raises(Conflict), store._write() as tx:
+    with pytest.raises(Conflict), store.write() as tx:
         tx.session.add(NodeRow(id="other", name="a", address="x", replica_count=0))
         tx.session.flush()  # raised here, inside the block, not at commit
-    with store._sessions() as s:
+    with store.read() as s:
         assert [r.id for r in s.scalars(select(NodeRow)).all()] == [a.id]
 
 
