@@ -19,6 +19,12 @@ class Conflict(OrchestrifyError):
     """The request clashes with what is stored (a name taken, a node draining...)."""
 
 
+class WriteConflict(Conflict):
+    """Two writers raced for the same rows and the database gave up on this one (a
+    PostgreSQL serialization failure or deadlock) after the store's own retries: nothing
+    was written; the same request may simply be sent again."""
+
+
 class InvalidSpec(OrchestrifyError):
     """Input failed validation. ``field`` names the offending field when known."""
 

@@ -17,9 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from orchestrify.store.edges import EdgesPart
-from orchestrify.store.engine import ChangeKind, WriteTx, translate_store_error
+from orchestrify.store.engine import (
+    ChangeKind,
+    WriteTx,
+    redacted,
+    sqlite_path,
+    translate_store_error,
+)
 from orchestrify.store.events import EventsPart
-from orchestrify.store.files import DB_FILE, secure_data_dir
+from orchestrify.store.files import (
+    DB_FILE,
+    create_private_file,
+    ensure_private_dir,
+    secure_data_dir,
+)
 from orchestrify.store.nodes import NodeEnrollment, NodesPart
 from orchestrify.store.replicas import ReplicasPart, drain_replica
 from orchestrify.store.rows import as_utc, service_drain_s, utcnow
@@ -32,6 +43,7 @@ __all__ = [
     "Store",
     "WriteTx",
     "as_utc",
+    "redacted",
     "service_drain_s",
     "translate_store_error",
     "utcnow",
@@ -52,6 +64,23 @@ class Store(ServicesPart, NodesPart, ReplicasPart, EdgesPart, EventsPart):
         0600; see :mod:`orchestrify.store.files`)."""
         secure_data_dir(data_dir)
         return cls(f"sqlite:///{data_dir / DB_FILE}", node_timeout_s=node_timeout_s)
+
+    @classmethod
+    def open(
+        cls, database_url: str | None, *, data_dir: Path, node_timeout_s: float = 15.0
+    ) -> Store:
+        """The store at ``database_url`` (``sqlite:///PATH`` or
+        ``postgresql+psycopg://...``), or the SQLite store in ``data_dir`` when it is None.
+        A SQLite file elsewhere is made private too (its dir 0700, the file 0600).
+        ``InvalidSpec`` for a URL that is no store's, ``StoreUnavailable`` for a database
+        that cannot be reached or upgraded."""
+        if database_url is None:
+            return cls.in_data_dir(data_dir, node_timeout_s=node_timeout_s)
+        path = sqlite_path(database_url)
+        if path is not None:
+            ensure_private_dir(path.parent)
+            create_private_file(path)
+        return cls(database_url, node_timeout_s=node_timeout_s)
 
     def _add_event(self, tx: WriteTx, message: str, **fields: Any) -> None:
         tx.add_event(message, **fields)

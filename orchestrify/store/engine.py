@@ -5,28 +5,50 @@ at the border, and the core every concern of the store is built on.
 
 from __future__ import annotations
 
+import functools
+import random
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import create_engine, event, inspect, select, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import URL, create_engine, event, make_url, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrify.errors import Conflict, InvalidSpec, OrchestrifyError, StoreUnavailable
-from orchestrify.models import Event, container_spec
-from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (creates its tables)
+from orchestrify.errors import (
+    Conflict,
+    InvalidSpec,
+    OrchestrifyError,
+    StoreUnavailable,
+    WriteConflict,
+)
+from orchestrify.models import Event
+from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
+from orchestrify.store import migrate
 from orchestrify.store.rows import event_view, utcnow
-from orchestrify.store.tables import ADDED_COLUMNS, Base, EventRow, MetaRow, ReplicaRow, ServiceRow
+from orchestrify.store.tables import EventRow, MetaRow
 
 __all__ = [
     "ChangeKind",
     "StoreCore",
     "WriteTx",
+    "create_store_engine",
+    "redacted",
+    "retry_on_race",
+    "sqlite_path",
     "translate_store_error",
 ]
 
@@ -38,14 +60,20 @@ ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
 def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
     """The orchestrify error for a database error (None: not one).
 
-    A store that cannot write now (locked past its busy timeout, a disk I/O error, a lost
-    connection) is ``StoreUnavailable`` (503, retry); a constraint is a ``Conflict``; any
-    other statement the database refuses (a value it cannot hold) is ``InvalidSpec``."""
+    A store that cannot write now (SQLite locked past its busy timeout, a disk I/O error,
+    PostgreSQL unreachable or its connection lost) is ``StoreUnavailable`` (503, retry);
+    two writers that raced (a PostgreSQL serialization failure or deadlock) are a
+    ``WriteConflict`` (409: nothing written, send it again); a constraint is a
+    ``Conflict``; any other statement the database refuses (a value it cannot hold) is
+    ``InvalidSpec``. Only the driver's message is kept, never the statement or its
+    parameters."""
     if isinstance(exc, OrchestrifyError):
         return None
+    if isinstance(exc, DBAPIError) and _raced(exc):
+        return WriteConflict(f"another writer changed the same rows; try again: {exc.orig}")
     if isinstance(exc, IntegrityError):
         return Conflict(f"conflicts with what is stored: {exc.orig}")
-    if isinstance(exc, OperationalError) or (
+    if isinstance(exc, OperationalError | InterfaceError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return StoreUnavailable(f"the store cannot be used now: {exc.orig}")
@@ -57,6 +85,103 @@ def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
     if isinstance(exc, OverflowError) and "SQLite" in str(exc):
         return InvalidSpec(f"a number is too large for the store: {exc}")
     return None
+
+
+# SQLSTATEs of a transaction PostgreSQL rolled back because it raced another one: safe to
+# run again from the start (serialization_failure, deadlock_detected).
+_RACE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _raced(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RACE_SQLSTATES
+
+
+# A read of one consistent state on PostgreSQL (see ``StoreCore.read``).
+_PG_SNAPSHOT = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+
+# How often a write that raced another writer is run again before it is a WriteConflict.
+WRITE_ATTEMPTS = 5
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def retry_on_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a store write again (up to ``WRITE_ATTEMPTS`` times, after a short random
+    pause) when PostgreSQL rolled it back for racing another writer. Safe because such a
+    transaction left nothing behind and told no subscriber; the method reads and decides
+    again from the start. Any other error goes up as it is."""
+
+    @functools.wraps(method)
+    def attempt(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        for n in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except WriteConflict:
+                if n == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.005, 0.02) * n)
+        raise AssertionError("unreachable")
+
+    return attempt
+
+
+def create_store_engine(url: str | URL) -> Engine:
+    """An engine for the store at ``url``: SQLite (``sqlite:///path``) or PostgreSQL
+    (``postgresql+psycopg://user:password@host:port/db``). ``InvalidSpec`` for a URL that
+    is neither; nothing connects yet."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidSpec(
+            "not a database URL (sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB)",
+            field="database_url",
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise InvalidSpec(
+                f"PostgreSQL through psycopg 3 only: postgresql+psycopg://..., not "
+                f"{parsed.drivername}://...",
+                field="database_url",
+            )
+        return create_engine(
+            parsed,
+            # A connection the server dropped (a restart, a failover) is found out before
+            # it is used, not by the request that would use it.
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 10, "application_name": "orchestrify"},
+        )
+    raise InvalidSpec(
+        f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...",
+        field="database_url",
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL (None: another database, or SQLite in memory)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def redacted(url: str | URL) -> str:
+    """``url`` with its password hidden, for logs and messages (never the password)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
 
 
 class BorderSession(Session):
@@ -76,11 +201,17 @@ class StoreCore:
 
     def __init__(self, url: str, *, node_timeout_s: float = 15.0) -> None:
         self.node_timeout = timedelta(seconds=node_timeout_s)
-        self.engine: Engine = create_engine(url, connect_args=_connect_args(url))
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        self.url = redacted(url)
+        self.engine: Engine = create_store_engine(url)
+        self.dialect = self.engine.dialect.name
+        try:
+            migrate.upgrade(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            translated = translate_store_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, class_=BorderSession)
         self.cluster_id = _ensure_cluster_id(self._sessions)
         self._write_lock = threading.RLock()
@@ -105,35 +236,23 @@ class StoreCore:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """One read transaction: every query in the block sees the same committed state
-        (the reconciler's snapshot, the upstreams, a list with its counts)."""
+        (the reconciler's snapshot, the upstreams, a list with its counts). On SQLite the
+        BEGIN is explicit (see ``_sqlite_begin``); on PostgreSQL it is REPEATABLE READ,
+        which for a read-only transaction is one snapshot and never a serialization
+        failure."""
         with self._sessions() as session, session.begin():
+            if self.dialect == "postgresql":
+                session.connection(
+                    execution_options={
+                        "isolation_level": "REPEATABLE READ",
+                        "postgresql_readonly": True,
+                    }
+                )
             yield session
 
     # The names store/alerts.py knows these by (kept while the alert intake changes on
     # another branch; new code uses write() and read()).
     _write = write
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Bring a store made by an older build up to date: add the columns it lacks
-    (``ADDED_COLUMNS``; ``create_all`` never alters a table) and say what the existing
-    replicas run: the service's current generation and spec, which is what the older
-    build handed them."""
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table_name, columns in ADDED_COLUMNS.items():
-            have = {c["name"] for c in inspector.get_columns(table_name)}
-            table = Base.metadata.tables[table_name]
-            for column in columns:
-                if column not in have:
-                    kind = table.c[column].type.compile(dialect=engine.dialect)
-                    conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {column} {kind}"))
-    with Session(engine) as s, s.begin():
-        services = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
-        for rep in s.scalars(select(ReplicaRow).where(ReplicaRow.generation.is_(None))).all():
-            svc = services.get(rep.service)  # None: its service is gone; it only stops
-            rep.generation = svc.generation if svc is not None else 1
-            rep.spec = container_spec(svc.spec) if svc is not None else {}
 
 
 def _ensure_cluster_id(sessions: sessionmaker[BorderSession]) -> str:
@@ -155,16 +274,23 @@ def _ensure_cluster_id(sessions: sessionmaker[BorderSession]) -> str:
         return made.value
 
 
-def _connect_args(url: str) -> dict[str, Any]:
-    return {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite begins a transaction only before a write, so a read of several SELECTs
+    # would see several states: it is told to begin none, and ``_sqlite_begin`` emits
+    # BEGIN at the start of every transaction (SQLAlchemy's pysqlite recipe).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A write takes SQLite's write lock at once (IMMEDIATE): a deferred transaction that
+    # read first could not upgrade once another connection wrote meanwhile.
+    mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 _Row = TypeVar("_Row")
@@ -222,6 +348,16 @@ class WriteTx:
         self.store._write_lock.acquire()
         self.session = self.store._sessions()
         self.session.begin()
+        try:
+            if self.store.dialect == "sqlite":
+                self.session.connection(execution_options={"sqlite_write": True})
+        except SQLAlchemyError as err:  # BEGIN IMMEDIATE itself failed (locked)
+            self.session.close()
+            self.store._write_lock.release()
+            translated = translate_store_error(err)
+            if translated is None:
+                raise
+            raise translated from err
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -93,6 +93,7 @@ def test_a_store_from_before_manual_scales_gains_the_columns(tmp_path: Path) -> 
     Store.in_data_dir(tmp_path).close()
     db = sqlite3.connect(tmp_path / "orchestrify.db")
     with db:
+        db.execute("DROP TABLE alembic_version")  # a store from before migrations
         db.execute("DROP TABLE scaling_states")
         db.execute(OLD_SCALING_STATES)
         db.execute("INSERT INTO scaling_states VALUES ('web', NULL, NULL, 2)")

@@ -195,6 +195,7 @@ def test_a_store_from_before_rolling_updates_opens_and_its_replicas_run_the_curr
     db = sqlite3.connect(tmp_path / "orchestrify.db")
     spec = ServiceSpec(name="web", image="demo:7", env={"MODE": "old"}, replicas=1)
     with db:
+        db.execute("DROP TABLE alembic_version")  # a store from before migrations
         db.execute("DROP TABLE services")
         db.execute("DROP TABLE replicas")
         db.execute(OLD_SERVICES)
