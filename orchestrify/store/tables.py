@@ -9,14 +9,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# A 64-bit integer on PostgreSQL (whose INTEGER is 32 bits: a host's memory in bytes
+# does not fit), SQLite's INTEGER (64 bits already) there, as the stores made before
+# PostgreSQL have it.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dict[str, Any]: JSON,
         datetime: DateTime(timezone=True),
+        int: Int64,
     }
 
 
@@ -55,7 +71,7 @@ class NodeRow(Base):
     memory_total: Mapped[int | None]
     memory_free: Mapped[int | None]
     disk_free: Mapped[int | None]
-    replica_count: Mapped[int] = mapped_column(Integer, default=0)
+    replica_count: Mapped[int] = mapped_column(Int64, default=0)
     agent_url: Mapped[str | None] = mapped_column(String(512))
     last_heartbeat: Mapped[datetime | None]
     created_at: Mapped[datetime]

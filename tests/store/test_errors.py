@@ -3,7 +3,6 @@ a store that cannot write is StoreUnavailable, a value it cannot hold is Invalid
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from orchestrify.store.tables import NodeRow
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Iterator[Store]:
+    s = Store.open(store_url, data_dir=tmp_path)
     yield s
     s.close()
 
@@ -35,7 +34,7 @@ def test_a_constraint_hit_inside_a_write_is_a_conflict(store: Store) -> None:
 
 def test_a_locked_store_is_unavailable_for_writes_and_reads(store: Store) -> None:
     def locked(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        raise sqlite3.OperationalError("database is locked")
+        raise store.engine.dialect.dbapi.OperationalError("database is locked")
 
     event.listen(store.engine, "before_cursor_execute", locked)
     try:

@@ -19,8 +19,8 @@ from orchestrify.store.alerts import AlertStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Iterator[Store]:
+    s = Store.open(store_url, data_dir=tmp_path)
     s.create_service(ServiceSpec(name="web", image="demo:1", replicas=2, max_replicas=8))
     yield s
     s.close()

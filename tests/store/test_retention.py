@@ -29,8 +29,8 @@ RECENT = NOW - timedelta(days=1)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Any:
+    s = Store.open(store_url, data_dir=tmp_path)
     yield s
     s.close()
 

@@ -25,6 +25,9 @@ down_revision: str | None = None
 branch_labels: str | None = None
 depends_on: str | None = None
 
+# 64 bits on PostgreSQL, SQLite's INTEGER (64 bits already) there (tables.Int64).
+INT64 = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 # What a replica runs: the service spec's container fields (models.CONTAINER_FIELDS as
 # of this revision; frozen here so that a later change there cannot change this step).
 CONTAINER_FIELDS = ("image", "env", "port", "host_port", "health_path", "memory_mb", "cpus")
@@ -52,7 +55,7 @@ ADDED_COLUMNS: dict[str, list[Callable[[], sa.Column]]] = {
     "edges": [lambda: sa.Column("applied_as_of", sa.DateTime(timezone=True), nullable=True)],
     "scaling_states": [
         lambda: sa.Column("manual_scale_at", sa.DateTime(timezone=True), nullable=True),
-        lambda: sa.Column("manual_replicas", sa.Integer(), nullable=True),
+        lambda: sa.Column("manual_replicas", INT64, nullable=True),
     ],
 }
 
@@ -165,7 +168,7 @@ def _create_jobs() -> None:
         sa.Column("extra_vars", sa.JSON(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("rc", sa.Integer(), nullable=True),
+        sa.Column("rc", INT64, nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("hosts", sa.JSON(), nullable=True),
         sa.Column("stats", sa.JSON(), nullable=False),
@@ -199,12 +202,12 @@ def _create_nodes() -> None:
         sa.Column("removing", sa.Boolean(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
-        sa.Column("cpus", sa.Integer(), nullable=True),
+        sa.Column("cpus", INT64, nullable=True),
         sa.Column("cpu_percent", sa.Float(), nullable=True),
-        sa.Column("memory_total", sa.Integer(), nullable=True),
-        sa.Column("memory_free", sa.Integer(), nullable=True),
-        sa.Column("disk_free", sa.Integer(), nullable=True),
-        sa.Column("replica_count", sa.Integer(), nullable=False),
+        sa.Column("memory_total", INT64, nullable=True),
+        sa.Column("memory_free", INT64, nullable=True),
+        sa.Column("disk_free", INT64, nullable=True),
+        sa.Column("replica_count", INT64, nullable=False),
         sa.Column("agent_url", sa.String(length=512), nullable=True),
         sa.Column("last_heartbeat", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -247,9 +250,9 @@ def _create_scaling_states() -> None:
         sa.Column("service", sa.String(length=63), nullable=False),
         sa.Column("last_action_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_scale_out_firing_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("baseline", sa.Integer(), nullable=True),
+        sa.Column("baseline", INT64, nullable=True),
         sa.Column("manual_scale_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("manual_replicas", sa.Integer(), nullable=True),
+        sa.Column("manual_replicas", INT64, nullable=True),
         sa.PrimaryKeyConstraint("service"),
     )
 
