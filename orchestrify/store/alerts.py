@@ -318,9 +318,8 @@ class AlertStore:
     def _apply(self, tx: _WriteTx, d: Decision, now: datetime) -> Decision:
         if not d.acts or d.dry_run:
             return d
-        s = tx.session
         if d.replicas_to is not None and d.service:
-            svc = s.get(ServiceRow, d.service)
+            svc = tx.get(ServiceRow, d.service)  # locked: decided on, then written
             current = svc.spec.get("replicas") if svc is not None and not svc.deleting else None
             manual = tx.get(ScalingStateRow, d.service)
             decided_on = d.new_state.manual_scale_at if d.new_state is not None else None
@@ -358,7 +357,7 @@ class AlertStore:
             )
             tx.changes.add("spec")
         for rid in d.drain:
-            rep = s.get(ReplicaRow, rid)
+            rep = tx.get(ReplicaRow, rid)
             if rep is not None:
                 self.store._drain(tx, rep, reason=d.reason, action="remove_replica")
         return d

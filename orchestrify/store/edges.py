@@ -14,7 +14,7 @@ from orchestrify.models import (
     UpstreamReplica,
     UpstreamService,
 )
-from orchestrify.store.engine import StoreCore
+from orchestrify.store.engine import StoreCore, retry_on_race
 from orchestrify.store.rows import (
     edge_view,
     service_drain_s,
@@ -28,11 +28,13 @@ __all__ = ["EdgesPart"]
 class EdgesPart(StoreCore):
     """The edges and the view they serve."""
 
+    @retry_on_race
     def register_edge(self, reg: EdgeRegistration) -> Edge:
         """Create or refresh an edge; edges call this at start and at every resync."""
         now = utcnow()
         with self.write() as tx:
-            row = tx.session.get(EdgeRow, reg.name)
+            tx.lock(f"edge:{reg.name}")
+            row = tx.get(EdgeRow, reg.name)
             if row is None:
                 row = EdgeRow(name=reg.name, created_at=now, last_seen=now)
                 tx.session.add(row)

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import URL, create_engine, event, make_url, select
+from sqlalchemy import URL, create_engine, event, make_url, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import (
     ArgumentError,
@@ -319,24 +319,53 @@ class WriteTx:
         self.session.add(row)
         self.event_rows.append(row)
 
+    @property
+    def locks_rows(self) -> bool:
+        """Whether rows read through ``get``/``preload`` are locked (PostgreSQL: FOR
+        UPDATE). SQLite needs none: BEGIN IMMEDIATE holds its one write lock already."""
+        return self.store.dialect == "postgresql"
+
     def preload(self, model: type[Any], column: Any, keys: Iterable[Any]) -> None:
         """Load the ``model`` rows whose primary key ``column`` is in ``keys`` in one
-        query, so that ``get`` answers for each of them (present or not) without one."""
+        query, so that ``get`` answers for each of them (present or not) without one.
+        On PostgreSQL they are locked (in key order, so two writers never deadlock over
+        them) until the transaction ends."""
         wanted = set(keys) - {k for (m, k) in self._known if m is model}
         if not wanted:
             return
         for key in wanted:
             self._known[(model, key)] = None
-        for row in self.session.scalars(select(model).where(column.in_(wanted))).all():
+        query = select(model).where(column.in_(wanted))
+        if self.locks_rows:
+            query = (
+                query.order_by(column).with_for_update().execution_options(populate_existing=True)
+            )
+        for row in self.session.scalars(query).all():
             self._known[(model, getattr(row, column.key))] = row
 
     def get(self, model: type[_Row], key: Any) -> _Row | None:
-        """``session.get``, answered from ``preload`` when it loaded ``key``."""
+        """The ``model`` row of primary key ``key`` (None: absent), answered from
+        ``preload`` when it loaded ``key``. This is how a read-decide-write reads what it
+        decides on: on PostgreSQL the row is locked (SELECT ... FOR UPDATE) until the
+        transaction ends, so a second writer of the same row waits, then reads what the
+        first one committed, and never decides on a value already changed."""
         try:
             row: _Row | None = self._known[(model, key)]
         except KeyError:
-            return self.session.get(model, key)
+            if not self.locks_rows:
+                return self.session.get(model, key)
+            row = self.session.get(model, key, with_for_update=True, populate_existing=True)
+            self._known[(model, key)] = row
         return row
+
+    def lock(self, name: str) -> None:
+        """Serialize this transaction with every other one that locks ``name`` (for
+        what has no row to lock yet: a node name being registered, a service name being
+        created). PostgreSQL: a transaction-level advisory lock; SQLite: nothing to do."""
+        if self.locks_rows:
+            self.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
+            )
 
     def add(self, row: _Row, key: Any) -> _Row:
         """``session.add`` a new row that ``get`` finds by ``key`` from now on."""

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from orchestrify.models import (
     Event,
 )
-from orchestrify.store.engine import StoreCore
+from orchestrify.store.engine import StoreCore, retry_on_race
 from orchestrify.store.rows import (
     event_view,
 )
@@ -22,6 +22,7 @@ __all__ = ["EventsPart"]
 class EventsPart(StoreCore):
     """Record and list events."""
 
+    @retry_on_race
     def record_event(
         self,
         message: str,

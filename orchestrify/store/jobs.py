@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from orchestrify.errors import NotFound
+from orchestrify.errors import Conflict, NotFound
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
 from orchestrify.store import Store, as_utc, utcnow
+from orchestrify.store.engine import retry_on_race
 from orchestrify.store.tables import JobEventRow, JobRow
 
 __all__ = ["JobStore"]
@@ -58,6 +59,7 @@ class JobStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retry_on_race
     def create(
         self,
         *,
@@ -97,15 +99,24 @@ class JobStore:
             q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
             return [_job(r) for r in s.scalars(q).all()]
 
+    @retry_on_race
     def set_hosts(self, job_id: str, hosts: Iterable[str]) -> None:
         with self.store.write() as tx:
-            row = tx.session.get(JobRow, job_id)
+            row = tx.get(JobRow, job_id)
             if row is not None:
                 row.hosts = sorted(hosts)
 
+    @retry_on_race
     def mark_running(self, job_id: str) -> Job:
+        """Start a pending job: compare-and-set from ``pending`` to ``running`` on its
+        locked row, so a job is started once even if two runners reach for it
+        (``Conflict``: it is not pending any more)."""
         with self.store.write() as tx:
-            row = self._row(tx.session, job_id)
+            row = tx.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row.status != JobStatus.PENDING:
+                raise Conflict(f"job {job_id} is {row.status}, not pending: not started again")
             row.status = JobStatus.RUNNING
             row.started_at = utcnow()
             tx.add_event(
@@ -119,6 +130,7 @@ class JobStore:
             )
             return _job(row)
 
+    @retry_on_race
     def finish(
         self,
         job_id: str,
@@ -163,6 +175,7 @@ class JobStore:
         return failed, pending
 
     # --- events --------------------------------------------------------------------
+    @retry_on_race
     def add_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
         if not events:
             return

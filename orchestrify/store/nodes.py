@@ -17,7 +17,7 @@ from orchestrify.models import (
     NodeRegistration,
     NodeState,
 )
-from orchestrify.store.engine import StoreCore, WriteTx
+from orchestrify.store.engine import StoreCore, WriteTx, retry_on_race
 from orchestrify.store.replicas import take_orphans
 from orchestrify.store.rows import (
     LIVE_STATES,
@@ -82,6 +82,7 @@ class NodesPart(StoreCore):
         enrolled = self.enroll_node(reg)
         return enrolled.node, enrolled.token
 
+    @retry_on_race
     def enroll_node(self, reg: NodeRegistration, *, trusted: bool = False) -> NodeEnrollment:
         """Register (or re-register) a node, saying whether this store knew it.
 
@@ -98,7 +99,11 @@ class NodesPart(StoreCore):
         token = secrets.token_urlsafe(32)
         now = utcnow()
         with self.write() as tx:
-            row = tx.session.get(NodeRow, reg.node_id) if reg.node_id else None
+            # Two registrations of one name (or one id) wait for each other.
+            tx.lock(f"node-name:{reg.name}")
+            if reg.node_id:
+                tx.lock(f"node-id:{reg.node_id}")
+            row = tx.get(NodeRow, reg.node_id) if reg.node_id else None
             known = row is not None
             if row is not None and row.name != reg.name:
                 taken = tx.session.scalars(
@@ -177,6 +182,7 @@ class NodesPart(StoreCore):
             tx.session.flush()
             return NodeEnrollment(node=node_view(row), token=token, known=known)
 
+    @retry_on_race
     def check_node_claim(self, reg: NodeRegistration, *, trusted: bool = False) -> None:
         """Refuse (``Conflict``, recorded as an event) a registration that claims a node id
         this store knows without that node's token; ``trusted`` (the admin) may."""
@@ -190,7 +196,7 @@ class NodesPart(StoreCore):
         if not reg.node_id:
             return None
         with self.write() as tx:
-            row = tx.session.get(NodeRow, reg.node_id)
+            row = tx.get(NodeRow, reg.node_id)
             if row is None:
                 return None  # unknown id (a wiped store): the join token is enough
             if reg.node_token and secrets.compare_digest(
@@ -223,10 +229,11 @@ class NodesPart(StoreCore):
             if not secrets.compare_digest(row.token_hash, hash_token(token)):
                 raise Unauthorized("wrong node token")
 
+    @retry_on_race
     def heartbeat(self, node_id: str, hb: Heartbeat) -> Node:
         now = utcnow()
         with self.write() as tx:
-            row = tx.session.get(NodeRow, node_id)
+            row = tx.get(NodeRow, node_id)
             if row is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
             row.last_heartbeat = now  # for display: liveness is judged on a monotonic clock
@@ -255,9 +262,10 @@ class NodesPart(StoreCore):
         with self.read() as s:
             return node_view(node_row(s, id_or_name))
 
+    @retry_on_race
     def set_node_draining(self, id_or_name: str, *, draining: bool, remove: bool = False) -> Node:
         with self.write() as tx:
-            row = node_row(tx.session, id_or_name)
+            row = node_row(tx.session, id_or_name, lock=tx.locks_rows)
             row.draining = draining
             # A silent node stays silent (its next heartbeat applies the drain flag);
             # no wall-clock comparison here: liveness is the reconciler's to judge.
@@ -280,10 +288,11 @@ class NodesPart(StoreCore):
             tx.changes.update({"spec", "state"})
             return node_view(row)
 
+    @retry_on_race
     def delete_node(self, id_or_name: str) -> None:
         """Forget a node and its replicas now (used once it is drained, or with --force)."""
         with self.write() as tx:
-            row = node_row(tx.session, id_or_name)
+            row = node_row(tx.session, id_or_name, lock=tx.locks_rows)
             tx.session.execute(delete(ReplicaRow).where(ReplicaRow.node == row.id))
             tx.session.delete(row)
             tx.add_event(
@@ -295,6 +304,7 @@ class NodesPart(StoreCore):
             )
             tx.changes.update({"spec", "state"})
 
+    @retry_on_race
     def mark_unreachable(
         self,
         silent_s: Mapping[str, float],
@@ -344,6 +354,7 @@ class NodesPart(StoreCore):
                 tx.changes.update({"spec", "state"})
         return changed
 
+    @retry_on_race
     def mark_not_ready(
         self,
         silent_s: Mapping[str, float],

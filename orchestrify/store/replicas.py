@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrify.errors import InvalidSpec, NotFound
 from orchestrify.models import (
@@ -26,7 +26,7 @@ from orchestrify.models import (
     container_spec,
     spec_hash,
 )
-from orchestrify.store.engine import StoreCore, WriteTx
+from orchestrify.store.engine import StoreCore, WriteTx, retry_on_race
 from orchestrify.store.rows import (
     node_row,
     node_view,
@@ -234,17 +234,19 @@ class ReplicasPart(StoreCore):
             names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
             return replica_view(row, names)
 
+    @retry_on_race
     def remove_replica(
         self, replica_id: str, *, reason: str = "removed through the API"
     ) -> Replica:
         """Drain one replica out; the reconciler replaces it unless the service shrank."""
         with self.write() as tx:
-            row = tx.session.get(ReplicaRow, replica_id)
+            row = tx.get(ReplicaRow, replica_id)
             if row is None:
                 raise NotFound(f"no replica with id {replica_id!r}")
             drain_replica(tx, row, reason=reason, action="remove_replica")
             return replica_view(row)
 
+    @retry_on_race
     def drain_replicas(
         self, replica_ids: Iterable[str], *, reason: str, action: str = "drain_replica"
     ) -> None:
@@ -252,20 +254,57 @@ class ReplicasPart(StoreCore):
         ``_drain``. Replicas already leaving, or gone, are left as they are."""
         with self.write() as tx:
             for rid in replica_ids:
-                row = tx.session.get(ReplicaRow, rid)
+                row = tx.get(ReplicaRow, rid)
                 if row is not None:
                     drain_replica(tx, row, reason=reason, action=action)
 
+    @retry_on_race
     def create_replicas(
-        self, service: str, node_ids: Sequence[str], *, reason: str
+        self,
+        service: str,
+        node_ids: Sequence[str],
+        *,
+        reason: str,
+        up_to: int | None = None,
     ) -> list[Replica]:
+        """Place one new replica (of the current generation) on each of ``node_ids``.
+
+        ``up_to`` makes it a compare-and-set: the service's row is locked and only as
+        many are placed as keep its running replicas (desired ``run``, not failed) at
+        most ``up_to``. Two controllers that decided from the same snapshot then place
+        the missing replicas once between them, never twice; fewer (or none) placed is
+        said in an event, and the next reconcile cycle decides again."""
         now = utcnow()
         created = []
         with self.write() as tx:
-            names = {i: n for i, n in tx.session.execute(select(NodeRow.id, NodeRow.name))}
-            svc = tx.session.get(ServiceRow, service)
+            svc = tx.get(ServiceRow, service)
             if svc is None:
                 raise NotFound(f"no service named {service!r}")
+            names = {i: n for i, n in tx.session.execute(select(NodeRow.id, NodeRow.name))}
+            if up_to is not None:
+                running = tx.session.scalar(
+                    select(func.count())
+                    .select_from(ReplicaRow)
+                    .where(
+                        ReplicaRow.service == service,
+                        ReplicaRow.desired == DesiredState.RUN,
+                        ReplicaRow.state != ReplicaState.FAILED,
+                    )
+                )
+                room = max(0, up_to - (running or 0))
+                if room < len(node_ids):
+                    tx.add_event(
+                        f"placed {room} of {len(node_ids)} replica(s) of {service}: it has "
+                        f"{running} running already, and this placement was for at most "
+                        f"{up_to} (another writer placed some meanwhile)",
+                        kind="decision",
+                        service=service,
+                        action="place_replica",
+                        outcome="refused" if room == 0 else "info",
+                        reason="changed",
+                        data={"asked": len(node_ids), "placed": room, "running": running},
+                    )
+                    node_ids = list(node_ids)[:room]
             for node_id in node_ids:
                 row = ReplicaRow(
                     id=f"{service}-{secrets.token_hex(4)}",
@@ -294,6 +333,7 @@ class ReplicasPart(StoreCore):
             tx.changes.update({"spec", "state"})
         return created
 
+    @retry_on_race
     def set_desired(
         self,
         replica_ids: Iterable[str],
@@ -308,7 +348,7 @@ class ReplicasPart(StoreCore):
         now = utcnow()
         with self.write() as tx:
             for rid in replica_ids:
-                row = tx.session.get(ReplicaRow, rid)
+                row = tx.get(ReplicaRow, rid)
                 if row is None or row.desired == desired:
                     continue
                 row.desired = desired
@@ -327,10 +367,11 @@ class ReplicasPart(StoreCore):
                     )
                 tx.changes.update({"spec", "state"})
 
+    @retry_on_race
     def delete_replicas(self, replica_ids: Iterable[str], *, reason: str) -> None:
         with self.write() as tx:
             for rid in replica_ids:
-                row = tx.session.get(ReplicaRow, rid)
+                row = tx.get(ReplicaRow, rid)
                 if row is None:
                     continue
                 tx.session.delete(row)
@@ -345,6 +386,7 @@ class ReplicasPart(StoreCore):
                 )
                 tx.changes.update({"spec", "state"})
 
+    @retry_on_race
     def apply_reports(
         self,
         node_id: str,
@@ -357,15 +399,17 @@ class ReplicasPart(StoreCore):
         ``orphans`` (when given) is every orphan the agent keeps now."""
         now = utcnow()
         with self.write() as tx:
-            node = tx.session.get(NodeRow, node_id)
+            node = tx.get(NodeRow, node_id)
             if node is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
             if orphans is not None:
                 take_orphans(tx, node, orphans)
+            # Every reported replica's row in one query (locked, on PostgreSQL).
+            tx.preload(ReplicaRow, ReplicaRow.id, [rep.id for rep in reports])
             seen = set()
             for rep in reports:
                 seen.add(rep.id)
-                row = tx.session.get(ReplicaRow, rep.id)
+                row = tx.get(ReplicaRow, rep.id)
                 if row is None or row.node != node_id:
                     continue  # not ours (any more): the agent removes it at its next sync
                 if rep.state == "stopped":
@@ -485,13 +529,14 @@ class ReplicasPart(StoreCore):
             reps = [replica_view(r, names) for r in rows]
             return [service_view(r, by_service.get(r.name, ())) for r in live], nodes, reps
 
+    @retry_on_race
     def adopt_orphans(self, id_or_name: str) -> OrphanAdoption:
         """Make a node's orphans replicas again, without restarting them: each one whose
         service exists (by name) becomes a replica row with the orphan's replica id on
         the node. Orphans of services that do not exist stay orphans."""
         now = utcnow()
         with self.write() as tx:
-            node = node_row(tx.session, id_or_name)
+            node = node_row(tx.session, id_or_name, lock=tx.locks_rows)
             services = {
                 r.name: r
                 for r in tx.session.scalars(
@@ -500,11 +545,12 @@ class ReplicasPart(StoreCore):
             }
             return adopt_orphans_of(tx, node, services=services, now=now)
 
+    @retry_on_race
     def prune_orphans(self, id_or_name: str) -> OrphanPrune:
         """Tell the node's agent to remove its orphans (``Assignments.prune``); each one
         leaves the list once the agent no longer reports it."""
         with self.write() as tx:
-            node = node_row(tx.session, id_or_name)
+            node = node_row(tx.session, id_or_name, lock=tx.locks_rows)
             ids = [str(o.get("container_id")) for o in node.orphans or []]
             node.prune = ids
             if ids:

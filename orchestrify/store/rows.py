@@ -183,10 +183,13 @@ def replicas_of(s: Session, service: str) -> list[ReplicaRow]:
     return list(s.scalars(select(ReplicaRow).where(ReplicaRow.service == service)).all())
 
 
-def node_row(s: Session, id_or_name: str) -> NodeRow:
+def node_row(s: Session, id_or_name: str, *, lock: bool = False) -> NodeRow:
+    """The node of that id, else of that name (``NotFound``: neither); ``lock``: FOR
+    UPDATE, for a write that decides on it (PostgreSQL)."""
+    by_name = select(NodeRow).where(NodeRow.name == id_or_name)
     row = (
-        s.get(NodeRow, id_or_name)
-        or s.scalars(select(NodeRow).where(NodeRow.name == id_or_name)).first()
+        s.get(NodeRow, id_or_name, with_for_update=lock or None, populate_existing=lock)
+        or s.scalars(by_name.with_for_update() if lock else by_name).first()
     )
     if row is None:
         raise NotFound(f"no node with id or name {id_or_name!r}")

@@ -18,7 +18,7 @@ from orchestrify.models import (
     error_location,
 )
 from orchestrify.store.alert_tables import ScalingStateRow
-from orchestrify.store.engine import StoreCore, WriteTx
+from orchestrify.store.engine import StoreCore, WriteTx, retry_on_race
 from orchestrify.store.replicas import adopt_orphans_of, drain_replica
 from orchestrify.store.rows import (
     replicas_by_service,
@@ -38,7 +38,7 @@ def manual_scale(tx: WriteTx, name: str, *, replicas: int, now: datetime) -> Non
     that confirms it), for the scaling policy: alert episodes that began before now
     no longer act on scale, and an open autoscaling episode's baseline (where
     scale-in stops) becomes ``replicas``."""
-    state = tx.session.get(ScalingStateRow, name)
+    state = tx.get(ScalingStateRow, name)
     if state is None:
         state = ScalingStateRow(service=name)
         tx.session.add(state)
@@ -87,10 +87,12 @@ def _invalid_from(exc: ValueError) -> InvalidSpec:
 class ServicesPart(StoreCore):
     """The services and their rollouts."""
 
+    @retry_on_race
     def create_service(self, spec: ServiceSpec) -> Service:
         now = utcnow()
         with self.write() as tx:
-            existing = tx.session.get(ServiceRow, spec.name)
+            tx.lock(f"service:{spec.name}")
+            existing = tx.get(ServiceRow, spec.name)
             if existing is not None:
                 if existing.deleting:
                     raise Conflict(
@@ -132,11 +134,12 @@ class ServicesPart(StoreCore):
                 raise NotFound(f"no service named {name!r}")
             return service_view(row, replicas_of(s, name))
 
+    @retry_on_race
     def update_service(
         self, name: str, patch: ServicePatch, *, reason: str = "requested through the API"
     ) -> Service:
         with self.write() as tx:
-            row = tx.session.get(ServiceRow, name)
+            row = tx.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
             current = ServiceSpec.model_validate(row.spec)
@@ -189,6 +192,7 @@ class ServicesPart(StoreCore):
             tx.changes.add("spec")
             return service_view(row, reps)
 
+    @retry_on_race
     def rollback_service(self, name: str, *, reason: str = "requested through the API") -> Service:
         """Put the container fields back to the spec before the last update (Swarm's
         ``docker service rollback``) as a new generation, so the usual rolling update
@@ -196,7 +200,7 @@ class ServicesPart(StoreCore):
         and ``max_per_node`` keep their current values. The spec replaced becomes the
         previous one: rolling back twice returns to the update."""
         with self.write() as tx:
-            row = tx.session.get(ServiceRow, name)
+            row = tx.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
             previous = row.previous_spec
@@ -248,10 +252,11 @@ class ServicesPart(StoreCore):
     def scale_service(self, name: str, replicas: int, *, reason: str) -> Service:
         return self.update_service(name, ServicePatch(replicas=replicas), reason=reason)
 
+    @retry_on_race
     def delete_service(self, name: str) -> None:
         """Mark a service for removal: its replicas drain out of Nginx, then stop."""
         with self.write() as tx:
-            row = tx.session.get(ServiceRow, name)
+            row = tx.get(ServiceRow, name)
             if row is None or row.deleting:
                 raise NotFound(f"no service named {name!r}")
             row.deleting = True
@@ -268,11 +273,15 @@ class ServicesPart(StoreCore):
             )
             tx.changes.update({"spec", "state"})
 
+    @retry_on_race
     def purge_deleted_services(self) -> list[str]:
         """Drop services marked for removal once none of their replicas is left."""
         with self.write() as tx:
             gone = []
-            for row in tx.session.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(True))):
+            doomed = select(ServiceRow).where(ServiceRow.deleting.is_(True))
+            if tx.locks_rows:
+                doomed = doomed.order_by(ServiceRow.name).with_for_update()
+            for row in tx.session.scalars(doomed):
                 left = tx.session.scalars(
                     select(ReplicaRow.id).where(ReplicaRow.service == row.name).limit(1)
                 ).first()
@@ -281,12 +290,13 @@ class ServicesPart(StoreCore):
                     gone.append(row.name)
             return gone
 
+    @retry_on_race
     def pause_rollout(self, service: str, *, generation: int, reason: str) -> bool:
         """Pause ``service``'s rolling update to ``generation``: no more old replicas are
         replaced until a new generation. Said once: False when already paused (or when the
         service has moved on to another generation since)."""
         with self.write() as tx:
-            row = tx.session.get(ServiceRow, service)
+            row = tx.get(ServiceRow, service)
             if row is None or row.generation != generation:
                 return False
             if row.paused_generation == generation:
