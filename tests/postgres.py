@@ -68,23 +68,22 @@ class PostgresServer:
             "--locale=C",
         )
         pwfile.unlink()
+        self.start_server()
+        with self.connect("postgres") as conn:
+            conn.execute(f"CREATE DATABASE {TEMPLATE}")
+
+    def start_server(self) -> None:
+        """``pg_ctl start`` on the cluster made by ``start`` (again, after ``stop_server``)."""
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        self._pg(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        )
-        with self.connect("postgres") as conn:
-            conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        log = str(self.dir / "log")
+        self._pg("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
+
+    def stop_server(self) -> None:
+        """``pg_ctl stop`` (fast: connections are cut), keeping the cluster's files."""
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def _pg(self, tool: str, *args: str) -> None:
         proc = subprocess.run(
