@@ -206,7 +206,7 @@ class StoreCore:
         self.dialect = self.engine.dialect.name
         try:
             migrate.upgrade(self.engine)
-        except SQLAlchemyError as exc:
+        except BaseException as exc:
             self.engine.dispose()
             translated = translate_store_error(exc)
             if translated is None:

@@ -18,6 +18,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrify.errors import StoreUnavailable
+
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -38,6 +40,10 @@ def head_revision() -> str:
     return head
 
 
+def _known_revisions() -> set[str]:
+    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
 def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -51,6 +57,12 @@ def upgrade(engine: Engine) -> None:
         head = head_revision()
         if before == head:
             return
+        if before is not None and before not in _known_revisions():
+            raise StoreUnavailable(
+                f"the store's schema is at revision {before}, which this build of "
+                f"orchestrify does not know (it knows up to {head}): a newer build made "
+                "or upgraded it; run that build (or newer) on this store"
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     log.info(

@@ -8,10 +8,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from orchestrify.errors import StoreUnavailable
 from orchestrify.models import NodeRegistration, ReplicaReport, ServicePatch, ServiceSpec
 from orchestrify.store import Store, migrate
 from orchestrify.store.alerts import AlertStore
@@ -189,3 +191,14 @@ def test_a_store_made_by_the_last_build_without_migrations_is_adopted(tmp_path: 
         assert [r.service for r in store.list_replicas()] == ["web"]
     finally:
         store.close()
+
+
+def test_a_store_from_a_newer_build_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    Store.in_data_dir(data_dir).close()
+    db = sqlite3.connect(data_dir / "orchestrify.db")
+    with db:
+        db.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    db.close()
+    with pytest.raises(StoreUnavailable, match=r"9999_from_the_future.*newer build"):
+        Store.in_data_dir(data_dir)
