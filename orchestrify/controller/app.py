@@ -184,6 +184,7 @@ def open_state(
         data_dir=settings.data_dir,
         node_timeout_s=settings.node_timeout_s,
     )
+    log.info("store opened", extra={"store": store.url})  # the password hidden
     feed = ChangeFeed()
     store.on_change(feed.bump)
     admin, _ = load_or_create_token(settings.data_dir, "admin", settings.token)

@@ -1,9 +1,10 @@
 """A PostgreSQL store that goes away while the controller runs: the API answers 503 with
 Retry-After (the store cannot write), never a traceback or a 500, and the password of
-the database URL is in no answer; once the database is back, the API works again."""
+the database URL is in no answer and no log line; once the database is back, the API works again."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 
 def test_a_lost_database_is_503_and_the_api_recovers(
-    tmp_path: Path, own_postgres: PostgresServer
+    tmp_path: Path, own_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     url = own_postgres.url(own_postgres.new_database())
     app = create_app(settings(tmp_path, database_url=url), run_reconciler=False)
     spec = {"name": "web", "image": "demo:1", "replicas": 0, "min_replicas": 0}
@@ -52,3 +54,5 @@ def test_a_lost_database_is_503_and_the_api_recovers(
             own_postgres.start_server()
         assert [s["name"] for s in api.get("/v1/services").json()] == ["web"]
         assert api.post("/v1/services", json=spec | {"name": "api"}).status_code == 201
+    assert "store opened" in caplog.text  # with the URL, its password hidden
+    assert PASSWORD not in caplog.text
