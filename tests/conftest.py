@@ -94,12 +94,10 @@ STORE_ENGINES = ["sqlite", "postgresql"]
 @pytest.fixture(params=STORE_ENGINES)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty store (schema at head): SQLite in ``tmp_path`` (as the data dir
-    makes it), or a fresh database on the session's PostgreSQL. Tests that take it run
-    on both engines."""
+    makes it), or the session's PostgreSQL test database, emptied. Tests that take it
+    run on both engines."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'orchestrify.db'}"
         return
     server: PostgresServer = request.getfixturevalue("postgres")
-    name = server.new_database()
-    yield server.url(name)
-    server.drop_database(name)
+    yield server.url(server.emptied_database())

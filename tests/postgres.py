@@ -46,6 +46,7 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="orchestrify-pg-"))
         self.data = self.dir / "data"
         self._names = itertools.count(1)
+        self._shared: str | None = None
         self._run_as = ["runuser", "-u", PG_USER, "--"]
 
     def start(self) -> None:
@@ -133,10 +134,36 @@ class PostgresServer:
         name = f"t{os.getpid()}_{next(self._names)}"
         with self.connect("postgres") as conn:
             if migrated:
-                conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+                # FILE_COPY: for a database this small, faster than the WAL_LOG default.
+                conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} STRATEGY FILE_COPY")
             else:
                 conn.execute(f"CREATE DATABASE {name}")
         return name
+
+    def emptied_database(self) -> str:
+        """The session's shared test database with every table emptied (the schema stays
+        at head): a few milliseconds, where a new database takes a few hundred. A fresh
+        copy when the old one cannot be emptied (a leftover lock)."""
+        name = self._shared
+        if name is not None:
+            try:
+                with self.connect(name) as conn:
+                    conn.execute("SET lock_timeout = '5s'")
+                    tables = [
+                        row[0]
+                        for row in conn.execute(
+                            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                            " AND tablename <> 'alembic_version'"
+                        )
+                    ]
+                    conn.execute(
+                        "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY"
+                    )
+                return name
+            except psycopg.Error:
+                self.drop_database(name)
+        self._shared = self.new_database()
+        return self._shared
 
     def drop_database(self, name: str) -> None:
         with self.connect("postgres") as conn:
