@@ -242,12 +242,7 @@ class StoreCore:
         failure."""
         with self._sessions() as session, session.begin():
             if self.dialect == "postgresql":
-                session.connection(
-                    execution_options={
-                        "isolation_level": "REPEATABLE READ",
-                        "postgresql_readonly": True,
-                    }
-                )
+                session.connection(execution_options=_PG_SNAPSHOT)
             yield session
 
     # The names store/alerts.py knows these by (kept while the alert intake changes on
