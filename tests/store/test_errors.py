@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 
-from orchestrify.errors import Conflict, InvalidSpec, StoreUnavailable
+from orchestrify.errors import Conflict, InvalidSpec, StoreUnavailable, WriteConflict
 from orchestrify.models import NodeRegistration
-from orchestrify.store import Store
+from orchestrify.store import Store, translate_store_error
+from orchestrify.store.engine import WRITE_ATTEMPTS, retry_on_race
 from orchestrify.store.tables import NodeRow
 
 
@@ -51,3 +54,31 @@ def test_a_text_the_store_cannot_hold_is_invalid_not_a_crash(store: Store) -> No
     with pytest.raises(InvalidSpec, match="not valid Unicode"):
         store.record_event("lone \udfff", kind="config")
     assert store.list_events() == []
+
+
+@pytest.mark.parametrize(
+    "orig", [psycopg.errors.SerializationFailure("x"), psycopg.errors.DeadlockDetected("x")]
+)
+def test_a_postgresql_race_is_a_write_conflict_and_is_retried(orig: Exception) -> None:
+    raced = OperationalError("UPDATE services ...", {}, orig)
+    translated = translate_store_error(raced)
+    assert isinstance(translated, WriteConflict) and isinstance(translated, Conflict)
+    calls: list[int] = []
+
+    @retry_on_race
+    def write(fail_times: int) -> str:
+        calls.append(1)
+        if len(calls) <= fail_times:
+            raise WriteConflict("raced")
+        return "done"
+
+    assert write(2) == "done" and len(calls) == 3  # rolled back twice, then committed
+    calls.clear()
+    with pytest.raises(WriteConflict):
+        write(99)
+    assert len(calls) == WRITE_ATTEMPTS
+
+
+def test_a_lost_postgresql_connection_is_unavailable() -> None:
+    lost = OperationalError("SELECT 1", {}, psycopg.OperationalError("server closed"))
+    assert isinstance(translate_store_error(lost), StoreUnavailable)
