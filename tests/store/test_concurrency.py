@@ -17,6 +17,7 @@ import pytest
 from orchestrify.errors import Conflict
 from orchestrify.models import NodeRegistration, ServicePatch, ServiceSpec
 from orchestrify.store import Store
+from orchestrify.store.jobs import JobStore
 
 CALLS = 50
 
@@ -110,3 +111,21 @@ def test_one_node_name_registered_at_once_from_both_stores_is_one_node(
     ids = {o for o in outcomes if o != "conflict"}
     assert len(ids) == 1
     assert [n.name for n in a.list_nodes()] == ["worker"]
+
+
+def test_a_job_is_started_once_whoever_reaches_for_it(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    JobStore(a).create(job_id="j1", playbook="site.yml", limit=None, extra_vars={}, reason="x")
+
+    def start(store: Store, _i: int) -> str:
+        try:
+            JobStore(store).mark_running("j1")
+        except Conflict:
+            return "refused"
+        return "started"
+
+    outcomes = _race(stores, start, calls=20)
+    assert outcomes.count("started") == 1
+    assert outcomes.count("refused") == 19
+    starts = [e for e in b.list_events() if e.action == "job_start"]
+    assert len(starts) == 1
