@@ -1,7 +1,10 @@
 """The controller's state store: services, nodes, replicas, edges and the event trail.
 
-Every write is one transaction; after it commits, subscribers are told (the change
-feed that wakes long-polling agents and edges, the metrics that count decisions).
+Every write is one transaction that locks what it decides on (PostgreSQL row locks;
+SQLite's one write lock); every read the reconciler decides on is one transaction too.
+After a write commits, subscribers are told (the change feed that wakes long-polling
+agents and edges, the metrics that count decisions). The engine is SQLite (the default,
+in the data dir) or PostgreSQL; the schema is migrated on open (:mod:`.migrate`).
 
 :class:`Store` is a facade composed of one part per concern, each in its own module:
 :mod:`~orchestrify.store.engine` (engine, transactions, error translation),
@@ -52,7 +55,6 @@ __all__ = [
 # The names orchestrify/store/alerts.py knows the helpers by (kept while the alert
 # intake changes on another branch; new code uses WriteTx, tx.add_event, drain_replica).
 _WriteTx = WriteTx
-_utc = as_utc
 
 
 class Store(ServicesPart, NodesPart, ReplicasPart, EdgesPart, EventsPart):

@@ -1,6 +1,7 @@
-"""The store's engine and transactions: engine creation (SQLite pragmas), the write
-transaction that tells subscribers after it commits, sessions whose errors are translated
-at the border, and the core every concern of the store is built on.
+"""The store's engine and transactions: engine creation for SQLite and PostgreSQL, the
+write transaction (locks on what it reads, subscribers told after it commits), the read
+transaction (one consistent state on both engines), database errors translated at the
+border and races retried, and the core every concern of the store is built on.
 """
 
 from __future__ import annotations
