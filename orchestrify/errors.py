@@ -19,12 +19,6 @@ class Conflict(OrchestrifyError):
     """The request clashes with what is stored (a name taken, a node draining...)."""
 
 
-class WriteConflict(Conflict):
-    """Two writers raced for the same rows and the database gave up on this one (a
-    PostgreSQL serialization failure or deadlock) after the store's own retries: nothing
-    was written; the same request may simply be sent again."""
-
-
 class InvalidSpec(OrchestrifyError):
     """Input failed validation. ``field`` names the offending field when known."""
 
@@ -36,6 +30,14 @@ class InvalidSpec(OrchestrifyError):
 class StoreUnavailable(OrchestrifyError):
     """The store cannot take a write or answer a read now (locked, disk I/O error, gone):
     the API answers 503 with Retry-After, the caller tries again later."""
+
+
+class WriteConflict(StoreUnavailable):
+    """Two writers raced for the same rows and the database gave up on this one (a
+    PostgreSQL serialization failure or deadlock), even after the store's own retries.
+    Nothing was written; like any store that cannot write now it is a 503 with
+    Retry-After (not a 409: Alertmanager and the agents retry a 5xx, and the same
+    request then goes through)."""
 
 
 class TooLarge(OrchestrifyError):

@@ -64,7 +64,8 @@ def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
     A store that cannot write now (SQLite locked past its busy timeout, a disk I/O error,
     PostgreSQL unreachable or its connection lost) is ``StoreUnavailable`` (503, retry);
     two writers that raced (a PostgreSQL serialization failure or deadlock) are a
-    ``WriteConflict`` (409: nothing written, send it again); a constraint is a
+    ``WriteConflict``, a StoreUnavailable too (nothing written, send it again); a
+    constraint is a
     ``Conflict``; any other statement the database refuses (a value it cannot hold) is
     ``InvalidSpec``. Only the driver's message is kept, never the statement or its
     parameters."""

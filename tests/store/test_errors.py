@@ -62,7 +62,8 @@ def test_a_text_the_store_cannot_hold_is_invalid_not_a_crash(store: Store) -> No
 def test_a_postgresql_race_is_a_write_conflict_and_is_retried(orig: Exception) -> None:
     raced = OperationalError("UPDATE services ...", {}, orig)
     translated = translate_store_error(raced)
-    assert isinstance(translated, WriteConflict) and isinstance(translated, Conflict)
+    assert isinstance(translated, WriteConflict)
+    assert isinstance(translated, StoreUnavailable)  # 503 and Retry-After: clients retry
     calls: list[int] = []
 
     @retry_on_race
