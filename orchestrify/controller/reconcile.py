@@ -65,7 +65,8 @@ class Place:
 
 @dataclass(frozen=True)
 class Drain:
-    """Out of the upstreams now, stopped after the service's ``drain_s`` (``Store._drain``)."""
+    """Out of the upstreams now, stopped after the service's ``drain_s``
+    (``orchestrify.store.replicas.drain_replica``)."""
 
     replicas: tuple[str, ...]
     reason: str

@@ -63,7 +63,7 @@ class EdgesPart(StoreCore):
         it out of Nginx before its container stops.
 
         Also answers the snapshot's ``as_of``: read under the write lock before the read
-        starts, so every write that ``_drain`` timed before it has committed and is in
+        starts, so every write that ``drain_replica`` timed before it has committed and is in
         the snapshot (one controller process owns the store; see docs/edge.md).
         """
         with self._write_lock:

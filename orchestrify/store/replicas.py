@@ -251,7 +251,7 @@ class ReplicasPart(StoreCore):
         self, replica_ids: Iterable[str], *, reason: str, action: str = "drain_replica"
     ) -> None:
         """Drain these replicas (scale-in, node drain, rolling update, rollback): see
-        ``_drain``. Replicas already leaving, or gone, are left as they are."""
+        ``drain_replica``. Replicas already leaving, or gone, are left as they are."""
         with self.write() as tx:
             for rid in replica_ids:
                 row = tx.get(ReplicaRow, rid)

@@ -1,5 +1,6 @@
-"""The one drain path (``Store._drain``): every way a replica leaves goes through it, and
-the edges' acknowledgements (``applied_as_of``) that let a drained replica stop."""
+"""The one drain path (``orchestrify.store.replicas.drain_replica``): every way a replica
+leaves goes through it, and the edges' acknowledgements (``applied_as_of``) that let a
+drained replica stop."""
 
 from __future__ import annotations
 
