@@ -14,12 +14,17 @@ from typing import Any
 
 import pytest
 
+from orchestrify.alerting.payload import AlertBatch
+from orchestrify.alerting.policy import Decision
 from orchestrify.errors import Conflict
 from orchestrify.models import NodeRegistration, ServicePatch, ServiceSpec
-from orchestrify.store import Store
+from orchestrify.store import Store, utcnow
+from orchestrify.store.alerts import AlertStore
 from orchestrify.store.jobs import JobStore
+from tests.alerting.payloads import am_alert, am_payload
 
 CALLS = 50
+NOW = "2026-01-01T00:00:00Z"
 
 
 @pytest.fixture
@@ -129,3 +134,41 @@ def test_a_job_is_started_once_whoever_reaches_for_it(stores: tuple[Store, Store
     assert outcomes.count("refused") == 19
     starts = [e for e in b.list_events() if e.action == "job_start"]
     assert len(starts) == 1
+
+
+def test_one_alert_decided_by_both_stores_at_once_acts_once(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    services = [f"web{n}" for n in range(4)]  # four races: a lost one shows in any
+    for name in services:
+        a.create_service(ServiceSpec(name=name, image="demo:1", replicas=2, max_replicas=8))
+    body = am_payload(
+        *(
+            am_alert("ServiceRequestRateHigh", fingerprint=f"f{n}", starts_at=NOW, service=name)
+            for n, name in enumerate(services)
+        )
+    )
+    AlertStore(a).store_batch(AlertBatch.model_validate(body), now=utcnow())
+    receipts = {r.labels["service"]: r for r in AlertStore(b).pending()}
+    assert sorted(receipts) == services
+
+    # The decision's one write (receipt processed, the scale, the events), made by both
+    # controllers' decision loops at once for the same receipt.
+    def commit(store: Store, i: int) -> str | None:
+        name = services[(i // 2) % len(services)]  # each alert from both stores in turn
+        scale_out = Decision(
+            action="scale_out",
+            outcome="ok",
+            reason="rate high",
+            service=name,
+            replicas_from=2,
+            replicas_to=3,
+        )
+        done = AlertStore(store).commit(now=utcnow(), receipt=receipts[name], decision=scale_out)
+        return name if done is not None else None
+
+    outcomes = _race(stores, commit, calls=15 * len(services))
+    assert sorted(o for o in outcomes if o is not None) == services  # each decided once
+    for name in services:
+        assert a.get_service(name).replicas == 3
+        assert sum(1 for e in b.list_events(service=name) if e.action == "scale") == 1
+    assert AlertStore(a).pending() == []
