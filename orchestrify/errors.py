@@ -32,6 +32,14 @@ class StoreUnavailable(OrchestrifyError):
     the API answers 503 with Retry-After, the caller tries again later."""
 
 
+class WriteConflict(StoreUnavailable):
+    """Two writers raced for the same rows and the database gave up on this one (a
+    PostgreSQL serialization failure or deadlock), even after the store's own retries.
+    Nothing was written; like any store that cannot write now it is a 503 with
+    Retry-After (not a 409: Alertmanager and the agents retry a 5xx, and the same
+    request then goes through)."""
+
+
 class TooLarge(OrchestrifyError):
     """A request asks for more work than the controller takes at once (HTTP 413)."""
 

@@ -61,6 +61,7 @@ def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
-    # Every HTTP call at INFO would drown the events that matter.
-    for name in ("httpx", "httpcore", "docker", "urllib3"):
+    # Every HTTP call at INFO would drown the events that matter (and Alembic's set-up
+    # chatter: the store logs once what a migration changed).
+    for name in ("httpx", "httpcore", "docker", "urllib3", "alembic"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -20,6 +20,7 @@ PACKAGES=(
     openssh-client:ssh
     curl:curl
     python3-venv:python3-venv
+    postgresql:postgresql
 )
 
 is_installed() {  # PACKAGE COMMAND
@@ -27,6 +28,10 @@ is_installed() {  # PACKAGE COMMAND
         # Debian's python3 needs python3-venv for `python3 -m venv`; another Python
         # (pyenv, a CI image) may have it built in: ask the interpreter itself.
         python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+    elif [ "$1" = postgresql ]; then
+        # The tests run a throwaway PostgreSQL 15 cluster (initdb, pg_ctl) as its own
+        # process; Debian keeps those tools off PATH, under the version's own dir.
+        [ -x /usr/lib/postgresql/15/bin/initdb ]
     elif [ "$1" = busybox-static ]; then
         # A dynamically linked busybox (package "busybox") also answers to the name, but
         # cannot run in the demo's empty image: ask dpkg for the static one.

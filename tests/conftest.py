@@ -17,6 +17,8 @@ import docker
 import docker.errors
 import pytest
 
+from tests.postgres import PostgresServer, postgres_available
+
 IN_CI = bool(os.environ.get("CI"))
 TEST_LABEL = "orchestrify.test"  # every container/network a test creates carries it
 
@@ -69,3 +71,33 @@ def _root_edge_temp_base() -> Iterator[None]:
     yield
     runner.ROOT_TEMP_BASE = saved
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL 15 cluster of this test session's own (see tests/postgres.py); under
+    CI a missing PostgreSQL fails, never skips."""
+    why = postgres_available()
+    require(why is None, why or "")
+    server = PostgresServer(free_port())
+    server.start()
+    try:
+        server.prepare_template()
+        yield server
+    finally:
+        server.stop()
+
+
+STORE_ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty store (schema at head): SQLite in ``tmp_path`` (as the data dir
+    makes it), or the session's PostgreSQL test database, emptied. Tests that take it
+    run on both engines."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'orchestrify.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    yield server.url(server.emptied_database())

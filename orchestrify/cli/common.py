@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -21,6 +21,9 @@ from rich.table import Table
 from orchestrify.client import DEFAULT_URL, ControllerClient
 from orchestrify.errors import InvalidSpec, OrchestrifyError
 from orchestrify.tls import check_ca_file
+
+if TYPE_CHECKING:
+    from orchestrify.controller.settings import ControllerSettings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +55,46 @@ CaOpt = typer.Option(
     help="PEM file of the CA that signed the controller's certificate (https URLs); "
     "default: the system's trust store.",
 )
+
+DatabaseUrlOpt = typer.Option(
+    None,
+    "--database-url",
+    envvar="ORCHESTRIFY_DATABASE_URL",
+    show_default=False,
+    help="The store: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB "
+    "(default: SQLite in --data-dir). It holds a password: prefer the environment "
+    "variable, which `ps` does not show. The schema is migrated at start.",
+)
+
+
+def open_store_or_exit(settings: ControllerSettings) -> None:
+    """Open (and so migrate) the store ``settings`` name, then close it: a wrong URL or an
+    unreachable database is a one-line error and exit 2 before anything listens, never a
+    traceback from inside the server. The password never appears in the message."""
+    from orchestrify.store import Store, redacted
+
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        Store.open(url, data_dir=settings.data_dir, node_timeout_s=settings.node_timeout_s).close()
+    except OrchestrifyError as exc:
+        where = redacted(url) if url else f"SQLite in {settings.data_dir}"
+        message = " ".join(str(exc).split())  # one line (libpq's messages have several)
+        password = _password(url)
+        if password:
+            message = message.replace(password, "***")
+        raise fail(f"cannot open the store at {where}: {message}", code=2) from None
+
+
+def _password(url: str | None) -> str | None:
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not url:
+        return None
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        return None
 
 
 @dataclass

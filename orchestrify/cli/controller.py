@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from orchestrify.cli.common import TlsCertOpt, TlsKeyOpt, build_settings, err_console
+from orchestrify.cli.common import (
+    DatabaseUrlOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    build_settings,
+    err_console,
+    open_store_or_exit,
+)
 from orchestrify.controller.settings import (
     ControllerSettings,
     default_data_dir,
@@ -37,6 +44,7 @@ def controller(
     data_dir: Path = typer.Option(
         default_data_dir(), "--data-dir", help="Where the SQLite store and tokens live."
     ),
+    database_url: str | None = DatabaseUrlOpt,
     token: str | None = typer.Option(
         None, "--token", envvar="ORCHESTRIFY_TOKEN", help="Admin bearer token (generated if unset)."
     ),
@@ -120,33 +128,33 @@ def controller(
             err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
-    settings = resolve_tokens(
-        build_settings(
-            ControllerSettings,
-            host=host,
-            port=port,
-            data_dir=data_dir,
-            token=token,
-            join_token=join_token,
-            node_timeout_s=node_timeout,
-            **{
-                key: value
-                for key, value in {
-                    "node_startup_grace_s": node_startup_grace,
-                    "mass_silence_threshold": mass_silence_threshold,
-                    "reschedule_nodes_per_minute": reschedule_nodes_per_minute,
-                }.items()
-                if value is not None  # unset: the settings' own default
-            },
-            public_url=public_url,
-            dry_run=dry_run,
-            playbook_dir=playbook_dir or default_playbook_dir(),
-            inventory=inventory,
-            jobs_dir=jobs_dir,
-            history_retention_days=history_retention_days,
-            rules_file=rules,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-        )
+    given = build_settings(
+        ControllerSettings,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        **({"database_url": database_url} if database_url is not None else {}),
+        token=token,
+        join_token=join_token,
+        node_timeout_s=node_timeout,
+        **{
+            key: value
+            for key, value in {
+                "node_startup_grace_s": node_startup_grace,
+                "mass_silence_threshold": mass_silence_threshold,
+                "reschedule_nodes_per_minute": reschedule_nodes_per_minute,
+            }.items()
+            if value is not None  # unset: the settings' own default
+        },
+        public_url=public_url,
+        dry_run=dry_run,
+        playbook_dir=playbook_dir or default_playbook_dir(),
+        inventory=inventory,
+        jobs_dir=jobs_dir,
+        history_retention_days=history_retention_days,
+        rules_file=rules,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
-    serve_controller(settings)
+    open_store_or_exit(given)  # before a token is generated or a port taken
+    serve_controller(resolve_tokens(given))

@@ -20,12 +20,14 @@ from orchestrify.agent import Agent, AgentSettings, default_node_name
 from orchestrify.agent.settings import DEFAULT_METRICS_PORT
 from orchestrify.cli.common import (
     CaOpt,
+    DatabaseUrlOpt,
     TlsCertOpt,
     TlsKeyOpt,
     build_settings,
     checked_ca,
     err_console,
     fail,
+    open_store_or_exit,
 )
 from orchestrify.cli.controller import resolve_tokens
 from orchestrify.cli.lifecycle import run_until_signalled
@@ -77,6 +79,7 @@ def up(
     data_dir: Path = typer.Option(
         default_data_dir(), "--data-dir", help="Where the store, tokens and agent state live."
     ),
+    database_url: str | None = DatabaseUrlOpt,
     port: int = typer.Option(18080, "--port", help="Port of the controller's REST API."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the API listens on."),
     metrics_port: int = typer.Option(
@@ -108,12 +111,14 @@ def up(
         host=host,
         port=port,
         data_dir=data_dir,
+        **({"database_url": database_url} if database_url is not None else {}),
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
     ca = checked_ca(ca)
     admin_source = _token_source(given.token, data_dir / "admin.token", "ORCHESTRIFY_TOKEN")
     join_source = _token_source(given.join_token, data_dir / "join.token", "ORCHESTRIFY_JOIN_TOKEN")
+    open_store_or_exit(given)  # before a token is generated or a port taken
     settings = resolve_tokens(given)
     assert settings.token is not None and settings.join_token is not None
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host

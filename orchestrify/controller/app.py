@@ -189,7 +189,12 @@ def serve_controller(settings: ControllerSettings) -> None:
 def open_state(
     settings: ControllerSettings, *, registry: CollectorRegistry | None = None
 ) -> ControllerState:
-    store = Store.in_data_dir(settings.data_dir, node_timeout_s=settings.node_timeout_s)
+    store = Store.open(
+        settings.database_url.get_secret_value() if settings.database_url else None,
+        data_dir=settings.data_dir,
+        node_timeout_s=settings.node_timeout_s,
+    )
+    log.info("store opened", extra={"store": store.url})  # the password hidden
     feed = ChangeFeed()
     store.on_change(feed.bump)
     admin, _ = load_or_create_token(settings.data_dir, "admin", settings.token)

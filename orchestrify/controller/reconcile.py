@@ -57,11 +57,16 @@ class Place:
     service: str
     nodes: tuple[str, ...]
     reason: str
+    # The most running replicas the service may have once these are placed (what the
+    # plan saw running, plus these): the store's compare-and-set, so that a plan made
+    # from a snapshot another writer has overtaken never places twice. None: no bound.
+    up_to: int | None = None
 
 
 @dataclass(frozen=True)
 class Drain:
-    """Out of the upstreams now, stopped after the service's ``drain_s`` (``Store._drain``)."""
+    """Out of the upstreams now, stopped after the service's ``drain_s``
+    (``orchestrify.store.replicas.drain_replica``)."""
 
     replicas: tuple[str, ...]
     reason: str
@@ -436,7 +441,16 @@ def _plan_service(
         )
     if missing > 0:
         reason = "; ".join(dict.fromkeys(reasons)) or f"service wants {svc.replicas} replica(s)"
-        steps.extend(_place(svc, missing, fleet=fleet, avoid=frozenset(avoid_new), reason=reason))
+        steps.extend(
+            _place(
+                svc,
+                missing,
+                fleet=fleet,
+                avoid=frozenset(avoid_new),
+                reason=reason,
+                running=len(active),
+            )
+        )
     elif held and svc.replicas > len(active):
         pass  # waiting for the orphans to be adopted or pruned
     elif outdated and not paused:
@@ -462,7 +476,13 @@ def _plan_service(
 
 
 def _place(
-    svc: Service, count: int, *, fleet: _Fleet, avoid: frozenset[str], reason: str
+    svc: Service,
+    count: int,
+    *,
+    fleet: _Fleet,
+    avoid: frozenset[str],
+    reason: str,
+    running: int,
 ) -> list[Step]:
     """Place ``count`` new replicas (of the current generation), spread by the scheduler;
     ``avoid`` is a preference: with no other node, the same node is used."""
@@ -492,7 +512,7 @@ def _place(
     for node_id in chosen:
         fleet.add(node_id, svc.name)
     if chosen:
-        steps.append(Place(svc.name, tuple(chosen), reason=reason))
+        steps.append(Place(svc.name, tuple(chosen), reason=reason, up_to=running + len(chosen)))
     if placement.unplaced:
         steps.append(
             Unplaceable(svc.name, placement.unplaced, reason=placement.reason or "no node")
@@ -542,7 +562,7 @@ def _roll(svc: Service, active: Sequence[Replica], *, fleet: _Fleet) -> list[Ste
             f"{rollout}: one extra replica before replacing an old one "
             f"({done}/{svc.replicas} updated)"
         )
-        placed = _place(svc, 1, fleet=fleet, avoid=frozenset(), reason=reason)
+        placed = _place(svc, 1, fleet=fleet, avoid=frozenset(), reason=reason, running=len(active))
         no_room = next((p for p in placed if isinstance(p, Unplaceable)), None)
         if no_room is None:
             steps.extend(placed)
@@ -703,9 +723,9 @@ class Reconciler:
 
     def _apply(self, step: Step) -> None:
         match step:
-            case Place(service, nodes, reason):
+            case Place(service, nodes, reason, up_to):
                 self._last_refusal.pop(service, None)
-                self.store.create_replicas(service, nodes, reason=reason)
+                self.store.create_replicas(service, nodes, reason=reason, up_to=up_to)
             case Drain(replicas, reason):
                 self.store.drain_replicas(replicas, reason=reason)
             case Stop(replicas, reason):

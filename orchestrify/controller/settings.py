@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrify.tls import check_server_pair
@@ -29,6 +29,13 @@ class ControllerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on; loopback by default.")
     port: int = Field(18080, ge=1, le=65535, description="API port (the seed tool's 18080).")
     data_dir: Path = Field(default_factory=default_data_dir, description="SQLite and tokens.")
+    # A secret like the tokens (it holds the database password): SecretStr keeps it out of
+    # reprs, logs and tracebacks; ``database_url.get_secret_value()`` where it is used.
+    database_url: SecretStr | None = Field(
+        None,
+        description="The store: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; "
+        "unset: SQLite in data_dir.",
+    )
     # repr=False: a settings object in a log line or a traceback never shows a token.
     token: str | None = Field(
         None, description="Admin bearer token; generated when unset.", repr=False

@@ -289,13 +289,26 @@ class JobRunner:
 
     # --- one run -------------------------------------------------------------------
     def _run_job(self, run: _Running) -> None:
+        status: JobStatus
+        rc: int | None
+        error: str | None
+        stats: dict[str, HostStats] | None
         try:
             job = self.jobs.mark_running(run.job_id)
-            log.info("job started", extra={"job": job.id, "playbook": job.playbook})
-            status, rc, error, stats = self._run_playbook(job, run.cancel)
+        except Conflict as exc:  # started (or ended) elsewhere already: not this run's
+            log.warning("job not started", extra={"job": run.job_id, "error": str(exc)})
+            self._job_done(run)
+            return
         except Exception as exc:  # a job's failure must never kill the dispatcher
             log.exception("job crashed", extra={"job": run.job_id})
             status, rc, error, stats = JobStatus.FAILED, None, f"could not run: {exc}", None
+        else:
+            try:
+                log.info("job started", extra={"job": job.id, "playbook": job.playbook})
+                status, rc, error, stats = self._run_playbook(job, run.cancel)
+            except Exception as exc:  # a job's failure must never kill the dispatcher
+                log.exception("job crashed", extra={"job": run.job_id})
+                status, rc, error, stats = JobStatus.FAILED, None, f"could not run: {exc}", None
         try:
             job = self.jobs.finish(run.job_id, status=status, rc=rc, error=error, stats=stats)
             log.info("job finished", extra={"job": job.id, "status": status.value, "rc": rc})

@@ -19,13 +19,14 @@ from sqlalchemy import func, insert, select
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import Decision, PolicyState
 from orchestrify.models import Event, check_bounds
-from orchestrify.store import Store, _WriteTx, utcnow
+from orchestrify.store import Store, utcnow
 from orchestrify.store.alert_tables import (
-    PENDING_BY_LANE,
     AlertInstanceRow,
     AlertReceiptRow,
     ScalingStateRow,
 )
+from orchestrify.store.engine import WriteTx
+from orchestrify.store.replicas import drain_replica
 from orchestrify.store.tables import EventRow, MetaRow, ReplicaRow, ServiceRow
 
 RULES_KEY = "alert_rules"
@@ -128,9 +129,6 @@ class AlertStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        # A store made before the index: ``create_all`` adds no index to a table that
-        # already exists.
-        PENDING_BY_LANE.create(store.engine, checkfirst=True)
 
     # --- intake --------------------------------------------------------------------
     def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
@@ -142,7 +140,7 @@ class AlertStore:
         new = dup = 0
         receipts: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             s = tx.session
             keys = [a.receipt_key for a in batch.alerts]
             # One query for the whole batch, not one per alert.
@@ -248,7 +246,7 @@ class AlertStore:
             .where(AlertReceiptRow.processed_at.is_(None))
             .subquery()
         )
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             order = list(
                 s.scalars(
                     select(waiting.c.id).order_by(waiting.c.turn, waiting.c.id).limit(limit)
@@ -266,7 +264,7 @@ class AlertStore:
         """How many of these receipts still wait for their decision."""
         if not ids:
             return 0
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             count = s.scalar(
                 select(func.count())
                 .select_from(AlertReceiptRow)
@@ -275,12 +273,12 @@ class AlertStore:
             return int(count or 0)
 
     def instance(self, instance_id: str) -> AlertInstance | None:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             row = s.get(AlertInstanceRow, instance_id)
             return _instance(row) if row is not None else None
 
     def firing(self) -> list[AlertInstance]:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             rows = s.scalars(
                 select(AlertInstanceRow)
                 .where(AlertInstanceRow.status == "firing")
@@ -290,7 +288,7 @@ class AlertStore:
 
     # --- policy state --------------------------------------------------------------
     def policy_states(self) -> dict[str, PolicyState]:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             return {
                 r.service: PolicyState(
                     last_action_at=_utc(r.last_action_at),
@@ -306,7 +304,7 @@ class AlertStore:
         return self.policy_states().get(service, PolicyState())
 
     def resolved_instances(self, ids: list[str]) -> set[str]:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             return set(
                 s.scalars(
                     select(AlertInstanceRow.id).where(
@@ -330,18 +328,18 @@ class AlertStore:
         Returns the decision as recorded (refused if the service changed meanwhile), or
         None when the receipt had already been processed.
         """
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             return self._commit(tx, Commit(receipt, decision, state), now)
 
     def commit_many(self, items: list[Commit], *, now: datetime) -> None:
         """Several commits in one transaction (the decisions of one batch that do not
         act: one disk sync instead of one per alert)."""
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             self._prefetch(tx, items)
             for item in items:
                 self._commit(tx, item, now)
 
-    def _prefetch(self, tx: _WriteTx, items: list[Commit]) -> None:
+    def _prefetch(self, tx: WriteTx, items: list[Commit]) -> None:
         """Load the rows the commits touch in three queries; ``tx.get`` then answers for
         each (found, or known to be absent) instead of asking the database once per row."""
         receipts = [i.receipt for i in items if i.receipt is not None]
@@ -351,7 +349,7 @@ class AlertStore:
         tx.preload(AlertInstanceRow, AlertInstanceRow.id, [r.instance for r in receipts])
         tx.preload(ScalingStateRow, ScalingStateRow.service, services)
 
-    def _commit(self, tx: _WriteTx, item: Commit, now: datetime) -> Decision | None:
+    def _commit(self, tx: WriteTx, item: Commit, now: datetime) -> Decision | None:
         receipt, decision, state = item
         if receipt is not None:
             row = tx.get(AlertReceiptRow, receipt.id)
@@ -368,7 +366,7 @@ class AlertStore:
             self._put_state(tx, *state)
         return decision
 
-    def _update_instance(self, tx: _WriteTx, receipt: Receipt, now: datetime) -> None:
+    def _update_instance(self, tx: WriteTx, receipt: Receipt, now: datetime) -> None:
         inst = tx.get(AlertInstanceRow, receipt.instance)
         if inst is None:
             inst = AlertInstanceRow(
@@ -391,7 +389,7 @@ class AlertStore:
             inst.resolved_at = now
         # A firing notice never re-opens a resolved instance: it arrived late.
 
-    def _put_state(self, tx: _WriteTx, service: str, state: PolicyState) -> None:
+    def _put_state(self, tx: WriteTx, service: str, state: PolicyState) -> None:
         row = tx.get(ScalingStateRow, service)
         if row is None:
             row = tx.add(ScalingStateRow(service=service), service)
@@ -402,12 +400,11 @@ class AlertStore:
         if _utc(row.manual_scale_at) == state.manual_scale_at:
             row.baseline = state.baseline
 
-    def _apply(self, tx: _WriteTx, d: Decision, now: datetime) -> Decision:
+    def _apply(self, tx: WriteTx, d: Decision, now: datetime) -> Decision:
         if not d.acts or d.dry_run:
             return d
-        s = tx.session
         if d.replicas_to is not None and d.service:
-            svc = s.get(ServiceRow, d.service)
+            svc = tx.get(ServiceRow, d.service)  # locked: decided on, then written
             current = svc.spec.get("replicas") if svc is not None and not svc.deleting else None
             manual = tx.get(ScalingStateRow, d.service)
             decided_on = d.new_state.manual_scale_at if d.new_state is not None else None
@@ -433,8 +430,7 @@ class AlertStore:
             check_bounds(d.replicas_to, svc.spec["min_replicas"], svc.spec["max_replicas"])
             svc.spec = {**svc.spec, "replicas": d.replicas_to}
             svc.updated_at = now
-            self.store._add_event(
-                tx,
+            tx.add_event(
                 f"service {d.service} scaled from {d.replicas_from} to {d.replicas_to}",
                 kind="action",
                 service=d.service,
@@ -445,14 +441,13 @@ class AlertStore:
             )
             tx.changes.add("spec")
         for rid in d.drain:
-            rep = s.get(ReplicaRow, rid)
+            rep = tx.get(ReplicaRow, rid)
             if rep is not None:
-                self.store._drain(tx, rep, reason=d.reason, action="remove_replica")
+                drain_replica(tx, rep, reason=d.reason, action="remove_replica")
         return d
 
-    def _record(self, tx: _WriteTx, d: Decision) -> None:
-        self.store._add_event(
-            tx,
+    def _record(self, tx: WriteTx, d: Decision) -> None:
+        tx.add_event(
             d.reason,
             kind="decision",
             service=d.service,
@@ -473,7 +468,7 @@ class AlertStore:
     # --- rules ---------------------------------------------------------------------
     def get_rules(self) -> tuple[dict[str, Any], str] | None:
         """The stored rules and where they came from, or None (the shipped default)."""
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             row = s.get(MetaRow, RULES_KEY)
             if row is None:
                 return None
@@ -481,7 +476,7 @@ class AlertStore:
             return stored["ruleset"], stored["source"]
 
     def put_rules(self, data: dict[str, Any], *, source: str) -> None:
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             row = tx.session.get(MetaRow, RULES_KEY)
             text = json.dumps({"ruleset": data, "source": source}, sort_keys=True)
             if row is not None and row.value == text:
@@ -490,8 +485,7 @@ class AlertStore:
                 tx.session.add(MetaRow(key=RULES_KEY, value=text))
             else:
                 row.value = text
-            self.store._add_event(
-                tx,
+            tx.add_event(
                 f"alert rules replaced ({len(data.get('rules', []))} rule(s)) from {source}",
                 kind="config",
                 action="put_rules",

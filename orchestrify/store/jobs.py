@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from orchestrify.errors import NotFound
+from orchestrify.errors import Conflict, NotFound
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
-from orchestrify.store import Store, _utc, utcnow
+from orchestrify.store import Store, as_utc, utcnow
+from orchestrify.store.engine import retry_on_race
 from orchestrify.store.tables import JobEventRow, JobRow
 
 __all__ = ["JobStore"]
@@ -33,9 +34,9 @@ def _job(row: JobRow) -> Job:
         error=row.error,
         hosts=row.hosts,
         stats={host: HostStats(**counts) for host, counts in (row.stats or {}).items()},
-        created_at=_utc(row.created_at) or utcnow(),
-        started_at=_utc(row.started_at),
-        finished_at=_utc(row.finished_at),
+        created_at=as_utc(row.created_at) or utcnow(),
+        started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at),
     )
 
 
@@ -48,7 +49,7 @@ def _job_event(row: JobEventRow) -> JobEvent:
         play=row.play,
         changed=row.changed,
         stdout=row.stdout,
-        created=_utc(row.created),
+        created=as_utc(row.created),
     )
 
 
@@ -58,6 +59,7 @@ class JobStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retry_on_race
     def create(
         self,
         *,
@@ -67,7 +69,7 @@ class JobStore:
         extra_vars: dict[str, Any],
         reason: str | None,
     ) -> Job:
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             row = JobRow(
                 id=job_id,
                 playbook=playbook,
@@ -83,33 +85,41 @@ class JobStore:
             return _job(row)
 
     def get(self, job_id: str) -> Job:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             row = s.get(JobRow, job_id)
             if row is None:
                 raise NotFound(f"no job with id {job_id!r}")
             return _job(row)
 
     def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             q = select(JobRow)
             if status is not None:
                 q = q.where(JobRow.status == status)
             q = q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
             return [_job(r) for r in s.scalars(q).all()]
 
+    @retry_on_race
     def set_hosts(self, job_id: str, hosts: Iterable[str]) -> None:
-        with self.store._write() as tx:
-            row = tx.session.get(JobRow, job_id)
+        with self.store.write() as tx:
+            row = tx.get(JobRow, job_id)
             if row is not None:
                 row.hosts = sorted(hosts)
 
+    @retry_on_race
     def mark_running(self, job_id: str) -> Job:
-        with self.store._write() as tx:
-            row = self._row(tx.session, job_id)
+        """Start a pending job: compare-and-set from ``pending`` to ``running`` on its
+        locked row, so a job is started once even if two runners reach for it
+        (``Conflict``: it is not pending any more)."""
+        with self.store.write() as tx:
+            row = tx.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row.status != JobStatus.PENDING:
+                raise Conflict(f"job {job_id} is {row.status}, not pending: not started again")
             row.status = JobStatus.RUNNING
             row.started_at = utcnow()
-            self.store._add_event(
-                tx,
+            tx.add_event(
                 f"job {row.id} started: {row.playbook}"
                 + (f" on {row.limit}" if row.limit else " on all hosts"),
                 kind="job",
@@ -120,6 +130,7 @@ class JobStore:
             )
             return _job(row)
 
+    @retry_on_race
     def finish(
         self,
         job_id: str,
@@ -129,7 +140,7 @@ class JobStore:
         error: str | None,
         stats: dict[str, HostStats] | None = None,
     ) -> Job:
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             row = self._row(tx.session, job_id)
             row.status = status
             row.rc = rc
@@ -140,8 +151,7 @@ class JobStore:
             outcome = {JobStatus.SUCCESSFUL: "ok", JobStatus.CANCELED: "canceled"}.get(
                 status, "failed"
             )
-            self.store._add_event(
-                tx,
+            tx.add_event(
                 f"job {row.id} {status.value}: {row.playbook}"
                 + (f" (rc {rc})" if rc is not None else "")
                 + (f": {error}" if error else ""),
@@ -165,10 +175,11 @@ class JobStore:
         return failed, pending
 
     # --- events --------------------------------------------------------------------
+    @retry_on_race
     def add_events(self, job_id: str, events: Sequence[JobEvent]) -> None:
         if not events:
             return
-        with self.store._write() as tx:
+        with self.store.write() as tx:
             for ev in events:
                 tx.session.add(
                     JobEventRow(
@@ -185,7 +196,7 @@ class JobStore:
                 )
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
-        with self.store._sessions() as s:
+        with self.store.read() as s:
             q = (
                 select(JobEventRow)
                 .where(JobEventRow.job_id == job_id, JobEventRow.counter > after)

@@ -138,7 +138,7 @@ class _Pruner:
     def events(self) -> int:
         deleted = 0
         for _ in self._batches():
-            with self.store._write() as tx:
+            with self.store.write() as tx:
                 ids = tx.session.scalars(
                     select(EventRow.id)
                     .where(EventRow.time < self.before)
@@ -164,7 +164,7 @@ class _Pruner:
         pruned: list[str] = []
         event_rows = 0
         for _ in self._batches():
-            with self.store._write() as tx:
+            with self.store.write() as tx:
                 s = tx.session
                 ids = list(
                     s.scalars(
@@ -231,7 +231,7 @@ class _Pruner:
         )
         instances = receipts = 0
         for _ in self._batches():
-            with self.store._write() as tx:
+            with self.store.write() as tx:
                 s = tx.session
                 ids = s.scalars(
                     select(AlertInstanceRow.id)

@@ -1,18 +1,38 @@
-"""SQLAlchemy tables: SQLite by default; nothing SQLite-specific, so PostgreSQL stays possible."""
+"""SQLAlchemy tables, the same on SQLite and PostgreSQL.
+
+A change here needs a migration in ``orchestrify/store/migrations/versions`` (see
+:mod:`orchestrify.store.migrate`): tests/store/test_migrations.py fails until the
+models and the migrations agree."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# A 64-bit integer on PostgreSQL (whose INTEGER is 32 bits: a host's memory in bytes
+# does not fit), SQLite's INTEGER (64 bits already) there, as the stores made before
+# PostgreSQL have it.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dict[str, Any]: JSON,
         datetime: DateTime(timezone=True),
+        int: Int64,
     }
 
 
@@ -51,7 +71,7 @@ class NodeRow(Base):
     memory_total: Mapped[int | None]
     memory_free: Mapped[int | None]
     disk_free: Mapped[int | None]
-    replica_count: Mapped[int] = mapped_column(Integer, default=0)
+    replica_count: Mapped[int] = mapped_column(Int64, default=0)
     agent_url: Mapped[str | None] = mapped_column(String(512))
     last_heartbeat: Mapped[datetime | None]
     created_at: Mapped[datetime]
@@ -79,7 +99,7 @@ class ReplicaRow(Base):
     left_upstreams_at: Mapped[datetime | None]
     # What this replica runs: the service's generation and container fields when it was
     # created. Old replicas keep theirs during a rolling update. Stores from before
-    # rolling updates gain these columns on open and have them filled in right then.
+    # rolling updates have them filled in by the first migration.
     generation: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # The hash the agent compares with its container's orchestrify.spec label. None: the
@@ -88,18 +108,6 @@ class ReplicaRow(Base):
     spec_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-
-
-# Columns added after a table first shipped. Tables are made with ``create_all`` (no
-# migration tool), which never alters an existing table, so the store adds these itself.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "services": ("paused_generation", "pause_reason", "previous_spec", "previous_generation"),
-    "replicas": ("generation", "spec", "spec_hash", "left_upstreams_at"),
-    "nodes": ("orphans", "prune"),
-    "edges": ("applied_as_of",),
-    "scaling_states": ("manual_scale_at", "manual_replicas"),
-    "alert_receipts": ("lane",),
-}
 
 
 class EventRow(Base):

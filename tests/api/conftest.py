@@ -1,4 +1,5 @@
-"""A real controller app (SQLite store, reconciler running) behind FastAPI's TestClient."""
+"""A real controller app (reconciler running) behind FastAPI's TestClient, on each store
+engine: SQLite in the data dir and a database on the tests' own PostgreSQL (``store_url``)."""
 
 from __future__ import annotations
 
@@ -47,11 +48,14 @@ def wait_for(check: Callable[[], T], *, what: str, timeout: float = 20.0) -> T:
 
 
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """Build apps on ``tmp_path`` with settings overrides; all are closed at teardown."""
+def make_client(tmp_path: Path, store_url: str) -> Iterator[Callable[..., TestClient]]:
+    """Build apps on ``tmp_path`` and the store at ``store_url`` with settings overrides;
+    all are closed at teardown. Apps built one after the other share the store (a
+    restart)."""
     opened: list[TestClient] = []
 
     def make(*, run_reconciler: bool = True, **kw: Any) -> TestClient:
+        kw.setdefault("database_url", store_url)
         app: FastAPI = create_app(settings(tmp_path, **kw), run_reconciler=run_reconciler)
         client = TestClient(app, headers=AUTH)
         client.__enter__()

@@ -46,8 +46,9 @@ def make_client(data_dir: Path, **settings: Any) -> TestClient:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with make_client(tmp_path) as c:
+def client(tmp_path: Path, store_url: str) -> Iterator[TestClient]:
+    """The app on each store engine (the alert decisions' one transaction on both)."""
+    with make_client(tmp_path, database_url=store_url) as c:
         yield c
 
 

@@ -51,7 +51,7 @@ def finished_job(store: Store, jobs_dir: Path, job_id: str, *, at: datetime) -> 
 
 
 def event_ids(store: Store) -> set[int]:
-    with store._sessions() as s:
+    with store.read() as s:
         return set(s.scalars(select(EventRow.id)).all())
 
 

@@ -18,9 +18,13 @@ JOIN = {"Authorization": "Bearer join-token"}
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
+def api(tmp_path: Path, store_url: str) -> Iterator[TestClient]:
     settings = ControllerSettings(
-        data_dir=tmp_path, token="admin-token", join_token="join-token", watch_timeout_s=5
+        data_dir=tmp_path,
+        database_url=store_url,
+        token="admin-token",
+        join_token="join-token",
+        watch_timeout_s=5,
     )
     app = create_app(settings, registry=CollectorRegistry(), run_reconciler=False)
     with TestClient(app) as client:

@@ -21,8 +21,8 @@ T0 = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def alerts(tmp_path: Path) -> Iterator[AlertStore]:
-    store = Store.in_data_dir(tmp_path)
+def alerts(tmp_path: Path, store_url: str) -> Iterator[AlertStore]:
+    store = Store.open(store_url, data_dir=tmp_path)
     yield AlertStore(store)
     store.close()
 
@@ -116,9 +116,10 @@ def test_a_store_from_before_lanes_gains_the_column_and_index_and_decides_its_ba
     )
     store.close()
     db = sqlite3.connect(tmp_path / "orchestrify.db")
-    with db:  # what an older build left: no index, no lane column, a pending backlog
+    with db:  # what an older build left: no migrations, no index, no lane, a backlog
         db.execute("DROP INDEX ix_alert_receipts_pending_lane")
         db.execute("ALTER TABLE alert_receipts DROP COLUMN lane")
+        db.execute("DROP TABLE alembic_version")
     db.close()
     store = Store.in_data_dir(tmp_path)
     try:

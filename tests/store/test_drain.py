@@ -1,5 +1,6 @@
-"""The one drain path (``Store._drain``): every way a replica leaves goes through it, and
-the edges' acknowledgements (``applied_as_of``) that let a drained replica stop."""
+"""The one drain path (``orchestrify.store.replicas.drain_replica``): every way a replica
+leaves goes through it, and the edges' acknowledgements (``applied_as_of``) that let a
+drained replica stop."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from orchestrify.store.alerts import AlertStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Iterator[Store]:
+    s = Store.open(store_url, data_dir=tmp_path)
     yield s
     s.close()
 
@@ -91,7 +92,7 @@ def test_every_way_out_uses_the_same_drain(store: Store) -> None:
 def test_an_autoscaling_scale_in_drains_through_the_same_path(store: Store) -> None:
     _node, (serving, _starting) = _service(store, drain_s=3)
     decision = Decision(action="scale_in", outcome="ok", reason="load is low", drain=(serving,))
-    with store._write() as tx:
+    with store.write() as tx:
         AlertStore(store)._apply(tx, decision, utcnow())
     r = store.get_replica(serving)
     assert r.desired == DesiredState.DRAIN and r.left_upstreams_at is not None

@@ -19,8 +19,8 @@ from orchestrify.store.alerts import AlertStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Iterator[Store]:
+    s = Store.open(store_url, data_dir=tmp_path)
     s.create_service(ServiceSpec(name="web", image="demo:1", replicas=2, max_replicas=8))
     yield s
     s.close()
@@ -93,6 +93,7 @@ def test_a_store_from_before_manual_scales_gains_the_columns(tmp_path: Path) -> 
     Store.in_data_dir(tmp_path).close()
     db = sqlite3.connect(tmp_path / "orchestrify.db")
     with db:
+        db.execute("DROP TABLE alembic_version")  # a store from before migrations
         db.execute("DROP TABLE scaling_states")
         db.execute(OLD_SCALING_STATES)
         db.execute("INSERT INTO scaling_states VALUES ('web', NULL, NULL, 2)")

@@ -29,8 +29,8 @@ RECENT = NOW - timedelta(days=1)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Any:
+    s = Store.open(store_url, data_dir=tmp_path)
     yield s
     s.close()
 
@@ -41,7 +41,7 @@ def backdate(store: Store, table: Any, key: Any, value: Any, **columns: datetime
 
 
 def event_ids(store: Store) -> set[int]:
-    with store._sessions() as s:
+    with store.read() as s:
         return set(s.scalars(select(EventRow.id)).all())
 
 
@@ -97,7 +97,7 @@ def make_job(
 
 def job_rows(store: Store) -> dict[str, int]:
     """Job id -> how many events it still has."""
-    with store._sessions() as s:
+    with store.read() as s:
         ids = s.scalars(select(JobRow.id)).all()
         events = s.scalars(select(JobEventRow.job_id)).all()
         return {i: sum(1 for e in events if e == i) for i in ids}
@@ -156,7 +156,7 @@ def notify(
 
 def episodes(store: Store) -> dict[str, tuple[str, int]]:
     """Fingerprint -> (status, receipts left)."""
-    with store._sessions() as s:
+    with store.read() as s:
         rows = s.scalars(select(AlertInstanceRow)).all()
         receipts = s.scalars(select(AlertReceiptRow.fingerprint)).all()
         return {r.fingerprint: (r.status, receipts.count(r.fingerprint)) for r in rows}
@@ -228,5 +228,5 @@ def test_services_nodes_replicas_edges_and_policy_state_are_never_pruned(store: 
     assert [n.name for n in nodes] == ["n1"]
     assert [r.service for r in replicas] == ["web"]
     assert [e.name for e in store.list_edges()] == ["edge1"]
-    with store._sessions() as s:
+    with store.read() as s:
         assert s.scalars(select(ScalingStateRow.service)).all() == ["web"]

@@ -24,8 +24,8 @@ from orchestrify.store import Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.in_data_dir(tmp_path)
+def store(tmp_path: Path, store_url: str) -> Iterator[Store]:
+    s = Store.open(store_url, data_dir=tmp_path)
     yield s
     s.close()
 
@@ -195,6 +195,7 @@ def test_a_store_from_before_rolling_updates_opens_and_its_replicas_run_the_curr
     db = sqlite3.connect(tmp_path / "orchestrify.db")
     spec = ServiceSpec(name="web", image="demo:7", env={"MODE": "old"}, replicas=1)
     with db:
+        db.execute("DROP TABLE alembic_version")  # a store from before migrations
         db.execute("DROP TABLE services")
         db.execute("DROP TABLE replicas")
         db.execute(OLD_SERVICES)

@@ -1,0 +1,413 @@
+"""The store's engine and transactions: engine creation for SQLite and PostgreSQL, the
+write transaction (locks on what it reads, subscribers told after it commits), the read
+transaction (one consistent state on both engines), database errors translated at the
+border and races retried, and the core every concern of the store is built on.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import URL, create_engine, event, make_url, select, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrify.errors import (
+    Conflict,
+    InvalidSpec,
+    OrchestrifyError,
+    StoreUnavailable,
+    WriteConflict,
+)
+from orchestrify.models import Event
+from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
+from orchestrify.store import migrate
+from orchestrify.store.rows import event_view, utcnow
+from orchestrify.store.tables import EventRow, MetaRow
+
+__all__ = [
+    "ChangeKind",
+    "StoreCore",
+    "WriteTx",
+    "create_store_engine",
+    "redacted",
+    "retry_on_race",
+    "sqlite_path",
+    "translate_store_error",
+]
+
+CLUSTER_ID_KEY = "cluster_id"
+
+ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
+
+
+def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
+    """The orchestrify error for a database error (None: not one).
+
+    A store that cannot write now (SQLite locked past its busy timeout, a disk I/O error,
+    PostgreSQL unreachable or its connection lost) is ``StoreUnavailable`` (503, retry);
+    two writers that raced (a PostgreSQL serialization failure or deadlock) are a
+    ``WriteConflict``, a StoreUnavailable too (nothing written, send it again); a
+    constraint is a
+    ``Conflict``; any other statement the database refuses (a value it cannot hold) is
+    ``InvalidSpec``. Only the driver's message is kept, never the statement or its
+    parameters."""
+    if isinstance(exc, OrchestrifyError):
+        return None
+    if isinstance(exc, DBAPIError) and _raced(exc):
+        return WriteConflict(f"another writer changed the same rows; try again: {exc.orig}")
+    if isinstance(exc, IntegrityError):
+        return Conflict(f"conflicts with what is stored: {exc.orig}")
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return StoreUnavailable(f"the store cannot be used now: {exc.orig}")
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        return InvalidSpec(f"the store refused a value: {cause}")
+    if isinstance(exc, UnicodeEncodeError):  # a lone surrogate (the API refuses them)
+        return InvalidSpec(f"a text the store cannot hold (not valid Unicode): {exc.reason}")
+    if isinstance(exc, OverflowError) and "SQLite" in str(exc):
+        return InvalidSpec(f"a number is too large for the store: {exc}")
+    return None
+
+
+# SQLSTATEs of a transaction PostgreSQL rolled back because it raced another one: safe to
+# run again from the start (serialization_failure, deadlock_detected).
+_RACE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _raced(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RACE_SQLSTATES
+
+
+# A read of one consistent state on PostgreSQL (see ``StoreCore.read``).
+_PG_SNAPSHOT = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+
+# How often a write that raced another writer is run again before it is a WriteConflict.
+WRITE_ATTEMPTS = 5
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def retry_on_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a store write again (up to ``WRITE_ATTEMPTS`` times, after a short random
+    pause) when PostgreSQL rolled it back for racing another writer. Safe because such a
+    transaction left nothing behind and told no subscriber; the method reads and decides
+    again from the start. Any other error goes up as it is."""
+
+    @functools.wraps(method)
+    def attempt(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        for n in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except WriteConflict:
+                if n == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.005, 0.02) * n)
+        raise AssertionError("unreachable")
+
+    return attempt
+
+
+def create_store_engine(url: str | URL) -> Engine:
+    """An engine for the store at ``url``: SQLite (``sqlite:///path``) or PostgreSQL
+    (``postgresql+psycopg://user:password@host:port/db``). ``InvalidSpec`` for a URL that
+    is neither; nothing connects yet."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidSpec(
+            "not a database URL (sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB)",
+            field="database_url",
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise InvalidSpec(
+                f"PostgreSQL through psycopg 3 only: postgresql+psycopg://..., not "
+                f"{parsed.drivername}://...",
+                field="database_url",
+            )
+        return create_engine(
+            parsed,
+            # A connection the server dropped (a restart, a failover) is found out before
+            # it is used, not by the request that would use it.
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 10, "application_name": "orchestrify"},
+        )
+    raise InvalidSpec(
+        f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...",
+        field="database_url",
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL (None: another database, or SQLite in memory)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def redacted(url: str | URL) -> str:
+    """``url`` with its password hidden, for logs and messages (never the password)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
+
+
+class BorderSession(Session):
+    """A session whose ``with`` block turns database errors into orchestrify errors, so
+    nothing above the store sees an SQLAlchemy type."""
+
+    def __exit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        super().__exit__(type_, value, traceback)
+        translated = translate_store_error(value) if value is not None else None
+        if translated is not None:
+            raise translated from value
+
+
+class StoreCore:
+    """The engine, sessions, write lock and subscribers that every part of the store
+    shares; the parts (services, nodes, replicas, edges, events) add the operations."""
+
+    def __init__(self, url: str, *, node_timeout_s: float = 15.0) -> None:
+        self.node_timeout = timedelta(seconds=node_timeout_s)
+        self.url = redacted(url)
+        self.engine: Engine = create_store_engine(url)
+        self.dialect = self.engine.dialect.name
+        try:
+            migrate.upgrade(self.engine)
+        except BaseException as exc:
+            self.engine.dispose()
+            translated = translate_store_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, class_=BorderSession)
+        self.cluster_id = _ensure_cluster_id(self._sessions)
+        self._write_lock = threading.RLock()
+        self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
+        self._event_listeners: list[Callable[[Event], None]] = []
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- subscriptions -------------------------------------------------------------
+    def on_change(self, listener: Callable[[set[ChangeKind]], None]) -> None:
+        self._change_listeners.append(listener)
+
+    def on_event(self, listener: Callable[[Event], None]) -> None:
+        self._event_listeners.append(listener)
+
+    def write(self) -> WriteTx:
+        """One write transaction (``with store.write() as tx``): serialized with the
+        store's other writes, committed at the end of the block, subscribers told after."""
+        return WriteTx(self)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read transaction: every query in the block sees the same committed state
+        (the reconciler's snapshot, the upstreams, a list with its counts). On SQLite the
+        BEGIN is explicit (see ``_sqlite_begin``); on PostgreSQL it is REPEATABLE READ,
+        which for a read-only transaction is one snapshot and never a serialization
+        failure."""
+        with self._sessions() as session, session.begin():
+            if self.dialect == "postgresql":
+                session.connection(execution_options=_PG_SNAPSHOT)
+            yield session
+
+
+def _ensure_cluster_id(sessions: sessionmaker[BorderSession]) -> str:
+    """The store's cluster id, made (random) the first time the store is opened. Agents
+    label every container with it; a controller whose store has another one is a
+    stranger to them, whose silence about a container is no order to remove it."""
+    with sessions() as s:
+        row = s.get(MetaRow, CLUSTER_ID_KEY)
+        if row is not None:
+            return row.value
+    try:
+        with sessions() as s, s.begin():
+            s.add(MetaRow(key=CLUSTER_ID_KEY, value=secrets.token_hex(8)))
+    except (IntegrityError, Conflict):
+        pass  # another controller on the same database made it first
+    with sessions() as s:
+        made = s.get(MetaRow, CLUSTER_ID_KEY)
+        assert made is not None
+        return made.value
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite begins a transaction only before a write, so a read of several SELECTs
+    # would see several states: it is told to begin none, and ``_sqlite_begin`` emits
+    # BEGIN at the start of every transaction (SQLAlchemy's pysqlite recipe).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A write takes SQLite's write lock at once (IMMEDIATE): a deferred transaction that
+    # read first could not upgrade once another connection wrote meanwhile.
+    mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+_Row = TypeVar("_Row")
+
+
+class WriteTx:
+    """One serialized write transaction; tells subscribers after it commits."""
+
+    def __init__(self, store: StoreCore) -> None:
+        self.store = store
+        self.session: Session
+        self.changes: set[ChangeKind] = set()
+        self.events: list[Event] = []
+        self.event_rows: list[EventRow] = []
+        # Rows loaded ahead by ``preload`` (None: known to be absent), held here because
+        # the session's identity map only references them weakly.
+        self._known: dict[tuple[type[Any], Any], Any] = {}
+
+    def add_event(self, message: str, **fields: Any) -> None:
+        """Add an event row (fields of :class:`~orchestrify.models.Event`) to this
+        transaction; it is written (one flush for all) at commit, and the event
+        listeners are told after it."""
+        row = EventRow(
+            time=utcnow(), message=message, **{**fields, "data": fields.get("data") or {}}
+        )
+        self.session.add(row)
+        self.event_rows.append(row)
+
+    @property
+    def locks_rows(self) -> bool:
+        """Whether rows read through ``get``/``preload`` are locked (PostgreSQL: FOR
+        UPDATE). SQLite needs none: BEGIN IMMEDIATE holds its one write lock already."""
+        return self.store.dialect == "postgresql"
+
+    def preload(self, model: type[Any], column: Any, keys: Iterable[Any]) -> None:
+        """Load the ``model`` rows whose primary key ``column`` is in ``keys`` in one
+        query, so that ``get`` answers for each of them (present or not) without one.
+        On PostgreSQL they are locked (in key order, so two writers never deadlock over
+        them) until the transaction ends."""
+        wanted = set(keys) - {k for (m, k) in self._known if m is model}
+        if not wanted:
+            return
+        for key in wanted:
+            self._known[(model, key)] = None
+        query = select(model).where(column.in_(wanted))
+        if self.locks_rows:
+            query = (
+                query.order_by(column).with_for_update().execution_options(populate_existing=True)
+            )
+        for row in self.session.scalars(query).all():
+            self._known[(model, getattr(row, column.key))] = row
+
+    def get(self, model: type[_Row], key: Any) -> _Row | None:
+        """The ``model`` row of primary key ``key`` (None: absent), answered from
+        ``preload`` when it loaded ``key``. This is how a read-decide-write reads what it
+        decides on: on PostgreSQL the row is locked (SELECT ... FOR UPDATE) until the
+        transaction ends, so a second writer of the same row waits, then reads what the
+        first one committed, and never decides on a value already changed."""
+        try:
+            row: _Row | None = self._known[(model, key)]
+        except KeyError:
+            if not self.locks_rows:
+                return self.session.get(model, key)
+            row = self.session.get(model, key, with_for_update=True, populate_existing=True)
+            self._known[(model, key)] = row
+        return row
+
+    def lock(self, name: str) -> None:
+        """Serialize this transaction with every other one that locks ``name`` (for
+        what has no row to lock yet: a node name being registered, a service name being
+        created). PostgreSQL: a transaction-level advisory lock; SQLite: nothing to do."""
+        if self.locks_rows:
+            self.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
+            )
+
+    def add(self, row: _Row, key: Any) -> _Row:
+        """``session.add`` a new row that ``get`` finds by ``key`` from now on."""
+        self.session.add(row)
+        self._known[(type(row), key)] = row
+        return row
+
+    def __enter__(self) -> WriteTx:
+        self.store._write_lock.acquire()
+        self.session = self.store._sessions()
+        self.session.begin()
+        try:
+            if self.store.dialect == "sqlite":
+                self.session.connection(execution_options={"sqlite_write": True})
+        except SQLAlchemyError as err:  # BEGIN IMMEDIATE itself failed (locked)
+            self.session.close()
+            self.store._write_lock.release()
+            translated = translate_store_error(err)
+            if translated is None:
+                raise
+            raise translated from err
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    if self.event_rows:
+                        self.session.flush()  # assigns the event ids
+                        self.events.extend(event_view(row) for row in self.event_rows)
+                    self.session.commit()
+                except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
+                    self.session.rollback()
+                    translated = translate_store_error(err)
+                    if translated is None:
+                        raise
+                    raise translated from err
+            else:
+                self.session.rollback()
+                translated = translate_store_error(exc)
+                if translated is not None:
+                    raise translated from exc
+        finally:
+            self.session.close()
+            self.store._write_lock.release()
+        if exc_type is None:
+            for ev in self.events:
+                for listener in self.store._event_listeners:
+                    listener(ev)
+            if self.changes:
+                for change_listener in self.store._change_listeners:
+                    change_listener(self.changes)
