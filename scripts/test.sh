@@ -19,4 +19,4 @@ ruff format --check .
 echo "== mypy"
 mypy
 echo "== pytest"
-exec pytest -ra "$@"
+exec pytest -ra --durations=15 "$@"

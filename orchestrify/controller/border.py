@@ -9,6 +9,9 @@ One place, for every route, instead of a check per field:
   ``"\\udfff"`` is valid JSON but no database, log or JSON encoder downstream takes it):
   422 naming the field. The error is raised only after the route's credentials were
   checked, so a malformed body without a token is a 401;
+- a query parameter is given at most once, and an integer one is written as an integer
+  (``5``, not ``5.0``, `` 5`` or ``1_000``, which Python's int parsing would take): 422
+  naming it, also raised after the credentials were checked;
 - an answer never fails to encode: a string stored by an older build with a surrogate
   in it is rendered with the surrogate escaped (``\\udfff`` as text).
 """
@@ -16,11 +19,15 @@ One place, for every route, instead of a check per field:
 from __future__ import annotations
 
 import json
+import re
+import types
+import typing
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.datastructures import DefaultPlaceholder
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -168,6 +175,66 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: ERRORS[status] for status in statuses}
 
 
+_INTEGER_LITERAL = re.compile(r"-?[0-9]+")
+
+
+def _takes_int(annotation: Any) -> bool:
+    """Whether a query parameter's type is ``int`` or ``int | None`` (not bool)."""
+    if annotation is int:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_int(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _query_params(dependant: Dependant) -> list[Any]:
+    """The query parameters of a route and of its dependencies."""
+    params = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        params.extend(_query_params(sub))
+    return params
+
+
+def query_problems(request: Request) -> None:
+    """Refuse a query parameter given twice (``?timeout=1&timeout=2``: which one?) and an
+    integer parameter not written as one. A route dependency, added last, so it runs
+    after the route's credentials are checked."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    problems: list[dict[str, Any]] = []
+    for param in _query_params(route.dependant):
+        name = param.alias
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
+            problems.append(
+                {
+                    "loc": ("query", name),
+                    "msg": f"given {len(values)} times; give it once",
+                    "type": "duplicate_parameter",
+                    "input": values,
+                }
+            )
+        elif (
+            values
+            and _takes_int(param.field_info.annotation)
+            and not _INTEGER_LITERAL.fullmatch(values[0])
+        ):
+            problems.append(
+                {
+                    "loc": ("query", name),
+                    "msg": "Input should be a valid integer, written as one",
+                    "type": "int_parsing",
+                    "input": values[0],
+                }
+            )
+    if problems:
+        raise RequestValidationError(problems)
+
+
+_QUERY_CHECK = Depends(query_problems)
+
+
 class BorderRoute(APIRoute):
     """Every route's body passes ``decode_json_body`` before FastAPI validates it.
 
@@ -189,6 +256,15 @@ class BorderRoute(APIRoute):
         if set(kwargs.get("methods") or ()) - {"GET", "HEAD"}:
             documented.setdefault(409, ERRORS[409])
         kwargs["responses"] = documented
+        # Last, after the credentials (a router's dependencies come first); once, also
+        # when include_router makes the route again from this one's dependencies.
+        dependencies = list(kwargs.get("dependencies") or [])
+        if not any(d.dependency is query_problems for d in dependencies):
+            dependencies.append(_QUERY_CHECK)
+        else:  # keep it last
+            dependencies = [d for d in dependencies if d.dependency is not query_problems]
+            dependencies.append(_QUERY_CHECK)
+        kwargs["dependencies"] = dependencies
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

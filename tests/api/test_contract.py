@@ -302,3 +302,32 @@ def test_patterns_mean_the_same_to_python_and_to_json_schema(
         code_ok = api.put("/v1/rules", json=body).status_code == 200
     assert "\\s" not in pattern and "\\S" not in pattern and "\\." not in pattern
     assert bool(re.search(pattern, text)) is code_ok
+
+
+# --- query parameters ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("timeout=1&timeout=2", "timeout"),  # which one? FastAPI took the last
+        ("version=0.0&timeout=0", "version"),  # Python's int() takes 0.0, JSON's integer not
+        ("version=1_000&timeout=0", "version"),
+        ("version=%205&timeout=0", "version"),
+    ],
+)
+def test_a_query_parameter_given_twice_or_an_integer_not_written_as_one_is_422(
+    api: TestClient, query: str, field: str
+) -> None:
+    resp = api.get(f"/v1/upstreams?{query}")
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"] == ["query", field]
+    assert resp.json()["message"].startswith(f"{field}: ")
+
+
+def test_a_query_problem_without_credentials_is_a_401(api: TestClient) -> None:
+    resp = api.get("/v1/upstreams?timeout=1&timeout=2", headers={"Authorization": ""})
+    assert resp.status_code == 401, resp.text
+
+
+def test_plain_integer_queries_still_work(api: TestClient) -> None:
+    assert api.get("/v1/upstreams?version=-1&timeout=0").status_code == 200
+    assert api.get("/v1/events?after=3&limit=5").status_code == 200

@@ -437,8 +437,8 @@ class FakeControllerHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._record()
         if self.path == "/v1/nodes/n-lab?force=true":
-            self.send_response(204)
-            self.end_headers()
+            # As the controller answers: 200 with the node as it was (it is gone now).
+            self._reply(200, {"id": "n-lab", "name": self.server.node_name, "state": "Draining"})
         else:
             self._reply(404, {"detail": "not found"})
 
