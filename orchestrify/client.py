@@ -288,8 +288,13 @@ class _Round:
             raise err from exc
         self.ring.failed(url, _why(exc))
         self.unavailable = None
+        if not (self.retry_any or _surely_not_sent(exc)) and self._left:
+            raise NodeUnreachable(
+                f"{err}; not sent to another controller: the request may have been "
+                "carried out before the connection broke, check before sending it again"
+            ) from exc
         self.errors.append(err)
-        if not (self.retry_any or _surely_not_sent(exc)) or not self._left:
+        if not self._left:
             raise self._exhausted() from exc
 
     def response(self, url: str, resp: httpx.Response) -> bool:

@@ -249,6 +249,7 @@ def test_a_create_cut_after_it_was_sent_is_not_sent_again(stubs: Any) -> None:
     first.kill()  # it may have created the service before dying: nobody can tell
     thread.join(timeout=60)
     assert len(outcome) == 1 and isinstance(outcome[0], NodeUnreachable)
+    assert "may have been carried out" in str(outcome[0])
     assert second.hits("POST /v1/services") == 0
 
 
