@@ -273,7 +273,6 @@ class _Round:
         self.ca = ca
         self.retry_any = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         self.errors: list[NodeUnreachable] = []
-        self.unavailable: httpx.Response | None = None  # the last 503, if the last outcome
         self._left = len(ring.urls)
 
     def urls(self) -> Iterator[str]:
@@ -287,7 +286,6 @@ class _Round:
         if not _transport_failure(exc):
             raise err from exc
         self.ring.failed(url, _why(exc))
-        self.unavailable = None
         if not (self.retry_any or _surely_not_sent(exc)) and self._left:
             raise NodeUnreachable(
                 f"{err}; not sent to another controller: the request may have been "
@@ -301,8 +299,10 @@ class _Round:
         """True: ``resp`` is the answer. False: a 503 to try on the next controller."""
         if resp.status_code == 503:
             self.ring.failed(url, "503 Service Unavailable")
-            self.unavailable = resp
-            return not (self.retry_any and self._left)
+            if self.retry_any and self._left:
+                self.errors.append(NodeUnreachable(f"the controller at {url} answered 503"))
+                return False
+            return True
         self.ring.answered(url)
         return True
 
