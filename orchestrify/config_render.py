@@ -105,16 +105,19 @@ def templates_dir() -> Path:
 
 
 def render_config(
-    *, out_dir: Path, controller_url: str, token: str, **overrides: Any
+    *, out_dir: Path, controller_url: str | Sequence[str], token: str, **overrides: Any
 ) -> list[Path]:
     """Render prometheus.yml, rules.yml, alertmanager.yml and grafana-dashboard.json.
+
+    ``controller_url``: one URL, or several (``URL1,URL2`` or a list) of controllers of
+    one store: Alertmanager gets a webhook for each, Prometheus scrapes each.
 
     ``overrides`` are template variables (see ``TEMPLATE_DEFAULTS``); unknown names are
     refused so a typo does not silently keep a default. Files holding the token are
     written with mode 0600, the others 0644. Returns the written paths, in
     ``OUTPUTS`` order. Raises ``InvalidSpec`` naming the field on bad input.
     """
-    _check_controller_url(controller_url)
+    _check_controller_urls(controller_url)
     _check_token(token)
     variables = {name: _check_override(name, value) for name, value in overrides.items()}
     out_dir = Path(out_dir)
@@ -183,6 +186,28 @@ def _write_atomically(path: Path, data: bytes, *, mode: int) -> bool:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return True
+
+
+def _check_controller_urls(value: object) -> None:
+    """One controller URL, or several (a list, or one string ``URL1,URL2``) that the
+    templates render a webhook and a scrape target for each: all of one scheme and path
+    prefix, since one Prometheus job scrapes them all with the first one's."""
+    if isinstance(value, str) and "," in value:
+        urls: list[object] = [u.strip() for u in value.split(",")]
+    elif isinstance(value, list | tuple) and value:
+        urls = list(value)
+    else:
+        urls = [value]
+    for url in urls:
+        _check_controller_url(url)
+    parts = [urlsplit(u) for u in urls if isinstance(u, str)]
+    shapes = {(p.scheme, p.path.rstrip("/")) for p in parts}
+    if len(shapes) > 1:
+        raise InvalidSpec(
+            "controller_url: every controller must have the same scheme and path prefix "
+            f"(one Prometheus job scrapes them all), got {', '.join(map(str, urls))}",
+            field="controller_url",
+        )
 
 
 def _check_controller_url(url: object) -> None:

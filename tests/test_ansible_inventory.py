@@ -29,6 +29,7 @@ NODES = [
 class FakeController(ThreadingHTTPServer):
     nodes: list[dict[str, Any]]
     seen_authorization: list[str | None]
+    seen_paths: list[str]
 
 
 class NodesHandler(BaseHTTPRequestHandler):
@@ -36,6 +37,7 @@ class NodesHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen_authorization.append(self.headers.get("Authorization"))
+        self.server.seen_paths.append(self.path)
         if self.path != "/v1/nodes":
             self.send_error(404)
             return
@@ -55,6 +57,7 @@ def controller() -> Iterator[FakeController]:
     server = FakeController(("127.0.0.1", 0), NodesHandler)
     server.nodes = NODES
     server.seen_authorization = []
+    server.seen_paths = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -126,3 +129,45 @@ def test_unreachable_controller_is_an_error(tmp_path: Path) -> None:
     proc = _inventory(source, ANSIBLE_INVENTORY_UNPARSED_FAILED="true")
     assert proc.returncode != 0
     assert "unreachable" in proc.stderr
+
+
+def test_a_list_of_controllers_asks_the_next_when_one_is_unreachable(
+    controller: FakeController, tmp_path: Path
+) -> None:
+    live = f"http://127.0.0.1:{controller.server_address[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
+    source = tmp_path / "orchestrify.yml"
+    source.write_text(f"plugin: orchestrify\ncontroller_url:\n  - {dead}\n  - {live}\n")
+    proc = _inventory(source, ORCHESTRIFY_TOKEN="s3cret")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(proc.stdout)["workers"]["hosts"]) == [
+        "worker-a",
+        "worker-b",
+        "worker-c",
+    ]
+
+
+def test_orchestrify_url_takes_the_same_comma_separated_list(
+    controller: FakeController, tmp_path: Path
+) -> None:
+    live = f"http://127.0.0.1:{controller.server_address[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
+    source = tmp_path / "orchestrify.yml"
+    source.write_text("plugin: orchestrify\n")
+    proc = _inventory(source, ORCHESTRIFY_URL=f"{dead},{live}", ORCHESTRIFY_TOKEN="s3cret")
+    assert proc.returncode == 0, proc.stderr
+    assert "worker-a" in json.loads(proc.stdout)["workers"]["hosts"]
+
+
+def test_an_answer_is_not_asked_of_the_next_controller(
+    controller: FakeController, tmp_path: Path
+) -> None:
+    # The first answers 404 (nothing at that prefix): an answer, so the second is never
+    # asked and the inventory fails, naming the first.
+    live = f"http://127.0.0.1:{controller.server_address[1]}"
+    source = tmp_path / "orchestrify.yml"
+    source.write_text(f"plugin: orchestrify\ncontroller_url: {live}/wrong,{live}\n")
+    proc = _inventory(source, ANSIBLE_INVENTORY_UNPARSED_FAILED="true")
+    assert proc.returncode != 0
+    assert "answered 404" in proc.stderr
+    assert set(controller.seen_paths) == {"/wrong/v1/nodes"}  # the second never asked

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from orchestrify.errors import NodeUnreachable
@@ -28,8 +29,26 @@ def _host_port(controller_url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def detect_address(controller_url: str) -> str:
-    """The source address this host uses towards the controller's host."""
+def detect_address(controller_urls: str | Sequence[str]) -> str:
+    """The source address this host uses towards the controller's host.
+
+    ``controller_urls``: one URL, ``URL1,URL2``, or a list; the first whose host resolves
+    and has a route gives the address (the agent puts the controller it uses first), so
+    one controller on an unreachable network does not leave the agent without one.
+    """
+    urls = controller_urls.split(",") if isinstance(controller_urls, str) else controller_urls
+    errors: list[NodeUnreachable] = []
+    for url in urls:
+        try:
+            return _address_towards(url.strip())
+        except NodeUnreachable as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise NodeUnreachable("; ".join(str(e) for e in errors) or "no controller URL given")
+
+
+def _address_towards(controller_url: str) -> str:
     host, port = _host_port(controller_url)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)

@@ -99,7 +99,7 @@ class Agent:
         )
         if not s.pinned:
             with contextlib.suppress(OrchestrifyError):  # registering detects it again
-                self.address = await asyncio.to_thread(detect_address, s.controller_url)
+                self.address = await asyncio.to_thread(detect_address, client.ring.preferred())
         rec = NodeReconciler(
             engine=engine,
             prober=prober,
@@ -310,7 +310,8 @@ class Agent:
         s = self.settings
         if not s.pinned:
             # Raises NodeUnreachable while there is no route: retried like the call.
-            self._follow_address(await asyncio.to_thread(detect_address, s.controller_url))
+            urls = client.ring.preferred()  # the route to the controller in use first
+            self._follow_address(await asyncio.to_thread(detect_address, urls))
         client.set_token(s.join_token)
         reg = NodeRegistration(
             name=s.name,
@@ -329,7 +330,11 @@ class Agent:
             cluster_id=self.identity.cluster_id if self.identity else None,
             containers=self.reconciler.containers() if self.reconciler else [],
         )
-        body = await client.request("POST", "/v1/nodes/register", json=reg.model_dump())
+        # Sent again to another controller after a timeout: the node id and token make
+        # the second registration the same node (an upsert), never a second node.
+        body = await client.request(
+            "POST", "/v1/nodes/register", json=reg.model_dump(), idempotent=True
+        )
         creds = NodeCredentials.model_validate(body)
         identity = NodeIdentity(
             node_id=creds.node_id, node_token=creds.node_token, cluster_id=creds.cluster_id
@@ -379,23 +384,29 @@ class Agent:
     async def _heartbeat_loop(self, client: AsyncControllerClient, rec: NodeReconciler) -> None:
         psutil.cpu_percent(interval=None)  # primes the counter; the first value is 0
         while True:
-            hb = await asyncio.to_thread(self._heartbeat, rec.running_count())
+            urls = client.ring.preferred()  # the route to the controller in use first
+            hb = await asyncio.to_thread(self._heartbeat, rec.running_count(), urls)
             if hb.address is not None:
                 self._follow_address(hb.address)
 
             async def send(hb: Heartbeat = hb) -> None:
-                await client.request("POST", self._node_path("heartbeat"), json=hb.model_dump())
+                await client.request(
+                    "POST", self._node_path("heartbeat"), json=hb.model_dump(), idempotent=True
+                )
 
             await self._with_controller("heartbeat", send, client)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
-    def _heartbeat(self, replica_count: int) -> Heartbeat:
-        """What the heartbeat says; unpinned, with the address detected now (the last one
-        known when detection fails: the controller keeps what it has)."""
+    def _heartbeat(
+        self, replica_count: int, controller_urls: tuple[str, ...] | None = None
+    ) -> Heartbeat:
+        """What the heartbeat says; unpinned, with the address detected now towards the
+        first reachable of ``controller_urls`` (default: the settings' order; the last
+        address known when detection fails: the controller keeps what it has)."""
         address: str | None = None
         if not self.settings.pinned:
             try:
-                address = detect_address(self.settings.controller_url)
+                address = detect_address(controller_urls or self.settings.controller_url)
             except OrchestrifyError as exc:
                 log.warning("cannot detect this host's address", extra={"error": str(exc)})
                 address = self.address
@@ -471,8 +482,9 @@ class Agent:
                 orphans = rec.take_orphans(full=full)
                 body = ReplicaReports(replicas=reports, full=full, orphans=orphans)
                 try:
+                    # A report states what runs: sent twice, it says the same twice.
                     await client.request(
-                        "POST", self._node_path("replicas"), json=body.model_dump()
+                        "POST", self._node_path("replicas"), json=body.model_dump(), idempotent=True
                     )
                 except BaseException:
                     rec.changed.update(r.id for r in reports)  # sent again next attempt

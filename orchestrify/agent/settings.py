@@ -64,6 +64,8 @@ class AgentSettings:
     """Everything `orchestrify agent` takes from its flags."""
 
     controller_url: str
+    """The controller's URL, or several separated by commas (``URL1,URL2``) that the
+    agent fails over between (see ``orchestrify.client.ControllerRing``)."""
     join_token: str = field(repr=False)  # never in a log line or a traceback
     name: str
     advertise_address: str | None = None
@@ -103,10 +105,10 @@ class AgentSettings:
     @property
     def bind_address(self) -> str:
         """Where ports and /metrics listen: loopback stays loopback, anything else is all.
-        Unpinned, a controller on loopback means this host is alone: loopback too."""
+        Unpinned, controllers all on loopback mean this host is alone: loopback too."""
         if self.advertise_address is None:
-            host = urlsplit(self.controller_url).hostname or ""
-            return "127.0.0.1" if is_loopback_host(host) else "0.0.0.0"
+            hosts = [urlsplit(u.strip()).hostname or "" for u in self.controller_url.split(",")]
+            return "127.0.0.1" if all(is_loopback_host(h) for h in hosts) else "0.0.0.0"
         try:
             if ipaddress.ip_address(self.advertise_address).is_loopback:
                 return self.advertise_address

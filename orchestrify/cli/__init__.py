@@ -37,7 +37,11 @@ app = typer.Typer(
 def root(
     ctx: typer.Context,
     controller_url: str = typer.Option(
-        DEFAULT_URL, "--controller", envvar="ORCHESTRIFY_URL", help="Controller API URL."
+        DEFAULT_URL,
+        "--controller",
+        envvar="ORCHESTRIFY_URL",
+        help="Controller API URL, or several separated by commas (URL1,URL2): each call "
+        "goes to the one in use and fails over to the next when it does not answer.",
     ),
     token: str | None = typer.Option(
         None, "--token", envvar="ORCHESTRIFY_TOKEN", help="Admin token of the controller."

@@ -10,8 +10,10 @@ import typer
 
 from orchestrify.agent import Agent, AgentSettings, HealSettings, default_node_name
 from orchestrify.agent.settings import DEFAULT_DOCKER_URL, DEFAULT_METRICS_PORT, default_state_dir
-from orchestrify.cli.common import CaOpt, checked_ca
+from orchestrify.cli.common import CaOpt, checked_ca, fail
 from orchestrify.cli.lifecycle import run_until_signalled
+from orchestrify.client import parse_controller_urls
+from orchestrify.errors import InvalidSpec
 
 
 def agent(
@@ -19,7 +21,8 @@ def agent(
         ...,
         "--controller",
         envvar="ORCHESTRIFY_URL",
-        help="URL of the controller, e.g. http://10.0.0.1:18080.",
+        help="URL of the controller, e.g. http://10.0.0.1:18080, or several separated by "
+        "commas (URL1,URL2) to fail over between; --ca applies to all of them.",
     ),
     join_token: str = typer.Option(
         ...,
@@ -71,8 +74,12 @@ def agent(
 
     Containers keep running when the agent stops; the next start adopts them.
     """
+    try:
+        urls = parse_controller_urls(controller_url)
+    except InvalidSpec as exc:
+        raise fail(str(exc), code=2) from None
     settings = AgentSettings(
-        controller_url=controller_url,
+        controller_url=",".join(urls),
         join_token=join_token,
         name=name,
         advertise_address=advertise_address,

@@ -44,7 +44,8 @@ def render(
         "http://127.0.0.1:18080",
         "--controller-url",
         metavar="URL",
-        help="Where Prometheus and Alertmanager reach the controller.",
+        help="Where Prometheus and Alertmanager reach the controller; several controllers "
+        "separated by commas (URL1,URL2) get a webhook and a scrape target each.",
     ),
     token: str | None = typer.Option(
         None,

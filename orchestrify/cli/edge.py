@@ -18,7 +18,8 @@ def edge(
         None,
         "--controller",
         envvar="ORCHESTRIFY_URL",
-        help="Controller API URL (default: the global --controller).",
+        help="Controller API URL, or several separated by commas to fail over between "
+        "(default: the global --controller).",
     ),
     token: str | None = typer.Option(
         None,

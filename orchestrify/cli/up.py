@@ -122,6 +122,8 @@ def up(
     settings = resolve_tokens(given)
     assert settings.token is not None and settings.join_token is not None
     connect = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if ":" in connect:  # an IPv6 literal goes in brackets in a URL (the clients check it)
+        connect = f"[{connect}]"
     scheme = "https" if settings.tls else "http"
     ctx = UpContext(
         controller_url=f"{scheme}://{connect}:{port}",

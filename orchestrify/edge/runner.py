@@ -43,7 +43,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrify.client import AsyncControllerClient
+from orchestrify.client import AsyncControllerClient, parse_controller_urls
 from orchestrify.edge.apply import ApplyResult, ConfigApplier
 from orchestrify.edge.debounce import Debouncer
 from orchestrify.edge.nginx import NginxProcess
@@ -128,7 +128,9 @@ class EdgeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    controller_url: str = Field(description="Controller API URL.")
+    controller_url: str = Field(
+        description="Controller API URL, or several separated by commas to fail over between."
+    )
     # repr=False: a settings object in a log line or a traceback never shows it.
     token: str | None = Field(description="Admin token of the controller.", repr=False)
     nginx_conf_dir: Path = Field(description="Nginx prefix: nginx.conf, upstreams.conf, pid.")
@@ -171,6 +173,14 @@ class EdgeSettings(BaseModel):
         description="Stop Nginx when the edge exits. False: Nginx keeps serving its last "
         "good config without the edge; only `orchestrify up`, a one-process demo, sets it.",
     )
+
+    @field_validator("controller_url")
+    @classmethod
+    def _valid_controller_urls(cls, value: str) -> str:
+        try:
+            return ",".join(parse_controller_urls(value))
+        except InvalidSpec as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("listen")
     @classmethod
@@ -369,7 +379,8 @@ class Edge:
         if self.applied_as_of is not None:
             body["applied_as_of"] = self.applied_as_of.isoformat()
         try:
-            await self.client.request("POST", "/v1/edges", json=body)
+            # An upsert by name: sent twice (a failover after a timeout), it is one edge.
+            await self.client.request("POST", "/v1/edges", json=body, idempotent=True)
         except OrchestrifyError as exc:
             log.warning("could not register the edge", extra={"error": str(exc)})
             return False

@@ -28,8 +28,13 @@ options:
     required: true
     choices: ["orchestrify"]
   controller_url:
-    description: Base URL of the controller's REST API.
-    type: str
+    description:
+      - Base URL of the controller's REST API, or those of several controllers of one
+        store, as a YAML list or as one string C(URL1,URL2) (so C(ORCHESTRIFY_URL) takes
+        the same list as the CLI). They are asked in order; the next one is asked only
+        when one cannot be reached or answers 503, never after another answer.
+    type: list
+    elements: str
     required: true
     env:
       - name: ORCHESTRIFY_URL
@@ -69,7 +74,22 @@ controller_url: http://10.0.0.10:18080
 keyed_groups:
   - key: orchestrify_node_state
     prefix: state
+
+---
+# Several controllers of one store: the first that answers lists the nodes.
+plugin: orchestrify
+controller_url:
+  - https://10.0.0.10:18080
+  - https://10.0.0.11:18080
+ca_path: /etc/orchestrify/tls/ca.crt
+keyed_groups:
+  - key: orchestrify_node_state
+    prefix: state
 """
+
+
+class _Unreachable(Exception):
+    """A controller that cannot answer now: the next one of the list is asked."""
 
 
 def _group_safe(value: str) -> str:
@@ -82,8 +102,37 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def verify_file(self, path: str) -> bool:
         return super().verify_file(path) and path.endswith(("orchestrify.yml", "orchestrify.yaml"))
 
+    def _controller_urls(self) -> list[str]:
+        """The configured URLs, in order: a list, or strings holding ``URL1,URL2``."""
+        value = self.get_option("controller_url")
+        items = value if isinstance(value, list) else [value]
+        urls = [u.strip().rstrip("/") for item in items for u in str(item).split(",")]
+        urls = [u for u in urls if u]
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]", url):
+                raise AnsibleParserError(
+                    f"orchestrify controller_url {url!r} is not an http(s) URL "
+                    "such as http://10.0.0.10:18080"
+                )
+        if not urls:
+            raise AnsibleParserError("orchestrify controller_url is empty")
+        return urls
+
     def _fetch_nodes(self) -> list[dict[str, Any]]:
-        url = self.get_option("controller_url").rstrip("/") + "/v1/nodes"
+        """GET /v1/nodes from the first controller that answers. Only a controller that
+        cannot be reached or answers 503 passes the question to the next one; any other
+        answer (a 401, a 404) is the answer: another controller of the store would give
+        the same."""
+        unreachable: list[str] = []
+        for base in self._controller_urls():
+            url = base + "/v1/nodes"
+            try:
+                return self._fetch_nodes_from(url)
+            except _Unreachable as exc:
+                unreachable.append(str(exc))
+        raise AnsibleParserError("; ".join(unreachable))
+
+    def _fetch_nodes_from(self, url: str) -> list[dict[str, Any]]:
         headers = {"Accept": "application/json"}
         token = self.get_option("token")
         if token:
@@ -98,9 +147,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             )
             payload = json.loads(response.read())
         except HTTPError as exc:
+            if exc.code == 503:
+                raise _Unreachable(f"orchestrify controller {url} answered 503") from exc
             raise AnsibleParserError(f"orchestrify controller {url} answered {exc.code}") from exc
         except (URLError, OSError) as exc:
-            raise AnsibleParserError(f"orchestrify controller {url} unreachable: {exc}") from exc
+            raise _Unreachable(f"orchestrify controller {url} unreachable: {exc}") from exc
         except ValueError as exc:
             raise AnsibleParserError(f"orchestrify controller {url} sent invalid JSON") from exc
         if not isinstance(payload, list):

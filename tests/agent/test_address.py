@@ -73,3 +73,25 @@ def test_a_pinned_address_is_never_detected(
     agent = Agent(settings(tmp_path, pinned="10.0.0.5"))
     assert agent.address == "10.0.0.5"
     assert agent._heartbeat(0).address is None  # the registration said it
+
+
+def test_a_list_of_controllers_uses_the_first_with_a_route() -> None:
+    # The first has no host at all, the second no usable port: the third gives the address.
+    assert detect_address("http:///v1,http://127.0.0.1:99999,http://127.0.0.9:18080") == (
+        "127.0.0.1"
+    )
+    assert detect_address(["http://127.0.0.9:18080", "http:///v1"]) == "127.0.0.1"
+
+
+def test_a_list_where_no_controller_has_a_route_names_each() -> None:
+    with pytest.raises(NodeUnreachable) as caught:
+        detect_address("http:///a,http://127.0.0.1:99999")
+    assert "no host in the controller URL 'http:///a'" in str(caught.value)
+    assert "bad port in the controller URL 'http://127.0.0.1:99999'" in str(caught.value)
+
+
+def test_bind_address_is_loopback_only_when_every_controller_is(tmp_path: Path) -> None:
+    both = "http://127.0.0.1:18080,http://127.0.0.2:18080"
+    assert settings(tmp_path, url=both).bind_address == "127.0.0.1"
+    mixed = "http://127.0.0.1:18080,http://controller.example:18080"
+    assert settings(tmp_path, url=mixed).bind_address == "0.0.0.0"

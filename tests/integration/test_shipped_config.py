@@ -65,6 +65,15 @@ def test_amtool_accepts_the_alertmanager_config(rendered: Path) -> None:
     _run(amtool, "check-config", str(rendered / "alertmanager.yml"), cwd=rendered)
 
 
+def test_promtool_and_amtool_accept_a_config_for_several_controllers(tmp_path: Path) -> None:
+    # Several controllers (issue 11): a webhook and a scrape target each, one discovery
+    # per controller in every job; the real tools must take that shape too.
+    urls = "https://10.0.0.1:18080,https://10.0.0.2:18080,https://10.0.0.3:18080"
+    render_config(out_dir=tmp_path, controller_url=urls, token=TOKEN)
+    _run(require_binary("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path)
+    _run(require_binary("amtool"), "check-config", "alertmanager.yml", cwd=tmp_path)
+
+
 def test_rules_fire_exactly_where_they_should(rendered: Path) -> None:
     promtool = require_binary("promtool")
     shutil.copy(RULES_TEST, rendered / "rules_test.yml")

@@ -239,3 +239,48 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], mes
     assert result.stderr.startswith(message)
     assert result.stderr.count("\n") == 1
     assert result.stdout == ""
+
+
+def test_one_controller_renders_as_before_a_list_of_one(tmp_path: Path) -> None:
+    # A list of one and a string of one give the same bytes (the roles pass either).
+    render_config(out_dir=tmp_path / "s", controller_url="http://10.0.0.1:18080", token=TOKEN)
+    render_config(out_dir=tmp_path / "l", controller_url=["http://10.0.0.1:18080"], token=TOKEN)
+    for name in ("prometheus.yml", "alertmanager.yml"):
+        assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "l" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "urls", ["http://10.0.0.1:18080, http://10.0.0.2:18080", ["http://10.0.0.1:18080", "http://10.0.0.2:18080"]]
+)  # fmt: skip
+def test_several_controllers_get_a_webhook_and_a_scrape_target_each(
+    tmp_path: Path, urls: str | list[str]
+) -> None:
+    render_config(out_dir=tmp_path, controller_url=urls, token=TOKEN)
+    am = yaml.safe_load((tmp_path / "alertmanager.yml").read_text())
+    hooks = am["receivers"][0]["webhook_configs"]
+    assert [h["url"] for h in hooks] == [
+        "http://10.0.0.1:18080/v1/alerts",
+        "http://10.0.0.2:18080/v1/alerts",
+    ]
+    assert all(h["http_config"]["authorization"]["credentials"] == TOKEN for h in hooks)
+    prom = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    controller = jobs["orchestrify-controller"]
+    assert controller["static_configs"] == [{"targets": ["10.0.0.1:18080", "10.0.0.2:18080"]}]
+    for job in jobs.values():  # discovery from either controller keeps the targets known
+        assert [sd["url"] for sd in job["http_sd_configs"]] == [
+            "http://10.0.0.1:18080/v1/discovery/prometheus",
+            "http://10.0.0.2:18080/v1/discovery/prometheus",
+        ]
+
+
+@pytest.mark.parametrize(
+    "urls",
+    ["http://10.0.0.1:18080,ftp://10.0.0.2:18080", "http://a:1,https://b:1", "http://a:1,http://b:1/x"],
+)  # fmt: skip
+def test_a_bad_or_mismatched_controller_in_a_list_names_the_field(
+    tmp_path: Path, urls: str
+) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        render_config(out_dir=tmp_path, controller_url=urls, token=TOKEN)
+    assert info.value.field == "controller_url"
