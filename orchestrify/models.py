@@ -65,11 +65,21 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
+# RFC 3339's date-time, what the schema's ``format: date-time`` means: seconds and an
+# offset are required.
+RFC3339_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def _json_text_only(value: Any) -> Any:
-    """A time in a body is RFC 3339 text: a number (pydantic would read Unix seconds)
-    is refused, as the schema's ``type: string`` says."""
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an RFC 3339 date-time string")
+    """A time in a body is RFC 3339 text: a number, or a string of digits (pydantic would
+    read both as Unix seconds), or a time without its offset is refused, as the schema's
+    ``type: string, format: date-time`` says."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not RFC3339_DATE_TIME.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-11-30T12:00:00Z")
     return value
 
 

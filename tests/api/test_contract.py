@@ -331,3 +331,13 @@ def test_a_query_problem_without_credentials_is_a_401(api: TestClient) -> None:
 def test_plain_integer_queries_still_work(api: TestClient) -> None:
     assert api.get("/v1/upstreams?version=-1&timeout=0").status_code == 200
     assert api.get("/v1/events?after=3&limit=5").status_code == 200
+
+
+@pytest.mark.parametrize("value", ["0", "1700000000", "2026-11-30T12:00:00", "2026-11-30"])
+def test_a_time_in_a_body_is_rfc3339_text_with_its_offset(api: TestClient, value: str) -> None:
+    """schemathesis' random seed 148381368: "0" was read as Unix seconds (1970) and kept."""
+    resp = api.post("/v1/edges", json={"name": "e1", "applied_as_of": value})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"][0]["loc"][-1] == "applied_as_of"
+    ok = api.post("/v1/edges", json={"name": "e1", "applied_as_of": "2026-11-30T12:00:00.5+01:00"})
+    assert ok.status_code == 200, ok.text
