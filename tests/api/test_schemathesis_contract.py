@@ -34,7 +34,7 @@ JOIN = "contract-join-token"
 FIXED_SEED = 20261130
 # Seconds per run: both runs together stay near 4 minutes on a 2-core machine (the
 # fuzzing and stateful phases repeat until the budget is spent).
-MAX_TIME_S = 80
+MAX_TIME_S = 45
 HERE = Path(__file__).resolve().parent
 
 
