@@ -200,10 +200,9 @@ def query_problems(request: Request) -> None:
     integer parameter not written as one. A route dependency, added last, so it runs
     after the route's credentials are checked."""
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
     problems: list[dict[str, Any]] = []
-    for param in _query_params(route.dependant):
+    # Worked out once per route, when it is made (BorderRoute), not on every request.
+    for param in getattr(route, "query_fields", ()):
         name = param.alias
         values = request.query_params.getlist(name)
         if len(values) > 1:
@@ -266,6 +265,7 @@ class BorderRoute(APIRoute):
             dependencies.append(_QUERY_CHECK)
         kwargs["dependencies"] = dependencies
         super().__init__(path, endpoint, **kwargs)
+        self.query_fields = _query_params(self.dependant)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
