@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import pytest
 
-from tests.postgres import PostgresServer, postgres_available
+from tests.postgres import PostgresServer, postgres_available, running_postgres
 
 IN_CI = bool(os.environ.get("CI"))
 TEST_LABEL = "orchestrify.test"  # every container/network a test creates carries it
@@ -79,13 +79,8 @@ def postgres() -> Iterator[PostgresServer]:
     CI a missing PostgreSQL fails, never skips."""
     why = postgres_available()
     require(why is None, why or "")
-    server = PostgresServer(free_port())
-    server.start()
-    try:
-        server.prepare_template()
+    with running_postgres(free_port()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 STORE_ENGINES = ["sqlite", "postgresql"]

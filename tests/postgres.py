@@ -8,6 +8,7 @@ every time would cost far more)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -173,3 +175,15 @@ class PostgresServer:
                     return
                 except psycopg.errors.ObjectInUse:
                     time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def running_postgres(port: int) -> Iterator[PostgresServer]:
+    """A cluster started on ``port`` with its template database ready; stopped at the end."""
+    server = PostgresServer(port)
+    server.start()
+    try:
+        server.prepare_template()
+        yield server
+    finally:
+        server.stop()

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from orchestrify.controller.app import create_app
 from tests.api.conftest import AUTH, settings
 from tests.conftest import free_port, require
-from tests.postgres import PASSWORD, PostgresServer, postgres_available
+from tests.postgres import PASSWORD, PostgresServer, postgres_available, running_postgres
 
 
 @pytest.fixture
@@ -22,13 +22,8 @@ def own_postgres() -> Iterator[PostgresServer]:
     """A cluster of this test's own: it is stopped and started again mid-test."""
     why = postgres_available()
     require(why is None, why or "")
-    server = PostgresServer(free_port())
-    server.start()
-    try:
-        server.prepare_template()
+    with running_postgres(free_port()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_lost_database_is_503_and_the_api_recovers(
