@@ -745,7 +745,9 @@ class Reconciler:
                         reason=reason,
                     )
             case RemoveNode(node):
-                self.store.delete_node(node)
+                # An operator asked for the removal, and the decision waited until the node
+                # is empty or silent with every replica told to stop (and replaced).
+                self.store.delete_node(node, force=True)
                 self.liveness.forget(node)
             case PauseRollout(service, generation, reason):
                 self.store.pause_rollout(service, generation=generation, reason=reason)

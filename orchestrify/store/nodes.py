@@ -289,7 +289,7 @@ class NodesPart(StoreCore):
             return node_view(row)
 
     @retry_on_race
-    def delete_node(self, id_or_name: str, *, force: bool = True) -> Node:
+    def delete_node(self, id_or_name: str, *, force: bool = False) -> Node:
         """Forget a node and its replicas now (used once it is drained, or with --force);
         the node as it was. Without ``force``, a node that still has replicas is a
         Conflict: they are drained first (``set_node_draining(remove=True)``), so that
