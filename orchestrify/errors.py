@@ -40,6 +40,13 @@ class WriteConflict(StoreUnavailable):
     request then goes through)."""
 
 
+class Fenced(Conflict):
+    """A write of a leader-only loop (reconciler, alert decisions, scaling, liveness,
+    the job runner) made by a controller that no longer holds the leader lease at the
+    epoch it was elected with: refused in the same transaction, so a deposed leader that
+    wakes up late changes nothing."""
+
+
 class TooLarge(OrchestrifyError):
     """A request asks for more work than the controller takes at once (HTTP 413)."""
 
