@@ -37,10 +37,18 @@ class JobStatus(StrEnum):
     SUCCESSFUL = "successful"
     FAILED = "failed"
     CANCELED = "canceled"
+    # The controller that ran it stopped leading (died, or lost the database) before it
+    # recorded an outcome: what the playbook did is unknown, and it is not run again.
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELED)
+        return self in (
+            JobStatus.SUCCESSFUL,
+            JobStatus.FAILED,
+            JobStatus.CANCELED,
+            JobStatus.LOST,
+        )
 
 
 class JobRequest(BaseModel):
@@ -102,6 +110,11 @@ class Job(BaseModel):
         "(the job then waits for every other job). None until resolved.",
     )
     stats: dict[str, HostStats] = Field(default_factory=dict, description="Per host.")
+    controller: str | None = Field(
+        None,
+        description="Id of the controller that ran (or runs) the job; its private data dir "
+        "(ansible-runner's raw artifacts) is on that controller's disk. None until started.",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -4,33 +4,40 @@ once on the same host.
 The adapter border: ansible-runner and its errors stop here. A run's outcome (status,
 rc, per-host stats) is a result recorded on the job, not an exception.
 
+The queue is the store: a job submitted to any controller is stored ``pending``, and the
+leader's dispatcher (the only one; ``lead``/``step_down``) polls the store for pending
+jobs (every ``poll_s``, and at once when this process queued one) and starts each with a
+compare-and-set to ``running`` on this controller, so two controllers never run one job.
+
 Serialization: every job holds a set of hosts (resolved from its limit against the
-inventory, or every host when unknown). One dispatcher thread starts queued jobs in
-submission order; a job starts only when its hosts overlap neither a running job nor
-an older job still waiting, so jobs on one host run in the order they were submitted
-and a stream of small jobs cannot starve a job on ``all``. Jobs on disjoint hosts run in
-parallel, each in its own thread, at most ``max_running`` at once (a burst of jobs on
-many hosts must not start an ansible-playbook process each and starve the controller).
+inventory, or every host when unknown). Jobs start in submission order; a job starts
+only when its hosts overlap neither a running job nor an older job still waiting, so
+jobs on one host run in the order they were submitted and a stream of small jobs cannot
+starve a job on ``all``. Jobs on disjoint hosts run in parallel, each in its own thread,
+at most ``max_running`` at once (a burst of jobs on many hosts must not start an
+ansible-playbook process each and starve the controller).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import sys
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrify.errors import Busy, Conflict, OrchestrifyError
+from orchestrify.errors import Busy, Conflict, Fenced, OrchestrifyError
 from orchestrify.jobs.handoff import job_environment, write_extra_vars
 from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_inventory
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
@@ -39,7 +46,7 @@ from orchestrify.store import Store
 from orchestrify.store.files import ensure_private_dir
 from orchestrify.store.jobs import JobStore
 
-__all__ = ["JobRunner", "private_data_dir", "remove_private_data_dirs"]
+__all__ = ["Fence", "JobRunner", "private_data_dir", "remove_private_data_dirs"]
 
 log = logging.getLogger(__name__)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -49,12 +56,14 @@ _RUNNER_STATUS = {
 }
 INTERRUPTED = "the controller stopped while the job ran; its outcome is unknown"
 
+# Wraps each write of the leader's dispatcher (start a job, resolve its hosts, settle the
+# jobs a previous leader left running): the leader lease's fence, which refuses the
+# write (``Fenced``) of a controller that no longer leads at the epoch it was elected.
+Fence = Callable[[], AbstractContextManager[None]]
 
-@dataclass
-class _Queued:
-    job_id: str
-    limit: str | None
-    hosts: frozenset[str] | None = None
+
+def _unfenced() -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -62,6 +71,8 @@ class _Running:
     job_id: str
     hosts: frozenset[str]
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Why the run was stopped when it was not a caller's cancel (recorded as the error).
+    stopped_because: str | None = None
     thread: threading.Thread | None = None
 
 
@@ -70,6 +81,7 @@ class JobRunner:
 
     Thread-safe. ``submit`` never blocks on Ansible: inventory reads happen on the
     dispatcher thread, so an async caller (the alert webhook) can call it directly.
+    Every controller accepts jobs; only one that ``lead``s runs them.
     """
 
     def __init__(
@@ -82,6 +94,8 @@ class JobRunner:
         job_timeout_s: float = 3600.0,
         max_running: int = 4,
         max_pending: int = 100,
+        controller_id: str | None = None,
+        poll_s: float = 1.0,
     ) -> None:
         self.jobs = JobStore(store)
         self.playbook_dir = playbook_dir
@@ -89,16 +103,49 @@ class JobRunner:
         self.jobs_dir = jobs_dir
         self.job_timeout_s = job_timeout_s
         self.max_running = max_running  # ansible-playbook processes at once
-        self.max_pending = max_pending  # queued jobs; more is Busy (429)
+        self.max_pending = max_pending  # pending jobs in the store; more is Busy (429)
+        # Recorded on every job this runner starts (the job's ``controller``).
+        self.controller_id = controller_id or socket.gethostname()
+        # How often the leader looks in the store for jobs other controllers accepted
+        # (and for cancels asked of them): a job waits at most this long to start.
+        self.poll_s = poll_s
         self._lock = threading.Condition()
-        self._queue: list[_Queued] = []
         self._running: dict[str, _Running] = {}
         self._stopping = False
+        self._leading = False
+        self._term = 0  # bumped by lead/step_down: a dispatcher of an older term ends
+        self._settled = False  # take_over done for the current term
+        self._fence: Fence = _unfenced
+        self._wake = False
         self._dispatcher: threading.Thread | None = None
 
     # --- life cycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Fail jobs a previous controller left running, requeue pending ones, dispatch."""
+        """One controller alone: lead from now on (fail jobs a previous run of this
+        controller left running, run pending ones). Same as ``lead()``."""
+        self.lead()
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    def lead(self, *, fence: Fence | None = None) -> None:
+        """Start dispatching: this controller now leads. Jobs another controller left
+        ``running`` are marked ``lost`` (that controller stopped leading; they are not
+        re-run), jobs a previous run of this controller left running fail as
+        interrupted, and pending jobs start as their hosts allow. ``fence`` wraps every
+        write of the dispatcher (the leader lease's fence). Idempotent while leading.
+
+        Makes one store write before it returns (retried by the dispatcher when the
+        store cannot take it now); the dispatching itself runs on its own thread."""
+        with self._lock:
+            if self._stopping or self._leading:
+                return
+            self._leading = True
+            self._term += 1
+            term = self._term
+            self._fence = fence or _unfenced
+            self._settled = False
         ensure_ansible_on_path()
         # Jobs' private data dirs hold their extra vars and output: the controller's only.
         # A jobs dir that cannot be made fails each job with the reason, not the start.
@@ -109,20 +156,52 @@ class JobRunner:
             log.warning(
                 "cannot prepare the jobs dir", extra={"path": str(self.jobs_dir), "error": str(exc)}
             )
-        failed, pending = self.jobs.interrupted(reason=INTERRUPTED)
-        for job in failed:
-            log.warning("job interrupted by a restart", extra={"job": job.id})
-        with self._lock:
-            self._queue.extend(_Queued(j.id, j.limit) for j in pending)
-        self._dispatcher = threading.Thread(
-            target=self._dispatch_forever, name="job-dispatcher", daemon=True
+        try:
+            self._settle(term)
+        except OrchestrifyError as exc:  # the dispatcher tries again before it starts jobs
+            log.warning("cannot settle the jobs left running yet", extra={"error": str(exc)})
+        dispatcher = threading.Thread(
+            target=self._dispatch_forever, args=(term,), name="job-dispatcher", daemon=True
         )
-        self._dispatcher.start()
+        with self._lock:
+            if self._term != term:
+                return  # stepped down meanwhile
+            self._dispatcher = dispatcher
+        dispatcher.start()
+        log.info("job runner leads", extra={"controller": self.controller_id})
+
+    def step_down(self) -> None:
+        """Stop dispatching: another controller leads (or will). Nothing new starts
+        here, and the jobs running here are canceled: the new leader sees them as
+        ``lost`` and may start jobs on the same hosts, so a playbook left running would
+        no longer be serialized with them. Each canceled run still records its outcome
+        (``canceled``, naming this controller) when the store takes it and the job is
+        not marked ``lost`` already (compare-and-set on the job's controller). Returns
+        at once; the runs end on their own threads within seconds."""
+        with self._lock:
+            if not self._leading:
+                return
+            self._leading = False
+            self._term += 1
+            running = list(self._running.values())
+            for run in running:
+                run.stopped_because = (
+                    f"canceled: controller {self.controller_id} stopped leading while the "
+                    "job ran; it was not re-run"
+                )
+                run.cancel.set()
+            self._lock.notify_all()
+        log.warning(
+            "job runner stepped down",
+            extra={"controller": self.controller_id, "canceled_jobs": [r.job_id for r in running]},
+        )
 
     def close(self, *, timeout_s: float = 15.0) -> None:
         """Stop dispatching and cancel running jobs (they end as ``canceled``)."""
         with self._lock:
             self._stopping = True
+            self._leading = False
+            self._term += 1
             running = list(self._running.values())
             self._lock.notify_all()
         for run in running:
@@ -142,22 +221,26 @@ class JobRunner:
         extra_vars: dict[str, Any] | None = None,
         reason: str | None = None,
     ) -> Job:
-        """Validate and queue a playbook run; returns the job (``pending``).
+        """Validate and queue a playbook run; returns the job (``pending``). Any
+        controller takes it; the leader runs it.
 
         Raises InvalidSpec (naming the field) for a bad playbook, limit or extra var,
         Conflict when the controller has no playbook directory or inventory, and Busy
-        when ``max_pending`` jobs already wait.
+        when ``max_pending`` jobs already wait (counted in the store, over every
+        controller; two controllers submitting at the same moment may pass it by one).
         """
-        with self._lock:
-            if len(self._queue) >= self.max_pending:
-                raise Busy(
-                    f"{len(self._queue)} jobs already wait to run (max_pending_jobs); "
-                    "submit again once some have run"
-                )
+        waiting = self.jobs.count(JobStatus.PENDING)
+        if waiting >= self.max_pending:
+            raise Busy(
+                f"{waiting} jobs already wait to run (max_pending_jobs); "
+                "submit again once some have run"
+            )
         playbook_dir, _ = self._configured()
         resolve_playbook(playbook_dir, playbook)
         limit = check_limit(limit)
         extra = check_extra_vars(dict(extra_vars or {}))
+        if self._stopping:
+            raise Conflict("the controller is shutting down; submit the job again")
         job = self.jobs.create(
             job_id=secrets.token_hex(6),
             playbook=str(PurePosixPath(playbook)),
@@ -165,32 +248,29 @@ class JobRunner:
             extra_vars=extra,
             reason=reason,
         )
-        with self._lock:
-            if self._stopping:
-                raise Conflict("the controller is shutting down; the job stays pending")
-            self._queue.append(_Queued(job.id, limit))
-            self._lock.notify_all()
+        self._notify()
         log.info("job queued", extra={"job": job.id, "playbook": job.playbook, "limit": limit})
         return job
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a pending job now, or ask a running one to stop (it ends ``canceled``)."""
+        """Cancel a pending job now, or ask a running one to stop (it ends ``canceled``):
+        here when this controller runs it, else through the store, where the controller
+        running it finds the request on its next poll."""
         job = self.jobs.get(job_id)
+        if job.status == JobStatus.PENDING:
+            canceled = self.jobs.cancel_pending(job_id)
+            if canceled is not None:
+                self._notify()  # a job it held back may start now
+                return canceled
+            job = self.jobs.get(job_id)  # it started meanwhile
         with self._lock:
-            queued = next((q for q in self._queue if q.job_id == job_id), None)
-            if queued is not None:
-                self._queue.remove(queued)
-                self._lock.notify_all()
-                return self.jobs.finish(
-                    job_id, status=JobStatus.CANCELED, rc=None, error="canceled before it started"
-                )
             run = self._running.get(job_id)
             if run is not None:
                 run.cancel.set()
                 return self.jobs.get(job_id)
         if job.status.finished:
             raise Conflict(f"job {job_id} already finished ({job.status.value})")
-        return job
+        return self.jobs.request_cancel(job_id)
 
     def get(self, job_id: str) -> Job:
         return self.jobs.get(job_id)
@@ -215,103 +295,161 @@ class JobRunner:
             )
         return self.playbook_dir, self.inventory
 
-    def _dispatch_forever(self) -> None:
+    def _notify(self) -> None:
+        with self._lock:
+            self._wake = True
+            self._lock.notify_all()
+
+    def _current(self, term: int) -> bool:
+        return self._term == term and self._leading and not self._stopping
+
+    def _settle(self, term: int) -> None:
+        """Mark the jobs other controllers left running ``lost``, fail this one's."""
+        with self._lock:
+            keep = set(self._running)  # still running here from an earlier term
+        with self._fence():
+            lost, failed = self.jobs.take_over(
+                controller=self.controller_id, keep=keep, interrupted=INTERRUPTED
+            )
+        for job in lost:
+            log.warning("job lost with its controller", extra={"job": job.id, "error": job.error})
+        for job in failed:
+            log.warning("job interrupted by a restart", extra={"job": job.id})
+        with self._lock:
+            if self._term == term:
+                self._settled = True
+
+    def _dispatch_forever(self, term: int) -> None:
         while True:
             with self._lock:
-                while not self._stopping and not self._startable_or_unresolved():
-                    self._lock.wait(5.0)
-                if self._stopping:
+                if not self._current(term):
                     return
-                unresolved = [q for q in self._queue if q.hosts is None]
             try:
-                if unresolved:
-                    self._resolve_hosts(unresolved)
-                with self._lock:
-                    if self._stopping:
-                        return
-                    self._start_eligible()
+                if not self._settled:
+                    self._settle(term)
+                self._dispatch_once(term)
+            except Fenced as exc:
+                log.warning("job dispatch refused: not the leader", extra={"error": str(exc)})
             except Exception:  # the dispatcher must outlive any one bad round
                 log.exception("job dispatch failed; retrying")
-                time.sleep(1.0)
+            with self._lock:
+                if not self._wake and self._current(term):
+                    self._lock.wait(self.poll_s)
+                self._wake = False
 
-    def _startable_or_unresolved(self) -> bool:
-        if len(self._running) >= self.max_running and all(q.hosts is not None for q in self._queue):
-            return False
-        busy = [r.hosts for r in self._running.values()]
-        for queued in self._queue:
-            if queued.hosts is None:
-                return True
-            if not any(overlaps(queued.hosts, other) for other in busy):
-                return True
-            busy.append(queued.hosts)
-        return False
+    def _dispatch_once(self, term: int) -> None:
+        """One round: pass on cancels asked through the store, then start, in order,
+        each pending job whose hosts nothing running or older holds."""
+        with self._lock:
+            local = dict(self._running)
+        if local:
+            for job_id in self.jobs.cancel_requests(controller=self.controller_id):
+                if job_id in local:
+                    local[job_id].cancel.set()
+        if len(local) >= self.max_running:
+            return  # a job ending wakes the dispatcher again
+        pending = self.jobs.pending(limit=max(self.max_pending, 1000))
+        if not pending:
+            return
+        unresolved = [j for j in pending if j.hosts is None]
+        resolved = self._resolve_hosts(unresolved) if unresolved else {}
+        busy = [r.hosts for r in local.values()]
+        for job_id, held in self.jobs.running_hosts().items():
+            if job_id not in local:  # a run another controller has not settled yet
+                busy.append(frozenset(held if held is not None else [EVERY_HOST]))
+        for job in pending:
+            if len(local) >= self.max_running:
+                break
+            hosts = resolved.get(job.id)
+            if hosts is None:
+                hosts = frozenset(job.hosts if job.hosts is not None else [EVERY_HOST])
+            if any(overlaps(hosts, other) for other in busy):
+                busy.append(hosts)  # it keeps its place ahead of later jobs
+                continue
+            busy.append(hosts)
+            with self._lock:
+                if not self._current(term):
+                    return
+            try:
+                with self._fence():
+                    started = self.jobs.mark_running(job.id, controller=self.controller_id)
+            except Conflict as exc:  # canceled, or started elsewhere: not ours
+                if isinstance(exc, Fenced):
+                    raise
+                log.info("job not started", extra={"job": job.id, "error": str(exc)})
+                continue
+            run = _Running(job.id, hosts)
+            with self._lock:
+                self._running[job.id] = run
+                local[job.id] = run
+                if not self._current(term):  # stepped down while it was being started
+                    run.stopped_because = (
+                        f"canceled: controller {self.controller_id} stopped leading as the "
+                        "job started; it was not re-run"
+                    )
+                    run.cancel.set()
+            run.thread = threading.Thread(
+                target=self._run_job, args=(run, started), name=f"job-{job.id}", daemon=True
+            )
+            run.thread.start()
 
-    def _resolve_hosts(self, unresolved: list[_Queued]) -> None:
+    def _resolve_hosts(self, unresolved: list[Job]) -> dict[str, frozenset[str]]:
         inventory: Inventory | None = None
-        if any(q.limit is not None for q in unresolved):
+        if any(j.limit is not None for j in unresolved):
             try:
                 inventory = read_inventory(self._configured()[1])
             except OrchestrifyError as exc:
                 log.warning("cannot resolve job hosts; jobs wait for all others", exc_info=exc)
-        for queued in unresolved:
+        resolved: dict[str, frozenset[str]] = {}
+        for job in unresolved:
             hosts = (
-                inventory.resolve(queued.limit)
-                if inventory is not None
-                else frozenset({EVERY_HOST})
+                inventory.resolve(job.limit) if inventory is not None else frozenset({EVERY_HOST})
             )
-            self.jobs.set_hosts(queued.job_id, hosts)
-            queued.hosts = hosts
-
-    def _start_eligible(self) -> None:
-        """Start, in order, each queued job whose hosts nothing earlier holds."""
-        busy = [r.hosts for r in self._running.values()]
-        for queued in list(self._queue):
-            if len(self._running) >= self.max_running:
-                break  # a job ending wakes the dispatcher again
-            if queued.hosts is None:
-                break  # resolved in order: keep the order of submission
-            if any(overlaps(queued.hosts, other) for other in busy):
-                busy.append(queued.hosts)  # it keeps its place ahead of later jobs
-                continue
-            self._queue.remove(queued)
-            busy.append(queued.hosts)
-            run = _Running(queued.job_id, queued.hosts)
-            self._running[queued.job_id] = run
-            run.thread = threading.Thread(
-                target=self._run_job, args=(run,), name=f"job-{queued.job_id}", daemon=True
-            )
-            run.thread.start()
+            with self._fence():
+                self.jobs.set_hosts(job.id, hosts)
+            resolved[job.id] = hosts
+        return resolved
 
     def _job_done(self, run: _Running) -> None:
         with self._lock:
             self._running.pop(run.job_id, None)
+            self._wake = True
             self._lock.notify_all()
 
     # --- one run -------------------------------------------------------------------
-    def _run_job(self, run: _Running) -> None:
+    def _run_job(self, run: _Running, job: Job) -> None:
+        """Run a job this controller started and record its outcome, unless another
+        controller (the new leader) marked it ``lost`` meanwhile."""
         status: JobStatus
         rc: int | None
         error: str | None
-        stats: dict[str, HostStats] | None
+        stats: dict[str, HostStats] | None = None
         try:
-            job = self.jobs.mark_running(run.job_id)
-        except Conflict as exc:  # started (or ended) elsewhere already: not this run's
-            log.warning("job not started", extra={"job": run.job_id, "error": str(exc)})
-            self._job_done(run)
-            return
+            if run.cancel.is_set():
+                status, rc, error = JobStatus.CANCELED, None, run.stopped_because or "canceled"
+            else:
+                log.info("job started", extra={"job": job.id, "playbook": job.playbook})
+                status, rc, error, stats = self._run_playbook(job, run.cancel)
+                if status == JobStatus.CANCELED and run.stopped_because:
+                    error = run.stopped_because
         except Exception as exc:  # a job's failure must never kill the dispatcher
             log.exception("job crashed", extra={"job": run.job_id})
             status, rc, error, stats = JobStatus.FAILED, None, f"could not run: {exc}", None
-        else:
-            try:
-                log.info("job started", extra={"job": job.id, "playbook": job.playbook})
-                status, rc, error, stats = self._run_playbook(job, run.cancel)
-            except Exception as exc:  # a job's failure must never kill the dispatcher
-                log.exception("job crashed", extra={"job": run.job_id})
-                status, rc, error, stats = JobStatus.FAILED, None, f"could not run: {exc}", None
         try:
-            job = self.jobs.finish(run.job_id, status=status, rc=rc, error=error, stats=stats)
+            job = self.jobs.finish(
+                run.job_id,
+                status=status,
+                rc=rc,
+                error=error,
+                stats=stats,
+                controller=self.controller_id,
+            )
             log.info("job finished", extra={"job": job.id, "status": status.value, "rc": rc})
+        except OrchestrifyError as exc:  # lost meanwhile, or the store is out of reach
+            log.warning(
+                "job outcome not recorded",
+                extra={"job": run.job_id, "status": status.value, "error": str(exc)},
+            )
         finally:
             self._job_done(run)
 

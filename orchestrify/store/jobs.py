@@ -1,9 +1,14 @@
 """Durable jobs and their ansible-runner events, in the controller's store.
 
 Job events live in a table rather than only in ansible-runner's artifact directory:
-the stream then survives a restart with the same store (and a future PostgreSQL store
-shared by two controllers, where no filesystem is shared), ``?after=N`` is one indexed
-query, and the artifact directory stays free to be rotated or deleted.
+the stream then survives a restart with the same store (and a PostgreSQL store shared
+by several controllers, where no filesystem is shared: any controller streams the
+events of a job another one ran), ``?after=N`` is one indexed query, and the artifact
+directory stays free to be rotated or deleted.
+
+The queue is the table: a job is ``pending`` until the leader's runner starts it with a
+compare-and-set (``mark_running``) that records which controller runs it, so a job
+submitted to any controller is run by the leader, and by one controller only.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrify.errors import Conflict, NotFound
 from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
 from orchestrify.store import Store, as_utc, utcnow
-from orchestrify.store.engine import retry_on_race
+from orchestrify.store.engine import WriteTx, retry_on_race
 from orchestrify.store.tables import JobEventRow, JobRow
 
 __all__ = ["JobStore"]
@@ -34,6 +39,7 @@ def _job(row: JobRow) -> Job:
         error=row.error,
         hosts=row.hosts,
         stats={host: HostStats(**counts) for host, counts in (row.stats or {}).items()},
+        controller=row.controller,
         created_at=as_utc(row.created_at) or utcnow(),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
@@ -106,11 +112,29 @@ class JobStore:
             if row is not None:
                 row.hosts = sorted(hosts)
 
+    def pending(self, *, limit: int = 1000) -> list[Job]:
+        """Jobs waiting to start, oldest first (the order they run in)."""
+        with self.store.read() as s:
+            q = (
+                select(JobRow)
+                .where(JobRow.status == JobStatus.PENDING)
+                .order_by(JobRow.created_at, JobRow.id)
+                .limit(limit)
+            )
+            return [_job(r) for r in s.scalars(q).all()]
+
+    def count(self, status: JobStatus) -> int:
+        """How many jobs are in ``status`` now, whichever controller took them."""
+        with self.store.read() as s:
+            n = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == status))
+            return int(n or 0)
+
     @retry_on_race
-    def mark_running(self, job_id: str) -> Job:
-        """Start a pending job: compare-and-set from ``pending`` to ``running`` on its
-        locked row, so a job is started once even if two runners reach for it
-        (``Conflict``: it is not pending any more)."""
+    def mark_running(self, job_id: str, *, controller: str | None = None) -> Job:
+        """Start a pending job on ``controller``: compare-and-set from ``pending`` to
+        ``running`` on its locked row, in one transaction, so a job is started once even
+        if two runners (two controllers) reach for it (``Conflict``: it is not pending
+        any more)."""
         with self.store.write() as tx:
             row = tx.get(JobRow, job_id)
             if row is None:
@@ -118,6 +142,7 @@ class JobStore:
             if row.status != JobStatus.PENDING:
                 raise Conflict(f"job {job_id} is {row.status}, not pending: not started again")
             row.status = JobStatus.RUNNING
+            row.controller = controller
             row.started_at = utcnow()
             tx.add_event(
                 f"job {row.id} started: {row.playbook}"
@@ -126,7 +151,12 @@ class JobStore:
                 action="job_start",
                 outcome="ok",
                 reason=row.reason,
-                data={"job": row.id, "playbook": row.playbook, "limit": row.limit},
+                data={
+                    "job": row.id,
+                    "playbook": row.playbook,
+                    "limit": row.limit,
+                    "controller": controller,
+                },
             )
             return _job(row)
 
@@ -139,40 +169,140 @@ class JobStore:
         rc: int | None,
         error: str | None,
         stats: dict[str, HostStats] | None = None,
+        controller: str | None = None,
     ) -> Job:
+        """Record a job's outcome. With ``controller``, only while the job is still
+        ``running`` on that controller (compare-and-set; ``Conflict`` otherwise): a
+        controller that stopped leading records what its run did unless a new leader
+        marked the job ``lost`` first, and never overwrites that."""
         with self.store.write() as tx:
-            row = self._row(tx.session, job_id)
-            row.status = status
-            row.rc = rc
-            row.error = error
-            if stats is not None:
-                row.stats = {host: s.model_dump() for host, s in stats.items()}
-            row.finished_at = utcnow()
-            outcome = {JobStatus.SUCCESSFUL: "ok", JobStatus.CANCELED: "canceled"}.get(
-                status, "failed"
-            )
-            tx.add_event(
-                f"job {row.id} {status.value}: {row.playbook}"
-                + (f" (rc {rc})" if rc is not None else "")
-                + (f": {error}" if error else ""),
-                kind="job",
-                action="job_finish",
-                outcome=outcome,
-                reason=error or row.reason,
-                data={"job": row.id, "playbook": row.playbook, "status": status.value, "rc": rc},
+            row = tx.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if controller is not None and (
+                row.status != JobStatus.RUNNING or row.controller != controller
+            ):
+                raise Conflict(
+                    f"job {job_id} is {row.status} (controller {row.controller}), no longer "
+                    f"running on {controller}: its {status.value} outcome is not recorded"
+                )
+            self._finish_row(tx, row, status=status, rc=rc, error=error, stats=stats)
+            return _job(row)
+
+    @retry_on_race
+    def cancel_pending(self, job_id: str) -> Job | None:
+        """Cancel a job that has not started (compare-and-set from ``pending``, so a
+        runner starting it at the same moment either wins or sees it canceled); None
+        when it is not pending any more."""
+        with self.store.write() as tx:
+            row = tx.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row.status != JobStatus.PENDING:
+                return None
+            self._finish_row(
+                tx, row, status=JobStatus.CANCELED, rc=None, error="canceled before it started"
             )
             return _job(row)
 
-    def interrupted(self, *, reason: str) -> tuple[list[Job], list[Job]]:
-        """At start-up: fail jobs left running; return (failed now, still pending)."""
-        failed = [
-            self.finish(j.id, status=JobStatus.FAILED, rc=None, error=reason)
-            for j in self.list_jobs(status=JobStatus.RUNNING, limit=100_000)
-        ]
-        pending = sorted(
-            self.list_jobs(status=JobStatus.PENDING, limit=100_000), key=lambda j: j.created_at
+    @retry_on_race
+    def request_cancel(self, job_id: str) -> Job:
+        """Ask the controller running a job to stop it (any controller may ask; the one
+        running it finds the request on its next poll, see ``cancel_requests``)."""
+        with self.store.write() as tx:
+            row = tx.get(JobRow, job_id)
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row.status == JobStatus.RUNNING and row.cancel_requested_at is None:
+                row.cancel_requested_at = utcnow()
+            return _job(row)
+
+    def cancel_requests(self, *, controller: str) -> set[str]:
+        """Ids of the jobs running on ``controller`` that someone asked to cancel."""
+        with self.store.read() as s:
+            q = select(JobRow.id).where(
+                JobRow.status == JobStatus.RUNNING,
+                JobRow.controller == controller,
+                JobRow.cancel_requested_at.is_not(None),
+            )
+            return set(s.scalars(q).all())
+
+    def running_hosts(self) -> dict[str, list[str] | None]:
+        """Every running job (any controller) and the hosts it holds."""
+        with self.store.read() as s:
+            q = select(JobRow.id, JobRow.hosts).where(JobRow.status == JobStatus.RUNNING)
+            return {job_id: hosts for job_id, hosts in s.execute(q).all()}
+
+    @retry_on_race
+    def take_over(
+        self, *, controller: str, keep: Iterable[str] = (), interrupted: str
+    ) -> tuple[list[Job], list[Job]]:
+        """When ``controller`` starts leading: settle the jobs the store still shows
+        running, in one transaction with their rows locked. A job another controller
+        started is marked ``lost`` (that controller stopped leading, so nothing will
+        record its outcome; it is not re-run). A job of ``controller`` itself (a previous
+        run of it, which stopped) or of a build before controllers were recorded fails
+        with ``interrupted``, as a restart always did. Jobs in ``keep`` (still running in
+        this process) are left alone. Returns (lost, interrupted)."""
+        keep = set(keep)
+        lost: list[Job] = []
+        failed: list[Job] = []
+        with self.store.write() as tx:
+            q = select(JobRow).where(JobRow.status == JobStatus.RUNNING).order_by(JobRow.id)
+            if tx.locks_rows:
+                q = q.with_for_update().execution_options(populate_existing=True)
+            for row in tx.session.scalars(q).all():
+                if row.id in keep:
+                    continue
+                if row.controller is None or row.controller == controller:
+                    self._finish_row(tx, row, status=JobStatus.FAILED, rc=None, error=interrupted)
+                    failed.append(_job(row))
+                    continue
+                error = (
+                    f"lost: controller {row.controller} ran this job and stopped leading "
+                    f"before it finished (it died or lost the database); {controller} "
+                    "leads now. What the playbook did is unknown and the job was not "
+                    "re-run: check the hosts, then run it again if needed"
+                )
+                self._finish_row(tx, row, status=JobStatus.LOST, rc=None, error=error)
+                lost.append(_job(row))
+        return lost, failed
+
+    @staticmethod
+    def _finish_row(
+        tx: WriteTx,
+        row: JobRow,
+        *,
+        status: JobStatus,
+        rc: int | None,
+        error: str | None,
+        stats: dict[str, HostStats] | None = None,
+    ) -> None:
+        row.status = status
+        row.rc = rc
+        row.error = error
+        if stats is not None:
+            row.stats = {host: s.model_dump() for host, s in stats.items()}
+        row.finished_at = utcnow()
+        outcome = {JobStatus.SUCCESSFUL: "ok", JobStatus.CANCELED: "canceled"}.get(
+            status, "failed"
+        )  # lost: failed (its outcome is unknown)
+        tx.add_event(
+            f"job {row.id} {status.value}: {row.playbook}"
+            + (f" (rc {rc})" if rc is not None else "")
+            + (f": {error}" if error else ""),
+            kind="job",
+            action="job_finish",
+            outcome=outcome,
+            reason=error or row.reason,
+            data={
+                "job": row.id,
+                "playbook": row.playbook,
+                "status": status.value,
+                "rc": rc,
+                "controller": row.controller,
+            },
         )
-        return failed, pending
 
     # --- events --------------------------------------------------------------------
     @retry_on_race
@@ -204,10 +334,3 @@ class JobStore:
                 .limit(limit)
             )
             return [_job_event(r) for r in s.scalars(q).all()]
-
-    @staticmethod
-    def _row(session: Any, job_id: str) -> JobRow:
-        row: JobRow | None = session.get(JobRow, job_id)
-        if row is None:
-            raise NotFound(f"no job with id {job_id!r}")
-        return row

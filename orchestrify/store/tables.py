@@ -152,6 +152,12 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The controller that started it (migration 0004): its leader marks it lost when
+    # another controller leads, and only it records the outcome.
+    controller: Mapped[str | None] = mapped_column(String(255))
+    # Set by any controller asked to cancel the job while it runs; the one running it
+    # sees it on its next poll and stops the run.
+    cancel_requested_at: Mapped[datetime | None]
 
 
 class JobEventRow(Base):
