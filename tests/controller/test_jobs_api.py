@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.jobs.models import JobStatus
+from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
 from orchestrify.store.jobs import JobStore
 from tests.conftest import require_binary
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"
@@ -129,7 +131,7 @@ def submit(client: TestClient, playbook: str, **body: Any) -> dict[str, Any]:
 def wait_for(
     client: TestClient, job_id: str, *statuses: str, timeout: float = 120
 ) -> dict[str, Any]:
-    wanted = set(statuses) or {"successful", "failed", "canceled"}
+    wanted = set(statuses) or {"successful", "failed", "canceled", "lost"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
@@ -168,6 +170,7 @@ def test_successful_job_reports_status_rc_stats_and_events(client: TestClient) -
         }
     }
     assert done["extra_vars"] == {"who": "orchestrify"}
+    assert isinstance(done["controller"], str) and done["controller"]  # who ran it
     assert at(done, "created_at") <= at(done, "started_at") <= at(done, "finished_at")
 
     evs = events(client, job["id"])
@@ -361,3 +364,47 @@ def test_a_job_running_at_restart_is_marked_failed(tmp_path: Path) -> None:
         assert left["finished_at"] is not None
         # A job accepted but never started is still owed a run.
         assert wait_for(c, "queued1")["status"] == "successful"
+
+
+def test_a_job_submitted_to_one_controller_is_run_by_the_leader_on_postgresql(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Two controllers on one PostgreSQL: A only takes the job, leader B runs it with
+    ansible-runner, and A reads its outcome and events from the store."""
+    require_binary("ansible-playbook")
+    playbooks, inventory = write_lab(tmp_path)
+    url = postgres.url(postgres.emptied_database())
+    store_a, store_b = Store(url), Store(url)
+    a = JobRunner(
+        store_a,
+        playbook_dir=playbooks,
+        inventory=inventory,
+        jobs_dir=tmp_path / "jobs-a",
+        controller_id="ctl-a",
+    )
+    b = JobRunner(
+        store_b,
+        playbook_dir=playbooks,
+        inventory=inventory,
+        jobs_dir=tmp_path / "jobs-b",
+        controller_id="ctl-b",
+    )
+    try:
+        b.lead()
+        job = a.submit(playbook="hello.yml", limit="a", extra_vars={"who": "failover"})
+        deadline = time.monotonic() + 120
+        while not a.get(job.id).status.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done = a.get(job.id)
+        assert done.status == JobStatus.SUCCESSFUL, done.error
+        assert done.controller == "ctl-b"
+        ok = [e for e in a.events(job.id) if e.event == "runner_on_ok"]
+        assert "hello failover" in ok[0].stdout  # events are in the store: A reads them
+        # ansible-runner's own artifacts are on the controller that ran the job only.
+        assert (tmp_path / "jobs-b" / job.id / "artifacts").is_dir()
+        assert not (tmp_path / "jobs-a" / job.id).exists()
+    finally:
+        a.close()
+        b.close()
+        store_a.close()
+        store_b.close()
