@@ -175,7 +175,10 @@ def show_recap(job: dict[str, Any]) -> None:
 def ls(
     ctx: typer.Context,
     status: str | None = typer.Option(
-        None, "--status", help="pending, running, successful, failed or canceled."
+        None,
+        "--status",
+        help="pending, running, successful, failed, canceled or lost (its controller "
+        "stopped leading while it ran).",
     ),
     limit: int = typer.Option(50, "--last", help="At most this many, newest first."),
     json_out: bool = JsonOpt,
@@ -187,7 +190,7 @@ def ls(
         print_json(jobs)
         return
     print_table(
-        ["ID", "PLAYBOOK", "LIMIT", "STATUS", "RC", "CREATED", "FINISHED", "REASON"],
+        ["ID", "PLAYBOOK", "LIMIT", "STATUS", "RC", "CONTROLLER", "CREATED", "FINISHED", "REASON"],
         (
             [
                 j["id"],
@@ -195,6 +198,7 @@ def ls(
                 j.get("limit") or "all",
                 j["status"],
                 j.get("rc"),
+                j.get("controller"),
                 ago(j["created_at"]),
                 ago(j.get("finished_at")) if j.get("finished_at") else None,
                 j.get("reason"),
@@ -212,7 +216,8 @@ def inspect(
     job_id: str = typer.Argument(..., help="Job id (from `orchestrify job ls`)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Show one job: status, rc, hosts, extra vars, times and the per-host recap."""
+    """Show one job: status, rc, hosts, extra vars, times, the controller that ran it
+    (its ansible-runner artifacts are on that controller's disk) and the per-host recap."""
     with config(ctx).client() as api:
         job = api.get(f"/v1/jobs/{job_id}")
     if json_out:
@@ -226,6 +231,7 @@ def inspect(
             ("hosts", ", ".join(job.get("hosts") or []) or None),
             ("status", job["status"]),
             ("rc", job.get("rc")),
+            ("controller", job.get("controller")),
             ("error", job.get("error")),
             ("reason", job.get("reason")),
             ("extra_vars", json.dumps(job.get("extra_vars") or {})),

@@ -259,7 +259,7 @@ class JobStore:
                     failed.append(_job(row))
                     continue
                 error = (
-                    f"lost: controller {row.controller} ran this job and stopped leading "
+                    f"controller {row.controller} ran this job and stopped leading "
                     f"before it finished (it died or lost the database); {controller} "
                     "leads now. What the playbook did is unknown and the job was not "
                     "re-run: check the hosts, then run it again if needed"

@@ -96,6 +96,7 @@ def test_job_ls_and_inspect(controller: str) -> None:
     listing = cli(controller, "job", "ls")
     assert listing.returncode == 0
     assert job_id in listing.stdout and "hello.yml" in listing.stdout
+    assert "CONTROLLER" in listing.stdout.splitlines()[0]
     deadline = time.monotonic() + 120
     while True:
         shown = cli(controller, "job", "inspect", job_id)
@@ -105,4 +106,6 @@ def test_job_ls_and_inspect(controller: str) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert "playbook" in shown.stdout and "PLAY RECAP" in shown.stdout
+    controller_line = next(x for x in shown.stdout.splitlines() if x.startswith("controller"))
+    assert controller_line.split()[-1] not in ("controller", "-", "None")  # who ran it
     assert cli(controller, "job", "inspect", "nope").returncode == 1

@@ -45,7 +45,8 @@ def get_job(job_id: str, state: State) -> Job:
 
 @router.post("/{job_id}/cancel", response_model=Job, status_code=202)
 def cancel_job(job_id: str, state: State) -> Job:
-    """Cancel a pending job at once, or stop a running one (it ends ``canceled``)."""
+    """Cancel a pending job at once, or stop a running one (it ends ``canceled``); any
+    controller takes the request, the one running the job stops it within a poll."""
     return state.jobs.cancel(job_id)
 
 
@@ -63,7 +64,10 @@ def job_events(
     follow: bool = Query(True, description="Keep streaming until the job finishes."),
 ) -> StreamingResponse:
     """The job's events as NDJSON, one JSON object a line (counter, event, host, task,
-    stdout...), followed live until the job finishes."""
+    stdout...), followed live until the job finishes. The events are in the store, so
+    every controller streams them, whichever one ran the job (the job's ``controller``;
+    ansible-runner's raw artifacts stay on that controller's disk). A ``lost`` job's
+    stream ends with the last event its controller stored."""
     state.jobs.get(job_id)  # 404 before the stream starts
     return StreamingResponse(
         _stream(state.jobs, job_id, after=after, follow=follow),
