@@ -330,6 +330,8 @@ class JobRunner:
                 self._dispatch_once(term)
             except Fenced as exc:
                 log.warning("job dispatch refused: not the leader", extra={"error": str(exc)})
+            except OrchestrifyError as exc:  # the store out of reach: try again next round
+                log.warning("job dispatch failed; retrying", extra={"error": str(exc)})
             except Exception:  # the dispatcher must outlive any one bad round
                 log.exception("job dispatch failed; retrying")
             with self._lock:
