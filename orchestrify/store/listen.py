@@ -55,6 +55,8 @@ KINDS = frozenset({"spec", "state", "events"})
 # The advisory lock that orders a drain's ``left_upstreams_at`` with an upstreams
 # snapshot's ``as_of`` across controllers (see ``lock_upstreams_clock``).
 _UPSTREAMS_CLOCK = "orchestrify:upstreams-clock"
+# How long an upstreams read tries that lock before it queues for it, seconds.
+_TRY_CLOCK_LOCK_S = 2.0
 # Waits between reconnects after the database went away, seconds (the last repeats).
 RECONNECT_BACKOFF_S: Sequence[float] = (0.2, 0.5, 1.0, 2.0, 5.0)
 # How long one wait for a notification lasts before the thread checks whether it must
@@ -141,11 +143,20 @@ def upstreams_as_of(conn: Connection) -> datetime:
     """The ``as_of`` of an upstreams snapshot about to be read: the database's time,
     read holding the upstreams clock lock exclusively (in its own short transaction,
     ``conn`` in one that ends right after), so every transaction that stamped a
-    ``left_upstreams_at`` before it has ended, and its change is in the snapshot."""
-    conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
-        {"name": _UPSTREAMS_CLOCK},
-    )
+    ``left_upstreams_at`` before it has ended, and its change is in the snapshot.
+
+    It tries the lock rather than queue for it at first: a queued exclusive request
+    makes later shared ones wait behind it, which could tie a drain that waits on rows
+    of another drain into a deadlock (PostgreSQL would break it, at a retry's cost)."""
+    name = {"name": _UPSTREAMS_CLOCK}
+    give_up = time.monotonic() + _TRY_CLOCK_LOCK_S
+    while not conn.execute(
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:name, 0))"), name
+    ).scalar_one():
+        if time.monotonic() > give_up:  # drains without a pause: queue after all
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), name)
+            break
+        time.sleep(0.01)
     now: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     return now.astimezone(UTC)
 
