@@ -253,6 +253,28 @@ def test_the_listener_survives_a_postgresql_restart(
         a.__exit__(None, None, None)
 
 
+def test_a_change_missed_while_not_listening_is_found_on_connect(
+    two_controllers: tuple[TestClient, TestClient],
+) -> None:
+    """B's listener is away while A commits (its notification is lost to B): the next
+    listener's resync on connect wakes B's watcher (the periodic resync is far off)."""
+    a, b = two_controllers
+    state = _state(b)
+    first = b.get("/v1/upstreams").json()
+    watch = Watch(b, "/v1/upstreams", version=first["version"], timeout=WATCH_S)
+    _settle()
+    assert state.changes is not None
+    state.changes.stop()
+    assert a.post("/v1/services", json=service_spec("missed")).status_code == 201
+    _settle()
+    assert watch.body is None  # nobody told B: it still waits
+    state.changes = state.store.change_listener(state.feed.advance, resync_s=3600)
+    state.changes.start()  # stopped by B's shutdown, like the first one
+    body = watch.result()
+    assert body["version"] != first["version"]
+    assert [s["name"] for s in body["services"]] == ["missed"]
+
+
 def test_the_periodic_resync_finds_a_lost_notification(postgres: PostgresServer) -> None:
     """A change whose notification never came (the counter moved, no NOTIFY) is found
     by the listener's periodic read of the commit sequence."""
