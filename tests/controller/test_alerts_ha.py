@@ -22,7 +22,6 @@ from tests.controller.test_alerts_api import (
     desired,
     make_client,
     rate_high,
-    state_of,
 )
 from tests.postgres import PostgresServer
 
