@@ -287,6 +287,14 @@ class AlertStore:
             }
             return [_receipt(rows[i]) for i in order if i in rows]
 
+    def has_pending(self) -> bool:
+        """Whether any receipt waits for its decision (one indexed row at most)."""
+        with self.store.read() as s:
+            first = s.scalars(
+                select(AlertReceiptRow.id).where(AlertReceiptRow.processed_at.is_(None)).limit(1)
+            ).first()
+            return first is not None
+
     def undecided(self, ids: tuple[int, ...]) -> int:
         """How many of these receipts still wait for their decision."""
         if not ids:
