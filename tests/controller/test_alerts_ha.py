@@ -142,3 +142,40 @@ def test_the_leaders_loop_decides_what_a_follower_stored_without_waiting_for_a_t
     finally:
         loop.cancel()
     assert [d["outcome"] for d in decisions(a)] == ["ok"]
+
+
+def test_alert_decisions_and_patches_of_one_service_through_both_controllers_answer_2xx(
+    pair: tuple[TestClient, TestClient],
+) -> None:
+    """The leader deciding (webhook) while the owner PATCHes the same service through
+    either controller: the decision and the PATCH lock the service, then its policy
+    state, in that order on both sides, so neither is a 503 (deadlock) or a 409 (both
+    making the first policy-state row), and the count is the last writer's."""
+    a, b = pair
+    state_of(b).alerts.leading = lambda: False
+    deploy(a, max_replicas=8)
+    calls = 40
+
+    def one(i: int) -> int:
+        c = pair[(i // 2) % 2]
+        if i % 2:
+            got = c.patch("/v1/services/web", json={"replicas": 1 + i % 7}, headers=ADMIN)
+        else:  # a new alert each time (another replica's): each one is decided
+            body = rate_high(fingerprint=f"{i:016x}", replica=f"web-{i}")
+            got = c.post("/v1/alerts", json=body, headers=ADMIN)
+        return int(got.status_code)
+
+    start = threading.Barrier(16)
+
+    def together(i: int) -> int:
+        if i < start.parties:
+            start.wait(timeout=30)
+        return one(i)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(together, range(calls)))
+    assert codes == [200] * calls
+    state_of(a).alerts.process_pending()  # what the follower stored
+    assert not state_of(a).alerts.alerts.has_pending()
+    scales = [e["data"] for e in scale_events(a)]
+    assert desired(b) == scales[-1]["to"]  # the last writer's count
