@@ -158,14 +158,17 @@ class AlertProcessor:
         are stored: the leader's loop decides them. A failure to decide is logged: the
         alerts stay pending and the loop (or the next start) processes them."""
         intake = self.alerts.store_batch(batch, now=self.clock())
-        if intake.new and self.leading():
+        if not intake.new:
+            return intake
+        decided = False
+        if self.leading():
             try:
                 with self.fence():
-                    self._decide_until(intake.receipts)
+                    decided = self._decide_until(intake.receipts)
             except Exception:
                 log.exception("deciding on stored alerts failed; they stay pending")
-        if intake.new:
-            self.wake()  # whatever this call left undecided
+        if not decided:
+            self.wake()  # the loop takes what this call left pending
         return intake
 
     def process_pending(self) -> int:
@@ -188,25 +191,31 @@ class AlertProcessor:
         if loop is not None and wakeup is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wakeup.set)
 
-    def _decide_until(self, receipts: tuple[int, ...]) -> None:
-        """Decide slices until ``receipts`` are decided. Whoever holds the lock decides the
-        fairest slice, not its own alerts first: a caller whose alerts another thread
-        decided meanwhile returns without deciding anything, and while another holds the
-        lock it waits for the next turn, not in the lock's queue. Gives up (they stay
-        pending for the timer) when a slice decides nothing: an alert that cannot be
-        decided now must not spin the webhook call."""
-        while self.leading() and self.alerts.undecided(receipts):
+    def _decide_until(self, receipts: tuple[int, ...]) -> bool:
+        """Decide slices until ``receipts`` are decided; whether they were. Whoever holds
+        the lock decides the fairest slice, not its own alerts first: a caller whose
+        alerts another thread decided meanwhile returns without deciding anything, and
+        while another holds the lock it waits for the next turn, not in the lock's queue.
+        Gives up (they stay pending for the loop) when a slice decides nothing, or when
+        this controller stops leading: an alert that cannot be decided now must not spin
+        the webhook call."""
+        while self.leading():
+            if not self.alerts.undecided(receipts):
+                return True
             with self._turns:
                 turn = self._turn
             if not self._lock.acquire(blocking=False):
                 self._wait_for_turn(turn)
                 continue
             try:
-                if not self.alerts.undecided(receipts) or self._decide_slice() == 0:
-                    return
+                if not self.alerts.undecided(receipts):
+                    return True
+                if self._decide_slice() == 0:
+                    return False
             finally:
                 self._lock.release()
                 self._hand_over()
+        return False
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[None]:
