@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrify.alerting.payload import AlertBatch
+from orchestrify.alerting.payload import AlertBatch, AlertmanagerAlert
 from orchestrify.alerting.policy import Decision, PolicyState
 from orchestrify.models import Event, check_bounds
 from orchestrify.store import Store, utcnow
@@ -24,8 +26,9 @@ from orchestrify.store.alert_tables import (
     AlertInstanceRow,
     AlertReceiptRow,
     ScalingStateRow,
+    scaling_state_row,
 )
-from orchestrify.store.engine import WriteTx
+from orchestrify.store.engine import WriteTx, retry_on_race
 from orchestrify.store.replicas import drain_replica
 from orchestrify.store.tables import EventRow, MetaRow, ReplicaRow, ServiceRow
 
@@ -36,6 +39,12 @@ def _utc(dt: datetime | None) -> datetime | None:
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt
+
+
+def _later(stored: datetime | None, given: datetime | None) -> datetime | None:
+    if stored is None or given is None:
+        return given if stored is None else stored
+    return max(stored, _utc_req(given))
 
 
 def _utc_req(dt: datetime) -> datetime:
@@ -124,6 +133,50 @@ def _instance(row: AlertInstanceRow) -> AlertInstance:
     )
 
 
+def _insert_receipts(tx: WriteTx, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert these receipts, skipping any whose key another transaction stored first
+    (committed, or committed while this insert waited for it); the ids of those inserted,
+    by key. SQLite runs one writer at a time, so there the skip never happens; the
+    statement is the same on both engines."""
+    if not rows:
+        return {}
+    make = pg_insert if tx.store.dialect == "postgresql" else sqlite_insert
+    statement = (
+        make(AlertReceiptRow)
+        .on_conflict_do_nothing(index_elements=[AlertReceiptRow.key])
+        .returning(AlertReceiptRow.key, AlertReceiptRow.id)
+    )
+    return {key: rid for key, rid in tx.session.execute(statement, rows)}
+
+
+def _alert_event(batch: AlertBatch, alert: AlertmanagerAlert, *, duplicate: bool) -> dict[str, Any]:
+    """The ``alert`` event of one alert of a notification (stored, or a duplicate)."""
+    labels = alert.labels
+    return {
+        "time": utcnow(),
+        "kind": "alert",
+        "service": labels.get("service"),
+        "node": labels.get("node"),
+        "replica": labels.get("replica"),
+        "action": None,
+        "outcome": "info",
+        "reason": "duplicate" if duplicate else None,
+        "message": f"alert {alert.alertname} {alert.status}"
+        + "".join(f" {k}={labels[k]}" for k in ("service", "replica", "node") if k in labels)
+        + (" (duplicate, already stored)" if duplicate else ""),
+        "data": {
+            "status": alert.status,
+            "fingerprint": alert.identity,
+            "startsAt": alert.starts_at.isoformat(),
+            "labels": labels,
+            "annotations": alert.annotations,
+            "receiver": batch.receiver,
+            "groupKey": batch.group_key,
+            "duplicate": duplicate,
+        },
+    }
+
+
 class AlertStore:
     """Alert intake and policy state on top of the controller's ``Store``."""
 
@@ -131,25 +184,56 @@ class AlertStore:
         self.store = store
 
     # --- intake --------------------------------------------------------------------
+    @retry_on_race
     def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
-        """Record every alert of a notification; each idempotency key is stored once.
+        """Record every alert of a notification; each idempotency key is stored once,
+        whichever controller stores it and however many deliver it at once.
+
+        Receipts are inserted with ``ON CONFLICT DO NOTHING``: when the same notification
+        reaches two controllers together, both read the key as new, one inserts it and the
+        other's insert waits for it and skips it; that delivery counts it as a duplicate
+        and still answers 2xx (a unique-key error here was a 409, which Alertmanager does
+        not retry). A deadlock of two notifications sharing keys in another order is run
+        again (``retry_on_race``): nothing is written or told before the commit.
 
         Receipts and their ``alert`` events are written as two multi-row inserts, not as
         one ORM object each: a 1,000-alert notification holds the store's write lock (and
         every other notification waiting for it) about a fifth as long."""
-        new = dup = 0
-        receipts: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
         with self.store.write() as tx:
             s = tx.session
             keys = [a.receipt_key for a in batch.alerts]
             # One query for the whole batch, not one per alert.
-            seen = set(
+            stored = set(
                 s.scalars(select(AlertReceiptRow.key).where(AlertReceiptRow.key.in_(keys))).all()
             )
+            wanted: dict[str, dict[str, Any]] = {}  # key -> its receipt, in batch order
             for alert, key in zip(batch.alerts, keys, strict=True):
-                duplicate = key in seen
-                seen.add(key)
+                if key in stored or key in wanted:
+                    continue
+                wanted[key] = {
+                    "key": key,
+                    "instance": alert.instance,
+                    "fingerprint": alert.identity,
+                    "alertname": alert.alertname,
+                    "status": alert.status,
+                    "starts_at": alert.starts_at,
+                    "ends_at": alert.ends_at,
+                    "labels": alert.labels,
+                    "annotations": alert.annotations,
+                    "receiver": batch.receiver,
+                    "group_key": batch.group_key,
+                    "generator_url": alert.generator_url,
+                    "received_at": now,
+                    "processed_at": None,
+                    "lane": alert_lane(alert.labels)[:300],
+                }
+            inserted = _insert_receipts(tx, list(wanted.values()))
+            new = dup = 0
+            firsts: set[str] = set()
+            events: list[dict[str, Any]] = []
+            for alert, key in zip(batch.alerts, keys, strict=True):
+                duplicate = key not in inserted or key in firsts
+                firsts.add(key)
                 if duplicate:
                     dup += 1
                     inst = s.get(AlertInstanceRow, alert.instance)
@@ -157,66 +241,8 @@ class AlertStore:
                         inst.last_seen_at = now  # a repeat notification: still firing
                 else:
                     new += 1
-                    receipts.append(
-                        {
-                            "key": key,
-                            "instance": alert.instance,
-                            "fingerprint": alert.identity,
-                            "alertname": alert.alertname,
-                            "status": alert.status,
-                            "starts_at": alert.starts_at,
-                            "ends_at": alert.ends_at,
-                            "labels": alert.labels,
-                            "annotations": alert.annotations,
-                            "receiver": batch.receiver,
-                            "group_key": batch.group_key,
-                            "generator_url": alert.generator_url,
-                            "received_at": now,
-                            "processed_at": None,
-                            "lane": alert_lane(alert.labels)[:300],
-                        }
-                    )
-                labels = alert.labels
-                events.append(
-                    {
-                        "time": utcnow(),
-                        "kind": "alert",
-                        "service": labels.get("service"),
-                        "node": labels.get("node"),
-                        "replica": labels.get("replica"),
-                        "action": None,
-                        "outcome": "info",
-                        "reason": "duplicate" if duplicate else None,
-                        "message": f"alert {alert.alertname} {alert.status}"
-                        + "".join(
-                            f" {k}={labels[k]}"
-                            for k in ("service", "replica", "node")
-                            if k in labels
-                        )
-                        + (" (duplicate, already stored)" if duplicate else ""),
-                        "data": {
-                            "status": alert.status,
-                            "fingerprint": alert.identity,
-                            "startsAt": alert.starts_at.isoformat(),
-                            "labels": labels,
-                            "annotations": alert.annotations,
-                            "receiver": batch.receiver,
-                            "groupKey": batch.group_key,
-                            "duplicate": duplicate,
-                        },
-                    }
-                )
-            s.flush()  # the touched alert instances, before the inserts
-            ids: tuple[int, ...] = ()
-            if receipts:
-                ids = tuple(
-                    s.scalars(
-                        insert(AlertReceiptRow).returning(
-                            AlertReceiptRow.id, sort_by_parameter_order=True
-                        ),
-                        receipts,
-                    ).all()
-                )
+                events.append(_alert_event(batch, alert, duplicate=duplicate))
+            s.flush()  # the touched alert instances, before the events
             event_ids = (
                 s.scalars(
                     insert(EventRow).returning(EventRow.id, sort_by_parameter_order=True), events
@@ -230,6 +256,7 @@ class AlertStore:
                 Event(id=event_id, **fields)
                 for event_id, fields in zip(event_ids, events, strict=True)
             )
+        ids = tuple(inserted[key] for key in wanted if key in inserted)
         return Intake(received=len(batch.alerts), new=new, duplicates=dup, receipts=ids)
 
     def pending(self, *, limit: int = 1000) -> list[Receipt]:
@@ -259,6 +286,14 @@ class AlertStore:
                 for r in s.scalars(select(AlertReceiptRow).where(AlertReceiptRow.id.in_(order)))
             }
             return [_receipt(rows[i]) for i in order if i in rows]
+
+    def has_pending(self) -> bool:
+        """Whether any receipt waits for its decision (one indexed row at most)."""
+        with self.store.read() as s:
+            first = s.scalars(
+                select(AlertReceiptRow.id).where(AlertReceiptRow.processed_at.is_(None)).limit(1)
+            ).first()
+            return first is not None
 
     def undecided(self, ids: tuple[int, ...]) -> int:
         """How many of these receipts still wait for their decision."""
@@ -314,6 +349,7 @@ class AlertStore:
             )
 
     # --- the one write of a decision -----------------------------------------------
+    @retry_on_race
     def commit(
         self,
         *,
@@ -328,9 +364,12 @@ class AlertStore:
         Returns the decision as recorded (refused if the service changed meanwhile), or
         None when the receipt had already been processed.
         """
+        item = Commit(receipt, decision, state)
         with self.store.write() as tx:
-            return self._commit(tx, Commit(receipt, decision, state), now)
+            self._prefetch(tx, [item])
+            return self._commit(tx, item, now)
 
+    @retry_on_race
     def commit_many(self, items: list[Commit], *, now: datetime) -> None:
         """Several commits in one transaction (the decisions of one batch that do not
         act: one disk sync instead of one per alert)."""
@@ -340,14 +379,29 @@ class AlertStore:
                 self._commit(tx, item, now)
 
     def _prefetch(self, tx: WriteTx, items: list[Commit]) -> None:
-        """Load the rows the commits touch in three queries; ``tx.get`` then answers for
-        each (found, or known to be absent) instead of asking the database once per row."""
+        """Load (and on PostgreSQL lock) the rows the commits touch, a few queries in all;
+        ``tx.get`` then answers for each (found, or known to be absent) without asking the
+        database once per row.
+
+        The order is the store's lock order, the one ``update_service`` (service, then its
+        policy state) and ``delete_service`` (service, then its replicas) follow too:
+        the alert's own rows (receipts, instances: no other writer locks them), then the
+        services, then their policy states, then the replicas drained, each in key order.
+        A decision that locked the policy state before the service would deadlock with an
+        owner's PATCH of that service."""
         receipts = [i.receipt for i in items if i.receipt is not None]
         services = {i.decision.service for i in items if i.decision and i.decision.service}
         services |= {i.state[0] for i in items if i.state is not None}
+        drain = {rid for i in items if i.decision and i.decision.acts for rid in i.decision.drain}
+        if drain:  # the drained replicas' services are locked before the replicas
+            services |= set(
+                tx.session.scalars(select(ReplicaRow.service).where(ReplicaRow.id.in_(drain)))
+            )
         tx.preload(AlertReceiptRow, AlertReceiptRow.id, [r.id for r in receipts])
         tx.preload(AlertInstanceRow, AlertInstanceRow.id, [r.instance for r in receipts])
+        tx.preload(ServiceRow, ServiceRow.name, services)
         tx.preload(ScalingStateRow, ScalingStateRow.service, services)
+        tx.preload(ReplicaRow, ReplicaRow.id, drain)
 
     def _commit(self, tx: WriteTx, item: Commit, now: datetime) -> Decision | None:
         receipt, decision, state = item
@@ -390,11 +444,14 @@ class AlertStore:
         # A firing notice never re-opens a resolved instance: it arrived late.
 
     def _put_state(self, tx: WriteTx, service: str, state: PolicyState) -> None:
-        row = tx.get(ScalingStateRow, service)
-        if row is None:
-            row = tx.add(ScalingStateRow(service=service), service)
-        row.last_action_at = state.last_action_at
-        row.last_scale_out_firing_at = state.last_scale_out_firing_at
+        row = scaling_state_row(tx, service)
+        # "The last time" only moves forward: a state read before another decision's
+        # write (a second controller deciding during a failover) does not take back its
+        # cooldown or its scale-out alert.
+        row.last_action_at = _later(_utc(row.last_action_at), state.last_action_at)
+        row.last_scale_out_firing_at = _later(
+            _utc(row.last_scale_out_firing_at), state.last_scale_out_firing_at
+        )
         # The manual-scale fields belong to the service update (``Store._manual_scale``).
         # A state read before a manual scale carries the old baseline: the owner's wins.
         if _utc(row.manual_scale_at) == state.manual_scale_at:

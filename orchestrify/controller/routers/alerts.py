@@ -29,9 +29,11 @@ class RulesView(BaseModel):
 
 @router.post("/v1/alerts", response_model=IntakeAnswer)
 def receive_alerts(batch: AlertBatch, state: State) -> IntakeAnswer:
-    """Alertmanager's webhook (payload version 4). 200 once every alert is stored;
-    each alert (fingerprint + startsAt + status) acts at most once. A batch of more
-    than ``max_alerts_per_batch`` alerts is a 413 (set Alertmanager's ``max_alerts``)."""
+    """Alertmanager's webhook (payload version 4). 200 once every alert is stored, and
+    on the leading controller once its new alerts are decided too (a follower leaves
+    them to the leader's loop); each alert (fingerprint + startsAt + status) acts at most
+    once, whichever controllers it reaches and however often. A batch of more than
+    ``max_alerts_per_batch`` alerts is a 413 (set Alertmanager's ``max_alerts``)."""
     cap = state.settings.max_alerts_per_batch
     if len(batch.alerts) > cap:
         raise TooLarge(
