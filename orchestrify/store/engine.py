@@ -453,7 +453,7 @@ class WriteTx:
         if not self.store.shares_changes:
             return set()
         kinds = listen.with_implied(self.changes)
-        if self.event_rows:
+        if self.event_rows or self.events:  # alert intake bulk-inserts into ``events``
             kinds.add("events")
         return kinds
 
