@@ -58,7 +58,10 @@ def test_cluster_flags_reach_the_settings(tmp_path: Path, served: list[Controlle
     assert result.exit_code == 0 and served[-1].controller_id == "from-env"
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--controller-id", "has space"), ("--lease-s", "0")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--controller-id", "has space"), ("--advertise-url", "ctl-1:18080"), ("--lease-s", "0")],
+)
 def test_a_bad_cluster_flag_is_one_line_and_exit_2(
     tmp_path: Path, served: list[ControllerSettings], flag: str, value: str
 ) -> None:
