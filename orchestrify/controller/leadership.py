@@ -76,6 +76,7 @@ class Leadership:
         self.is_leader = False
         self.epoch: int | None = None
         self.leader_since: float | None = None  # on ``clock``
+        self.renewals = 0  # renewals that got through in the current term
         self._term: Fence | None = None
         self._deadline = 0.0  # on ``clock``: when this process stops trusting its lease
         self._abandoned: int | None = None  # a term of ours we stepped down from
@@ -192,6 +193,7 @@ class Leadership:
             await self._elected(result, sent=sent)
         elif isinstance(result, datetime):  # renewed: trust it lease_s from when we asked
             self._deadline = sent + self.lease_s
+            self.renewals += 1
         elif leading:
             await self._step_down("the lease was renewed by no one: another controller leads")
 
@@ -223,6 +225,7 @@ class Leadership:
         self._abandoned = None
         self.is_leader = True
         self.epoch = term.epoch
+        self.renewals = 0
         self.leader_since = self.clock()
         log.info(
             "elected leader",

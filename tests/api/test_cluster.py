@@ -80,7 +80,7 @@ def test_two_controllers_one_leads_and_a_frozen_leader_writes_nothing(
             database_url=shared_database,
             controller_id=name,
             advertise_url=f"http://{name}:18080",
-            lease_s=1.5,
+            lease_s=3.0,  # renewals every second ride out a busy machine's stalls
         )
         client = TestClient(create_app(given), headers=AUTH)
         client.__enter__()
@@ -90,9 +90,11 @@ def test_two_controllers_one_leads_and_a_frozen_leader_writes_nothing(
     try:
         a, b = controller("ctl-a"), controller("ctl-b")
         assert state_of(a).leadership.is_leader and not state_of(b).leadership.is_leader
+        first = state_of(a).leadership.epoch
+        assert first is not None
         for client in (a, b):  # any controller answers the same
             view = cluster(client)
-            assert (view["leader"], view["epoch"]) == ("ctl-a", 1)
+            assert (view["leader"], view["epoch"]) == ("ctl-a", first)
             roles = {c["id"]: (c["state"], c["url"]) for c in view["controllers"]}
             assert roles == {
                 "ctl-a": ("leader", "http://ctl-a:18080"),
@@ -108,8 +110,12 @@ def test_two_controllers_one_leads_and_a_frozen_leader_writes_nothing(
 
         # a freezes (no more renewals): b leads with the next epoch.
         a.portal.call(state_of(a).leadership.pause)  # type: ignore[union-attr]
+        frozen = state_of(a).leadership.epoch
+        assert frozen is not None
         wait_for(lambda: state_of(b).leadership.is_leader, what="b to take over", timeout=60)
-        assert cluster(a)["leader"] == "ctl-b" and cluster(a)["epoch"] == 2
+        taken = state_of(b).leadership.epoch
+        assert taken == frozen + 1
+        assert (cluster(a)["leader"], cluster(a)["epoch"]) == ("ctl-b", taken)
         assert state_of(a).leadership.is_leader  # frozen: it does not know yet
 
         # b freezes too, and its lease runs out: both believe they lead, neither does.
@@ -134,7 +140,7 @@ def test_two_controllers_one_leads_and_a_frozen_leader_writes_nothing(
         for client in (a, b):
             client.portal.call(state_of(client).leadership.resume)  # type: ignore[union-attr]
         wait_for(lambda: cluster(a)["leader"] is not None, what="a new leader", timeout=60)
-        assert cluster(b)["epoch"] == 3
+        assert cluster(b)["epoch"] > taken  # taken + 1, unless a busy machine made it flap
         wait_for(lambda: replicas_of(a, "late"), what="the new leader to place late")
         assert len(replicas_of(a, "late")) == 1
         leaders = [c for c in (a, b) if state_of(c).leadership.is_leader]
