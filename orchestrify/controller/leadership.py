@@ -83,6 +83,7 @@ class Leadership:
         self._first = True
         self._task: asyncio.Task[None] | None = None
         self._attempt: asyncio.Future[LeaseTerm | datetime | None] | None = None
+        self._attempt_leading = False  # whether ``_attempt`` is a renewal
 
     @property
     def renew_interval_s(self) -> float:
@@ -167,12 +168,12 @@ class Leadership:
         if self.is_leader and self.clock() >= self._deadline:
             await self._step_down("the lease ended before a renewal got through")
         sent = self.clock()
-        leading = self.is_leader
-        call = self._renew if leading else self._acquire
         if self._attempt is None:  # one still running (a hung database) is waited for
+            call = self._renew if self.is_leader else self._acquire
             self._attempt = asyncio.ensure_future(asyncio.to_thread(call))
-        attempt = self._attempt
-        timeout = max(0.0, self._deadline - sent) if leading else None
+            self._attempt_leading = self.is_leader
+        attempt, leading = self._attempt, self._attempt_leading
+        timeout = max(0.0, self._deadline - sent) if self.is_leader else None
         done, _ = await asyncio.wait({attempt}, timeout=timeout)
         if not done:  # the database did not answer before our lease ends
             await self._step_down("the database did not answer before the lease ended")
@@ -185,9 +186,9 @@ class Leadership:
             if leading and self.clock() >= self._deadline:
                 await self._step_down("the lease ended before a renewal got through")
             return
-        if leading != self.is_leader:  # stepped down meanwhile: this answer is stale
-            if isinstance(result, LeaseTerm):
-                self._abandoned = result.epoch
+        if leading != self.is_leader:
+            # A renewal sent before this controller stepped down (it gave up waiting):
+            # whatever it got, that term is over here (``_abandoned`` names it).
             return
         if isinstance(result, LeaseTerm):
             await self._elected(result, sent=sent)
@@ -198,16 +199,18 @@ class Leadership:
             await self._step_down("the lease was renewed by no one: another controller leads")
 
     def _acquire(self) -> LeaseTerm | None:
-        first, self._first = self._first, False
-        return self.leases.acquire(
+        # Until the database first answered, a lease of our own id is a previous run's.
+        term = self.leases.acquire(
             self.controller_id,
             lease_s=self.lease_s,
             url=self.url,
             version=self.version,
-            reclaim_own=first,
+            reclaim_own=self._first,
             reclaim_epoch=self._abandoned,
-            force=first and self.take_over_at_start,
+            force=self._first and self.take_over_at_start,
         )
+        self._first = False
+        return term
 
     def _renew(self) -> datetime | None:
         assert self._term is not None
