@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from orchestrify.controller.leadership import Leadership
+from orchestrify.controller.liveness import NodeLiveness
 from orchestrify.errors import Fenced, StoreUnavailable
+from orchestrify.models import Node, NodeState
 from orchestrify.store import Store
 from orchestrify.store.engine import Fence
 from orchestrify.store.leases import LeaseStore, LeaseTerm
@@ -207,3 +209,33 @@ def test_a_leader_that_cannot_reach_the_database_steps_down_by_its_deadline(
             store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_new_leader_judges_node_liveness_as_a_restarted_controller() -> None:
+    """Elected, a controller restarts its node liveness: the nodes it had not heard from
+    while it followed (they spoke to the old leader) get the start-up grace, so a
+    failover calls no node silent and moves no replica."""
+    now = [0.0]
+    liveness = NodeLiveness(
+        timeout_s=1.0, startup_grace_s=2.0, mass_silence_threshold=0.5, clock=lambda: now[0]
+    )
+    nodes = [
+        Node(
+            id=f"n{i}",
+            name=f"n{i}",
+            address="10.0.0.1",
+            state=NodeState.READY,
+            created_at=datetime.now(UTC),
+        )
+        for i in range(4)
+    ]
+    liveness.judge(nodes)
+    now[0] = 100.0  # following for a long while, the agents heartbeating to the leader
+    assert set(liveness.judge(nodes).silent_s) == {"n0", "n1", "n2", "n3"}  # as it saw it
+    liveness.restart()  # elected
+    verdict = liveness.judge(nodes)
+    assert verdict.in_grace and not verdict.not_ready and not verdict.unreachable
+    now[0] = 101.5  # past the timeout, still in the grace
+    assert liveness.judge(nodes).in_grace
+    now[0] = 102.5  # past the grace, no heartbeat since the election: silent now
+    assert liveness.judge(nodes).silent_s
