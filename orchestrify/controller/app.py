@@ -100,21 +100,21 @@ def create_app(
         # The first attempt is made before the API serves: alone on its store (SQLite,
         # or the first of several), this controller leads at once.
         await leadership.start()
-        # Alerts stored before a crash but not yet decided on are decided now, before
-        # the API serves, when this controller leads.
-        await loops.first_decisions()
-        for hook in extra_startup or []:
-            await hook(app, state)
-        log.info(
-            "controller ready",
-            extra={
-                "data_dir": str(settings.data_dir),
-                "version": __version__,
-                "controller_id": settings.controller_id,
-                "leader": leadership.is_leader,
-            },
-        )
         try:
+            # Alerts stored before a crash but not yet decided on are decided now, before
+            # the API serves, when this controller leads.
+            await loops.first_decisions()
+            for hook in extra_startup or []:
+                await hook(app, state)
+            log.info(
+                "controller ready",
+                extra={
+                    "data_dir": str(settings.data_dir),
+                    "version": __version__,
+                    "controller_id": settings.controller_id,
+                    "leader": leadership.is_leader,
+                },
+            )
             yield
         finally:
             await leadership.stop()  # the leader's loops end first, then the lease
