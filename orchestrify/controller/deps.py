@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
@@ -33,6 +34,7 @@ class ControllerState:
     jobs: JobRunner
     alerts: AlertProcessor
     history: HistoryPruner
+    leadership: Leadership
     # Tells ``feed`` of the changes other controllers commit (PostgreSQL; None on SQLite).
     changes: ChangeListener | None = None
 
