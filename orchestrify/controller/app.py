@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import inspect
+import functools
 import logging
 import socket
 import time
@@ -93,7 +93,6 @@ def create_app(
         if state.changes is not None:
             state.changes.start()  # changes committed by the other controllers
         app.state.controller = state
-        state.jobs.start()
         state.alerts.load_rules(settings.rules_file)
         loops = LeaderLoops(state, run_reconciler=run_reconciler)
         leadership = state.leadership
@@ -213,9 +212,9 @@ class LeaderLoops:
         state.reconciler.liveness.restart()
         state.history.resume()
         with fenced(fence):
-            lead = getattr(state.jobs, "lead", None)
-            if callable(lead):
-                await asyncio.to_thread(lead)
+            # The job runner's dispatcher is a thread of its own (which copies no
+            # context): it enters this term's fence around each of its writes.
+            await asyncio.to_thread(functools.partial(state.jobs.lead, fence=lambda: fenced(fence)))
             self._pending = asyncio.create_task(self._decide_pending(), name="alerts-pending")
             self.tasks = [
                 self._pending,
@@ -255,9 +254,7 @@ class LeaderLoops:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        step_down = getattr(state.jobs, "step_down", None)
-        if callable(step_down):
-            await asyncio.to_thread(step_down)
+        await asyncio.to_thread(state.jobs.step_down)
 
 
 def open_state(
@@ -293,12 +290,7 @@ def open_state(
         job_timeout_s=settings.job_timeout_s,
         max_running=settings.max_running_jobs,
         max_pending=settings.max_pending_jobs,
-        # Where JobRunner records which controller ran a job (several controllers).
-        **(
-            {"controller_id": settings.controller_id}
-            if "controller_id" in inspect.signature(JobRunner.__init__).parameters
-            else {}
-        ),
+        controller_id=settings.controller_id,
     )
     metrics = ControllerMetrics(store, registry)
     leadership = Leadership(
@@ -311,11 +303,18 @@ def open_state(
         take_over_at_start=store.dialect == "sqlite",
     )
     metrics.track_leadership(leading=lambda: leadership.is_leader, epoch=lambda: leadership.epoch)
-    alert_options: dict[str, Any] = {}
-    # Where AlertProcessor knows about leadership (webhook intake on a follower stores
-    # alerts and leaves the decisions to the leader), it is told who leads.
-    if "leading" in inspect.signature(AlertProcessor.__init__).parameters:
-        alert_options["leading"] = lambda: leadership.is_leader
+    # A follower's webhook stores alerts and leaves the decisions to the leader; the
+    # leader's webhook decides under its term's fence.
+    alerts = AlertProcessor(
+        store,
+        reconciler,
+        dry_run=settings.dry_run,
+        stale_after_s=settings.alert_stale_after_s,
+        jobs=jobs,
+        leading=lambda: leadership.is_leader,
+        fence=leadership.fence,
+    )
+    feed.on_events(alerts.wake)  # alerts stored through another controller
     return ControllerState(
         settings=settings,
         store=store,
@@ -326,14 +325,7 @@ def open_state(
         admin_token=admin,
         join_token=join,
         jobs=jobs,
-        alerts=AlertProcessor(
-            store,
-            reconciler,
-            dry_run=settings.dry_run,
-            stale_after_s=settings.alert_stale_after_s,
-            jobs=jobs,
-            **alert_options,
-        ),
+        alerts=alerts,
         history=HistoryPruner(
             store,
             retention_days=settings.history_retention_days,

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 from orchestrify.store import Store
 from orchestrify.store.listen import ChangeListener
@@ -41,7 +42,14 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cond: asyncio.Condition | None = None
+        self._event_watchers: list[Callable[[], None]] = []
         self.closed = False
+
+    def on_events(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher`` (from any thread; it must not block) whenever the ``events``
+        version moves: the leader's alert loop looks for alerts another controller
+        stored at once, not at its next poll."""
+        self._event_watchers.append(watcher)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -70,6 +78,9 @@ class ChangeFeed:
                     changed = True
         if changed:
             self._wake()
+            if "events" in kinds:
+                for watcher in self._event_watchers:
+                    watcher()
 
     def _wake(self) -> None:
         loop = self._loop
