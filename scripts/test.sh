@@ -19,4 +19,6 @@ ruff format --check .
 echo "== mypy"
 mypy
 echo "== pytest"
-exec pytest -ra --durations=15 "$@"
+# Two workers: the integration tests run one after another on one of them (one xdist
+# group, see tests/conftest.py), the fast tests on the other. `-n 0` runs it all serially.
+exec pytest -ra --durations=15 -n 2 --dist loadgroup "$@"
