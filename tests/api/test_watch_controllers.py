@@ -34,7 +34,14 @@ HANG_S = 90.0  # how long a test waits for a watcher before calling it hung
 
 def _controller(data_dir: Path, url: str) -> TestClient:
     app = create_app(
-        settings(data_dir, database_url=url, watch_timeout_s=WATCH_S), run_reconciler=False
+        settings(
+            data_dir,
+            database_url=url,
+            watch_timeout_s=WATCH_S,
+            controller_id=f"watch-{data_dir.name}",  # two controllers: two ids
+            lease_s=60.0,
+        ),
+        run_reconciler=False,
     )
     client = TestClient(app, headers=AUTH)
     client.__enter__()

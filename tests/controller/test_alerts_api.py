@@ -35,6 +35,9 @@ class Clock:
 
 
 def make_client(data_dir: Path, **settings: Any) -> TestClient:
+    # Two apps on one database are two controllers: each its own id (the default,
+    # host:port, would be the same), and a lease no busy machine lets lapse mid-test.
+    settings = {"controller_id": f"test-{data_dir.name}", "lease_s": 60.0, **settings}
     app = create_app(
         ControllerSettings(
             data_dir=data_dir, token="admin-token", join_token="join-token", **settings

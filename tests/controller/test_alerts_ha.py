@@ -5,6 +5,7 @@ the alerts are stored; the leader's loop decides them)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,8 +74,12 @@ def test_one_notification_delivered_to_both_controllers_at_once_acts_once(
     pair: tuple[TestClient, TestClient], b_leads: bool
 ) -> None:
     a, b = pair
-    if not b_leads:
-        state_of(b).alerts.leading = lambda: False
+    assert state_of(a).leadership.is_leader and not state_of(b).leadership.is_leader
+    if b_leads:
+        # B as a deposed leader that does not know it yet, deciding unfenced: only the
+        # receipt's row lock stands between the two deciders.
+        state_of(b).alerts.leading = lambda: True
+        state_of(b).alerts.fence = contextlib.nullcontext
     deploy(a)  # web: 1 replica, healthy
     codes = deliver_everywhere(pair, rate_high())
     assert codes == [200] * DELIVERIES  # no 409 for the delivery that lost the insert race
