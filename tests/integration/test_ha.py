@@ -127,8 +127,9 @@ def test_partitioned_leader_stops_acting_and_nothing_it_writes_lands_late(lab: H
         timeout=BOUND_S,
     )
     took_over_after = time.monotonic() - cut_at
-    cluster = lab.cluster(avoid=[old.ident])
-    expired = _leader_since(cluster, str(new))  # old's lease had expired by then (DB clock)
+    expired = lab.lease_end(old.ident)  # its last lease's end, by the database's clock
+    assert expired is not None
+    assert expired <= _leader_since(lab.cluster(avoid=[old.ident]), str(new))
     print(
         f"partition: {old.ident} stopped leading after {stopped_after:.1f}s, {new} led after "
         f"{took_over_after:.1f}s (lease {LEASE_S:g}s)"
@@ -171,7 +172,8 @@ def test_frozen_leader_wakes_up_late_and_writes_nothing(lab: HaLab) -> None:
             lambda: (lead := lab.leader(avoid=[old.ident])) not in (None, old.ident) and lead,
             timeout=BOUND_S,
         )
-        expired = _leader_since(lab.cluster(avoid=[old.ident]), str(new))
+        expired = lab.lease_end(old.ident)
+        assert expired is not None
         with lab.api(avoid=[old.ident]) as api:
             api.patch(f"/v1/services/{ALERTED}", json={"replicas": 2}).raise_for_status()
         wait_for(f"{ALERTED} back to 2", lambda: lab.serving(ALERTED, 2), timeout=BOUND_S)
