@@ -194,6 +194,14 @@ class HaController(Process):
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else None
 
+    def said(self, text: str) -> int:
+        """How often ``text`` is in this controller's log (all of it, since its first
+        start)."""
+        try:
+            return self.log_path.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
     def pause(self) -> None:
         """SIGSTOP: the process is frozen (a long GC pause, a stalled VM), not dead."""
         if self.proc is not None:
