@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from orchestrify.cli.agent import agent
+from orchestrify.cli.cluster import cluster_app
 from orchestrify.cli.common import CaOpt, CliConfig, checked_ca
 from orchestrify.cli.config import config_app
 from orchestrify.cli.controller import controller
@@ -76,6 +77,7 @@ app.add_typer(service_app, name="service")
 app.add_typer(node_app, name="node")
 app.add_typer(replica_app, name="replica")
 app.add_typer(job_app, name="job")
+app.add_typer(cluster_app, name="cluster")
 app.command("ps")(ps)
 app.command("events")(events)
 app.command("demo-image")(demo_image)

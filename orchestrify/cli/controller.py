@@ -80,6 +80,30 @@ def controller(
     public_url: str | None = typer.Option(
         None, "--public-url", help="URL others reach this controller at (for discovery)."
     ),
+    controller_id: str | None = typer.Option(
+        None,
+        "--controller-id",
+        envvar="ORCHESTRIFY_CONTROLLER_ID",
+        help="This controller's name among several sharing one database (the leader "
+        "lease and `orchestrify cluster ls` show it). Give each controller its own, and "
+        "keep it across restarts (default: HOSTNAME:PORT).",
+    ),
+    advertise_url: str | None = typer.Option(
+        None,
+        "--advertise-url",
+        envvar="ORCHESTRIFY_ADVERTISE_URL",
+        help="The URL other controllers and operators reach this one at, as `orchestrify "
+        "cluster ls` lists it (default: --public-url, else http(s)://HOST:PORT).",
+    ),
+    lease_s: float | None = typer.Option(
+        None,
+        "--lease-s",
+        envvar="ORCHESTRIFY_LEASE_S",
+        help="Seconds the leader's lease lasts (default 6). With several controllers on "
+        "one PostgreSQL database, one leads and runs the reconciler, alert decisions and "
+        "jobs; it renews its lease every third of this, and when it dies another one "
+        "takes over within about this plus a third. Alone on SQLite it leads at once.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide scaling, record it, never act."),
     playbook_dir: Path | None = typer.Option(
         None,
@@ -143,6 +167,9 @@ def controller(
                 "node_startup_grace_s": node_startup_grace,
                 "mass_silence_threshold": mass_silence_threshold,
                 "reschedule_nodes_per_minute": reschedule_nodes_per_minute,
+                "controller_id": controller_id,
+                "advertise_url": advertise_url,
+                "lease_s": lease_s,
             }.items()
             if value is not None  # unset: the settings' own default
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import inspect
 import logging
 import socket
 import time
@@ -29,12 +30,14 @@ from orchestrify.controller.border import (
 )
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
 from orchestrify.controller.routers import (
     alerts,
+    cluster,
     discovery,
     edges,
     events,
@@ -67,6 +70,7 @@ from orchestrify.protocol import (
     refusal,
 )
 from orchestrify.store import Store, translate_store_error
+from orchestrify.store.engine import Fence, fenced
 
 log = logging.getLogger(__name__)
 
@@ -89,33 +93,31 @@ def create_app(
         app.state.controller = state
         state.jobs.start()
         state.alerts.load_rules(settings.rules_file)
-        # Alerts stored before a crash but not yet decided on are decided now.
-        await asyncio.to_thread(state.alerts.process_pending)
-        # The first prune runs now, in the background: on a store that kept years of
-        # history it takes a while, and the API is already needed meanwhile.
-        tasks = [asyncio.create_task(state.history.run_forever(), name="history")]
-        if run_reconciler:
-            tasks.append(asyncio.create_task(state.reconciler.run_forever(), name="reconciler"))
-            tasks.append(
-                asyncio.create_task(
-                    state.alerts.run_forever(settings.alert_eval_interval_s), name="alerts"
-                )
-            )
+        loops = LeaderLoops(state, run_reconciler=run_reconciler)
+        leadership = state.leadership
+        leadership.on_elected = loops.start
+        leadership.on_deposed = loops.stop
+        # The first attempt is made before the API serves: alone on its store (SQLite,
+        # or the first of several), this controller leads at once.
+        await leadership.start()
+        # Alerts stored before a crash but not yet decided on are decided now, before
+        # the API serves, when this controller leads.
+        await loops.first_decisions()
         for hook in extra_startup or []:
             await hook(app, state)
         log.info(
             "controller ready",
-            extra={"data_dir": str(settings.data_dir), "version": __version__},
+            extra={
+                "data_dir": str(settings.data_dir),
+                "version": __version__,
+                "controller_id": settings.controller_id,
+                "leader": leadership.is_leader,
+            },
         )
         try:
             yield
         finally:
-            state.history.stop()  # a prune in its thread ends after its current batch
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await leadership.stop()  # the leader's loops end first, then the lease
             await asyncio.to_thread(state.jobs.close)
             state.store.close()
 
@@ -127,6 +129,7 @@ def create_app(
         default_response_class=SafeJSONResponse,
     )
     for router in (
+        cluster.router,
         services.router,
         nodes.router,
         replicas.router,
@@ -186,6 +189,73 @@ def serve_controller(settings: ControllerSettings) -> None:
     ControllerServer(config).run()
 
 
+class LeaderLoops:
+    """The loops only the leader runs: the reconciler (with node liveness and
+    rescheduling), alert decisions and scaling, history pruning, and the job runner's
+    leading part. Started when this controller is elected, each under the term's fence
+    (their tasks copy the context the fence is set in, and so do the threads they hand
+    work to), and cancelled when it stops leading; followers serve the API only."""
+
+    def __init__(self, state: ControllerState, *, run_reconciler: bool) -> None:
+        self.state = state
+        self.run_reconciler = run_reconciler
+        self.tasks: list[asyncio.Task[None]] = []
+        self._pending: asyncio.Task[None] | None = None
+
+    async def start(self, fence: Fence) -> None:
+        state = self.state
+        # A new leader starts like a restarted controller: every node gets the startup
+        # grace before it may be called silent, so a failover moves no replica.
+        state.reconciler.liveness.restart()
+        state.history.resume()
+        with fenced(fence):
+            lead = getattr(state.jobs, "lead", None)
+            if callable(lead):
+                await asyncio.to_thread(lead)
+            self._pending = asyncio.create_task(self._decide_pending(), name="alerts-pending")
+            self.tasks = [
+                self._pending,
+                asyncio.create_task(state.history.run_forever(), name="history"),
+            ]
+            if self.run_reconciler:
+                self.tasks.append(
+                    asyncio.create_task(state.reconciler.run_forever(), name="reconciler")
+                )
+                self.tasks.append(
+                    asyncio.create_task(
+                        state.alerts.run_forever(state.settings.alert_eval_interval_s),
+                        name="alerts",
+                    )
+                )
+
+    async def _decide_pending(self) -> None:
+        """Alerts stored but not yet decided on (before a crash, or by a leader that
+        stopped) are decided now."""
+        try:
+            await asyncio.to_thread(self.state.alerts.process_pending)
+        except Exception:
+            log.exception("deciding on pending alerts failed; the alert loop retries")
+
+    async def first_decisions(self) -> None:
+        """Wait for the decisions on pending alerts of the term that began at start."""
+        if self._pending is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._pending)
+
+    async def stop(self, fence: Fence) -> None:
+        state = self.state
+        state.history.stop()  # a prune in its thread ends after its current batch
+        tasks, self.tasks, self._pending = self.tasks, [], None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        step_down = getattr(state.jobs, "step_down", None)
+        if callable(step_down):
+            await asyncio.to_thread(step_down)
+
+
 def open_state(
     settings: ControllerSettings, *, registry: CollectorRegistry | None = None
 ) -> ControllerState:
@@ -222,6 +292,21 @@ def open_state(
         max_pending=settings.max_pending_jobs,
     )
     metrics = ControllerMetrics(store, registry)
+    leadership = Leadership(
+        store,
+        controller_id=settings.controller_id,
+        url=settings.advertise_url,
+        lease_s=settings.lease_s,
+        # SQLite is one host and one controller: whatever held the lease before ran on
+        # this host and is gone, so the lease is taken at start without waiting.
+        take_over_at_start=store.dialect == "sqlite",
+    )
+    metrics.track_leadership(leading=lambda: leadership.is_leader, epoch=lambda: leadership.epoch)
+    alert_options: dict[str, Any] = {}
+    # Where AlertProcessor knows about leadership (webhook intake on a follower stores
+    # alerts and leaves the decisions to the leader), it is told who leads.
+    if "leading" in inspect.signature(AlertProcessor.__init__).parameters:
+        alert_options["leading"] = lambda: leadership.is_leader
     return ControllerState(
         settings=settings,
         store=store,
@@ -237,6 +322,7 @@ def open_state(
             dry_run=settings.dry_run,
             stale_after_s=settings.alert_stale_after_s,
             jobs=jobs,
+            **alert_options,
         ),
         history=HistoryPruner(
             store,
@@ -244,6 +330,7 @@ def open_state(
             jobs_dir=settings.resolved_jobs_dir,
             metrics=metrics,
         ),
+        leadership=leadership,
     )
 
 

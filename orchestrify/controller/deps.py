@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
@@ -32,6 +33,7 @@ class ControllerState:
     jobs: JobRunner
     alerts: AlertProcessor
     history: HistoryPruner
+    leadership: Leadership
 
 
 # The dependencies that do not block are ``async def``: FastAPI runs a plain ``def``

@@ -79,6 +79,17 @@ class NodeLiveness:
         self._first_look = True
         self._lock = threading.Lock()
 
+    def restart(self) -> None:
+        """Start over as a controller that just started: the startup grace begins now,
+        every node counts as seen now. Called when this controller is elected leader, so
+        a failover is a controller restart to the liveness rules (grace, mass silence),
+        and replaces no container whose node simply had not reached the new leader."""
+        with self._lock:
+            self.started = self.clock()
+            self._seen.clear()
+            self._stored.clear()
+            self._first_look = True
+
     def seen(self, node_id: str) -> None:
         """The node spoke to this process just now (heartbeat or registration)."""
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
@@ -71,6 +71,28 @@ class StoreCollector(Collector):
             yield fam
 
 
+class LeadershipCollector(Collector):
+    """Whether this controller leads, and at which epoch, read at scrape time."""
+
+    def __init__(self, *, leading: Callable[[], bool], epoch: Callable[[], int | None]) -> None:
+        self.leading = leading
+        self.epoch = epoch
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "orchestrify_controller_leader",
+            "1 on the controller that holds the leader lease, 0 on the others (alert when "
+            "the max over all controllers is 0: no controller leads).",
+            value=1 if self.leading() else 0,
+        )
+        yield GaugeMetricFamily(
+            "orchestrify_controller_epoch",
+            "The epoch this controller leads at (raised by one at every election); 0 while "
+            "it follows.",
+            value=self.epoch() or 0,
+        )
+
+
 class ControllerMetrics:
     def __init__(self, store: Store, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -97,6 +119,12 @@ class ControllerMetrics:
         for kind in PRUNED_KINDS:
             self.history_pruned.labels(kind)  # exported at 0 from the start, for rate()
         store.on_event(self.count_event)
+
+    def track_leadership(
+        self, *, leading: Callable[[], bool], epoch: Callable[[], int | None]
+    ) -> None:
+        """Export ``orchestrify_controller_leader`` and ``orchestrify_controller_epoch``."""
+        self.registry.register(LeadershipCollector(leading=leading, epoch=epoch))
 
     def count_event(self, ev: Event) -> None:
         if ev.kind in {"decision", "action"} and ev.action:

@@ -57,6 +57,10 @@ class HistoryPruner:
     def stop(self) -> None:
         self._stop.set()
 
+    def resume(self) -> None:
+        """Let ``run_forever`` run again after ``stop`` (this controller leads again)."""
+        self._stop = threading.Event()  # a run still ending sees the old one, set
+
     def run_once(self) -> PruneResult:
         if not self.enabled:
             return PruneResult()

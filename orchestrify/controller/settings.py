@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -95,6 +96,29 @@ class ControllerSettings(BaseSettings):
     public_url: str | None = Field(
         None, description="How others reach this controller (Prometheus discovery)."
     )
+    controller_id: str = Field(
+        "",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9._:@\[\]-]*$",
+        description="This controller's name among those sharing the store (the leader "
+        "lease names its holder by it): unique per controller, the same across its "
+        "restarts. Empty: HOSTNAME:PORT.",
+    )
+    advertise_url: str = Field(
+        "",
+        max_length=512,
+        description="The URL the other controllers and operators reach this one at, as "
+        "`orchestrify cluster ls` shows it. Empty: public_url, else http(s)://HOST:PORT.",
+    )
+    lease_s: float = Field(
+        6.0,
+        ge=0.3,
+        le=3600,
+        description="Seconds the leader lease lasts unless renewed; the leader renews it "
+        "every lease_s / 3 and stops leading when a renewal fails or is late. After the "
+        "leader dies another controller leads within about lease_s + lease_s / 3: 6 s "
+        "keeps a failover under 10 s and rides out a database hiccup of a few seconds.",
+    )
     playbook_dir: Path | None = Field(
         default_factory=default_playbook_dir,
         description="Jobs may run only playbooks inside this directory (default: the "
@@ -178,6 +202,24 @@ class ControllerSettings(BaseSettings):
         # traceback from inside uvicorn.
         check_server_pair(cert=self.tls_cert, key=self.tls_key)
         return self
+
+    @model_validator(mode="after")
+    def _cluster_identity(self) -> ControllerSettings:
+        # Filled in here, not at each use, so every part (the lease, the jobs, the
+        # cluster view) names this controller the same way.
+        if not self.controller_id:
+            self.controller_id = f"{socket.gethostname()}:{self.port}"
+        if not self.advertise_url:
+            self.advertise_url = self.public_url or self._own_url()
+        return self
+
+    def _own_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):  # every address: name the host instead
+            host = socket.gethostname()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls_cert is not None else 'http'}://{host}:{self.port}"
 
     @property
     def tls(self) -> bool:

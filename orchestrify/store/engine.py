@@ -6,6 +6,7 @@ border and races retried, and the core every concern of the store is built on.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import random
 import secrets
@@ -13,11 +14,23 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import URL, create_engine, event, make_url, select, text
+from sqlalchemy import (
+    URL,
+    ColumnElement,
+    DateTime,
+    create_engine,
+    event,
+    func,
+    literal,
+    make_url,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import (
     ArgumentError,
@@ -31,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrify.errors import (
     Conflict,
+    Fenced,
     InvalidSpec,
     OrchestrifyError,
     StoreUnavailable,
@@ -39,14 +53,19 @@ from orchestrify.errors import (
 from orchestrify.models import Event
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
 from orchestrify.store import migrate
+from orchestrify.store.lease_tables import LEADER_LEASE, LeaseRow
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
 
 __all__ = [
     "ChangeKind",
+    "Fence",
     "StoreCore",
     "WriteTx",
     "create_store_engine",
+    "current_fence",
+    "db_now",
+    "fenced",
     "redacted",
     "retry_on_race",
     "sqlite_path",
@@ -54,6 +73,52 @@ __all__ = [
 ]
 
 CLUSTER_ID_KEY = "cluster_id"
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The leader term a write is made for: the lease ``holder`` (a controller id) and
+    the ``epoch`` it was elected with. A write transaction begun under a fence (see
+    ``fenced``) checks, in the same transaction, that the lease is still held by that
+    holder at that epoch and not expired, and is refused (``Fenced``) otherwise."""
+
+    holder: str
+    epoch: int
+
+
+# The fence of the leader loop running in this context: set around a loop's task (a
+# task copies the context it is made in, and asyncio.to_thread hands it to its thread),
+# so store methods need no parameter for it. None: an API request's write, not fenced.
+_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar(
+    "orchestrify_fence", default=None
+)
+
+
+def current_fence() -> Fence | None:
+    """The fence the writes made in this context are checked against (None: none)."""
+    return _FENCE.get()
+
+
+@contextmanager
+def fenced(fence: Fence | None) -> Iterator[None]:
+    """Every store write begun in this block (and in the tasks and threads it starts
+    with a copy of its context) is fenced by ``fence``; None lifts the fence."""
+    token = _FENCE.set(fence)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
+
+
+def db_now(dialect: str) -> ColumnElement[datetime]:
+    """ "Now" as the database sees it, for times every controller must agree on (the
+    lease): PostgreSQL's ``clock_timestamp()`` (the time of the statement, not of the
+    transaction's start, which ``now()`` is), so controllers whose own clocks are skewed
+    still agree. SQLite is one host: its local clock."""
+    if dialect == "postgresql":
+        return func.clock_timestamp()
+    return literal(datetime.now(UTC), DateTime(timezone=True))
+
 
 ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
 
@@ -373,6 +438,9 @@ class WriteTx:
         try:
             if self.store.dialect == "sqlite":
                 self.session.connection(execution_options={"sqlite_write": True})
+            fence = _FENCE.get()
+            if fence is not None:
+                self._check_fence(fence)
         except SQLAlchemyError as err:  # BEGIN IMMEDIATE itself failed (locked)
             self.session.close()
             self.store._write_lock.release()
@@ -380,7 +448,34 @@ class WriteTx:
             if translated is None:
                 raise
             raise translated from err
+        except Fenced:
+            self.session.rollback()
+            self.session.close()
+            self.store._write_lock.release()
+            raise
         return self
+
+    def _check_fence(self, fence: Fence) -> None:
+        """Refuse (``Fenced``) to write unless ``fence`` still holds the leader lease.
+
+        PostgreSQL: the lease row is read FOR SHARE, so a competing acquisition (an
+        UPDATE of that row) waits until this transaction ends, and what this
+        transaction writes lands before any new leader's term begins. SQLite: BEGIN
+        IMMEDIATE already holds the one write lock an acquisition needs too."""
+        query = select(LeaseRow.holder).where(
+            LeaseRow.name == LEADER_LEASE,
+            LeaseRow.holder == fence.holder,
+            LeaseRow.epoch == fence.epoch,
+            LeaseRow.expires_at > db_now(self.store.dialect),
+        )
+        if self.locks_rows:
+            query = query.with_for_update(read=True)
+        if self.session.execute(query).first() is None:
+            raise Fenced(
+                f"controller {fence.holder} no longer leads at epoch {fence.epoch} (its "
+                "lease expired or another controller was elected): its leader loops' "
+                "writes are refused"
+            )
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:

@@ -1,0 +1,186 @@
+"""The leader lease on both engines: acquire, renew, takeover after expiry with the epoch
+one higher, release, the cluster view, and fencing (a deposed holder's write is refused
+and writes nothing; on PostgreSQL an acquisition waits for a fenced write in flight)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from orchestrify.errors import Fenced
+from orchestrify.models import ServiceSpec
+from orchestrify.store import Store
+from orchestrify.store.engine import Fence, fenced
+from orchestrify.store.leases import LeaseStore, LeaseTerm
+from tests.api.conftest import wait_for
+from tests.postgres import PostgresServer
+
+LONG = 60.0  # a lease that does not expire during the test
+SHORT = 0.5  # a lease the test waits out
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def leases(store: Store) -> LeaseStore:
+    return LeaseStore(store)
+
+
+def acquire(
+    leases: LeaseStore, who: str, *, lease_s: float = LONG, **kw: object
+) -> LeaseTerm | None:
+    return leases.acquire(who, lease_s=lease_s, url=f"http://{who}", version="test", **kw)  # type: ignore[arg-type]
+
+
+def renew(leases: LeaseStore, who: str, epoch: int, *, lease_s: float = LONG) -> object:
+    return leases.renew(who, epoch=epoch, lease_s=lease_s, url=f"http://{who}", version="test")
+
+
+def test_the_first_controller_takes_the_lease_and_the_second_does_not(
+    leases: LeaseStore,
+) -> None:
+    first = acquire(leases, "a")
+    assert first is not None and first.holder == "a" and first.epoch == 1
+    assert first.expires_at > first.acquired_at
+    assert acquire(leases, "b") is None
+    # The holder itself does not take it again either (no epoch bump) unless it asks to.
+    assert acquire(leases, "a") is None
+    view = leases.cluster(gone_after_s=LONG)
+    assert (view.leader, view.epoch) == ("a", 1)
+    assert {c.id: c.state for c in view.controllers} == {"a": "leader", "b": "follower"}
+
+
+def test_renewal_extends_only_the_holders_lease_at_its_epoch(leases: LeaseStore) -> None:
+    term = acquire(leases, "a")
+    assert term is not None
+    renewed = renew(leases, "a", term.epoch)
+    assert renewed is not None and renewed >= term.expires_at  # type: ignore[operator]
+    assert renew(leases, "b", term.epoch) is None  # not the holder
+    assert renew(leases, "a", term.epoch + 1) is None  # not its epoch
+    assert leases.cluster(gone_after_s=LONG).epoch == term.epoch  # nothing bumped it
+
+
+def test_an_expired_lease_goes_to_another_controller_with_the_next_epoch(
+    leases: LeaseStore,
+) -> None:
+    old = acquire(leases, "a", lease_s=SHORT)
+    assert old is not None
+    assert acquire(leases, "b") is None  # not expired yet
+    new = wait_for(lambda: acquire(leases, "b"), what="a's lease to expire")
+    assert (new.holder, new.epoch) == ("b", old.epoch + 1)
+    # The old holder can no longer renew: it must stop acting as the leader.
+    assert renew(leases, "a", old.epoch) is None
+    assert leases.cluster(gone_after_s=LONG).leader == "b"
+
+
+def test_a_deposed_holders_fenced_write_is_refused_and_writes_nothing(
+    store: Store, leases: LeaseStore
+) -> None:
+    old = acquire(leases, "a", lease_s=SHORT)
+    assert old is not None
+    with fenced(Fence(holder="a", epoch=old.epoch)):
+        store.create_service(ServiceSpec(name="before", image="demo:1"))  # still leads
+    wait_for(lambda: acquire(leases, "b"), what="b to take the expired lease")
+    events_before = len(store.list_events(limit=1000))
+    with fenced(Fence(holder="a", epoch=old.epoch)), pytest.raises(Fenced):
+        store.create_service(ServiceSpec(name="late", image="demo:1"))
+    assert [s.name for s in store.list_services()] == ["before"]
+    assert len(store.list_events(limit=1000)) == events_before
+    # An expired lease nobody took yet fences its holder's writes too.
+    b_term = leases.cluster(gone_after_s=LONG).epoch
+    assert b_term is not None
+    with fenced(Fence(holder="b", epoch=b_term)):
+        store.create_service(ServiceSpec(name="by-b", image="demo:1"))
+    # Writes outside any fence (API requests) are never refused.
+    store.create_service(ServiceSpec(name="api", image="demo:1"))
+    assert sorted(s.name for s in store.list_services()) == ["api", "before", "by-b"]
+
+
+def test_a_restart_reclaims_its_own_lease_and_a_release_frees_it(leases: LeaseStore) -> None:
+    term = acquire(leases, "a")
+    assert term is not None
+    assert acquire(leases, "b", reclaim_own=True) is None  # someone else's: waited out
+    again = acquire(leases, "a", reclaim_own=True)  # a run of "a" before a restart
+    assert again is not None and again.epoch == term.epoch + 1
+    assert leases.release("a", epoch=term.epoch) is False  # not that term any more
+    assert leases.release("a", epoch=again.epoch) is True
+    view = leases.cluster(gone_after_s=LONG)
+    assert view.leader is None and view.lease_expires_at is None
+    taken = acquire(leases, "b")  # at once, no expiry to wait for
+    assert taken is not None and taken.epoch == again.epoch + 1
+
+
+def test_forced_takeover_and_a_stepped_down_term(leases: LeaseStore) -> None:
+    term = acquire(leases, "a")
+    assert term is not None
+    forced = acquire(leases, "b", force=True)  # SQLite at start: one host, one controller
+    assert forced is not None and forced.epoch == term.epoch + 1
+    assert acquire(leases, "b", reclaim_epoch=term.epoch) is None  # not b's old term
+    back = acquire(leases, "b", reclaim_epoch=forced.epoch)  # b's own, stepped down from
+    assert back is not None and back.epoch == forced.epoch + 1
+
+
+def test_the_cluster_view_marks_a_silent_controller_gone(leases: LeaseStore) -> None:
+    leases.announce("a", url="http://a:1", version="1.0")
+    acquire(leases, "b")
+    view = wait_for(
+        lambda: (v := leases.cluster(gone_after_s=0.2)).controllers[0].state == "gone" and v,
+        what="a to be unseen for 0.2 s",
+    )
+    a, b = view.controllers
+    assert (a.id, a.url, a.version, a.leader, a.leader_since) == (
+        "a",
+        "http://a:1",
+        "1.0",
+        False,
+        None,
+    )
+    assert (b.id, b.state, b.leader) == ("b", "leader", True)
+    assert b.leader_since is not None and view.lease_expires_at is not None
+
+
+def _lease_waiters(server: PostgresServer, database: str) -> int:
+    with server.connect(database) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'UPDATE leases%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_an_acquisition_waits_for_a_fenced_write_in_flight(postgres: PostgresServer) -> None:
+    """The fence reads the lease row FOR SHARE: a controller taking over the expired
+    lease waits until the old leader's write commits, so that write lands before the new
+    term begins, never during it."""
+    database = postgres.new_database()
+    store = Store(postgres.url(database))
+    leases = LeaseStore(store)
+    try:
+        old = acquire(leases, "a", lease_s=1.0)
+        assert old is not None
+        taken: list[LeaseTerm | None] = []
+        with fenced(Fence(holder="a", epoch=old.epoch)), store.write() as tx:
+            tx.add_event("written by the old leader", kind="decision")
+            # The lease expires while this transaction is open; b tries to take it.
+            time.sleep(1.2)
+            thief = threading.Thread(target=lambda: taken.append(acquire(leases, "b")))
+            thief.start()
+            wait_for(lambda: _lease_waiters(postgres, database) == 1, what="b to wait on the lock")
+            assert not taken
+        thief.join(timeout=60)
+        (new,) = taken
+        assert new is not None and new.epoch == old.epoch + 1
+        assert [e.message for e in store.list_events()] == ["written by the old leader"]
+        with fenced(Fence(holder="a", epoch=old.epoch)), pytest.raises(Fenced):
+            store.record_event("too late", kind="decision")
+    finally:
+        store.close()
+        postgres.drop_database(database)
