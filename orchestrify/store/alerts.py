@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrify.alerting.payload import AlertBatch
+from orchestrify.alerting.payload import AlertBatch, AlertmanagerAlert
 from orchestrify.alerting.policy import Decision, PolicyState
 from orchestrify.models import Event, check_bounds
 from orchestrify.store import Store, utcnow
@@ -25,7 +27,7 @@ from orchestrify.store.alert_tables import (
     AlertReceiptRow,
     ScalingStateRow,
 )
-from orchestrify.store.engine import WriteTx
+from orchestrify.store.engine import WriteTx, retry_on_race
 from orchestrify.store.replicas import drain_replica
 from orchestrify.store.tables import EventRow, MetaRow, ReplicaRow, ServiceRow
 
@@ -124,6 +126,50 @@ def _instance(row: AlertInstanceRow) -> AlertInstance:
     )
 
 
+def _insert_receipts(tx: WriteTx, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert these receipts, skipping any whose key another transaction stored first
+    (committed, or committed while this insert waited for it); the ids of those inserted,
+    by key. SQLite runs one writer at a time, so there the skip never happens; the
+    statement is the same on both engines."""
+    if not rows:
+        return {}
+    make = pg_insert if tx.store.dialect == "postgresql" else sqlite_insert
+    statement = (
+        make(AlertReceiptRow)
+        .on_conflict_do_nothing(index_elements=[AlertReceiptRow.key])
+        .returning(AlertReceiptRow.key, AlertReceiptRow.id)
+    )
+    return {key: rid for key, rid in tx.session.execute(statement, rows)}
+
+
+def _alert_event(batch: AlertBatch, alert: AlertmanagerAlert, *, duplicate: bool) -> dict[str, Any]:
+    """The ``alert`` event of one alert of a notification (stored, or a duplicate)."""
+    labels = alert.labels
+    return {
+        "time": utcnow(),
+        "kind": "alert",
+        "service": labels.get("service"),
+        "node": labels.get("node"),
+        "replica": labels.get("replica"),
+        "action": None,
+        "outcome": "info",
+        "reason": "duplicate" if duplicate else None,
+        "message": f"alert {alert.alertname} {alert.status}"
+        + "".join(f" {k}={labels[k]}" for k in ("service", "replica", "node") if k in labels)
+        + (" (duplicate, already stored)" if duplicate else ""),
+        "data": {
+            "status": alert.status,
+            "fingerprint": alert.identity,
+            "startsAt": alert.starts_at.isoformat(),
+            "labels": labels,
+            "annotations": alert.annotations,
+            "receiver": batch.receiver,
+            "groupKey": batch.group_key,
+            "duplicate": duplicate,
+        },
+    }
+
+
 class AlertStore:
     """Alert intake and policy state on top of the controller's ``Store``."""
 
@@ -131,25 +177,56 @@ class AlertStore:
         self.store = store
 
     # --- intake --------------------------------------------------------------------
+    @retry_on_race
     def store_batch(self, batch: AlertBatch, *, now: datetime) -> Intake:
-        """Record every alert of a notification; each idempotency key is stored once.
+        """Record every alert of a notification; each idempotency key is stored once,
+        whichever controller stores it and however many deliver it at once.
+
+        Receipts are inserted with ``ON CONFLICT DO NOTHING``: when the same notification
+        reaches two controllers together, both read the key as new, one inserts it and the
+        other's insert waits for it and skips it; that delivery counts it as a duplicate
+        and still answers 2xx (a unique-key error here was a 409, which Alertmanager does
+        not retry). A deadlock of two notifications sharing keys in another order is run
+        again (``retry_on_race``): nothing is written or told before the commit.
 
         Receipts and their ``alert`` events are written as two multi-row inserts, not as
         one ORM object each: a 1,000-alert notification holds the store's write lock (and
         every other notification waiting for it) about a fifth as long."""
-        new = dup = 0
-        receipts: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
         with self.store.write() as tx:
             s = tx.session
             keys = [a.receipt_key for a in batch.alerts]
             # One query for the whole batch, not one per alert.
-            seen = set(
+            stored = set(
                 s.scalars(select(AlertReceiptRow.key).where(AlertReceiptRow.key.in_(keys))).all()
             )
+            wanted: dict[str, dict[str, Any]] = {}  # key -> its receipt, in batch order
             for alert, key in zip(batch.alerts, keys, strict=True):
-                duplicate = key in seen
-                seen.add(key)
+                if key in stored or key in wanted:
+                    continue
+                wanted[key] = {
+                    "key": key,
+                    "instance": alert.instance,
+                    "fingerprint": alert.identity,
+                    "alertname": alert.alertname,
+                    "status": alert.status,
+                    "starts_at": alert.starts_at,
+                    "ends_at": alert.ends_at,
+                    "labels": alert.labels,
+                    "annotations": alert.annotations,
+                    "receiver": batch.receiver,
+                    "group_key": batch.group_key,
+                    "generator_url": alert.generator_url,
+                    "received_at": now,
+                    "processed_at": None,
+                    "lane": alert_lane(alert.labels)[:300],
+                }
+            inserted = _insert_receipts(tx, list(wanted.values()))
+            new = dup = 0
+            firsts: set[str] = set()
+            events: list[dict[str, Any]] = []
+            for alert, key in zip(batch.alerts, keys, strict=True):
+                duplicate = key not in inserted or key in firsts
+                firsts.add(key)
                 if duplicate:
                     dup += 1
                     inst = s.get(AlertInstanceRow, alert.instance)
@@ -157,66 +234,8 @@ class AlertStore:
                         inst.last_seen_at = now  # a repeat notification: still firing
                 else:
                     new += 1
-                    receipts.append(
-                        {
-                            "key": key,
-                            "instance": alert.instance,
-                            "fingerprint": alert.identity,
-                            "alertname": alert.alertname,
-                            "status": alert.status,
-                            "starts_at": alert.starts_at,
-                            "ends_at": alert.ends_at,
-                            "labels": alert.labels,
-                            "annotations": alert.annotations,
-                            "receiver": batch.receiver,
-                            "group_key": batch.group_key,
-                            "generator_url": alert.generator_url,
-                            "received_at": now,
-                            "processed_at": None,
-                            "lane": alert_lane(alert.labels)[:300],
-                        }
-                    )
-                labels = alert.labels
-                events.append(
-                    {
-                        "time": utcnow(),
-                        "kind": "alert",
-                        "service": labels.get("service"),
-                        "node": labels.get("node"),
-                        "replica": labels.get("replica"),
-                        "action": None,
-                        "outcome": "info",
-                        "reason": "duplicate" if duplicate else None,
-                        "message": f"alert {alert.alertname} {alert.status}"
-                        + "".join(
-                            f" {k}={labels[k]}"
-                            for k in ("service", "replica", "node")
-                            if k in labels
-                        )
-                        + (" (duplicate, already stored)" if duplicate else ""),
-                        "data": {
-                            "status": alert.status,
-                            "fingerprint": alert.identity,
-                            "startsAt": alert.starts_at.isoformat(),
-                            "labels": labels,
-                            "annotations": alert.annotations,
-                            "receiver": batch.receiver,
-                            "groupKey": batch.group_key,
-                            "duplicate": duplicate,
-                        },
-                    }
-                )
-            s.flush()  # the touched alert instances, before the inserts
-            ids: tuple[int, ...] = ()
-            if receipts:
-                ids = tuple(
-                    s.scalars(
-                        insert(AlertReceiptRow).returning(
-                            AlertReceiptRow.id, sort_by_parameter_order=True
-                        ),
-                        receipts,
-                    ).all()
-                )
+                events.append(_alert_event(batch, alert, duplicate=duplicate))
+            s.flush()  # the touched alert instances, before the events
             event_ids = (
                 s.scalars(
                     insert(EventRow).returning(EventRow.id, sort_by_parameter_order=True), events
@@ -230,6 +249,7 @@ class AlertStore:
                 Event(id=event_id, **fields)
                 for event_id, fields in zip(event_ids, events, strict=True)
             )
+        ids = tuple(inserted[key] for key in wanted if key in inserted)
         return Intake(received=len(batch.alerts), new=new, duplicates=dup, receipts=ids)
 
     def pending(self, *, limit: int = 1000) -> list[Receipt]:
