@@ -8,6 +8,9 @@ import typer
 
 from orchestrify.cli.common import JsonOpt, config, handle_errors, print_json, print_table
 
+# How long one wait for new events lasts, seconds: under the client's 10 s read timeout.
+FOLLOW_WAIT_S = 5.0
+
 
 @handle_errors
 def events(
@@ -27,8 +30,11 @@ def events(
         _show(rows, json_out=json_out, header=True)
         last = rows[-1]["id"] if rows else 0
         while follow:
-            time.sleep(1.0)
-            rows = api.get("/v1/events", service=service, kind=kind, after=last)
+            # A long-poll: the controller answers as soon as any controller writes one.
+            started = time.monotonic()
+            rows = api.get("/v1/events", service=service, kind=kind, after=last, wait=FOLLOW_WAIT_S)
+            if not rows and time.monotonic() - started < 1.0:
+                time.sleep(1.0)  # a controller that does not long-poll: poll each second
             if rows:
                 _show(rows, json_out=json_out, header=False)
                 last = rows[-1]["id"]

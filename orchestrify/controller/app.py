@@ -29,7 +29,7 @@ from orchestrify.controller.border import (
     errors,
 )
 from orchestrify.controller.deps import ControllerState
-from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.feed import connect_feed
 from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
 from orchestrify.controller.metrics import ControllerMetrics
@@ -90,6 +90,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = open_state(settings, registry=registry)
         state.feed.bind(asyncio.get_running_loop())
+        if state.changes is not None:
+            state.changes.start()  # changes committed by the other controllers
         app.state.controller = state
         state.jobs.start()
         state.alerts.load_rules(settings.rules_file)
@@ -119,6 +121,8 @@ def create_app(
         finally:
             await leadership.stop()  # the leader's loops end first, then the lease
             await asyncio.to_thread(state.jobs.close)
+            if state.changes is not None:
+                await asyncio.to_thread(state.changes.stop)
             state.store.close()
 
     app = FastAPI(
@@ -265,8 +269,7 @@ def open_state(
         node_timeout_s=settings.node_timeout_s,
     )
     log.info("store opened", extra={"store": store.url})  # the password hidden
-    feed = ChangeFeed()
-    store.on_change(feed.bump)
+    feed, changes = connect_feed(store)
     admin, _ = load_or_create_token(settings.data_dir, "admin", settings.token)
     join, _ = load_or_create_token(settings.data_dir, "join", settings.join_token)
     reconciler = Reconciler(
@@ -311,6 +314,7 @@ def open_state(
         settings=settings,
         store=store,
         feed=feed,
+        changes=changes,
         reconciler=reconciler,
         metrics=metrics,
         admin_token=admin,

@@ -19,6 +19,7 @@ from orchestrify.controller.settings import ControllerSettings
 from orchestrify.errors import NotFound, Unauthorized
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
+from orchestrify.store.listen import ChangeListener
 
 
 @dataclass
@@ -34,6 +35,8 @@ class ControllerState:
     alerts: AlertProcessor
     history: HistoryPruner
     leadership: Leadership
+    # Tells ``feed`` of the changes other controllers commit (PostgreSQL; None on SQLite).
+    changes: ChangeListener | None = None
 
 
 # The dependencies that do not block are ``async def``: FastAPI runs a plain ``def``

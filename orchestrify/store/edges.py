@@ -15,6 +15,7 @@ from orchestrify.models import (
     UpstreamService,
 )
 from orchestrify.store.engine import StoreCore, retry_on_race
+from orchestrify.store.listen import upstreams_as_of
 from orchestrify.store.rows import (
     edge_view,
     service_drain_s,
@@ -62,12 +63,20 @@ class EdgesPart(StoreCore):
         ``healthy`` and with an address. A draining replica is absent, which is what takes
         it out of Nginx before its container stops.
 
-        Also answers the snapshot's ``as_of``: read under the write lock before the read
-        starts, so every write that ``drain_replica`` timed before it has committed and is in
-        the snapshot (one controller process owns the store; see docs/edge.md).
+        Also answers the snapshot's ``as_of``, read before the snapshot so that every
+        write that ``drain_replica`` timed before it has committed and is in the
+        snapshot: under the write lock on SQLite (one controller process owns the store);
+        on PostgreSQL, the database's clock under the upstreams clock lock, which orders
+        it with the drains of every controller (``listen.upstreams_as_of``; see
+        docs/protocol.md). So ``as_of`` never goes backwards when an edge moves from one
+        controller to another.
         """
-        with self._write_lock:
-            as_of = utcnow()
+        if self.shares_changes:
+            with self._sessions() as clock, clock.begin():  # its lock ends with it
+                as_of = upstreams_as_of(clock.connection())
+        else:
+            with self._write_lock:
+                as_of = utcnow()
         with self.read() as s:
             names = {i: n for i, n in s.execute(select(NodeRow.id, NodeRow.name))}
             rows = s.scalars(

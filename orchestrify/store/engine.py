@@ -52,7 +52,7 @@ from orchestrify.errors import (
 )
 from orchestrify.models import Event
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
-from orchestrify.store import migrate
+from orchestrify.store import listen, migrate
 from orchestrify.store.lease_tables import LEADER_LEASE, LeaseRow
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
@@ -284,6 +284,27 @@ class StoreCore:
         self._write_lock = threading.RLock()
         self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
+        # Changes across controllers (PostgreSQL): see orchestrify/store/listen.py.
+        self.origin = listen.new_origin()
+        self._commit_listeners: list[listen.Deliver] = []
+
+    @property
+    def shares_changes(self) -> bool:
+        """Whether other controllers may write this store (PostgreSQL): changes are then
+        numbered by the database's commit sequence and announced with NOTIFY."""
+        return self.dialect == "postgresql"
+
+    def change_sequence(self) -> int:
+        """The commit sequence now (PostgreSQL only; see ``listen.announce``)."""
+        with self._sessions() as s, s.begin():
+            return listen.read_sequence(s.connection())
+
+    def change_listener(self, deliver: listen.Deliver, *, resync_s: float) -> listen.ChangeListener:
+        """A (not yet started) thread that tells ``deliver`` of the changes other
+        controllers commit (PostgreSQL only)."""
+        return listen.ChangeListener(
+            self.engine.url, origin=self.origin, deliver=deliver, resync_s=resync_s
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -294,6 +315,11 @@ class StoreCore:
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
         self._event_listeners.append(listener)
+
+    def on_commit(self, listener: listen.Deliver) -> None:
+        """``listener(kinds, sequence)`` after each write that changed something commits
+        (PostgreSQL only: the kinds with ``events``, and its commit sequence)."""
+        self._commit_listeners.append(listener)
 
     def write(self) -> WriteTx:
         """One write transaction (``with store.write() as tx``): serialized with the
@@ -363,6 +389,7 @@ class WriteTx:
         self.changes: set[ChangeKind] = set()
         self.events: list[Event] = []
         self.event_rows: list[EventRow] = []
+        self.sequence: int | None = None  # its commit sequence (PostgreSQL, once committed)
         # Rows loaded ahead by ``preload`` (None: known to be absent), held here because
         # the session's identity map only references them weakly.
         self._known: dict[tuple[type[Any], Any], Any] = {}
@@ -484,6 +511,11 @@ class WriteTx:
                     if self.event_rows:
                         self.session.flush()  # assigns the event ids
                         self.events.extend(event_view(row) for row in self.event_rows)
+                    announced = self._announced()
+                    if announced:
+                        self.sequence = listen.announce(
+                            self.session, origin=self.store.origin, kinds=announced
+                        )
                     self.session.commit()
                 except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
                     self.session.rollback()
@@ -506,3 +538,25 @@ class WriteTx:
             if self.changes:
                 for change_listener in self.store._change_listeners:
                     change_listener(self.changes)
+            if self.sequence is not None:
+                for commit_listener in self.store._commit_listeners:
+                    commit_listener(self._announced(), self.sequence)
+
+    def _announced(self) -> set[ChangeKind]:
+        """What this transaction tells other controllers of (PostgreSQL only; none on
+        SQLite, which one controller owns)."""
+        if not self.store.shares_changes:
+            return set()
+        kinds = listen.with_implied(self.changes)
+        if self.event_rows:
+            kinds.add("events")
+        return kinds
+
+    def upstreams_clock(self) -> datetime:
+        """The time a replica leaves the upstreams (``left_upstreams_at``), ordered with
+        the ``as_of`` of every upstreams snapshot: the store's write lock does it on
+        SQLite; on PostgreSQL, the database's clock under a shared advisory lock (see
+        ``listen.lock_upstreams_clock``), whichever controller reads the snapshot."""
+        if self.store.shares_changes:
+            return listen.lock_upstreams_clock(self.session)
+        return utcnow()

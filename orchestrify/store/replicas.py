@@ -55,16 +55,17 @@ def drain_replica(
     stops it only once every edge has applied a view from after that (or after a
     bound). False (and nothing changes) when it is not running.
 
-    ``now`` is read under the store's write lock: ``upstreams`` reads its ``as_of``
-    under that lock too, so a snapshot with ``as_of`` after ``left_upstreams_at``
-    is sure to be without this replica.
+    ``left_upstreams_at`` is ordered with ``upstreams``' ``as_of`` (``tx.upstreams_clock``:
+    the store's write lock on SQLite, the database's clock and an advisory lock on
+    PostgreSQL, for every controller), so a snapshot with ``as_of`` after
+    ``left_upstreams_at`` is sure to be without this replica.
     """
     if row.desired != DesiredState.RUN:
         return False
-    now = utcnow()
+    in_upstreams = row.state == ReplicaState.HEALTHY and row.address is not None
+    now = tx.upstreams_clock() if in_upstreams else utcnow()
     svc = tx.session.get(ServiceRow, row.service)
     drain_s = service_drain_s(svc.spec if svc is not None else None)
-    in_upstreams = row.state == ReplicaState.HEALTHY and row.address is not None
     row.desired = DesiredState.DRAIN
     row.stop_after = now + timedelta(seconds=drain_s)
     row.left_upstreams_at = now if in_upstreams else None

@@ -78,6 +78,9 @@ def test_schemathesis_finds_no_contract_failure(
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",  # ansible-playbook
         "ORCHESTRIFY_MAX_RUNNING_JOBS": "1",
         "ORCHESTRIFY_MAX_PENDING_JOBS": "5",
+        # Long-polls (assignments, upstreams, an events follower) answer within a second:
+        # a fuzzed wait must not spend the run's time budget waiting.
+        "ORCHESTRIFY_WATCH_TIMEOUT_S": "1",
     }
     args = ["--playbook-dir", str(playbooks), "--inventory", str(inventory)]
     with controller_process(

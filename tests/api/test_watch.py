@@ -67,3 +67,36 @@ def test_waits_then_returns_on_change(make_client: Callable[..., TestClient]) ->
     assert assignment["service"] == "web" and assignment["desired"] == "run"
     assert assignment["image"] == "nginx:1.27" and assignment["env"] == {"K": "v"}
     assert assignment["port"] == 80
+
+
+def test_an_events_follower_waits_then_gets_the_new_event(
+    make_client: Callable[..., TestClient],
+) -> None:
+    api = make_client(run_reconciler=False, watch_timeout_s=120)
+    before = api.get("/v1/events").json()
+    last = before[-1]["id"] if before else 0
+    result: list[Any] = []
+
+    def follow() -> None:
+        result.append(api.get("/v1/events", params={"after": last, "wait": 120}).json())
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    time.sleep(0.2)  # let it start waiting (a later start answers at once: also fine)
+    assert not result  # no event yet, so it is still waiting
+    api.post("/v1/services", json=service_spec("followed"))
+    follower.join(timeout=60)
+    assert not follower.is_alive()
+    (rows,) = result
+    assert rows and all(e["id"] > last for e in rows)
+    assert any(e.get("service") == "followed" for e in rows)
+
+
+def test_an_events_follower_times_out_with_nothing(
+    make_client: Callable[..., TestClient],
+) -> None:
+    api = make_client(run_reconciler=False)
+    api.post("/v1/services", json=service_spec("quiet"))
+    last = api.get("/v1/events").json()[-1]["id"]
+    assert api.get("/v1/events", params={"after": last, "wait": 0.2}).json() == []
+    assert api.get("/v1/events", params={"after": last}).json() == []  # no wait: at once

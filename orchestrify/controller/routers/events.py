@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -58,7 +59,7 @@ def parse_since(value: str) -> datetime:
 
 
 @router.get("", response_model=list[Event])
-def list_events(
+async def list_events(
     state: State,
     service: str | None = Query(None),
     since: str | None = Query(
@@ -74,13 +75,43 @@ def list_events(
         None, ge=0, le=JSON_INT_MAX, description="Only events with a larger id (for following)."
     ),
     limit: int = Query(500, ge=1, le=10000),
+    wait: float = Query(
+        0,
+        ge=0,
+        le=300,
+        description="With `after`: when no event matches yet, wait up to this many seconds "
+        "(at most the controller's watch timeout) for one, written through any controller "
+        "(a long-poll; an empty list when none came).",
+    ),
 ) -> list[Event]:
+    """Events, oldest first. Followers pass the last id they saw as ``after`` (with
+    ``wait`` to long-poll instead of polling)."""
     try:
         since_dt = parse_since(since) if since is not None else None  # "" is a 422 too
     except ValueError as exc:
         raise HTTPException(
             422, detail=[{"loc": ["query", "since"], "msg": str(exc), "type": "value_error"}]
         ) from exc
-    return state.store.list_events(
-        service=service, since=since_dt, kind=kind, after_id=after, limit=limit
-    )
+
+    def matching() -> list[Event]:
+        return state.store.list_events(
+            service=service, since=since_dt, kind=kind, after_id=after, limit=limit
+        )
+
+    # The version is read before the query: an event written between the two wakes it.
+    version = state.feed.version("events")
+    rows = await asyncio.to_thread(matching)
+    if rows or after is None or wait <= 0:
+        return rows
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, state.settings.watch_timeout_s)
+    while not rows and not state.feed.closed:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        seen = await state.feed.wait("events", version, remaining)
+        if seen == version:
+            break  # timed out (or shutting down) with nothing new
+        version = seen
+        rows = await asyncio.to_thread(matching)
+    return rows
