@@ -228,27 +228,36 @@ class HaEdge(EdgeProcess):
 @dataclass(frozen=True)
 class Write:
     """One row written, as the audit trigger saw it: by whom (the controller's role), when
-    (the database's clock), to which table, how."""
+    (the database's clock), to which table, how, and whether under the leader's fence (a
+    leader loop's write) or not (an API request's)."""
 
     who: str
     at: datetime
     table: str
     op: str
+    fenced: bool
 
 
 _AUDIT_SQL = f"""
+CREATE EXTENSION IF NOT EXISTS pgrowlocks;
 CREATE TABLE {AUDIT_TABLE} (
     id bigserial PRIMARY KEY,
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    who text NOT NULL DEFAULT current_user,
+    who text NOT NULL DEFAULT session_user,
     tab text NOT NULL,
     op text NOT NULL,
+    fenced boolean NOT NULL,
     lease jsonb
 );
-CREATE FUNCTION {AUDIT_TABLE}_row() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: pgrowlocks needs more than the controllers' roles may; session_user
+-- (not current_user, the definer here) is the controller that wrote.
+CREATE FUNCTION {AUDIT_TABLE}_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-    INSERT INTO {AUDIT_TABLE} (tab, op, lease) VALUES (
-        TG_TABLE_NAME, TG_OP, CASE WHEN TG_TABLE_NAME = 'leases' THEN to_jsonb(NEW) END
+    INSERT INTO {AUDIT_TABLE} (who, tab, op, fenced, lease) VALUES (
+        session_user, TG_TABLE_NAME, TG_OP,
+        -- A fenced write holds the lease row FOR SHARE in its own transaction.
+        EXISTS (SELECT 1 FROM pgrowlocks('leases') WHERE pg_backend_pid() = ANY(pids)),
+        CASE WHEN TG_TABLE_NAME = 'leases' THEN to_jsonb(NEW) END
     );
     RETURN NULL;
 END $$;
@@ -306,8 +315,10 @@ class HaLab:
         first, *others = self.controllers
         first.start()
         wait_for("c1 to lead", lambda: self.leader() == "c1", timeout=60)
+        for c in others:  # together: a controller takes seconds to import and open
+            Process.start(c)
         for c in others:
-            c.start()
+            wait_for(f"controller {c.ident} at {c.url}", c.healthy, timeout=60)
         # Agents and the edge prefer the last controller (they stick to the first URL that
         # answers): c1, the leader the drills start with, serves none of their traffic.
         urls = [c.url for c in reversed(self.controllers)]
@@ -384,15 +395,16 @@ class HaLab:
         leader: str | None = self.cluster(avoid=avoid)["leader"]
         return leader
 
-    def writes(self, *, who: str, after: datetime) -> list[Write]:
+    def writes(self, *, who: str, after: datetime, fenced_only: bool = False) -> list[Write]:
         """Rows ``who`` wrote (committed) to the fleet's tables after ``after``, by the
-        database's clock; the lease's own tables are left out."""
+        database's clock (``fenced_only``: the leader loops' writes only, not those of
+        the API requests it served); the lease's own tables are left out."""
         assert self.pg is not None
         with self.pg.connect(self.database) as conn:
             rows = conn.execute(
-                f"SELECT who, at, tab, op FROM {AUDIT_TABLE} WHERE who = %s AND at > %s"
-                " ORDER BY id",
-                (who, after),
+                f"SELECT who, at, tab, op, fenced FROM {AUDIT_TABLE}"
+                " WHERE who = %s AND at > %s AND (fenced OR NOT %s) ORDER BY id",
+                (who, after, fenced_only),
             ).fetchall()
         return [Write(*row) for row in rows if not LEASE_TABLES.search(row[2])]
 
