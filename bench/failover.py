@@ -161,7 +161,7 @@ def main() -> None:
     kills: list[Kill] = []
     with tempfile.TemporaryDirectory(prefix="orchestrify-failover-") as tmp:
         workdir = Path(tmp)
-        controller_args = ["--node-timeout", "5", "--rules", str(_rules_file(workdir))]
+        controller_args = ["--rules", str(_rules_file(workdir))]
         with ha_lab(workdir, client, lease_s=args.lease, controller_args=controller_args) as lab:
             lab.deploy(SERVICE, replicas=REPLICAS, image=DEFAULT_TAG)
             wait_for("the service served", lambda: lab.serving(SERVICE, REPLICAS), timeout=120)

@@ -273,7 +273,10 @@ class HaLab:
     docker: docker.DockerClient
     controllers_n: int = 3
     lease_s: float = 3.0
-    controller_args: list[str] = field(default_factory=lambda: ["--node-timeout", "5"])
+    # The controllers' own defaults (a 15 s node timeout): on a busy 2-core machine an
+    # agent thread can be starved for seconds, and a shorter timeout then makes the very
+    # replacements the drills check never happen.
+    controller_args: list[str] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     def __post_init__(self) -> None:
