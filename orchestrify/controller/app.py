@@ -293,6 +293,12 @@ def open_state(
         job_timeout_s=settings.job_timeout_s,
         max_running=settings.max_running_jobs,
         max_pending=settings.max_pending_jobs,
+        # Where JobRunner records which controller ran a job (several controllers).
+        **(
+            {"controller_id": settings.controller_id}
+            if "controller_id" in inspect.signature(JobRunner.__init__).parameters
+            else {}
+        ),
     )
     metrics = ControllerMetrics(store, registry)
     leadership = Leadership(

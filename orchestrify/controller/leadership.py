@@ -76,12 +76,14 @@ class Leadership:
         self.is_leader = False
         self.epoch: int | None = None
         self.leader_since: float | None = None  # on ``clock``
+        self.renewals = 0  # renewals that got through in the current term
         self._term: Fence | None = None
         self._deadline = 0.0  # on ``clock``: when this process stops trusting its lease
         self._abandoned: int | None = None  # a term of ours we stepped down from
         self._first = True
         self._task: asyncio.Task[None] | None = None
         self._attempt: asyncio.Future[LeaseTerm | datetime | None] | None = None
+        self._attempt_leading = False  # whether ``_attempt`` is a renewal
 
     @property
     def renew_interval_s(self) -> float:
@@ -166,12 +168,12 @@ class Leadership:
         if self.is_leader and self.clock() >= self._deadline:
             await self._step_down("the lease ended before a renewal got through")
         sent = self.clock()
-        leading = self.is_leader
-        call = self._renew if leading else self._acquire
         if self._attempt is None:  # one still running (a hung database) is waited for
+            call = self._renew if self.is_leader else self._acquire
             self._attempt = asyncio.ensure_future(asyncio.to_thread(call))
-        attempt = self._attempt
-        timeout = max(0.0, self._deadline - sent) if leading else None
+            self._attempt_leading = self.is_leader
+        attempt, leading = self._attempt, self._attempt_leading
+        timeout = max(0.0, self._deadline - sent) if self.is_leader else None
         done, _ = await asyncio.wait({attempt}, timeout=timeout)
         if not done:  # the database did not answer before our lease ends
             await self._step_down("the database did not answer before the lease ended")
@@ -184,28 +186,31 @@ class Leadership:
             if leading and self.clock() >= self._deadline:
                 await self._step_down("the lease ended before a renewal got through")
             return
-        if leading != self.is_leader:  # stepped down meanwhile: this answer is stale
-            if isinstance(result, LeaseTerm):
-                self._abandoned = result.epoch
+        if leading != self.is_leader:
+            # A renewal sent before this controller stepped down (it gave up waiting):
+            # whatever it got, that term is over here (``_abandoned`` names it).
             return
         if isinstance(result, LeaseTerm):
             await self._elected(result, sent=sent)
         elif isinstance(result, datetime):  # renewed: trust it lease_s from when we asked
             self._deadline = sent + self.lease_s
+            self.renewals += 1
         elif leading:
             await self._step_down("the lease was renewed by no one: another controller leads")
 
     def _acquire(self) -> LeaseTerm | None:
-        first, self._first = self._first, False
-        return self.leases.acquire(
+        # Until the database first answered, a lease of our own id is a previous run's.
+        term = self.leases.acquire(
             self.controller_id,
             lease_s=self.lease_s,
             url=self.url,
             version=self.version,
-            reclaim_own=first,
+            reclaim_own=self._first,
             reclaim_epoch=self._abandoned,
-            force=first and self.take_over_at_start,
+            force=self._first and self.take_over_at_start,
         )
+        self._first = False
+        return term
 
     def _renew(self) -> datetime | None:
         assert self._term is not None
@@ -223,6 +228,7 @@ class Leadership:
         self._abandoned = None
         self.is_leader = True
         self.epoch = term.epoch
+        self.renewals = 0
         self.leader_since = self.clock()
         log.info(
             "elected leader",

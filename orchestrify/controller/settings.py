@@ -107,6 +107,7 @@ class ControllerSettings(BaseSettings):
     advertise_url: str = Field(
         "",
         max_length=512,
+        pattern=r"^(https?://[^\s/]+(/\S*)?)?$",
         description="The URL the other controllers and operators reach this one at, as "
         "`orchestrify cluster ls` shows it. Empty: public_url, else http(s)://HOST:PORT.",
     )

@@ -5,7 +5,6 @@ and writes nothing; on PostgreSQL an acquisition waits for a fenced write in fli
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -84,21 +83,24 @@ def test_an_expired_lease_goes_to_another_controller_with_the_next_epoch(
 def test_a_deposed_holders_fenced_write_is_refused_and_writes_nothing(
     store: Store, leases: LeaseStore
 ) -> None:
-    old = acquire(leases, "a", lease_s=SHORT)
+    old = acquire(leases, "a")
     assert old is not None
     with fenced(Fence(holder="a", epoch=old.epoch)):
         store.create_service(ServiceSpec(name="before", image="demo:1"))  # still leads
-    wait_for(lambda: acquire(leases, "b"), what="b to take the expired lease")
+    assert acquire(leases, "b", force=True) is not None  # a is deposed
     events_before = len(store.list_events(limit=1000))
     with fenced(Fence(holder="a", epoch=old.epoch)), pytest.raises(Fenced):
         store.create_service(ServiceSpec(name="late", image="demo:1"))
     assert [s.name for s in store.list_services()] == ["before"]
     assert len(store.list_events(limit=1000)) == events_before
-    # An expired lease nobody took yet fences its holder's writes too.
     b_term = leases.cluster(gone_after_s=LONG).epoch
     assert b_term is not None
     with fenced(Fence(holder="b", epoch=b_term)):
         store.create_service(ServiceSpec(name="by-b", image="demo:1"))
+    # An expired lease nobody took yet fences its holder's writes too.
+    leases.release("b", epoch=b_term)
+    with fenced(Fence(holder="b", epoch=b_term)), pytest.raises(Fenced):
+        store.create_service(ServiceSpec(name="expired", image="demo:1"))
     # Writes outside any fence (API requests) are never refused.
     store.create_service(ServiceSpec(name="api", image="demo:1"))
     assert sorted(s.name for s in store.list_services()) == ["api", "before", "by-b"]
@@ -164,14 +166,14 @@ def test_an_acquisition_waits_for_a_fenced_write_in_flight(postgres: PostgresSer
     store = Store(postgres.url(database))
     leases = LeaseStore(store)
     try:
-        old = acquire(leases, "a", lease_s=1.0)
+        old = acquire(leases, "a", lease_s=LONG)
         assert old is not None
         taken: list[LeaseTerm | None] = []
         with fenced(Fence(holder="a", epoch=old.epoch)), store.write() as tx:
             tx.add_event("written by the old leader", kind="decision")
-            # The lease expires while this transaction is open; b tries to take it.
-            time.sleep(1.2)
-            thief = threading.Thread(target=lambda: taken.append(acquire(leases, "b")))
+            # b takes the lease meanwhile (forced, as if a's had expired: no waiting
+            # out a lease on a busy machine): its UPDATE must wait for this write.
+            thief = threading.Thread(target=lambda: taken.append(acquire(leases, "b", force=True)))
             thief.start()
             wait_for(lambda: _lease_waiters(postgres, database) == 1, what="b to wait on the lock")
             assert not taken
