@@ -11,6 +11,11 @@ round-robin over lanes (an alert's service, else its node, else its name:
 ``orchestrify.store.alerts.alert_lane``), and the lock is let go between slices. A flood
 for one service therefore puts at most one slice ahead of another service's alert,
 whatever its size; within a lane, alerts are still decided in arrival order.
+
+Several controllers (issue 11): every one stores the notifications it receives, only the
+leading one decides (``leading``). A follower's webhook answers once the alerts are
+stored; the leader's loop finds them pending (woken by ``wake``, or within
+``PENDING_POLL_S`` at the latest) and decides them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +64,11 @@ log = logging.getLogger(__name__)
 # batched write are paid once per slice, not once per alert.
 DECISION_SLICE = 100
 
+# How often the leader's loop looks for alerts stored but not decided (by a follower's
+# webhook, or a webhook call that gave up) between its re-evaluations: the safety net of
+# ``wake``, which another controller's notification may not reach. One indexed query.
+PENDING_POLL_S = 1.0
+
 # Refusals the timer repeats every tick while nothing changes: said once, not every tick.
 _REPEATING = frozenset(
     {
@@ -85,8 +96,15 @@ class AlertProcessor:
         stale_after_s: float = 3600.0,
         clock: Callable[[], datetime] = utcnow,
         jobs: JobRunner | None = None,
+        leading: Callable[[], bool] = lambda: True,
+        fence: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
+        """``leading``: whether this controller decides now (the leader; always, alone).
+        ``fence``: entered around the decisions the webhook takes itself on the leader,
+        so that they are refused (``Fenced``) once its term is over, as the loop's are."""
         self.store = store
+        self.leading = leading
+        self.fence = fence
         self.jobs = jobs
         self.alerts = AlertStore(store)
         self.reconciler = reconciler
@@ -107,6 +125,10 @@ class AlertProcessor:
         # decisions are spread over several slices.
         self._backlog_steps: dict[str, str] = {}
         self.slice_size = DECISION_SLICE
+        self.pending_poll_s = PENDING_POLL_S
+        # The loop's wake-up (``wake``), made by ``run_forever`` on its event loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
 
     # --- rules ---------------------------------------------------------------------
     def load_rules(self, path: Path | None) -> None:
@@ -131,28 +153,40 @@ class AlertProcessor:
 
     # --- intake --------------------------------------------------------------------
     def receive(self, batch: AlertBatch) -> Intake:
-        """Store the notification durably, then wait until its alerts are decided (by this
-        thread or another, in fair order). A failure to decide is logged: the alerts stay
-        pending and the timer (or the next start) processes them."""
+        """Store the notification durably; on the leader, then wait until its alerts are
+        decided (by this thread or another, in fair order). A follower answers once they
+        are stored: the leader's loop decides them. A failure to decide is logged: the
+        alerts stay pending and the loop (or the next start) processes them."""
         intake = self.alerts.store_batch(batch, now=self.clock())
-        if intake.new:
+        if intake.new and self.leading():
             try:
-                self._decide_until(intake.receipts)
+                with self.fence():
+                    self._decide_until(intake.receipts)
             except Exception:
                 log.exception("deciding on stored alerts failed; they stay pending")
+        if intake.new:
+            self.wake()  # whatever this call left undecided
         return intake
 
     def process_pending(self) -> int:
-        """Decide on every undecided alert, one slice at a time; returns how many. Stops
-        early at a slice that could not decide all it took (a store error: the timer
-        retries)."""
+        """Decide on every undecided alert, one slice at a time; returns how many (none
+        while following). Stops early at a slice that could not decide all it took (a
+        store error: the loop retries)."""
         done = 0
-        while True:
+        while self.leading():
             with self._holding():
                 n = self._decide_slice()
             done += n
             if n < self.slice_size:
-                return done
+                break
+        return done
+
+    def wake(self) -> None:
+        """Have the loop look for undecided alerts now (from any thread): alerts stored by
+        another controller, or by a webhook call that could not decide them all."""
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wakeup.set)
 
     def _decide_until(self, receipts: tuple[int, ...]) -> None:
         """Decide slices until ``receipts`` are decided. Whoever holds the lock decides the
@@ -161,7 +195,7 @@ class AlertProcessor:
         lock it waits for the next turn, not in the lock's queue. Gives up (they stay
         pending for the timer) when a slice decides nothing: an alert that cannot be
         decided now must not spin the webhook call."""
-        while self.alerts.undecided(receipts):
+        while self.leading() and self.alerts.undecided(receipts):
             with self._turns:
                 turn = self._turn
             if not self._lock.acquire(blocking=False):
@@ -316,6 +350,8 @@ class AlertProcessor:
     def tick(self) -> None:
         """Re-evaluate firing alerts (scale out/in one step per cooldown) and settle
         services whose scale-out alerts are gone (scale-in after stabilization)."""
+        if not self.leading():
+            return
         pending_steps: dict[str, str] = {}
         # The backlog first, one slice per hold of the lock, so webhook calls that
         # arrive meanwhile get their turn; then whatever is left, and the re-evaluation,
@@ -414,10 +450,22 @@ class AlertProcessor:
         return (now - inst.last_seen_at).total_seconds() <= self.stale_after_s
 
     async def run_forever(self, interval_s: float) -> None:
+        """Every ``interval_s``, ``tick``; between ticks, decide alerts as soon as some
+        are pending: when ``wake`` is called, else within ``pending_poll_s``."""
+        loop = asyncio.get_running_loop()
+        self._loop, self._wakeup = loop, asyncio.Event()
+        next_tick = loop.time() + interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            wait = min(self.pending_poll_s, max(0.0, next_tick - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+            self._wakeup.clear()
             try:
-                await asyncio.to_thread(self.tick)
+                if loop.time() >= next_tick:
+                    next_tick = loop.time() + interval_s
+                    await asyncio.to_thread(self.tick)  # the backlog first, then the rest
+                elif self.leading() and await asyncio.to_thread(self.alerts.has_pending):
+                    await asyncio.to_thread(self.process_pending)
             except Exception:
                 log.exception("alert re-evaluation failed; retrying")
 

@@ -6,12 +6,17 @@ Kept apart from tables.py (same metadata) so the alert intake is one obvious pla
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from orchestrify.store.tables import Base
+
+if TYPE_CHECKING:  # engine.py imports this module (its tables join Base.metadata)
+    from orchestrify.store.engine import WriteTx
 
 
 class AlertReceiptRow(Base):
@@ -77,3 +82,28 @@ class ScalingStateRow(Base):
     # that began before it do not act on scale. Written by the service update only.
     manual_scale_at: Mapped[datetime | None]
     manual_replicas: Mapped[int | None]
+
+
+def scaling_state_row(tx: WriteTx, service: str) -> ScalingStateRow:
+    """``service``'s policy state row in this write transaction, made (empty) when it has
+    none yet; locked until the transaction ends (PostgreSQL: FOR UPDATE).
+
+    Both the alert decisions and the owner's PATCH write this row, and the first of each
+    finds none: two plain INSERTs of one key would make the later one a unique-key error
+    (a 409). ``ON CONFLICT DO NOTHING`` waits for the other's insert instead, and then
+    both lock and update the one row. Callers lock the service's row before this one
+    (the store's lock order: service, then its policy state, then its replicas)."""
+    row = tx.get(ScalingStateRow, service)
+    if row is not None:
+        return row
+    make = pg_insert if tx.store.dialect == "postgresql" else sqlite_insert
+    tx.session.execute(
+        make(ScalingStateRow)
+        .values(service=service)
+        .on_conflict_do_nothing(index_elements=[ScalingStateRow.service])
+    )
+    made = tx.session.get(
+        ScalingStateRow, service, with_for_update=tx.locks_rows, populate_existing=True
+    )
+    assert made is not None  # inserted now, or by a transaction that committed it
+    return tx.add(made, service)

@@ -26,6 +26,7 @@ from orchestrify.store.alert_tables import (
     AlertInstanceRow,
     AlertReceiptRow,
     ScalingStateRow,
+    scaling_state_row,
 )
 from orchestrify.store.engine import WriteTx, retry_on_race
 from orchestrify.store.replicas import drain_replica
@@ -38,6 +39,12 @@ def _utc(dt: datetime | None) -> datetime | None:
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt
+
+
+def _later(stored: datetime | None, given: datetime | None) -> datetime | None:
+    if stored is None or given is None:
+        return given if stored is None else stored
+    return max(stored, _utc_req(given))
 
 
 def _utc_req(dt: datetime) -> datetime:
@@ -280,6 +287,14 @@ class AlertStore:
             }
             return [_receipt(rows[i]) for i in order if i in rows]
 
+    def has_pending(self) -> bool:
+        """Whether any receipt waits for its decision (one indexed row at most)."""
+        with self.store.read() as s:
+            first = s.scalars(
+                select(AlertReceiptRow.id).where(AlertReceiptRow.processed_at.is_(None)).limit(1)
+            ).first()
+            return first is not None
+
     def undecided(self, ids: tuple[int, ...]) -> int:
         """How many of these receipts still wait for their decision."""
         if not ids:
@@ -334,6 +349,7 @@ class AlertStore:
             )
 
     # --- the one write of a decision -----------------------------------------------
+    @retry_on_race
     def commit(
         self,
         *,
@@ -348,9 +364,12 @@ class AlertStore:
         Returns the decision as recorded (refused if the service changed meanwhile), or
         None when the receipt had already been processed.
         """
+        item = Commit(receipt, decision, state)
         with self.store.write() as tx:
-            return self._commit(tx, Commit(receipt, decision, state), now)
+            self._prefetch(tx, [item])
+            return self._commit(tx, item, now)
 
+    @retry_on_race
     def commit_many(self, items: list[Commit], *, now: datetime) -> None:
         """Several commits in one transaction (the decisions of one batch that do not
         act: one disk sync instead of one per alert)."""
@@ -360,14 +379,29 @@ class AlertStore:
                 self._commit(tx, item, now)
 
     def _prefetch(self, tx: WriteTx, items: list[Commit]) -> None:
-        """Load the rows the commits touch in three queries; ``tx.get`` then answers for
-        each (found, or known to be absent) instead of asking the database once per row."""
+        """Load (and on PostgreSQL lock) the rows the commits touch, a few queries in all;
+        ``tx.get`` then answers for each (found, or known to be absent) without asking the
+        database once per row.
+
+        The order is the store's lock order, the one ``update_service`` (service, then its
+        policy state) and ``delete_service`` (service, then its replicas) follow too:
+        the alert's own rows (receipts, instances: no other writer locks them), then the
+        services, then their policy states, then the replicas drained, each in key order.
+        A decision that locked the policy state before the service would deadlock with an
+        owner's PATCH of that service."""
         receipts = [i.receipt for i in items if i.receipt is not None]
         services = {i.decision.service for i in items if i.decision and i.decision.service}
         services |= {i.state[0] for i in items if i.state is not None}
+        drain = {rid for i in items if i.decision and i.decision.acts for rid in i.decision.drain}
+        if drain:  # the drained replicas' services are locked before the replicas
+            services |= set(
+                tx.session.scalars(select(ReplicaRow.service).where(ReplicaRow.id.in_(drain)))
+            )
         tx.preload(AlertReceiptRow, AlertReceiptRow.id, [r.id for r in receipts])
         tx.preload(AlertInstanceRow, AlertInstanceRow.id, [r.instance for r in receipts])
+        tx.preload(ServiceRow, ServiceRow.name, services)
         tx.preload(ScalingStateRow, ScalingStateRow.service, services)
+        tx.preload(ReplicaRow, ReplicaRow.id, drain)
 
     def _commit(self, tx: WriteTx, item: Commit, now: datetime) -> Decision | None:
         receipt, decision, state = item
@@ -410,11 +444,14 @@ class AlertStore:
         # A firing notice never re-opens a resolved instance: it arrived late.
 
     def _put_state(self, tx: WriteTx, service: str, state: PolicyState) -> None:
-        row = tx.get(ScalingStateRow, service)
-        if row is None:
-            row = tx.add(ScalingStateRow(service=service), service)
-        row.last_action_at = state.last_action_at
-        row.last_scale_out_firing_at = state.last_scale_out_firing_at
+        row = scaling_state_row(tx, service)
+        # "The last time" only moves forward: a state read before another decision's
+        # write (a second controller deciding during a failover) does not take back its
+        # cooldown or its scale-out alert.
+        row.last_action_at = _later(_utc(row.last_action_at), state.last_action_at)
+        row.last_scale_out_firing_at = _later(
+            _utc(row.last_scale_out_firing_at), state.last_scale_out_firing_at
+        )
         # The manual-scale fields belong to the service update (``Store._manual_scale``).
         # A state read before a manual scale carries the old baseline: the owner's wins.
         if _utc(row.manual_scale_at) == state.manual_scale_at:

@@ -20,7 +20,7 @@ from orchestrify.models import (
     container_spec,
     error_location,
 )
-from orchestrify.store.alert_tables import ScalingStateRow
+from orchestrify.store.alert_tables import scaling_state_row
 from orchestrify.store.engine import StoreCore, WriteTx, retry_on_race
 from orchestrify.store.replicas import adopt_orphans_of, drain_replica
 from orchestrify.store.rows import (
@@ -41,10 +41,7 @@ def manual_scale(tx: WriteTx, name: str, *, replicas: int, now: datetime) -> Non
     that confirms it), for the scaling policy: alert episodes that began before now
     no longer act on scale, and an open autoscaling episode's baseline (where
     scale-in stops) becomes ``replicas``."""
-    state = tx.get(ScalingStateRow, name)
-    if state is None:
-        state = ScalingStateRow(service=name)
-        tx.session.add(state)
+    state = scaling_state_row(tx, name)  # the caller locked the service's row first
     state.manual_scale_at = now
     state.manual_replicas = replicas
     if state.baseline is not None and state.baseline != replicas:

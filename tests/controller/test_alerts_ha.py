@@ -68,14 +68,19 @@ def wait_until(check: Callable[[], bool], *, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("b_leads", [True, False], ids=["both-lead", "b-follows"])
 def test_one_notification_delivered_to_both_controllers_at_once_acts_once(
-    pair: tuple[TestClient, TestClient],
+    pair: tuple[TestClient, TestClient], b_leads: bool
 ) -> None:
     a, b = pair
+    if not b_leads:
+        state_of(b).alerts.leading = lambda: False
     deploy(a)  # web: 1 replica, healthy
     codes = deliver_everywhere(pair, rate_high())
     assert codes == [200] * DELIVERIES  # no 409 for the delivery that lost the insert race
-    # Both controllers lead here (no lease yet): the receipt's row lock decides once.
+    # Both leading (a deposed leader that does not know it yet): the receipt's row lock
+    # decides once. B following: whatever B stored, A's loop decides.
+    state_of(a).alerts.process_pending()
     assert desired(a) == desired(b) == 2
     assert len(scale_events(b)) == 1
     acted = [d for d in decisions(a) if d["outcome"] == "ok"]
@@ -86,3 +91,54 @@ def test_one_notification_delivered_to_both_controllers_at_once_acts_once(
         if not e["data"]["duplicate"]
     ]
     assert len(receipts) == 1  # stored once; every other delivery was a duplicate
+
+
+def test_a_follower_stores_and_answers_the_leader_decides(
+    pair: tuple[TestClient, TestClient],
+) -> None:
+    a, b = pair
+    follower = state_of(b).alerts
+    follower.leading = lambda: False
+    deploy(a)
+    got = b.post("/v1/alerts", json=rate_high(), headers=ADMIN)
+    assert got.status_code == 200
+    assert got.json()["new"] == 1
+    # Stored durably, not decided: no decision, no scale, and the follower's own loop
+    # (tick, pending) leaves it to the leader.
+    assert follower.alerts.has_pending()
+    follower.tick()
+    assert follower.process_pending() == 0
+    assert decisions(a) == []
+    assert desired(a) == 1
+    # The leader's loop decides it.
+    assert state_of(a).alerts.process_pending() == 1
+    assert desired(b) == 2
+    assert [d["outcome"] for d in decisions(b)] == ["ok"]
+    # A later duplicate at the leader is a duplicate: nothing more.
+    again = a.post("/v1/alerts", json=rate_high(), headers=ADMIN).json()
+    assert (again["new"], again["duplicates"]) == (0, 1)
+    assert desired(a) == 2
+
+
+@pytest.mark.parametrize("woken", [True, False], ids=["woken", "polled"])
+def test_the_leaders_loop_decides_what_a_follower_stored_without_waiting_for_a_tick(
+    pair: tuple[TestClient, TestClient], woken: bool
+) -> None:
+    a, b = pair
+    leader, follower = state_of(a).alerts, state_of(b).alerts
+    follower.leading = lambda: False
+    deploy(a)
+    if woken:  # told at once (what a cross-controller notification does): no polling
+        leader.pending_poll_s = 3600.0
+    assert a.portal is not None
+    # The loop's re-evaluation is an hour away: only the wake-up or the poll decides.
+    loop = a.portal.start_task_soon(leader.run_forever, 3600.0)
+    try:
+        assert b.post("/v1/alerts", json=rate_high(), headers=ADMIN).status_code == 200
+        if woken:
+            wait_until(lambda: leader._wakeup is not None)
+            leader.wake()
+        wait_until(lambda: desired(a) == 2)
+    finally:
+        loop.cancel()
+    assert [d["outcome"] for d in decisions(a)] == ["ok"]

@@ -7,8 +7,10 @@ update, and never register one node twice. Runs on both engines (``store_url``).
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from orchestrify.alerting.policy import Decision
 from orchestrify.errors import Conflict
 from orchestrify.models import NodeRegistration, ServicePatch, ServiceSpec
 from orchestrify.store import Store, utcnow
-from orchestrify.store.alerts import AlertStore
+from orchestrify.store.alerts import AlertStore, Commit
 from orchestrify.store.jobs import JobStore
 from tests.alerting.payloads import am_alert, am_payload
 
@@ -40,9 +42,17 @@ def stores(tmp_path: Path, store_url: str) -> Iterator[tuple[Store, Store]]:
 def _race(
     stores: tuple[Store, Store], call: Callable[[Store, int], Any], *, calls: int = CALLS
 ) -> list[Any]:
-    """``call(store, i)`` for i in 0..calls-1, alternating the stores, all at once."""
+    """``call(store, i)`` for i in 0..calls-1, alternating the stores, all at once (the
+    first sixteen released together, so that they do overlap on a busy machine)."""
+    start = threading.Barrier(min(calls, 16))
+
+    def together(i: int) -> Any:
+        if i < start.parties:
+            start.wait(timeout=30)
+        return call(stores[i % 2], i)
+
     with ThreadPoolExecutor(max_workers=16) as pool:
-        futures = [pool.submit(call, stores[i % 2], i) for i in range(calls)]
+        futures = [pool.submit(together, i) for i in range(calls)]
         return [f.result() for f in futures]
 
 
@@ -172,3 +182,89 @@ def test_one_alert_decided_by_both_stores_at_once_acts_once(stores: tuple[Store,
         assert a.get_service(name).replicas == 3
         assert sum(1 for e in b.list_events(service=name) if e.action == "scale") == 1
     assert AlertStore(a).pending() == []
+
+
+def test_alert_decisions_and_patches_of_one_service_at_once_all_land(
+    stores: tuple[Store, Store],
+) -> None:
+    """The alert decision's write (receipt, service, policy state) and the owner's PATCH
+    (service, then the manual-scale policy state) lock the same rows: in one order, so
+    neither deadlocks nor trips over the other's first policy-state row (no 503, no 409),
+    and the service ends where the last write left it."""
+    a, b = stores
+    # Each service's first four writes (a PATCH of its count, one of its env, a decision
+    # that acts, one that does not) are sent together: it has no policy state yet, and
+    # three of them make it.
+    services = [f"web{n}" for n in range(8)]
+    for name in services:
+        a.create_service(ServiceSpec(name=name, image="demo:1", replicas=2, max_replicas=200))
+    calls = 64
+    body = am_payload(
+        *(
+            am_alert(
+                "ServiceRequestRateHigh",
+                fingerprint=f"f{i}",
+                starts_at=NOW,
+                service=services[(i // 4) % len(services)],
+            )
+            for i in range(calls)
+            if i % 4 >= 2  # the decisions' alerts
+        )
+    )
+    AlertStore(a).store_batch(AlertBatch.model_validate(body), now=utcnow())
+    receipts = {r.fingerprint: r for r in AlertStore(b).pending()}
+
+    def change(store: Store, i: int) -> str:
+        name = services[(i // 4) % len(services)]
+        alerts = AlertStore(store)
+        if i % 4 == 0:  # the owner
+            store.scale_service(name, 10 + i, reason="race")
+            return "patched"
+        if i % 4 == 1:
+            store.update_service(name, ServicePatch(env={"N": str(i)}))
+            return "patched"
+        now = utcnow()
+        state = alerts.policy_state(name)
+        if i % 4 == 2:  # a decision that acts: one more replica than it read
+            current = store.get_service(name).replicas
+            decision = Decision(
+                action="scale_out",
+                outcome="ok",
+                reason="rate high",
+                service=name,
+                replicas_from=current,
+                replicas_to=current + 1,
+                new_state=replace(state, last_action_at=now),
+            )
+            done = alerts.commit(now=now, receipt=receipts[f"f{i}"], decision=decision)
+            assert done is not None
+            return done.outcome
+        # a decision that does not act, written with the others of its slice
+        quiet = Decision(
+            action="scale_out", outcome="refused", refusal="cooldown", reason="x", service=name
+        )
+        alerts.commit_many(
+            [
+                Commit(
+                    receipts[f"f{i}"],
+                    quiet,
+                    (name, replace(state, last_scale_out_firing_at=now)),
+                )
+            ],
+            now=now,
+        )
+        return "recorded"
+
+    outcomes = _race(stores, change, calls=calls)  # any 409/503 would raise here
+    assert outcomes.count("patched") == calls // 2
+    # A decision that acted, or found the count changed since it read it: never an error.
+    assert set(outcomes) <= {"patched", "ok", "refused", "recorded"}
+    assert AlertStore(a).pending() == []
+    for name in services:
+        scales = [e.data for e in a.list_events(service=name) if e.action == "scale"]
+        for before, after in itertools.pairwise(scales):
+            assert after["from"] == before["to"]
+        assert b.get_service(name).replicas == scales[-1]["to"]
+        state = AlertStore(b).policy_state(name)
+        assert state.manual_scale_at is not None  # the owner's write was not lost
+        assert state.last_scale_out_firing_at is not None  # nor the decisions'
