@@ -123,14 +123,22 @@ def _kill_once(lab: HaLab, n: int) -> Kill:
         headers={"Authorization": f"Bearer {lab.admin_token}"},
         timeout=30,
     ).raise_for_status()
-    new = wait_for(
-        "a new leader",
-        lambda: (lead := lab.leader()) not in (None, old.ident) and lead,
-        timeout=120,
-    )
-    leader_after = time.monotonic() - killed_at
-    wait_for("the new leader's decision", lambda: _decisions(lab) > decided_before, timeout=120)
-    decided_after = time.monotonic() - killed_at
+    seen: dict[str, float] = {}  # when each was first seen, seconds after the kill
+    leader: list[str] = []
+
+    def both() -> bool:
+        """Poll the two independently: a decision taken by anyone but a new leader (a
+        follower, the dead one) would show before the new leader does."""
+        if "leader" not in seen and (lead := lab.leader()) not in (None, old.ident):
+            seen["leader"] = time.monotonic() - killed_at
+            leader.append(str(lead))
+        if "decided" not in seen and _decisions(lab) > decided_before:
+            seen["decided"] = time.monotonic() - killed_at
+        return len(seen) == 2
+
+    wait_for("a new leader and its decision", both, timeout=120)
+    leader_after, decided_after = seen["leader"], seen["decided"]
+    new = leader[0]
     time.sleep(2)
     load.finish()
     after = lab.containers()
