@@ -32,7 +32,8 @@ LEASE_S = 3.0
 SERVED = "web"  # 2 replicas under traffic; the SIGKILL drill's alert scales it to 3
 ALERTED = "api"  # 1 replica; the double delivery's alert scales it to 2
 BOUND_S = 60.0  # generous waits for a busy machine: correctness, not speed, is tested
-STEPPED_DOWN = "stepped down as leader"  # the controller's log line
+STEPPED_DOWN = "stepped down as leader"  # the controller's log lines
+FENCED = "no longer leads at epoch"
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,8 @@ def test_partitioned_leader_stops_acting_and_nothing_it_writes_lands_late(lab: H
     wait_for(f"{ALERTED} served with 3", lambda: lab.serving(ALERTED, 3), timeout=BOUND_S)
 
     lab.proxies[old.ident].heal()
-    time.sleep(3 * LEASE_S)  # the old leader's stalled writes, and its next loops, run now
+    time.sleep(2 * LEASE_S)  # the old leader's stalled writes, and its next loops, run now
+    print(f"partition: {old.ident}'s writes refused as fenced: {old.said(FENCED)}")
     assert lab.leader(avoid=[old.ident]) == new, "the healed controller took the lead back"
     assert old.metric("orchestrify_controller_leader") == 0
     load.finish()
@@ -192,8 +194,9 @@ def test_frozen_leader_wakes_up_late_and_writes_nothing(lab: HaLab) -> None:
         lambda: old.metric("orchestrify_controller_leader") == 0,
         timeout=BOUND_S,
     )
-    time.sleep(2 * LEASE_S)
+    time.sleep(LEASE_S)  # its loops, woken, try their writes now
     load.finish()
+    print(f"frozen: {old.ident}'s writes refused as fenced: {old.said(FENCED)}")
 
     assert lab.leader() == new
     # It may have served agents until it froze: their requests' writes are not fenced.
