@@ -202,14 +202,18 @@ class HaController(Process):
         except OSError:
             return 0
 
+    frozen = False
+
     def pause(self) -> None:
         """SIGSTOP: the process is frozen (a long GC pause, a stalled VM), not dead."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGSTOP)
+            self.frozen = True
 
     def resume(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)
+            self.frozen = False
 
 
 class HaEdge(EdgeProcess):
@@ -382,7 +386,8 @@ class HaLab:
         return next(c for c in self.controllers if c.ident == ident)
 
     def alive(self) -> list[HaController]:
-        return [c for c in self.controllers if c.running()]
+        """The controllers that run and answer (neither dead nor frozen)."""
+        return [c for c in self.controllers if c.running() and not c.frozen]
 
     def api(self, *, avoid: Sequence[str] = ()) -> httpx.Client:
         """A client of a running controller (the last one not in ``avoid``)."""
