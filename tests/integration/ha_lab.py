@@ -281,6 +281,11 @@ class HaLab:
     # agent thread can be starved for seconds, and a shorter timeout then makes the very
     # replacements the drills check never happen.
     controller_args: list[str] = field(default_factory=list)
+    # PostgreSQL's idle_in_transaction_session_timeout on the fleet's database (None: the
+    # server's default, none): what ends the transaction of a leader partitioned in the
+    # middle of it, whose locks would otherwise keep every other controller from being
+    # elected (docs/ha.md, "A partition in the middle of a write").
+    idle_in_transaction_s: float | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     def __post_init__(self) -> None:
@@ -345,6 +350,11 @@ class HaLab:
         with self.pg.connect("postgres") as conn:
             for ident in idents:
                 conn.execute(f"CREATE ROLE {ident} LOGIN PASSWORD '{PASSWORD}' IN ROLE {PG_USER}")
+            if self.idle_in_transaction_s is not None:
+                ms = int(self.idle_in_transaction_s * 1000)
+                conn.execute(
+                    f"ALTER DATABASE {self.database} SET idle_in_transaction_session_timeout = {ms}"
+                )
         with self.pg.connect(self.database) as conn:
             conn.execute(_AUDIT_SQL)
             tables = [
