@@ -122,9 +122,10 @@ def test_one_batch_delivered_to_two_controllers_at_once_acts_once(lab: HaLab) ->
 
 def test_partitioned_leader_stops_acting_and_nothing_it_writes_lands_late(lab: HaLab) -> None:
     """Drill 2: the leader loses the database (its connections stall, as in a real
-    partition) but keeps running. It stops leading, another controller takes over, work
-    given meanwhile is done once, and when the partition heals and its stalled writes
-    reach the database, none of them lands after its lease expired (fencing)."""
+    partition) while it decides a flood of alerts, and keeps running. It stops leading,
+    another controller takes over, work given meanwhile is done once, and when the
+    partition heals and its stalled writes reach the database, none of them lands after
+    its lease expired (fencing): the audit finds no row of its written since."""
     old = lab.controller(str(lab.leader()))
     load = lab.load(SERVED)
     before = lab.containers()
