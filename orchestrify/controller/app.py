@@ -257,6 +257,12 @@ class LeaderLoops:
         await asyncio.to_thread(state.jobs.step_down)
 
 
+# A share of the lease (see ``open_state``): below one, so that a stalled transaction of a
+# partitioned leader ends before a follower may take the lease over; not much below, so a
+# busy machine that pauses a thread between two statements does not lose its transaction.
+IDLE_IN_TRANSACTION_SHARE = 0.8
+
+
 def open_state(
     settings: ControllerSettings, *, registry: CollectorRegistry | None = None
 ) -> ControllerState:
@@ -264,6 +270,9 @@ def open_state(
         settings.database_url.get_secret_value() if settings.database_url else None,
         data_dir=settings.data_dir,
         node_timeout_s=settings.node_timeout_s,
+        # A transaction stalled by a partition ends before the lease does, so the lock it
+        # holds on the lease row never keeps the next leader from being elected.
+        idle_in_transaction_s=IDLE_IN_TRANSACTION_SHARE * settings.lease_s,
     )
     log.info("store opened", extra={"store": store.url})  # the password hidden
     feed, changes = connect_feed(store)

@@ -63,17 +63,25 @@ class Store(ServicesPart, NodesPart, ReplicasPart, EdgesPart, EventsPart):
 
     @classmethod
     def open(
-        cls, database_url: str | None, *, data_dir: Path, node_timeout_s: float = 15.0
+        cls,
+        database_url: str | None,
+        *,
+        data_dir: Path,
+        node_timeout_s: float = 15.0,
+        idle_in_transaction_s: float | None = None,
     ) -> Store:
         """The store at ``database_url`` (``sqlite:///PATH`` or
         ``postgresql+psycopg://...``), or the SQLite store in ``data_dir`` when it is None.
         A SQLite file elsewhere is made private too (its dir 0700, the file 0600).
         ``InvalidSpec`` for a URL that is no store's, ``StoreUnavailable`` for a database
-        that cannot be reached or upgraded."""
+        that cannot be reached or upgraded. ``idle_in_transaction_s``: see
+        :func:`~orchestrify.store.engine.create_store_engine` (PostgreSQL only)."""
         if database_url is None:
             return cls.in_data_dir(data_dir, node_timeout_s=node_timeout_s)
         path = sqlite_path(database_url)
         if path is not None:
             ensure_private_dir(path.parent)
             create_private_file(path)
-        return cls(database_url, node_timeout_s=node_timeout_s)
+        return cls(
+            database_url, node_timeout_s=node_timeout_s, idle_in_transaction_s=idle_in_transaction_s
+        )

@@ -192,10 +192,16 @@ def retry_on_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return attempt
 
 
-def create_store_engine(url: str | URL) -> Engine:
+def create_store_engine(url: str | URL, *, idle_in_transaction_s: float | None = None) -> Engine:
     """An engine for the store at ``url``: SQLite (``sqlite:///path``) or PostgreSQL
     (``postgresql+psycopg://user:password@host:port/db``). ``InvalidSpec`` for a URL that
-    is neither; nothing connects yet."""
+    is neither; nothing connects yet.
+
+    ``idle_in_transaction_s`` (PostgreSQL): the server ends a session of ours that sits
+    that long inside a transaction without a word from us. A controller cut off from the
+    database in the middle of a write (a partition) would otherwise keep its row locks,
+    the lease row's among them, until TCP gives up on it (hours), and no other
+    controller could be elected meanwhile."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -224,12 +230,24 @@ def create_store_engine(url: str | URL) -> Engine:
             pool_size=10,
             max_overflow=20,
             pool_timeout=10,
-            connect_args={"connect_timeout": 10, "application_name": "orchestrify"},
+            connect_args={
+                "connect_timeout": 10,
+                "application_name": "orchestrify",
+                **(
+                    {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
+                    if (idle_ms := _milliseconds(idle_in_transaction_s))
+                    else {}
+                ),
+            },
         )
     raise InvalidSpec(
         f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...",
         field="database_url",
     )
+
+
+def _milliseconds(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, round(seconds * 1000))
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -266,10 +284,12 @@ class StoreCore:
     """The engine, sessions, write lock and subscribers that every part of the store
     shares; the parts (services, nodes, replicas, edges, events) add the operations."""
 
-    def __init__(self, url: str, *, node_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, url: str, *, node_timeout_s: float = 15.0, idle_in_transaction_s: float | None = None
+    ) -> None:
         self.node_timeout = timedelta(seconds=node_timeout_s)
         self.url = redacted(url)
-        self.engine: Engine = create_store_engine(url)
+        self.engine: Engine = create_store_engine(url, idle_in_transaction_s=idle_in_transaction_s)
         self.dialect = self.engine.dialect.name
         try:
             migrate.upgrade(self.engine)

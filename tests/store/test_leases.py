@@ -5,6 +5,7 @@ and writes nothing; on PostgreSQL an acquisition waits for a fenced write in fli
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -185,4 +186,35 @@ def test_an_acquisition_waits_for_a_fenced_write_in_flight(postgres: PostgresSer
             store.record_event("too late", kind="decision")
     finally:
         store.close()
+        postgres.drop_database(database)
+
+
+def test_a_write_stalled_mid_transaction_ends_and_frees_the_lease(
+    postgres: PostgresServer,
+) -> None:
+    """A leader cut off from the database in the middle of a fenced write (a partition:
+    the server hears nothing more from it) would hold the lease row FOR SHARE until TCP
+    gives up, hours later, and no one could be elected. The controller's sessions carry
+    ``idle_in_transaction_session_timeout``: the server ends the stalled transaction, its
+    locks go, and another controller takes the lease."""
+    database = postgres.new_database()
+    url = postgres.url(database)
+    stalled = Store(url, idle_in_transaction_s=1.0)
+    other = Store(url)
+    try:
+        old = acquire(LeaseStore(stalled), "a", lease_s=SHORT)
+        assert old is not None
+        with fenced(Fence(holder="a", epoch=old.epoch)):
+            tx = stalled.write().__enter__()  # fenced: holds the lease row FOR SHARE
+        taken: list[LeaseTerm | None] = []
+        time.sleep(SHORT * 1.5)  # a's lease has expired: only a's row lock stands in b's way
+        thief = threading.Thread(target=lambda: taken.append(acquire(LeaseStore(other), "b")))
+        thief.start()
+        thief.join(timeout=60)
+        assert taken and taken[0] is not None and taken[0].epoch == old.epoch + 1
+        with pytest.raises(Exception):  # noqa: B017  (the server ended a's session)
+            tx.__exit__(None, None, None)
+    finally:
+        stalled.close()
+        other.close()
         postgres.drop_database(database)
