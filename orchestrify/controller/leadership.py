@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
+from typing import Any
 
 from orchestrify import __version__
 from orchestrify.errors import Fenced, OrchestrifyError
@@ -171,6 +172,8 @@ class Leadership:
         if self._attempt is None:  # one still running (a hung database) is waited for
             call = self._renew if self.is_leader else self._acquire
             self._attempt = asyncio.ensure_future(asyncio.to_thread(call))
+            # Its error is read in ``_step``, or by no one when the controller stops first.
+            self._attempt.add_done_callback(_read_error)
             self._attempt_leading = self.is_leader
         attempt, leading = self._attempt, self._attempt_leading
         timeout = max(0.0, self._deadline - sent) if self.is_leader else None
@@ -259,3 +262,9 @@ class Leadership:
                 await self.on_deposed(term)
             except Exception:
                 log.exception("stopping the leader's loops failed")
+
+
+def _read_error(attempt: asyncio.Future[Any]) -> None:
+    """Mark an attempt's error as read (asyncio logs an unread one as a bug)."""
+    if not attempt.cancelled():
+        attempt.exception()
