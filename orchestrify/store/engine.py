@@ -234,7 +234,12 @@ def create_store_engine(url: str | URL, *, idle_in_transaction_s: float | None =
                 "connect_timeout": 10,
                 "application_name": "orchestrify",
                 **(
-                    {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
+                    {
+                        # Idle: the server waits for us (our COMMIT held up). TCP: what it
+                        # sent is never acknowledged (packets dropped on the way to us).
+                        "options": f"-c idle_in_transaction_session_timeout={idle_ms} "
+                        f"-c tcp_user_timeout={idle_ms}"
+                    }
                     if (idle_ms := _milliseconds(idle_in_transaction_s))
                     else {}
                 ),

@@ -120,6 +120,16 @@ class LeaseStore:
                 raise
             raise translated from err
 
+    def _lock_lease_row(self, session: Session) -> None:
+        """PostgreSQL: wait for the lease row (held FOR SHARE by fenced writes in flight)
+        before the UPDATE computes its values. An UPDATE that waits for a lock without a
+        newer row version behind it keeps the values it computed before waiting: a term
+        acquired after a long wait would be born with an expiry already in the past."""
+        if self.dialect == "postgresql":
+            session.execute(
+                select(LeaseRow.name).where(LeaseRow.name == LEADER_LEASE).with_for_update()
+            )
+
     def _insert(self, table: type[LeaseRow] | type[ControllerRow]) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
@@ -168,6 +178,7 @@ class LeaseStore:
                 .values(name=LEADER_LEASE, epoch=0)
                 .on_conflict_do_nothing(index_elements=[LeaseRow.name])
             )
+            self._lock_lease_row(session)
             takeable = or_(
                 LeaseRow.holder.is_(None),
                 LeaseRow.expires_at.is_(None),
@@ -212,6 +223,7 @@ class LeaseStore:
         another controller took it), and must stop acting as the leader at once."""
         with self._tx() as session:
             self._seen(session, controller_id, url=url, version=version, starting=False)
+            self._lock_lease_row(session)
             stmt = (
                 update(LeaseRow)
                 .where(

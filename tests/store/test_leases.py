@@ -154,7 +154,7 @@ def _lease_waiters(server: PostgresServer, database: str) -> int:
     with server.connect(database) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'UPDATE leases%'"
+            " AND (query LIKE 'UPDATE leases%' OR query LIKE 'SELECT leases.name%FOR UPDATE')"
         ).fetchone()
     return int(row[0]) if row else 0
 
