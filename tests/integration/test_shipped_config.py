@@ -196,6 +196,7 @@ def test_prometheus_and_alertmanager_start_ready_with_the_rendered_config(
         "ServiceRequestRateLow",
         "ReplicaUnhealthy",
         "NodeDown",
+        "ControllerLeaderMissing",
     }
     _, body = _get(f"http://{am}/api/v2/status")
     assert "/v1/alerts" in json.loads(body)["config"]["original"]
