@@ -58,7 +58,7 @@ def test_another_host_is_refused_even_with_the_password(control_plane: ControlPl
     import psycopg
 
     # This machine reaches the database host (docker0), but is no controller host.
-    with pytest.raises(psycopg.OperationalError, match="pg_hba.conf"):
+    with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf"):
         psycopg.connect(
             host=control_plane.db.address, port=5432, dbname="orchestrify", user="orchestrify",
             password=DATABASE_PASSWORD, connect_timeout=10,
