@@ -19,7 +19,7 @@ import pytest
 from tests.integration.ansible_lab import DATABASE_PASSWORD, ControlPlane, wait_for
 from tests.integration.provisioning import run_playbook
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
 def test_the_cluster_runs_under_systemd_and_listens_only_for_the_controllers(

@@ -32,7 +32,7 @@ from tests.integration.ansible_lab import (
 )
 from tests.integration.provisioning import run_playbook
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture

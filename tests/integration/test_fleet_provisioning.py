@@ -30,7 +30,7 @@ from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from tests.integration.ansible_lab import Controller, WorkerFleet, unit_starts, wait_for
 from tests.integration.provisioning import run_playbook
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture
