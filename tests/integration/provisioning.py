@@ -57,7 +57,7 @@ def run_playbook(
     started = time.monotonic()
     proc = subprocess.run(
         [*command, str(REPO / "playbooks" / playbook), *args],
-        cwd=REPO, env=run_env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=REPO, env=run_env, capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     run = PlaybookRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
     print(f"{playbook} {' '.join(args)}: rc={run.rc} in {run.seconds:.1f}s")

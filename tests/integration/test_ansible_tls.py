@@ -1,94 +1,43 @@
-"""TLS from the roles (``orchestrify_tls: true``), proven on two lab hosts provisioned by
-``playbooks/site.yml``: one control host (controller, Prometheus, Alertmanager, edge) and
-one worker (Docker engine, agent).
+"""TLS from the roles (``orchestrify_tls: true``), proven on the shared control plane
+(tests/integration/ansible_lab.py): ``playbooks/site.yml`` on a control host
+(controller, Prometheus, Alertmanager, edge), a worker (Docker engine, agent) and the
+controllers' database host.
 
 The roles generate a private CA on the control host (its key stays there), issue the
 controller and the edge certificates from it, and every client verifies them with the
 CA: the controller answers HTTPS only, the agent registers and heartbeats over it,
 Prometheus scrapes the controller and the edge over https (and discovers the agent over
 it), and Alertmanager's webhook reaches the controller over https. A second run changes
-nothing (no new key or certificate), and a changed name list re-issues the controller's
-certificate from the same CA.
+nothing on any host (no new key or certificate, no restarted unit), and a changed name
+list re-issues the controller's certificate from the same CA.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import ssl
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.conftest import require, require_binary
-from tests.integration import lab
-from tests.integration.provisioning import PlaybookRun, build_wheelhouse, run_playbook
+from tests.integration.ansible_lab import (
+    API_TOKEN,
+    PORT,
+    ControlPlane,
+    unit_starts,
+    wait_for,
+)
+from tests.integration.provisioning import run_playbook
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
-
-T = TypeVar("T")
-API_TOKEN = "tls-lab-api-token"
-JOIN_TOKEN = "tls-lab-join-token"
-PORT = 18080
-
-
-@dataclass(frozen=True)
-class TlsFleet:
-    lab: lab.Lab
-    control: lab.LabHost
-    worker: lab.LabHost
-    inventory: Path
-    extra_vars: Path
-    ca_file: Path  # this machine's copy of the CA certificate the roles made
-    first: PlaybookRun
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.control.address}:{PORT}"
-
-    def context(self) -> ssl.SSLContext:
-        """Trusts the fleet's CA and nothing else (not the system's store)."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def call(self, method: str, path: str, body: object | None = None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10, context=self.context()) as response:
-            return json.loads(response.read() or b"null")
-
-    def site(self, *args: str) -> PlaybookRun:
-        return run_playbook(
-            "site.yml",
-            inventory=self.inventory,
-            extra_vars=self.extra_vars,
-            args=("--skip-tags", "node_exporter", *args),
-        )
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
-def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            result, last = None, exc
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+@pytest.fixture
+def fleet(control_plane: ControlPlane) -> ControlPlane:
+    return control_plane
 
 
 def plain_get(url: str) -> Any:
@@ -96,66 +45,9 @@ def plain_get(url: str) -> Any:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFleet]:
-    require_binary("docker")
-    require_binary("ssh")
-    require_binary("ansible-playbook")
-    require(lab.docker_available(), "a running Docker engine (see shared/ENVIRONMENT.md)")
-    require(
-        shutil.which("debootstrap") is not None or lab.image_label(lab.HOST_IMAGE, "x") is not None,
-        "debootstrap (apt-get install debootstrap) to build the lab image",
-    )
-    tmp = tmp_path_factory.mktemp("tls-lab")
-    lab.ensure_images()
-    wheelhouse = build_wheelhouse(tmp / "wheelhouse")
-    the_lab = lab.Lab(key=lab.generate_ssh_key(tmp / "ssh"))
-    try:
-        control, worker = the_lab.start(2)
-        inventory = the_lab.write_inventory(
-            tmp / "hosts.yml",
-            groups={"controller": [control], "edge": [control], "workers": [worker]},
-        )
-        url = f"https://{control.address}:{PORT}"
-        extra_vars = tmp / "vars.json"
-        extra_vars.write_text(
-            json.dumps(
-                {
-                    "orchestrify_tls": True,
-                    "orchestrify_controller_url": url,
-                    "orchestrify_controller_token": API_TOKEN,
-                    "orchestrify_controller_join_token": JOIN_TOKEN,
-                    "orchestrify_controller_wheelhouse_src": str(wheelhouse),
-                    "orchestrify_controller_ansible_archive": str(tmp / "ansible.tar"),
-                    "orchestrify_agent_controller_url": url,
-                    "orchestrify_agent_join_token": JOIN_TOKEN,
-                    "orchestrify_agent_wheelhouse_src": str(wheelhouse),
-                    "orchestrify_edge_controller_url": url,
-                    "orchestrify_edge_token": API_TOKEN,
-                    "orchestrify_edge_wheelhouse_src": str(wheelhouse),
-                    "prometheus_controller_url": url,
-                    "prometheus_token": API_TOKEN,
-                    "prometheus_scrape_interval": "2s",
-                    "prometheus_evaluation_interval": "2s",
-                    "alertmanager_controller_url": url,
-                    "alertmanager_token": API_TOKEN,
-                    "alertmanager_group_wait": "1s",
-                }
-            )
-        )
-        first = run_playbook(
-            "site.yml", inventory=inventory, extra_vars=extra_vars,
-            args=("--skip-tags", "node_exporter"),
-        )  # fmt: skip
-        assert first.rc == 0, first.output[-6000:]
-        ca_file = tmp / "ca.crt"
-        ca_file.write_text(the_lab.exec(control, "cat", "/etc/orchestrify/ca/ca.crt") + "\n")
-        yield TlsFleet(the_lab, control, worker, inventory, extra_vars, ca_file, first)
-    finally:
-        the_lab.teardown()
-
-
-def test_controller_serves_https_only_with_a_certificate_of_the_fleet_ca(fleet: TlsFleet) -> None:
+def test_controller_serves_https_only_with_a_certificate_of_the_fleet_ca(
+    fleet: ControlPlane,
+) -> None:
     # Verified with the generated CA alone: the certificate is signed by it and names
     # the address the others reach the controller at.
     def healthy() -> bool:
@@ -188,7 +80,7 @@ def test_controller_serves_https_only_with_a_certificate_of_the_fleet_ca(fleet: 
     assert isinstance(json.loads(cli), list), cli
 
 
-def test_agent_registers_and_heartbeats_over_tls(fleet: TlsFleet) -> None:
+def test_agent_registers_and_heartbeats_over_tls(fleet: ControlPlane) -> None:
     ex, worker = fleet.lab.exec, fleet.worker
     start = ex(worker, "systemctl", "show", "-p", "ExecStart", "orchestrify-agent")
     assert "--ca /etc/orchestrify/tls/agent-ca.crt" in start, start
@@ -209,7 +101,7 @@ def test_agent_registers_and_heartbeats_over_tls(fleet: TlsFleet) -> None:
     assert later["last_heartbeat"] > first["last_heartbeat"], (first, later)
 
 
-def test_prometheus_scrapes_controller_and_edge_over_https(fleet: TlsFleet) -> None:
+def test_prometheus_scrapes_controller_and_edge_over_https(fleet: ControlPlane) -> None:
     address = fleet.control.address
     config = plain_get(f"http://{address}:9090/api/v1/status/config")["data"]["yaml"]
     assert "ca_file: /etc/orchestrify/tls/ca.crt" in config, config
@@ -240,7 +132,7 @@ def test_prometheus_scrapes_controller_and_edge_over_https(fleet: TlsFleet) -> N
         assert "orchestrify_edge" in response.read().decode(errors="replace")
 
 
-def test_alertmanager_webhook_reaches_the_controller_over_https(fleet: TlsFleet) -> None:
+def test_alertmanager_webhook_reaches_the_controller_over_https(fleet: ControlPlane) -> None:
     address = fleet.control.address
     status = plain_get(f"http://{address}:9093/api/v2/status")
     original = status["config"]["original"]
@@ -266,7 +158,7 @@ def test_alertmanager_webhook_reaches_the_controller_over_https(fleet: TlsFleet)
     wait_for("the alert at the controller's webhook", received, timeout=120)
 
 
-def test_keys_stay_private_and_the_ca_key_stays_on_the_control_host(fleet: TlsFleet) -> None:
+def test_keys_stay_private_and_the_ca_key_stays_on_the_control_host(fleet: ControlPlane) -> None:
     ex, control, worker = fleet.lab.exec, fleet.control, fleet.worker
     for path, wanted in (
         ("/etc/orchestrify/ca", "700 root"),
@@ -299,20 +191,30 @@ def test_keys_stay_private_and_the_ca_key_stays_on_the_control_host(fleet: TlsFl
     assert ex(worker, "sh", "-c", "ls /etc/orchestrify/tls") == "agent-ca.crt"
 
 
-def test_second_run_changes_nothing(fleet: TlsFleet) -> None:
+def test_second_run_changes_nothing(fleet: ControlPlane) -> None:
     ex, control = fleet.lab.exec, fleet.control
     before = ex(control, "sha256sum", "/etc/orchestrify/tls/controller.crt",
                 "/etc/orchestrify/tls/edge.crt", "/etc/orchestrify/ca/ca.crt")  # fmt: skip
+    starts = {
+        unit: unit_starts(fleet.lab, control, unit)
+        for unit in ("orchestrify-controller", "orchestrify-edge")
+    }
     second = fleet.site()
     assert second.rc == 0, second.output[-6000:]
-    for host in (fleet.control, fleet.worker):
+    # the database host too: the same user, database, password and configuration
+    for host in (fleet.control, fleet.worker, fleet.db):
         assert second.recap(host.name)["changed"] == 0, second.output[-6000:]
+    # nothing restarted either (the roles test restarted the edge once on its own)
+    for unit, count in starts.items():
+        assert unit_starts(fleet.lab, control, unit) == count, unit
     after = ex(control, "sha256sum", "/etc/orchestrify/tls/controller.crt",
                "/etc/orchestrify/tls/edge.crt", "/etc/orchestrify/ca/ca.crt")  # fmt: skip
     assert after == before
 
 
-def test_a_new_name_reissues_the_controller_certificate_from_the_same_ca(fleet: TlsFleet) -> None:
+def test_a_new_name_reissues_the_controller_certificate_from_the_same_ca(
+    fleet: ControlPlane,
+) -> None:
     ex, control = fleet.lab.exec, fleet.control
     ca_before = ex(control, "sha256sum", "/etc/orchestrify/ca/ca.key", "/etc/orchestrify/ca/ca.crt")
     run = run_playbook(

@@ -1,7 +1,10 @@
 """A real fleet, end to end: a real controller on this machine, two lab hosts provisioned
-by ``playbooks/workers.yml`` over SSH, their agents (systemd units) registered and ready,
-a service placed on them and answering at the lab hosts' addresses, and the same
-playbook run again by the controller itself through ``POST /v1/jobs``.
+by ``playbooks/workers.yml`` over SSH (the session's ``worker_fleet``, see
+ansible_lab.py: it runs the playbook twice), their agents (systemd units) registered and
+ready, a service placed on them and answering at the lab hosts' addresses, and the same
+playbook run again by the controller itself through ``POST /v1/jobs``. Then what changes
+the fleet for good, last: a changed agent unit restarts the agent once, and
+decommission.yml takes a worker out.
 
 The controller listens on docker0's address, the one address of this machine the lab
 hosts reach. No registry is reachable, so the demo image is copied into each lab host's
@@ -14,158 +17,28 @@ and the 2 MB copy costs a second where a registry (package, config, the engines'
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
 import subprocess
-import sys
-import time
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
-import yaml
 
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
-from tests.conftest import require, require_binary
-from tests.integration import lab
-from tests.integration.provisioning import REPO, build_wheelhouse, run_playbook, venv_path
+from tests.integration.ansible_lab import Controller, WorkerFleet, unit_starts, wait_for
+from tests.integration.provisioning import run_playbook
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
-
-T = TypeVar("T")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
-def docker0_address(the_lab: lab.Lab, host: lab.LabHost) -> str:
-    """This machine's address on docker0, as a lab host sees it: its default gateway.
-
-    (The bridge network's IPAM config leaves Gateway empty on this engine.)
-    """
-    route = the_lab.exec(host, "ip", "-4", "route", "show", "default")
-    gateway = route.split()[2] if route.startswith("default via ") else ""
-    assert gateway and not gateway.startswith("192.0.2."), route
-    return gateway
+@pytest.fixture
+def fleet(worker_fleet: WorkerFleet) -> WorkerFleet:
+    return worker_fleet
 
 
-def free_port_on(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], *, timeout: float) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except (OSError, ValueError) as exc:
-            result, last = None, exc
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-@dataclass(frozen=True)
-class Controller:
-    url: str
-    token: str
-    join_token: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def call(self, method: str, path: str, body: object | None = None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-@dataclass(frozen=True)
-class Fleet:
-    lab: lab.Lab
-    hosts: list[lab.LabHost]
-    inventory: Path
-    controller: Controller
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    require_binary("docker")
-    require_binary("ssh")
-    require_binary("ansible-playbook")
-    require(lab.docker_available(), "a running Docker engine (see shared/ENVIRONMENT.md)")
-    tmp = tmp_path_factory.mktemp("fleet")
-    lab.ensure_images()
-    wheelhouse = build_wheelhouse(tmp / "wheelhouse")
-
-    the_lab = lab.Lab(key=lab.generate_ssh_key(tmp / "ssh"))
-    controller: Controller | None = None
-    try:
-        hosts = the_lab.start(2)
-        address = docker0_address(the_lab, hosts[0])
-        port = free_port_on(address)
-        url = f"http://{address}:{port}"
-        token, join_token = secrets.token_hex(16), secrets.token_hex(16)
-
-        # The lab inventory, which the controller's jobs use too: everything the
-        # workers need is in it, so a job needs no extra vars.
-        inventory = the_lab.write_inventory(tmp / "lab.yml", groups={"workers": hosts})
-        data = yaml.safe_load(inventory.read_text())
-        workers = data["all"]["children"]["workers"]
-        # No orchestrify_agent_advertise_address: each agent detects its address (its
-        # source address towards the controller), which must be the lab host's own.
-        workers["vars"] = {
-            "orchestrify_agent_controller_url": url,
-            "orchestrify_agent_join_token": join_token,
-            "orchestrify_agent_wheelhouse_src": str(wheelhouse),
-        }
-        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-
-        log = tmp / "controller.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "orchestrify", "controller",
-                 "--host", address, "--port", str(port), "--data-dir", str(tmp / "data"),
-                 "--token", token, "--join-token", join_token,
-                 "--playbook-dir", str(REPO / "playbooks"), "--inventory", str(inventory)],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "PATH": venv_path(), "PYTHONPATH": str(REPO)},
-            )  # fmt: skip
-        controller = Controller(url, token, join_token, process, log)
-
-        def healthy() -> bool:
-            assert process.poll() is None, f"controller exited:\n{controller.log_tail()}"
-            with urllib.request.urlopen(f"{url}/healthz", timeout=3) as response:
-                return response.status == 200
-
-        wait_for("the controller's /healthz", healthy, timeout=60)
-        yield Fleet(the_lab, hosts, inventory, controller)
-    finally:
-        if controller is not None:
-            controller.process.terminate()
-            try:
-                controller.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                controller.process.kill()
-                controller.process.wait()
-        the_lab.teardown()
-
-
-def load_demo_image(fleet: Fleet) -> None:
+def load_demo_image(fleet: WorkerFleet) -> None:
     """Copy the demo image into each lab host's engine (no registry is reachable)."""
     build_demo_image()
     for host in fleet.hosts:
@@ -188,11 +61,12 @@ def http_get(url: str) -> str:
         return response.read().decode(errors="replace")
 
 
-def test_provision_register_deploy_and_rerun_as_a_job(fleet: Fleet) -> None:
+def test_provision_register_deploy_and_rerun_as_a_job(fleet: WorkerFleet) -> None:
     ctl, names = fleet.controller, [h.name for h in fleet.hosts]
 
-    # 1. workers.yml over SSH: engine, node_exporter, the agent as a systemd unit.
-    first = run_playbook("workers.yml", inventory=fleet.inventory)
+    # 1. workers.yml over SSH (the fixture's first run): engine, node_exporter, the agent
+    #    as a systemd unit.
+    first = fleet.first
     assert first.rc == 0, first.output[-5000:]
     for host in fleet.hosts:
         assert first.recap(host.name)["changed"] > 0
@@ -216,8 +90,8 @@ def test_provision_register_deploy_and_rerun_as_a_job(fleet: Fleet) -> None:
         )
         assert "orchestrify_" in metrics
 
-    # 2. Idempotence: the same playbook again changes nothing (agents keep running).
-    second = run_playbook("workers.yml", inventory=fleet.inventory)
+    # 2. Idempotence: the same playbook again (the fixture's second run) changes nothing.
+    second = fleet.second
     assert second.rc == 0, second.output[-5000:]
     for name in names:
         assert second.recap(name)["changed"] == 0, second.output[-5000:]
@@ -280,3 +154,116 @@ def job_events(ctl: Controller, job_id: str) -> str:
     except urllib.error.URLError as exc:
         return f"(events unavailable: {exc})"
     return "\n".join(line for line in lines if '"changed": true' in line)[-3000:]
+
+
+def test_a_changed_agent_unit_restarts_the_agent_once(fleet: WorkerFleet) -> None:
+    """After the job above (which must find the units as workers.yml left them)."""
+    host, ex = fleet.hosts[0], fleet.lab.exec
+    assert unit_starts(fleet.lab, host, "orchestrify-agent") == 1
+    # a changed unit (an extra argument, set to its default value) restarts it once
+    third = run_playbook(
+        "workers.yml", inventory=fleet.inventory,
+        args=("--tags", "orchestrify_agent", "--limit", host.name,
+              "-e", '{"orchestrify_agent_extra_args": ["--unhealthy-threshold", "3"]}'),
+    )  # fmt: skip
+    assert third.rc == 0, third.output[-5000:]
+    assert unit_starts(fleet.lab, host, "orchestrify-agent") == 2
+    assert ex(host, "systemctl", "is-active", "orchestrify-agent") == "active"
+
+
+class FakeControllerAPI(ThreadingHTTPServer):
+    """Just enough of the controller's API for decommission.yml: the node list, the drain
+    call, a replica list that empties two polls after the drain, and the node's removal."""
+
+    node_name: str
+    calls: list[tuple[str, str, str | None]]
+    polls_after_drain: int
+    drained: bool
+
+
+class FakeControllerHandler(BaseHTTPRequestHandler):
+    server: FakeControllerAPI
+
+    def _reply(self, status: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _record(self) -> None:
+        self.server.calls.append((self.command, self.path, self.headers.get("Authorization")))
+
+    def do_GET(self) -> None:
+        self._record()
+        srv = self.server
+        if self.path == "/v1/nodes":
+            state = "Draining" if srv.drained else "Ready"
+            self._reply(200, [
+                {"id": "n-other", "name": "someone-else", "address": "10.0.0.9", "state": "Ready"},
+                {"id": "n-lab", "name": srv.node_name, "address": "10.0.0.8", "state": state},
+            ])  # fmt: skip
+        elif self.path == "/v1/replicas":
+            if srv.drained:
+                srv.polls_after_drain += 1
+            left_on_node = not srv.drained or srv.polls_after_drain < 3
+            replicas = [{"id": "r-1", "service": "web", "node": "n-other"}]
+            if left_on_node:
+                replicas.append({"id": "r-2", "service": "web", "node": "n-lab"})
+            self._reply(200, replicas)
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def do_DELETE(self) -> None:
+        self._record()
+        if self.path == "/v1/nodes/n-lab?force=true":
+            # As the controller answers: 200 with the node as it was (it is gone now).
+            self._reply(200, {"id": "n-lab", "name": self.server.node_name, "state": "Draining"})
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def do_POST(self) -> None:
+        self._record()
+        if self.path == "/v1/nodes/n-lab/drain":
+            self.server.drained = True
+            self._reply(202, {"id": "n-lab", "state": "Draining"})
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_decommission_drains_then_stops_the_agent(fleet: WorkerFleet) -> None:
+    """Last: takes the first worker out of the fleet (against a stand-in controller API)."""
+    host, ex = fleet.hosts[0], fleet.lab.exec
+    # A container of the agent's (labelled orchestrify.node) on the host's own engine,
+    # from an empty imported image: `docker create` needs no runnable command.
+    ex(host, "sh", "-c",
+       "tar -cf - -T /dev/null | docker import - orchestrify-test/empty:1 >/dev/null && "
+       "docker create --label orchestrify.node=n-lab orchestrify-test/empty:1 /none")  # fmt: skip
+    api = FakeControllerAPI(("127.0.0.1", 0), FakeControllerHandler)
+    api.node_name, api.calls, api.polls_after_drain, api.drained = host.name, [], 0, False
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    try:
+        run = run_playbook(
+            "decommission.yml", inventory=fleet.inventory,
+            args=("--limit", host.name,
+                  "-e", f"orchestrify_controller_url=http://127.0.0.1:{api.server_address[1]}",
+                  "-e", "orchestrify_token=lab-api-token",
+                  "-e", '{"decommission_poll_delay": 1}'),
+        )  # fmt: skip
+    finally:
+        api.shutdown()
+        api.server_close()
+    assert run.rc == 0, run.output[-5000:]
+    paths = [(method, path) for method, path, _ in api.calls]
+    assert paths[:2] == [("GET", "/v1/nodes"), ("POST", "/v1/nodes/n-lab/drain")]
+    assert paths.count(("GET", "/v1/replicas")) == 3
+    # Last, once the agent is stopped: the node leaves the store (and Prometheus' targets).
+    assert paths[-1] == ("DELETE", "/v1/nodes/n-lab?force=true")
+    assert {auth for _, _, auth in api.calls} == {"Bearer lab-api-token"}
+    assert ex(host, "systemctl", "is-active", "orchestrify-agent", check=False) == "inactive"
+    assert ex(host, "systemctl", "is-enabled", "orchestrify-agent", check=False) == "disabled"
+    assert ex(host, "docker", "ps", "-aq", "--filter", "label=orchestrify.node") == ""

@@ -54,6 +54,7 @@ def test_renders_four_files_that_parse(tmp_path: Path) -> None:
         "ServiceRequestRateLow",
         "ReplicaUnhealthy",
         "NodeDown",
+        "ControllerLeaderMissing",
     }
     for rule in alerts.values():
         assert rule["labels"]["severity"]
