@@ -77,7 +77,6 @@ def _play(tmp_path: Path) -> Path:
                     "mode": "0600",
                 },
                 "vars": {
-                    "orchestrify_controller_help": {"stdout": "--controller-id TEXT"},
                     "orchestrify_controller_tls": False,
                 },
             }
