@@ -56,17 +56,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The integration tests form one xdist group: under ``-n 2 --dist loadgroup`` (as
-    scripts/test.sh runs the suite) one worker runs them one after another, as they
-    always ran, while the other worker takes the fast tests. They share lab hosts,
-    images and the Docker engine's load, and their drills time real failovers, so they
-    are never run two at once. Without xdist the marker does nothing."""
-    for item in items:
-        if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group("integration"))
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _root_edge_temp_base() -> Iterator[None]:
     """A root edge in this test process keeps Nginx's temp dirs in a throwaway folder
