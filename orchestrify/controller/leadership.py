@@ -34,6 +34,7 @@ from orchestrify.store.leases import LeaseStore, LeaseTerm
 __all__ = ["Leadership", "TermHook"]
 
 log = logging.getLogger(__name__)
+STOPPING = "controller stopping"  # the reason a clean stop steps down with
 
 # Called when this controller is elected (with the term's fence) or stops leading.
 TermHook = Callable[[Fence], Awaitable[None]]
@@ -126,7 +127,7 @@ class Leadership:
                 await self._task
             self._task = None
         term = self._term if self.is_leader else None
-        await self._step_down("controller stopping")
+        await self._step_down(STOPPING)
         if term is not None:
             try:
                 await asyncio.to_thread(self.leases.release, self.controller_id, epoch=term.epoch)
@@ -253,7 +254,9 @@ class Leadership:
         self.epoch = None
         self.leader_since = None
         self._abandoned = term.epoch
-        log.warning(
+        # A clean stop is routine; losing the lease while running is worth a warning.
+        log.log(
+            logging.INFO if why == STOPPING else logging.WARNING,
             "stepped down as leader",
             extra={"controller_id": self.controller_id, "epoch": term.epoch, "reason": why},
         )

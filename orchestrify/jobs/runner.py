@@ -191,7 +191,8 @@ class JobRunner:
                 )
                 run.cancel.set()
             self._lock.notify_all()
-        log.warning(
+        log.log(
+            logging.WARNING if running else logging.INFO,  # jobs canceled: worth a warning
             "job runner stepped down",
             extra={"controller": self.controller_id, "canceled_jobs": [r.job_id for r in running]},
         )
