@@ -69,6 +69,7 @@ __all__ = [
     "redacted",
     "retry_on_race",
     "sqlite_path",
+    "term_held",
     "translate_store_error",
 ]
 
@@ -118,6 +119,18 @@ def db_now(dialect: str) -> ColumnElement[datetime]:
     if dialect == "postgresql":
         return func.clock_timestamp()
     return literal(datetime.now(UTC), DateTime(timezone=True))
+
+
+def term_held(holder: str, epoch: int, *, dialect: str) -> tuple[ColumnElement[bool], ...]:
+    """The conditions under which the lease row is still ``holder``'s term at ``epoch``
+    and not expired by the database's clock: what a fenced write, a renewal and a
+    release each check."""
+    return (
+        LeaseRow.name == LEADER_LEASE,
+        LeaseRow.holder == holder,
+        LeaseRow.epoch == epoch,
+        LeaseRow.expires_at > db_now(dialect),
+    )
 
 
 ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
@@ -515,10 +528,7 @@ class WriteTx:
         transaction writes lands before any new leader's term begins. SQLite: BEGIN
         IMMEDIATE already holds the one write lock an acquisition needs too."""
         query = select(LeaseRow.holder).where(
-            LeaseRow.name == LEADER_LEASE,
-            LeaseRow.holder == fence.holder,
-            LeaseRow.epoch == fence.epoch,
-            LeaseRow.expires_at > db_now(self.store.dialect),
+            *term_held(fence.holder, fence.epoch, dialect=self.store.dialect)
         )
         if self.locks_rows:
             query = query.with_for_update(read=True)

@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from orchestrify.store.engine import StoreCore, db_now, translate_store_error
+from orchestrify.store.engine import StoreCore, db_now, term_held, translate_store_error
 from orchestrify.store.lease_tables import LEADER_LEASE, ControllerRow, LeaseRow
 from orchestrify.store.rows import as_utc
 
@@ -226,12 +226,7 @@ class LeaseStore:
             self._lock_lease_row(session)
             stmt = (
                 update(LeaseRow)
-                .where(
-                    LeaseRow.name == LEADER_LEASE,
-                    LeaseRow.holder == controller_id,
-                    LeaseRow.epoch == epoch,
-                    LeaseRow.expires_at > self._now(),
-                )
+                .where(*term_held(controller_id, epoch, dialect=self.dialect))
                 .values(expires_at=self._later(lease_s))
                 .returning(LeaseRow.expires_at)
             )
@@ -245,12 +240,7 @@ class LeaseStore:
         with self._tx() as session:
             stmt = (
                 update(LeaseRow)
-                .where(
-                    LeaseRow.name == LEADER_LEASE,
-                    LeaseRow.holder == controller_id,
-                    LeaseRow.epoch == epoch,
-                    LeaseRow.expires_at > self._now(),
-                )
+                .where(*term_held(controller_id, epoch, dialect=self.dialect))
                 .values(expires_at=self._now())
                 .returning(LeaseRow.epoch)
             )
