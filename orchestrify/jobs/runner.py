@@ -120,11 +120,6 @@ class JobRunner:
         self._dispatcher: threading.Thread | None = None
 
     # --- life cycle ----------------------------------------------------------------
-    def start(self) -> None:
-        """One controller alone: lead from now on (fail jobs a previous run of this
-        controller left running, run pending ones). Same as ``lead()``."""
-        self.lead()
-
     @property
     def leading(self) -> bool:
         return self._leading

@@ -239,7 +239,7 @@ def test_running_jobs_are_capped_and_the_queue_is_bounded(
         max_running=1,
         max_pending=2,
     )
-    jobs.start()
+    jobs.lead()
     try:
         first = jobs.submit(playbook="ping.yml", limit="a")
         wait_for(lambda: started == [first.id], what="the first job running")
