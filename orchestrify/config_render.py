@@ -69,6 +69,14 @@ TEMPLATE_DEFAULTS: Mapping[str, Any] = {
     "scale_in_ratio": 0.8,
     "dashboard_title": "orchestrify",
     "dashboard_refresh": "10s",
+    # node_exporter: its scrape job and the node alerts (docs/monitoring.md, Node metrics)
+    "node_scrape_interval": "15s",
+    "for_disk": "5m",
+    "for_memory": "5m",
+    "node_pressure_range": "5m",
+    "node_disk_free_ratio": 0.1,
+    "node_memory_free_ratio": 0.1,
+    "node_memory_stall_ratio": 0.1,
 }
 
 # Durations that must be positive (intervals, ranges); the `for_*` ones may be 0s.
@@ -86,6 +94,12 @@ _POSITIVE_DURATIONS = frozenset(
     }
 )
 _DURATIONS = _POSITIVE_DURATIONS | {"for_latency", "for_rate", "for_health", "for_node"}
+# The node_exporter job's and the node alerts' durations, and their thresholds: shares in (0, 1].
+_NODE_POSITIVE_DURATIONS = frozenset({"node_scrape_interval", "node_pressure_range"})
+_NODE_DURATIONS = _NODE_POSITIVE_DURATIONS | {"for_disk", "for_memory"}
+_NODE_RATIOS = frozenset(
+    {"node_disk_free_ratio", "node_memory_free_ratio", "node_memory_stall_ratio"}
+)
 
 # Prometheus' duration syntax (model.ParseDuration): units in decreasing order.
 _DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
@@ -248,13 +262,14 @@ def _check_override(name: str, value: Any) -> Any:
     if name not in TEMPLATE_DEFAULTS:
         known = ", ".join(sorted(TEMPLATE_DEFAULTS))
         raise InvalidSpec(f"unknown template variable {name!r}; known: {known}", field=name)
-    if name in _DURATIONS:
+    if name in _DURATIONS or name in _NODE_DURATIONS:
         if not isinstance(value, str) or not value or not _DURATION.match(value):
             raise InvalidSpec(
                 f"{name} must be a Prometheus duration like 30s, 1m or 1h30m, got {value!r}",
                 field=name,
             )
-        if name in _POSITIVE_DURATIONS and not re.search(r"[1-9]", value):
+        positive = name in _POSITIVE_DURATIONS or name in _NODE_POSITIVE_DURATIONS
+        if positive and not re.search(r"[1-9]", value):
             raise InvalidSpec(f"{name} must be longer than 0, got {value!r}", field=name)
         return value
     if name == "alertmanager_targets":
@@ -281,9 +296,24 @@ def _check_override(name: str, value: Any) -> Any:
         if not 0 < ratio <= 1:
             raise InvalidSpec(f"scale_in_ratio must be in (0, 1], got {ratio}", field=name)
         return ratio
+    if name in _NODE_RATIOS:
+        return _ratio(name, value)
     if not isinstance(value, str) or not value:
         raise InvalidSpec(f"{name} must be a non-empty string", field=name)
     return value
+
+
+def _ratio(name: str, value: Any) -> float:
+    """A share in (0, 1]; a number, or its text (``--set`` gives text)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        ratio = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSpec(f"{name} must be a number in (0, 1], got {value!r}", field=name) from exc
+    if not 0 < ratio <= 1:  # NaN too
+        raise InvalidSpec(f"{name} must be in (0, 1], got {value!r}", field=name)
+    return ratio
 
 
 def _string_list(name: str, value: Any) -> list[str]:

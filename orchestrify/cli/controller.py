@@ -80,6 +80,15 @@ def controller(
     public_url: str | None = typer.Option(
         None, "--public-url", help="URL others reach this controller at (for discovery)."
     ),
+    node_exporter_port: int | None = typer.Option(
+        None,
+        "--node-exporter-port",
+        envvar="ORCHESTRIFY_NODE_EXPORTER_PORT",
+        min=0,
+        max=65535,
+        help="Port of node_exporter on every node: Prometheus discovery lists each node's "
+        "address with it (default 9100; 0 lists no node_exporter).",
+    ),
     controller_id: str | None = typer.Option(
         None,
         "--controller-id",
@@ -167,6 +176,7 @@ def controller(
                 "node_startup_grace_s": node_startup_grace,
                 "mass_silence_threshold": mass_silence_threshold,
                 "reschedule_nodes_per_minute": reschedule_nodes_per_minute,
+                "node_exporter_port": node_exporter_port,
                 "controller_id": controller_id,
                 "advertise_url": advertise_url,
                 "lease_s": lease_s,

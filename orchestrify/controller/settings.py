@@ -96,6 +96,14 @@ class ControllerSettings(BaseSettings):
     public_url: str | None = Field(
         None, description="How others reach this controller (Prometheus discovery)."
     )
+    node_exporter_port: int = Field(
+        9100,
+        ge=0,
+        le=65535,
+        description="Port of node_exporter on every node (role node_exporter installs it "
+        "there): Prometheus discovery lists NODE_ADDRESS:PORT of each node, the address "
+        "its agent advertises. 9100 is node_exporter's own default; 0 lists none.",
+    )
     controller_id: str = Field(
         "",
         max_length=253,
