@@ -57,7 +57,7 @@ def test_promtool_accepts_the_prometheus_config(rendered: Path) -> None:
 def test_promtool_accepts_the_rules(rendered: Path) -> None:
     promtool = require_binary("promtool")
     out = _run(promtool, "check", "rules", str(rendered / "rules.yml"), cwd=rendered)
-    assert "6 rules found" in out.stdout
+    assert "8 rules found" in out.stdout
 
 
 def test_amtool_accepts_the_alertmanager_config(rendered: Path) -> None:
@@ -197,6 +197,8 @@ def test_prometheus_and_alertmanager_start_ready_with_the_rendered_config(
         "ReplicaUnhealthy",
         "NodeDown",
         "ControllerLeaderMissing",
+        "NodeDiskFull",
+        "NodeMemoryPressure",
     }
     _, body = _get(f"http://{am}/api/v2/status")
     assert "/v1/alerts" in json.loads(body)["config"]["original"]

@@ -38,7 +38,12 @@ def test_renders_four_files_that_parse(tmp_path: Path) -> None:
     dashboard = json.loads(files["grafana-dashboard.json"].read_text())
 
     jobs = {c["job_name"]: c for c in prometheus["scrape_configs"]}
-    assert set(jobs) == {"orchestrify-controller", "orchestrify-agent", "orchestrify-edge"}
+    assert set(jobs) == {
+        "orchestrify-controller",
+        "orchestrify-agent",
+        "orchestrify-edge",
+        "orchestrify-node-exporter",
+    }
     for config in jobs.values():
         (sd,) = config["http_sd_configs"]
         assert sd["url"] == f"{URL}/v1/discovery/prometheus"
@@ -55,6 +60,8 @@ def test_renders_four_files_that_parse(tmp_path: Path) -> None:
         "ReplicaUnhealthy",
         "NodeDown",
         "ControllerLeaderMissing",
+        "NodeDiskFull",
+        "NodeMemoryPressure",
     }
     for rule in alerts.values():
         assert rule["labels"]["severity"]
@@ -62,7 +69,7 @@ def test_renders_four_files_that_parse(tmp_path: Path) -> None:
     # Prometheus' own {{ }} survive the Jinja render.
     assert "{{ $labels.service }}" in alerts["ServiceLatencyHigh"]["annotations"]["summary"]
 
-    assert [p["title"] for p in dashboard["panels"]][2:] == ["Replicas by state", "Nodes by state"]
+    assert [p["title"] for p in dashboard["panels"]][2:4] == ["Replicas by state", "Nodes by state"]
     assert alertmanager["route"]["group_by"] == ["alertname", "service"]
 
 
@@ -115,6 +122,38 @@ def test_overrides_reach_the_files(tmp_path: Path) -> None:
     assert (latency["alert"], latency["for"]) == ("ServiceLatencyHigh", "2m")
     alertmanager = yaml.safe_load(files["alertmanager.yml"].read_text())
     assert alertmanager["route"]["repeat_interval"] == "5m"
+
+
+def test_node_exporter_job_rules_and_panels(tmp_path: Path) -> None:
+    """node_exporter's own job (its own interval), the node alerts with their overrides
+    (given as text, as `--set` gives them), and the dashboard's node panels."""
+    files = _render(
+        tmp_path,
+        node_scrape_interval="30s",
+        for_disk="10m",
+        node_disk_free_ratio="0.05",
+        node_memory_free_ratio=0.2,
+    )
+    prometheus = yaml.safe_load(files["prometheus.yml"].read_text())
+    jobs = {c["job_name"]: c for c in prometheus["scrape_configs"]}
+    job = jobs["orchestrify-node-exporter"]
+    assert job["scrape_interval"] == "30s"
+    assert job["relabel_configs"] == [
+        {"source_labels": ["job"], "regex": "orchestrify-node-exporter", "action": "keep"}
+    ]
+    rules = yaml.safe_load(files["rules.yml"].read_text())
+    (nodes,) = [g for g in rules["groups"] if g["name"] == "orchestrify-nodes"]
+    alerts = {r["alert"]: r for r in nodes["rules"]}
+    assert alerts["NodeDiskFull"]["for"] == "10m"
+    assert ") < 0.05\n" in alerts["NodeDiskFull"]["expr"]
+    assert alerts["NodeMemoryPressure"]["for"] == "5m"
+    assert ") < 0.2\n" in alerts["NodeMemoryPressure"]["expr"]
+    assert "(alert under 20%)" in alerts["NodeMemoryPressure"]["annotations"]["description"]
+    dashboard = json.loads(files["grafana-dashboard.json"].read_text())
+    titles = [p["title"] for p in dashboard["panels"]]
+    for title in ("CPU busy per node", "Memory used per node", "Disk used per node and mount"):
+        assert title in titles
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "node"]
 
 
 def test_controller_url_with_path_prefix_and_default_port(tmp_path: Path) -> None:
@@ -176,6 +215,11 @@ def test_bad_controller_url_names_the_field(tmp_path: Path, url: str) -> None:
         ("alertmanager_targets", ["no-port"]),
         ("rule_files", []),
         ("scale_in_ratio", 1.5),
+        ("node_disk_free_ratio", 0),
+        ("node_memory_free_ratio", True),
+        ("node_memory_stall_ratio", "lots"),
+        ("node_scrape_interval", "0s"),
+        ("for_disk", "5 minutes"),
         ("for_latncy", "30s"),  # a typo is refused, not silently ignored
     ],
 )
