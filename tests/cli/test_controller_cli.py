@@ -152,3 +152,34 @@ def test_up_reads_the_liveness_settings_from_the_environment(
     (settings,) = seen
     assert settings.resolved_node_startup_grace_s == 120
     assert settings.mass_silence_threshold == 0.8
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "port"),
+    [
+        ([], None, 9100),  # node_exporter's own default
+        (["--node-exporter-port", "9200"], None, 9200),
+        (["--node-exporter-port", "0"], None, 0),  # no node_exporter listed
+        ([], {"ORCHESTRIFY_NODE_EXPORTER_PORT": "9300"}, 9300),
+    ],
+)
+def test_node_exporter_port_from_the_flag_or_the_environment(
+    tmp_path: Path,
+    served: list[ControllerSettings],
+    args: list[str],
+    env: dict[str, str] | None,
+    port: int,
+) -> None:
+    result = controller(tmp_path, *args, env=env)
+    assert result.exit_code == 0, result.output
+    assert [s.node_exporter_port for s in served] == [port]
+
+
+@pytest.mark.parametrize("value", ["-1", "65536", "nine"])
+def test_a_bad_node_exporter_port_exits_2_naming_the_option(
+    tmp_path: Path, served: list[ControllerSettings], value: str
+) -> None:
+    result = controller(tmp_path, "--node-exporter-port", value)
+    assert result.exit_code == 2
+    assert "--node-exporter-port" in result.output
+    assert served == []
