@@ -247,6 +247,46 @@ def test_control_playbook(control_plane: ControlPlane) -> None:
     assert ex(host, "systemctl", "is-active", "orchestrify-nginx") == "active"
 
 
+def test_prometheus_scrapes_the_workers_node_exporter(control_plane: ControlPlane) -> None:
+    """site.yml's node_exporter on the worker, found through the controller's discovery
+    (the node's address, --node-exporter-port 9100) by the role's Prometheus, is up; the
+    node alerts are loaded."""
+    plane = control_plane
+    host, ex, worker = plane.control, plane.lab.exec, plane.worker
+    controller_start = ex(host, "systemctl", "show", "-p", "ExecStart", "orchestrify-controller")
+    assert "--node-exporter-port 9100" in controller_start
+    assert wait_for_api(
+        plane,
+        "/v1/discovery/prometheus",
+        lambda targets: (
+            {
+                "targets": [f"{worker.address}:9100"],
+                "labels": {"job": "orchestrify-node-exporter", "node": worker.name},
+            }
+            in targets
+        ),
+    ), "the worker's node_exporter is not in discovery"
+
+    def node_exporter_up() -> bool:
+        status, body = plane.get(f"http://{host.address}:9090/api/v1/targets?state=active")
+        assert status == 200, body
+        targets = json.loads(body)["data"]["activeTargets"]
+        return any(
+            t["labels"].get("job") == "orchestrify-node-exporter"
+            and t["labels"].get("node") == worker.name
+            and t["scrapeUrl"] == f"http://{worker.address}:9100/metrics"
+            and t["health"] == "up"
+            for t in targets
+        )
+
+    deadline = time.monotonic() + 90
+    while not node_exporter_up():
+        assert time.monotonic() < deadline, "Prometheus does not see the node_exporter up"
+        time.sleep(1)
+    status, body = plane.get(f"http://{host.address}:9090/api/v1/rules")
+    assert status == 200 and "NodeDiskFull" in body and "NodeMemoryPressure" in body
+
+
 def test_invalid_rules_never_reach_prometheus(control_plane: ControlPlane, tmp_path: Path) -> None:
     """promtool rejects a broken render, and the file in place stays as it was."""
     host, ex = control_plane.control, control_plane.lab.exec
