@@ -8,8 +8,9 @@ starting and provisioning hosts of its own:
 
 - :func:`control_plane`: ``playbooks/site.yml`` with TLS on three hosts: a control host
   (controller, Prometheus, Alertmanager, edge, node_exporter), a worker (Docker engine,
-  node_exporter, agent) and a database host (role postgresql, the controller's store). The first run and its
-  PLAY RECAP are kept for the tests; test_ansible_tls.py runs the second one.
+  node_exporter, agent) and a database host (role postgresql, the controller's store).
+  The first run and its PLAY RECAP are kept for the tests; test_ansible_tls.py runs the
+  second one.
 - :func:`worker_fleet`: two workers provisioned by ``playbooks/workers.yml`` twice (the
   second run must change nothing) for a real controller on this machine.
 
