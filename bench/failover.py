@@ -111,7 +111,7 @@ def _decisions(lab: HaLab) -> int:
     return sum(1 for e in events if e["action"] == "notify_only")
 
 
-def _kill_once(lab: HaLab, n: int) -> Kill:
+def _kill_once(lab: HaLab, n: int, *, last: bool) -> Kill:
     old = lab.controller(str(lab.leader()))
     decided_before = _decisions(lab)
     before = lab.containers()
@@ -147,8 +147,9 @@ def _kill_once(lab: HaLab, n: int) -> Kill:
     load.finish()
     after = lab.containers()
 
-    old.start()  # back as a follower, for the next kill
-    wait_for("the cluster whole", lambda: lab.serving(SERVICE, REPLICAS), timeout=120)
+    if not last:
+        old.start()  # back as a follower, for the next kill
+        wait_for("the cluster whole", lambda: lab.serving(SERVICE, REPLICAS), timeout=120)
     return Kill(
         killed=old.ident,
         new_leader=str(new),
@@ -183,7 +184,7 @@ def main() -> int:
             wait_for("the service served", lambda: lab.serving(SERVICE, REPLICAS), timeout=120)
             for n in range(1, args.kills + 1):
                 print(f"kill {n} ...", file=sys.stderr, flush=True)
-                kills.append(_kill_once(lab, n))
+                kills.append(_kill_once(lab, n, last=n == args.kills))
     report = Report(f"failover of the leading controller (3 controllers, lease {args.lease:g} s)")
     for n, k in enumerate(kills, 1):
         kill = f"kill {n}: {k.killed} -> {k.new_leader}"

@@ -11,7 +11,7 @@ Prints bench/report.py's table; asserts nothing (exit 2: wrk or nginx missing).
 
     python bench/reload_under_load.py [--seconds 30] [--every 2] [--quick]
 
-``--quick``: 5 s of load, a step every second, 2 s per hop measurement (a smoke run; a
+``--quick``: 4 s of load, a step every second, 2 s per hop measurement (a smoke run; a
 test runs it so). Bounded in time (about --seconds + 2 x --hop-seconds + 25 s), and
 removes every container it started.
 """
@@ -101,7 +101,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="Short runs (a smoke run).")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.every, args.hop_seconds = 5.0, 1.0, 2.0
+        args.seconds, args.every, args.hop_seconds = 4.0, 1.0, 2.0
     if not shutil.which("wrk") or not shutil.which("nginx"):
         print("needs wrk and nginx on PATH", file=sys.stderr)
         return 2

@@ -210,7 +210,7 @@ def test_reload_under_load_prints_its_table() -> None:
     hop += ["added p50", "added p99"]
     assert_rows(
         rows,
-        [("5 s, a replica out and in every 1 s", f) for f in churn]
+        [("4 s, a replica out and in every 1 s", f) for f in churn]
         + [("Nginx hop, no reloads", f) for f in hop],
     )
 
