@@ -9,15 +9,18 @@ posted at once as Alertmanager posts the notifications of different groups. Once
 controller has begun taking it in, one ``ServiceRequestRateHigh`` alert for ``quiet`` is
 posted.
 
-Prints per shape:
+Prints per shape, in bench/report.py's table:
   * ``quiet stored``: seconds from posting the quiet alert until it is stored (its event);
   * ``quiet decided``: seconds from posting the quiet alert until its decision is recorded;
   * ``quiet answered``: until its webhook call is answered;
   * ``flood answered`` / ``flood decided``: from the flood's start until its last call is
     answered / its last alert decided;
-and how many flood decisions were recorded before and after the quiet one.
+  * how many flood decisions were recorded before and after the quiet one, and how many
+    between the quiet alert stored and decided: those it waited behind. Goal: at most
+    one decision slice (``DECISION_SLICE``, 100), however large the flood.
 
-Run: python bench/alert_flood.py [--shapes 1x10000,10x1000]
+Run: python bench/alert_flood.py [--shapes 1x10000,10x1000] [--quick]
+``--quick``: shapes 1x300,3x100 (a smoke run; a test runs it so).
 (The cost per alert was profiled with ``py-spy record -p PID`` on this process.)
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +42,10 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` from a checkout
+
+from bench.report import Report, at_most
+from orchestrify.controller.alerts import DECISION_SLICE
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 
@@ -116,7 +124,9 @@ def serve(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def run(batches: int, per_batch: int) -> None:
+def run(batches: int, per_batch: int, *, report: Report) -> None:
+    """One shape: ``batches`` notifications of ``per_batch`` flood alerts, then the quiet
+    one; its figures go to ``report``."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = ControllerSettings(
             data_dir=Path(tmp),
@@ -172,18 +182,27 @@ def run(batches: int, per_batch: int) -> None:
             after = len(events(api, kind="decision", service="flood", after=quiet["id"]))
             before = batches * per_batch - after
             (quiet_stored,) = events(api, kind="alert", service="quiet")
-            print(
-                f"flood: {batches} x {per_batch} alerts for 'flood', then 1 alert for 'quiet'\n"
-                f"quiet stored    {since(quiet_posted_at, quiet_stored):8.2f} s after it was "
-                "posted\n"
-                f"quiet decided   {since(quiet_posted_at, quiet):8.2f} s after it was posted"
-                f" ({quiet['outcome']}: {quiet['message'][:60]})\n"
-                f"quiet answered  {quiet_answered:8.2f} s after it was posted\n"
-                f"flood answered  {flood_answered_s:8.2f} s after the flood began (last call)\n"
-                f"flood decided   {since(flood_start_at, last_flood):8.2f} s after the flood "
-                "began (last decision)\n"
-                f"flood decisions recorded before quiet's: {before}, after: {after}"
-            )
+            ahead = [
+                e
+                for e in events(api, kind="decision", service="flood", after=quiet_stored["id"])
+                if e["id"] < quiet["id"]
+            ]
+    print(f"  quiet's decision: {quiet['outcome']}: {quiet['message'][:60]}", file=sys.stderr)
+    scenario = f"{batches} x {per_batch:,} alerts"
+    report.add(scenario, "quiet stored after posted", since(quiet_posted_at, quiet_stored), "s")
+    report.add(scenario, "quiet decided after posted", since(quiet_posted_at, quiet), "s")
+    report.add(scenario, "quiet answered after posted", quiet_answered, "s")
+    report.add(scenario, "flood answered (last call)", flood_answered_s, "s")
+    report.add(scenario, "flood decided (last)", since(flood_start_at, last_flood), "s")
+    report.add(scenario, "flood decisions before quiet's", before)
+    report.add(scenario, "flood decisions after quiet's", after)
+    report.add(
+        scenario,
+        "flood decisions quiet waited behind",
+        len(ahead),
+        "",
+        at_most(DECISION_SLICE),
+    )
 
 
 def since(start: datetime, event: dict[str, Any]) -> float:
@@ -250,11 +269,15 @@ def main() -> None:
     parser.add_argument(
         "--shapes", default="1x10000,10x1000", help="BATCHESxALERTS, comma-separated"
     )
+    parser.add_argument("--quick", action="store_true", help="Small floods (a smoke run).")
     args = parser.parse_args()
-    for shape in args.shapes.split(","):
+    shapes = "1x300,3x100" if args.quick else args.shapes
+    report = Report("alert flood: one service's alert behind another's flood")
+    for shape in shapes.split(","):
         batches, per_batch = (int(x) for x in shape.split("x"))
-        run(batches, per_batch)
-        print()
+        print(f"flood {shape} ...", file=sys.stderr, flush=True)
+        run(batches, per_batch, report=report)
+    report.print()
 
 
 if __name__ == "__main__":

@@ -13,9 +13,12 @@ requests through Nginx every 20 ms on new connections.
 For each it prints containers replaced (or removed), requests failed, and seconds from
 the end of the fault (the component back) until the fleet is whole again: the service's
 replicas healthy in the controller, Nginx serving them, and every node heard from since.
-Goal: 0 and 0. Asserts nothing.
+Goal: 0 and 0. Prints bench/report.py's table; asserts nothing.
 
-    source .venv/bin/activate && python bench/outage.py [--outage 60] [--only NAME]
+    python bench/outage.py [--outage 60] [--only NAME] [--quick]
+
+``--quick``: the controller-down drill alone, with a 2 s outage (a smoke run; a test
+runs it so).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` from a checkout
 
-from bench.outage_lab import Fleet, containers, fleet, wait_for
+from bench.outage_lab import Fleet, containers, fleet
+from bench.report import Report, at_most
+from bench.wait import wait_for
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 
 SERVICE = "web"
@@ -133,7 +138,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--outage", type=float, default=60.0, help="controller-down seconds")
     parser.add_argument("--only", help="run only this drill")
+    parser.add_argument("--quick", action="store_true", help="one short drill (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.outage, args.only = 2.0, args.only or "controller-down"
     client = docker.from_env()
     build_demo_image()
     drills: dict[str, Callable[[Fleet], None]] = {
@@ -147,15 +155,16 @@ def main() -> None:
         for name, fault in drills.items():
             if args.only and name != args.only:
                 continue
-            print(f"drill {name} ...", flush=True)
+            print(f"drill {name} ...", file=sys.stderr, flush=True)
             outcomes.append(_drill(name, client, fault, workdir=Path(tmp)))
-    print()
-    print(f"{'drill':<30} {'replaced':>9} {'requests':>9} {'failed':>7} {'whole after':>12}")
+    report = Report(f"outage drills ({REPLICAS} replicas, requests every 20 ms through Nginx)")
     for o in outcomes:
-        print(
-            f"{o.drill:<30} {o.replaced:>9} {o.requests:>9} {o.failed:>7} {o.whole_after_s:>11.1f}s"
-        )
-    print("goal: 0 replaced, 0 failed")
+        drill = f"{o.drill} ({args.outage:g} s)" if o.drill == "controller-down" else o.drill
+        report.add(drill, "containers replaced", o.replaced, "", at_most(0))
+        report.add(drill, "requests", o.requests)
+        report.add(drill, "failed requests", o.failed, "", at_most(0))
+        report.add(drill, "whole again after", o.whole_after_s, "s")
+    report.print()
     client.close()
 
 

@@ -124,7 +124,7 @@ def _unit(unit: str) -> str:
 
 
 def _number(value: float) -> str:
-    if float(value).is_integer() and abs(value) >= 1:
+    if float(value).is_integer():  # counts (0 failed, 3 replaced) print as counts
         return f"{int(value):,}"
     if abs(value) >= 100:
         return f"{value:,.0f}"

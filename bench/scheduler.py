@@ -6,7 +6,11 @@ counts carried forward (as the reconciler does). Goal: at least 20,000 placement
 (Nomad's C1M reported about 3,300/s on a real cluster).
 
 The 100-service time includes building each call's 1,000 node views, as the reconciler
-does. Run: ``python bench/scheduler.py [--nodes N] [--replicas R] [--services S]``.
+does. Prints bench/report.py's table; asserts nothing.
+
+    python bench/scheduler.py [--nodes N] [--replicas R] [--services S] [--quick]
+
+``--quick``: 100 nodes, 1,000 replicas, 10 services, one run (a test runs it so).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` from a checkout
 
+from bench.report import Report, at_least, at_most
 from orchestrify.models import NodeState
 from orchestrify.scheduling import NodeView, place_replicas
 
@@ -93,17 +98,16 @@ def run(
     return [min(one, key=lambda r: r.seconds), min(many, key=lambda r: r.seconds)]
 
 
-def format_table(results: list[BenchResult]) -> str:
-    head = f"{'scenario':<14} {'nodes':>6} {'placed':>7} {'unplaced':>8} {'seconds':>8} "
-    head += f"{'placements/s':>13} {'spread':>6}  goal {GOAL_PER_S:,}/s"
-    lines = [head]
+def report(results: list[BenchResult]) -> Report:
+    """The figures of each scenario, with the goal (placements/s) and every replica placed."""
+    out = Report("scheduler: place_replicas")
     for r in results:
-        ok = "ok" if r.per_second >= GOAL_PER_S else "BELOW GOAL"
-        lines.append(
-            f"{r.scenario:<14} {r.nodes:>6} {r.placed:>7} {r.unplaced:>8} {r.seconds:>8.3f} "
-            f"{r.per_second:>13,.0f} {r.max_minus_min:>6}  {ok}"
-        )
-    return "\n".join(lines)
+        scenario = f"{r.scenario}, {r.placed + r.unplaced:,} replicas, {r.nodes:,} nodes"
+        out.add(scenario, "placements", r.per_second, "/s", at_least(GOAL_PER_S, "/s"))
+        out.add(scenario, "seconds", r.seconds, "s")
+        out.add(scenario, "unplaced", r.unplaced, "", at_most(0))
+        out.add(scenario, "per-node spread (max - min)", r.max_minus_min, "")
+    return out
 
 
 def main() -> None:
@@ -112,11 +116,14 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=10_000)
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="Runs per scenario; best kept.")
+    parser.add_argument("--quick", action="store_true", help="Small N, one run (a smoke run).")
     args = parser.parse_args()
+    if args.quick:
+        args.nodes, args.replicas, args.services, args.repeat = 100, 1000, 10, 1
     results = run(
         nodes=args.nodes, replicas=args.replicas, services=args.services, repeat=args.repeat
     )
-    print(format_table(results))
+    report(results).print()
 
 
 if __name__ == "__main__":

@@ -34,3 +34,9 @@ def test_a_figure_that_could_not_be_measured_fails_its_goal() -> None:
     report = Report("r")
     row = report.add("s", "median", math.nan, "s", at_most(10, "s"))
     assert row.met is False and row.measured == "n/a"
+
+
+def test_a_count_of_zero_prints_as_a_count() -> None:
+    report = Report("r")
+    report.add("s", "failed", 0, "", at_most(0))
+    assert report.table().splitlines()[-1].split() == ["s", "failed", "0", "≤", "0", "yes"]

@@ -25,5 +25,5 @@ def test_bench_places_everything_balanced() -> None:
     assert [r.placed for r in results] == [200, 200]
     assert all(r.unplaced == 0 for r in results)
     assert all(r.max_minus_min <= 1 for r in results)
-    table = bench.format_table(results)
-    assert "placements/s" in table and "1 service" in table and "10 services" in table
+    table = bench.report(results).table()
+    assert "placements" in table and "1 service" in table and "10 services" in table
