@@ -36,9 +36,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.` from a checkout
 
+from bench.ha_lab import HaLab, ha_lab
+from bench.postgres import postgres_available
+from bench.wait import wait_for
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
-from tests.integration.ha_lab import HaLab, ha_lab, wait_for
-from tests.postgres import postgres_available
 
 SERVICE = "web"
 REPLICAS = 3

@@ -34,7 +34,8 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench.` from a checkout
 
-from bench.outage_lab import Fleet, containers, fleet, wait_for
+from bench.outage_lab import Fleet, containers, fleet
+from bench.wait import wait_for
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 
 SERVICE = "web"

@@ -1,9 +1,13 @@
-"""A small real fleet for outage drills, shared by bench/outage.py and the tests.
+"""A small real fleet for outage drills, and the pieces every real-fleet lab is made of.
 
-The controller and the edge are real processes (`python -m orchestrify controller|edge`)
-so a drill can SIGKILL them; the agent runs in a thread of this process (its containers
+``Fleet`` is what bench/outage.py and tests/integration/test_outage.py break: the
+controller and the edge are real processes (`python -m orchestrify controller|edge`) so
+a drill can SIGKILL them; the agent runs in a thread of this process (its containers
 carry the test labels, so they are found and removed at the end); traffic goes through
-the real Nginx on new connections every 20 ms. Runtime dependencies only: no pytest.
+the real Nginx on new connections every 20 ms. bench/ha_lab.py builds its fleet of
+several controllers from the same pieces (``Process``, ``ControllerProcess``,
+``EdgeProcess``, ``RunningAgent``, ``Load``, ``DataPlane``). Runtime dependencies only:
+no pytest.
 """
 
 from __future__ import annotations
@@ -18,47 +22,22 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import docker.errors
 import httpx
 
+from bench.labels import RUN_LABEL, TEST_LABEL
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.agent import Agent, AgentSettings, HealSettings
 from orchestrify.edge.runner import VIEW_FILE, remove_temp_dir
 
-T = TypeVar("T")
-
-TEST_LABEL = "orchestrify.test"  # the same label tests/conftest.py cleans up by
-RUN_LABEL = "orchestrify.test.run"
 REQUEST_EVERY_S = 0.02
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], T], *, timeout: float = 30.0) -> T:
-    """Poll ``check`` until it returns something truthy; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # not there yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
 class Process:
@@ -109,44 +88,62 @@ class Process:
 
 class ControllerProcess(Process):
     """`orchestrify controller` on a fixed port, so that it comes back where agents and
-    edges look for it."""
+    edges look for it (``port``, or a free one). ``extra`` are more command-line
+    arguments (a database URL...); the tokens are random unless given."""
 
-    def __init__(self, data_dir: Path, *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        admin_token: str | None = None,
+        join_token: str | None = None,
+        extra: Sequence[str] = (),
+        log_path: Path | None = None,
+        name: str = "the controller",
+    ) -> None:
+        self.name = name
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_token = "admin-" + uuid.uuid4().hex
-        self.join_token = "join-" + uuid.uuid4().hex
+        self.admin_token = admin_token or "admin-" + uuid.uuid4().hex
+        self.join_token = join_token or "join-" + uuid.uuid4().hex
         args = ["controller", "--port", str(self.port), "--data-dir", str(data_dir)]
-        args += ["--token", self.admin_token, "--join-token", self.join_token, *(extra or [])]
-        super().__init__(args, log_path=data_dir.parent / f"controller-{self.port}.log")
+        args += ["--token", self.admin_token, "--join-token", self.join_token, *extra]
+        log_path = log_path or data_dir.parent / f"controller-{self.port}.log"
+        super().__init__(args, log_path=log_path)
 
     def start(self, *, timeout: float = 60.0) -> None:
         super().start()
-        wait_for(f"the controller at {self.url}", self.healthy, timeout=timeout)
+        wait_for(f"{self.name} at {self.url}", self.healthy, timeout=timeout)
 
     def healthy(self) -> bool:
         if not self.running():
-            raise AssertionError(f"the controller exited:\n{self.log()}")
+            raise AssertionError(f"{self.name} exited:\n{self.log()}")
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def api(self) -> httpx.Client:
+    def api(self, *, timeout: float = 10.0) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=timeout,
         )
 
 
 class EdgeProcess(Process):
-    """`orchestrify edge` with its Nginx in ``prefix``, listening on a loopback port."""
+    """`orchestrify edge` with its Nginx in ``prefix``, listening on a loopback port, given
+    every controller's URL (it sticks to the first that answers)."""
 
-    def __init__(self, controller: ControllerProcess, prefix: Path, *, name: str) -> None:
+    def __init__(
+        self, controller_urls: Sequence[str], *, token: str, prefix: Path, name: str
+    ) -> None:
         self.prefix = prefix
         self.listen = free_port()
         self.url = f"http://127.0.0.1:{self.listen}"
-        args = ["edge", "--controller", controller.url, "--token", controller.admin_token]
+        args = ["edge", "--controller", ",".join(controller_urls), "--token", token]
         args += ["--nginx-conf-dir", str(prefix), "--listen", f"127.0.0.1:{self.listen}"]
         args += ["--metrics-port", "0", "--name", name]
         super().__init__(args, log_path=prefix.parent / f"edge-{name}.log")
@@ -201,13 +198,21 @@ class RunningAgent:
     error: list[BaseException] = field(default_factory=list)
 
     @classmethod
-    def for_controller(
-        cls, controller: ControllerProcess, *, state_dir: Path, name: str, run_id: str
+    def for_fleet(
+        cls,
+        controller_urls: Sequence[str],
+        *,
+        join_token: str,
+        state_dir: Path,
+        name: str,
+        run_id: str,
     ) -> RunningAgent:
+        """An agent of a drill's fleet: it heartbeats every second and finds a failed
+        replica within about a second, so that drills are short."""
         return cls(
             AgentSettings(
-                controller_url=controller.url,
-                join_token=controller.join_token,
+                controller_url=",".join(controller_urls),
+                join_token=join_token,
                 name=name,
                 advertise_address="127.0.0.1",
                 state_dir=state_dir,
@@ -313,38 +318,25 @@ def remove_containers(client: docker.DockerClient, run_id: str) -> None:
             c.remove(force=True)
 
 
-@dataclass
-class Fleet:
-    """Controller process, one agent thread, edge process: the pieces a drill breaks."""
+class DataPlane:
+    """What a drill does with a lab's data plane, the same whatever its control plane:
+    deploy a service, check that it is served, send it traffic, list its containers.
+    A lab provides ``api()`` (a client of a controller that answers), ``serving_edge()``,
+    ``docker``, ``run_id`` and ``loads``."""
 
-    workdir: Path
     docker: docker.DockerClient
-    controller_args: list[str] = field(default_factory=list)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    run_id: str
+    loads: list[Load]
 
-    def __post_init__(self) -> None:
-        self.controller = ControllerProcess(
-            self.workdir / "controller", extra=list(self.controller_args)
-        )
-        self.agent = RunningAgent.for_controller(
-            self.controller,
-            state_dir=self.workdir / "agent",
-            name=f"node-{self.run_id}",
-            run_id=self.run_id,
-        )
-        self.edge = EdgeProcess(self.controller, self.workdir / "nginx", name=f"edge-{self.run_id}")
-        self.loads: list[Load] = []
+    def api(self) -> httpx.Client:
+        raise NotImplementedError
 
-    def start(self) -> Fleet:
-        self.controller.start()
-        self.agent.start()
-        self.edge.start()
-        with self.controller.api() as api:
-            wait_for("the node to be ready", lambda: _ready_nodes(api), timeout=60)
-        return self
+    def serving_edge(self) -> EdgeProcess:
+        raise NotImplementedError
 
-    def deploy(self, name: str, *, image: str, replicas: int) -> None:
-        with self.controller.api() as api:
+    def deploy(self, name: str, *, image: str, replicas: int, **extra: Any) -> None:
+        """Create service ``name`` (demo app on port 8000, a 2 s drain)."""
+        with self.api() as api:
             resp = api.post(
                 "/v1/services",
                 json={
@@ -355,24 +347,68 @@ class Fleet:
                     "min_replicas": 1,
                     "max_replicas": max(replicas, 10),
                     "drain_s": 2,
+                    **extra,
                 },
             )
             resp.raise_for_status()
 
     def serving(self, name: str, replicas: int) -> bool:
-        """``replicas`` healthy replicas of ``name``, and Nginx serves exactly their
-        addresses."""
-        with self.controller.api() as api:
+        """``replicas`` healthy replicas of ``name``, all of them in what Nginx serves."""
+        with self.api() as api:
             reps = api.get("/v1/replicas", params={"service": name}).json()
         healthy = {r["address"] for r in reps if r["state"] == "healthy" and r["desired"] == "run"}
-        if len(healthy) != replicas:
-            return False
-        return healthy <= self.edge.upstream_addresses()
+        return len(healthy) == replicas and healthy <= self.serving_edge().upstream_addresses()
+
+    def containers(self, **labels: str) -> dict[str, str]:
+        """Running containers of this run: id -> replica id."""
+        return containers(self.docker, self.run_id, **labels)
 
     def load(self, name: str) -> Load:
-        load = Load(f"{self.edge.url}/{name}/").start()
+        """Traffic to ``name`` through the edge's Nginx, until the lab closes."""
+        load = Load(f"{self.serving_edge().url}/{name}/").start()
         self.loads.append(load)
         return load
+
+
+@dataclass
+class Fleet(DataPlane):
+    """Controller process, one agent thread, edge process: the pieces a drill breaks."""
+
+    workdir: Path
+    docker: docker.DockerClient
+    controller_args: list[str] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    def __post_init__(self) -> None:
+        self.controller = ControllerProcess(self.workdir / "controller", extra=self.controller_args)
+        self.agent = RunningAgent.for_fleet(
+            [self.controller.url],
+            join_token=self.controller.join_token,
+            state_dir=self.workdir / "agent",
+            name=f"node-{self.run_id}",
+            run_id=self.run_id,
+        )
+        self.edge = EdgeProcess(
+            [self.controller.url],
+            token=self.controller.admin_token,
+            prefix=self.workdir / "nginx",
+            name=f"edge-{self.run_id}",
+        )
+        self.loads: list[Load] = []
+
+    def start(self) -> Fleet:
+        self.controller.start()
+        self.agent.start()
+        self.edge.start()
+        with self.controller.api() as api:
+            wait_for("the node to be ready", lambda: _ready_nodes(api), timeout=60)
+        return self
+
+    def api(self) -> httpx.Client:
+        return self.controller.api()
+
+    def serving_edge(self) -> EdgeProcess:
+        return self.edge
 
     def close(self) -> None:
         for load in self.loads:
@@ -391,6 +427,7 @@ def _ready_nodes(api: httpx.Client) -> bool:
 
 @contextlib.contextmanager
 def fleet(workdir: Path, client: docker.DockerClient, **kwargs: Any) -> Iterator[Fleet]:
+    """A started ``Fleet``, closed however the block ends (a failed start too)."""
     f = Fleet(workdir, client, **kwargs)
     try:
         yield f.start()

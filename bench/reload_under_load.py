@@ -26,17 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker
 
-from orchestrify.edge import EdgeSettings
-from tests.conftest import free_port
-from tests.integration.edge_lab import (
+from bench.edge_lab import (
     ADMIN_TOKEN,
     ControllerThread,
     EdgeThread,
     StandInAgent,
     demo_image,
     running,
-    wait_until,
 )
+from bench.net import free_port
+from bench.wait import wait_for
+from orchestrify.edge import EdgeSettings
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
@@ -123,7 +123,7 @@ def main() -> int:
                         "drain_s": 1.5,
                     },
                 ).raise_for_status()
-            wait_until(
+            wait_for(
                 "4 replicas in nginx",
                 lambda: (
                     len(edge.served_replicas("bench")) == 3

@@ -24,17 +24,13 @@ from typing import Any
 import docker
 import httpx
 
+from bench.agent_harness import RunningAgent, agent_settings, start_controller
+from bench.labels import RUN_LABEL, TEST_LABEL
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from orchestrify.logs import setup_logging
-from tests.agent.harness import (
-    RUN_LABEL,
-    RunningAgent,
-    agent_settings,
-    start_controller,
-    wait_for,
-)
-from tests.conftest import TEST_LABEL, free_port
 
 
 def _replica(api: Any, rid: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import docker
 import docker.errors
 import pytest
 
-from tests.postgres import PostgresServer, postgres_available, running_postgres
+from bench.net import free_port
+from bench.postgres import PostgresServer, postgres_available, running_postgres
 
 IN_CI = bool(os.environ.get("CI"))
-TEST_LABEL = "orchestrify.test"  # every container/network a test creates carries it
 
 
 def require(ok: bool, what: str) -> None:
@@ -50,12 +49,6 @@ def require_docker() -> docker.DockerClient:
     return client
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _root_edge_temp_base() -> Iterator[None]:
     """A root edge in this test process keeps Nginx's temp dirs in a throwaway folder
@@ -75,7 +68,7 @@ def _root_edge_temp_base() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL 15 cluster of this test session's own (see tests/postgres.py); under
+    """A PostgreSQL 15 cluster of this test session's own (see bench/postgres.py); under
     CI a missing PostgreSQL fails, never skips."""
     why = postgres_available()
     require(why is None, why or "")

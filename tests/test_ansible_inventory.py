@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, require_binary
+from bench.net import free_port
+from tests.conftest import require_binary
 
 REPO = Path(__file__).resolve().parents[1]
 NODES = [

@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from bench.net import free_port
 from orchestrify import __version__
 from orchestrify.agent import Agent, AgentSettings
 from orchestrify.agent.state import NodeIdentity, save_assignments, save_identity
@@ -23,7 +24,6 @@ from orchestrify.client import AsyncControllerClient
 from orchestrify.errors import VersionMismatch
 from orchestrify.protocol import PROTOCOL_VERSION
 from tests.agent.test_reconcile import CLUSTER, FakeEngine, assignment, container, sync
-from tests.conftest import free_port
 
 
 def mock_client(handler: httpx.MockTransport, *, min_protocol: int | None) -> AsyncControllerClient:

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.postgres import PostgresServer
 from orchestrify.controller.app import create_app
 from orchestrify.controller.deps import ControllerState
 from orchestrify.errors import Fenced
 from tests.api.conftest import AUTH, register, replicas_of, service_spec, settings, wait_for
-from tests.postgres import PostgresServer
 
 
 def state_of(client: TestClient) -> ControllerState:

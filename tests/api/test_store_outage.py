@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.net import free_port
+from bench.postgres import PASSWORD, PostgresServer, postgres_available, running_postgres
 from orchestrify.controller.app import create_app
 from tests.api.conftest import AUTH, settings
-from tests.conftest import free_port, require
-from tests.postgres import PASSWORD, PostgresServer, postgres_available, running_postgres
+from tests.conftest import require
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.net import free_port
+from bench.postgres import PostgresServer, postgres_available, running_postgres
 from orchestrify.controller.app import create_app
 from orchestrify.controller.deps import ControllerState
 from orchestrify.store import Store
@@ -25,8 +27,7 @@ from orchestrify.store.listen import SEQUENCE_KEY, ChangeListener
 from orchestrify.store.replicas import drain_replica
 from orchestrify.store.tables import ReplicaRow
 from tests.api.conftest import AUTH, bearer, reconcile, register, service_spec, settings, wait_for
-from tests.conftest import free_port, require
-from tests.postgres import PostgresServer, postgres_available, running_postgres
+from tests.conftest import require
 
 WATCH_S = 120.0  # the long-polls' timeout: a wake well before it is no timeout
 HANG_S = 90.0  # how long a test waits for a watcher before calling it hung

@@ -16,9 +16,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from bench.net import free_port
 from orchestrify.cli import app as cli_app
 from tests.api.conftest import wait_for
-from tests.conftest import free_port
 from tests.processes import controller_process
 
 ROOT = Path(__file__).resolve().parents[2]

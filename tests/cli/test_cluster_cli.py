@@ -16,10 +16,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from bench.postgres import PostgresServer
 from orchestrify.cli import app
 from orchestrify.controller.settings import ControllerSettings
 from tests.api.conftest import wait_for
-from tests.postgres import PostgresServer
 from tests.processes import controller_process
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from bench.net import free_port
+from bench.postgres import PASSWORD, PostgresServer
 from orchestrify.cli import app
 from orchestrify.controller.settings import ControllerSettings
-from tests.conftest import free_port
-from tests.postgres import PASSWORD, PostgresServer
 
 runner = CliRunner()
 SECRET = "s3cret-pw"

@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.agent import Agent, AgentSettings
 from orchestrify.agent.state import NodeIdentity
 from orchestrify.client import (
@@ -34,8 +36,6 @@ from orchestrify.client import (
 )
 from orchestrify.edge.runner import Edge, EdgeSettings
 from orchestrify.errors import Conflict, InvalidSpec, NodeUnreachable
-from tests.agent.harness import wait_for
-from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token-never-logged"

@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tests.conftest import free_port
+from bench.net import free_port
 
 
 @contextlib.contextmanager

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.net import free_port
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
-from tests.conftest import free_port, require_binary
+from tests.conftest import require_binary
 from tests.controller.live import serve
 
 pytestmark = pytest.mark.integration

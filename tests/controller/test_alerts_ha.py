@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.postgres import PostgresServer
 from tests.controller.test_alerts_api import (
     ADMIN,
     decisions,
@@ -25,7 +26,6 @@ from tests.controller.test_alerts_api import (
     rate_high,
     state_of,
 )
-from tests.postgres import PostgresServer
 
 DELIVERIES = 40  # per test: the same notification, half through each controller
 

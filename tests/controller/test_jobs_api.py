@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from bench.postgres import PostgresServer
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.jobs.models import JobStatus
@@ -21,7 +22,6 @@ from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
 from orchestrify.store.jobs import JobStore
 from tests.conftest import require_binary
-from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.postgres import PostgresServer
 from tests.controller.test_alerts_api import ADMIN, JOIN, make_client, state_of
-from tests.postgres import PostgresServer
 
 CALLS = 100
 EXISTING = [f"old{n}" for n in range(10)]  # scaled during the race

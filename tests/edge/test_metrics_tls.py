@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.net import free_port
 from orchestrify.edge import Edge, EdgeSettings
-from tests.conftest import free_port
 from tests.edge.test_saved_view import FakeController, StoppableNginx, _until
 from tests.tls import make_ca, make_server_pair
 

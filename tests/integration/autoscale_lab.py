@@ -23,14 +23,15 @@ import docker
 import docker.errors
 import httpx
 
+from bench.agent_harness import RunningAgent, RunningController, agent_settings
+from bench.agent_harness import start_controller as harness_start_controller
+from bench.edge_lab import EdgeThread
+from bench.labels import RUN_LABEL
+from bench.net import free_port
 from orchestrify.agent import HealSettings
 from orchestrify.config_render import render_config
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from orchestrify.edge import EdgeSettings
-from tests.agent.harness import RUN_LABEL, RunningAgent, RunningController, agent_settings
-from tests.agent.harness import start_controller as harness_start_controller
-from tests.conftest import free_port
-from tests.integration.edge_lab import EdgeThread
 from tests.processes import stop_process
 
 SERVICE = "web"

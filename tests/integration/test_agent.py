@@ -20,17 +20,13 @@ import docker.errors
 import httpx
 import pytest
 
+from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
+from bench.labels import RUN_LABEL, TEST_LABEL
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
-from tests.agent.harness import (
-    RUN_LABEL,
-    RunningAgent,
-    RunningController,
-    agent_settings,
-    start_controller,
-    wait_for,
-)
-from tests.conftest import TEST_LABEL, free_port, require_docker
+from tests.conftest import require_docker
 
 pytestmark = pytest.mark.integration
 

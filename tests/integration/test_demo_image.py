@@ -14,9 +14,10 @@ import docker.errors
 import httpx
 import pytest
 
+from bench.labels import TEST_LABEL
 from orchestrify.demo import DEMO_IMAGE_LABEL, DEMO_PORT, build_demo_image, find_static_busybox
 from orchestrify.errors import DockerFailure
-from tests.conftest import TEST_LABEL, require, require_docker
+from tests.conftest import require, require_docker
 
 pytestmark = pytest.mark.integration
 

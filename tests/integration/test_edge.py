@@ -13,18 +13,19 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrify.edge import EdgeSettings
-from orchestrify.edge.render import nginx_templates_dir
-from tests.conftest import free_port, require_binary, require_docker
-from tests.integration.edge_lab import (
+from bench.edge_lab import (
     ADMIN_TOKEN,
     ControllerThread,
     EdgeThread,
     StandInAgent,
     demo_image,
     running,
-    wait_until,
 )
+from bench.net import free_port
+from bench.wait import wait_for
+from orchestrify.edge import EdgeSettings
+from orchestrify.edge.render import nginx_templates_dir
+from tests.conftest import require_binary, require_docker
 
 pytestmark = pytest.mark.integration
 METHODS = ("GET", "POST", "PUT", "DELETE")
@@ -91,7 +92,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             f"http://127.0.0.1:{metrics_port}/metrics",
             templates,
         )
-        wait_until("3 replicas in nginx", lambda: len(edge.served_replicas("web")) == 3)
+        wait_for("3 replicas in nginx", lambda: len(edge.served_replicas("web")) == 3)
         yield lab
     client.images.remove(image, force=True)
     client.close()
@@ -155,7 +156,7 @@ def test_latency_of_one_replica_shows_in_its_histogram(lab: Lab) -> None:
             delta = {k: v - before.get(k, 0.0) for k, v in now.items()}
             return delta if delta.get("count", 0) >= 4 else None
 
-        h = wait_until("the slow replica's histogram", grew, timeout=10)
+        h = wait_for("the slow replica's histogram", grew, timeout=10)
         assert h["sum"] / h["count"] >= 0.15
         assert h["bucket0.1"] == 0  # none of the slow replica's new requests under 100 ms
         # No upper bound on a busy machine's latency: only that every request is counted.
@@ -175,7 +176,7 @@ def test_killed_replica_leaves_nginx_and_no_request_fails(lab: Lab) -> None:
     # Even before the edge reacts, Nginx skips the dead replica (next upstream).
     for _ in range(10):
         assert lab.via_host("GET").status_code == 200
-    wait_until(
+    wait_for(
         "the killed replica to leave nginx", lambda: victim not in lab.edge.served_replicas("web")
     )
     for method in METHODS * 5:
@@ -184,11 +185,11 @@ def test_killed_replica_leaves_nginx_and_no_request_fails(lab: Lab) -> None:
         assert _replica_of(resp) != victim
     # Replaced in place (as the agent does): healthy again, back in Nginx.
     lab.agent.revive(victim)
-    wait_until("the revived replica in nginx", lambda: victim in lab.edge.served_replicas("web"))
+    wait_for("the revived replica in nginx", lambda: victim in lab.edge.served_replicas("web"))
 
 
 def test_scale_in_drains_out_of_nginx_before_the_container_stops(lab: Lab) -> None:
-    wait_until("3 healthy replicas", lambda: len(lab.edge.served_replicas("web")) == 3, timeout=30)
+    wait_for("3 healthy replicas", lambda: len(lab.edge.served_replicas("web")) == 3, timeout=30)
     before = lab.edge.served_replicas("web")
     r = lab.controller.http.patch("/v1/services/web", json={"replicas": 2})
     assert r.status_code == 200, r.text
@@ -197,7 +198,7 @@ def test_scale_in_drains_out_of_nginx_before_the_container_stops(lab: Lab) -> No
         served = lab.edge.served_replicas("web")
         return served if len(served) == 2 else None
 
-    after = wait_until("one replica to leave nginx", shrunk)
+    after = wait_for("one replica to leave nginx", shrunk)
     (gone,) = before - after
     address = lab.agent.addresses[gone]
     # Out of Nginx, still running: it answers directly, but gets no traffic through Nginx.
@@ -207,9 +208,7 @@ def test_scale_in_drains_out_of_nginx_before_the_container_stops(lab: Lab) -> No
     assert direct.status_code == 200 and _replica_of(direct) == gone
     names = {_replica_of(lab.via_host("GET")) for _ in range(20)}
     assert gone not in names
-    wait_until(
-        "the drained container to stop", lambda: gone not in lab.agent.containers, timeout=20
-    )
+    wait_for("the drained container to stop", lambda: gone not in lab.agent.containers, timeout=20)
 
 
 def test_service_without_healthy_replica_answers_503(lab: Lab) -> None:
@@ -219,7 +218,7 @@ def test_service_without_healthy_replica_answers_503(lab: Lab) -> None:
         json={"name": "empty", "image": image, "replicas": 0, "min_replicas": 0},
     )
     assert r.status_code == 201, r.text
-    resp = wait_until(
+    resp = wait_for(
         "the empty service in nginx",
         lambda: (x := lab.via_path("GET", service="empty")).status_code == 503 and x,
     )
@@ -248,7 +247,7 @@ def test_reload_nginx_cannot_take_is_rolled_back_and_an_event_says_why(lab: Lab)
             events = lab.controller.http.get("/v1/events", params={"kind": "config"}).json()
             return [e for e in events if "Address already in use" in str(e.get("reason"))]
 
-        (event, *_) = wait_until("a rolled-back config event", rolled_back, timeout=30)
+        (event, *_) = wait_for("a rolled-back config event", rolled_back, timeout=30)
         assert event["data"]["stage"] == "verify" and event["data"]["rolled_back"] is True
         # The last good config is back in the files and still serves traffic.
         assert f"127.0.0.1:{taken}" not in (lab.edge.edge.prefix / "nginx.conf").read_text()
@@ -279,7 +278,7 @@ def test_broken_template_keeps_the_old_config_and_an_event_says_why(lab: Lab) ->
                 if e.get("outcome") == "failed" and "no_such_directive" in str(e.get("reason"))
             ]
 
-        events = wait_until("a config event", refused, timeout=30)
+        events = wait_for("a config event", refused, timeout=30)
         # Refused by `nginx -t`: nothing was swapped in, so nothing to roll back.
         assert events[-1]["data"]["stage"] == "test" and not events[-1]["data"]["rolled_back"]
         assert events[-1]["data"]["edge"] == "edge-test"

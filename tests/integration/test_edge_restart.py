@@ -26,19 +26,15 @@ import docker.errors
 import httpx
 import pytest
 
+from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
+from bench.edge_lab import stop_nginx
+from bench.labels import RUN_LABEL, TEST_LABEL
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
-from tests.agent.harness import (
-    RUN_LABEL,
-    RunningAgent,
-    RunningController,
-    agent_settings,
-    start_controller,
-    wait_for,
-)
-from tests.conftest import TEST_LABEL, free_port, require, require_binary, require_docker
-from tests.integration.edge_lab import stop_nginx
+from tests.conftest import require, require_binary, require_docker
 from tests.integration.test_rolling import Load
 from tests.processes import stop_process
 

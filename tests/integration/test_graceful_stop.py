@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.wait import wait_for
 from orchestrify.demo import DEFAULT_TAG
-from tests.agent.harness import wait_for
 from tests.conftest import require_docker
 from tests.integration.test_rolling import Fleet, Load, fleet  # noqa: F401  (fixture)
 

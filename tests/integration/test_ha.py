@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.ha_lab import HaLab, ha_lab
+from bench.postgres import postgres_available
+from bench.wait import wait_for
 from tests.alerting.payloads import am_alert, am_payload
 from tests.conftest import require, require_binary, require_docker
-from tests.integration.ha_lab import HaLab, ha_lab, wait_for
-from tests.postgres import postgres_available
 
 pytestmark = pytest.mark.integration
 

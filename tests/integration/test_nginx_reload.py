@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.net import free_port
 from orchestrify.edge.nginx import NginxProcess, accepting_workers
-from tests.conftest import free_port, require_binary
+from tests.conftest import require_binary
 
 pytestmark = pytest.mark.integration
 

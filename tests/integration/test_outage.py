@@ -18,7 +18,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from bench.outage_lab import Fleet, containers, fleet, wait_for
+from bench.outage_lab import Fleet, containers, fleet
+from bench.wait import wait_for
 from orchestrify.demo import DEFAULT_TAG
 from tests.conftest import require, require_binary, require_docker
 

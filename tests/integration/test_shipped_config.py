@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
+from bench.net import free_port
 from orchestrify.config_render import render_config
-from tests.conftest import free_port, require_binary
+from tests.conftest import require_binary
 from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration

@@ -25,18 +25,14 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
+from bench.labels import RUN_LABEL, TEST_LABEL
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.cli import app as cli_app
 from orchestrify.client import ControllerClient
-from tests.agent.harness import (
-    RUN_LABEL,
-    RunningAgent,
-    RunningController,
-    agent_settings,
-    start_controller,
-    wait_for,
-)
-from tests.conftest import TEST_LABEL, free_port, require_docker
+from tests.conftest import require_docker
 from tests.tls import CertAuthority, make_ca, make_server_pair
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,9 @@ import docker
 import httpx
 import pytest
 
+from bench.net import free_port
 from orchestrify.demo import build_demo_image
-from tests.conftest import free_port, require_binary, require_docker
+from tests.conftest import require_binary, require_docker
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

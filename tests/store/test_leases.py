@@ -10,13 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.postgres import PostgresServer
 from orchestrify.errors import Fenced
 from orchestrify.models import ServiceSpec
 from orchestrify.store import Store
 from orchestrify.store.engine import Fence, fenced
 from orchestrify.store.leases import LeaseStore, LeaseTerm
 from tests.api.conftest import wait_for
-from tests.postgres import PostgresServer
 
 LONG = 60.0  # a lease that does not expire during the test
 SHORT = 0.5  # a lease the test waits out

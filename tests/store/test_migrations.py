@@ -13,13 +13,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from bench.postgres import PostgresServer
 from orchestrify.errors import StoreUnavailable
 from orchestrify.models import NodeRegistration, ReplicaReport, ServicePatch, ServiceSpec
 from orchestrify.store import Store, migrate
 from orchestrify.store.alerts import AlertStore
 from orchestrify.store.jobs import JobStore
 from orchestrify.store.tables import Base
-from tests.postgres import PostgresServer
 
 
 def _differences(store: Store) -> list[object]:

@@ -1,7 +1,9 @@
-"""Real controller and real agents for tests and the benchmark, each in its own thread.
+"""Real controller and real agents for the tests and the benchmarks, each in its own
+thread.
 
 The controller is uvicorn serving ``create_app`` on a free loopback port; an agent is
-``Agent.run()`` in its own asyncio loop, which a test can kill and start again.
+``Agent.run()`` in its own asyncio loop, which a test can kill and start again. Runtime
+dependencies only (no pytest): bench/selfheal.py runs on it too.
 """
 
 from __future__ import annotations
@@ -9,30 +11,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from bench.labels import RUN_LABEL, TEST_LABEL
 from bench.outage_lab import RunningAgent
 from orchestrify.agent import AgentSettings, HealSettings
 from orchestrify.client import ControllerClient
 from orchestrify.controller.app import ControllerServer, create_app
 from orchestrify.controller.settings import ControllerSettings
-from tests.conftest import TEST_LABEL
 
-__all__ = [
-    "RUN_LABEL",
-    "RunningAgent",
-    "RunningController",
-    "agent_settings",
-    "start_controller",
-    "wait_for",
-]
-
-RUN_LABEL = "orchestrify.test.run"
+__all__ = ["RunningAgent", "RunningController", "agent_settings", "start_controller"]
 
 
 @dataclass
@@ -90,7 +82,7 @@ def start_controller(
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,
         ),
-        handle_signals=False,  # signals belong to the main thread (pytest)
+        handle_signals=False,  # signals belong to the main thread (pytest's, a bench's)
     )
     thread = threading.Thread(target=server.run, name="controller", daemon=True)
     thread.start()
@@ -130,21 +122,3 @@ def agent_settings(
         ca=controller.ca,
         container_labels={TEST_LABEL: "1", RUN_LABEL: run_id},
     )
-
-
-def wait_for(
-    what: str, check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1
-) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # the thing polled may not exist yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")

@@ -1,13 +1,14 @@
 """A real highly available control plane for the failover drills (issue 11), shared by
 tests/integration/test_ha.py and bench/failover.py.
 
-PostgreSQL 15 of our own (tests/postgres.py); three `orchestrify controller` processes on
+PostgreSQL 15 of our own (bench/postgres.py); three `orchestrify controller` processes on
 it, each through a TCP proxy of this module (a drill cuts one controller off the
 database while it keeps running) and each as a database role of its own (``c1``...), so
 that an audit trigger can say which controller wrote every row and when, by the
 database's clock; two real agents (threads of this process, on the Docker engine, their
 containers labelled for clean-up) and one edge process with its Nginx, all given every
-controller's URL; traffic through Nginx every 20 ms on new connections.
+controller's URL; traffic through Nginx every 20 ms on new connections. The processes,
+the agents, the load and the data-plane checks are bench/outage_lab.py's.
 
 Runtime dependencies only (no pytest), so the benchmark can use it too.
 """
@@ -30,20 +31,19 @@ from typing import Any
 import docker
 import httpx
 
+from bench.net import free_port
 from bench.outage_lab import (
-    RUN_LABEL,
-    TEST_LABEL,
+    ControllerProcess,
+    DataPlane,
     EdgeProcess,
     Load,
     Process,
     RunningAgent,
     containers,
-    free_port,
     remove_containers,
-    wait_for,
 )
-from orchestrify.agent import AgentSettings, HealSettings
-from tests.postgres import PASSWORD, PG_USER, PostgresServer, running_postgres
+from bench.postgres import PASSWORD, PG_USER, PostgresServer, running_postgres
+from bench.wait import wait_for
 
 __all__ = [
     "AUDIT_TABLE",
@@ -53,7 +53,6 @@ __all__ = [
     "Write",
     "containers",
     "ha_lab",
-    "wait_for",
 ]
 
 AUDIT_TABLE = "drill_audit"
@@ -134,7 +133,7 @@ class TcpProxy:
         self._thread.join(10)
 
 
-class HaController(Process):
+class HaController(ControllerProcess):
     """`orchestrify controller --controller-id cN --database-url ...` on a fixed port; the
     database URL goes through its own ``TcpProxy`` and its own role."""
 
@@ -150,34 +149,18 @@ class HaController(Process):
         extra: Sequence[str] = (),
     ) -> None:
         self.ident = ident
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_token = admin_token
-        self.join_token = join_token
-        self.data_dir = workdir / ident
-        args = ["controller", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        args += ["--token", admin_token, "--join-token", join_token]
-        args += ["--database-url", database_url, "--controller-id", ident]
-        args += ["--advertise-url", self.url, "--lease-s", f"{lease_s:g}", *extra]
-        super().__init__(args, log_path=workdir / f"{ident}.log")
-
-    def start(self, *, timeout: float = 60.0) -> None:
-        super().start()
-        wait_for(f"controller {self.ident} at {self.url}", self.healthy, timeout=timeout)
-
-    def healthy(self) -> bool:
-        if not self.running():
-            raise AssertionError(f"controller {self.ident} exited:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def api(self, *, timeout: float = 10.0) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-            timeout=timeout,
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = ["--database-url", database_url, "--controller-id", ident]
+        args += ["--advertise-url", url, "--lease-s", f"{lease_s:g}", *extra]
+        super().__init__(
+            workdir / ident,
+            port=port,
+            admin_token=admin_token,
+            join_token=join_token,
+            extra=args,
+            log_path=workdir / f"{ident}.log",
+            name=f"controller {ident}",
         )
 
     def cluster(self) -> dict[str, Any]:
@@ -214,19 +197,6 @@ class HaController(Process):
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)
             self.frozen = False
-
-
-class HaEdge(EdgeProcess):
-    """An edge process given every controller's URL (``--controller URL1,URL2,URL3``)."""
-
-    def __init__(self, urls: Sequence[str], token: str, prefix: Path, *, name: str) -> None:
-        self.prefix = prefix
-        self.listen = free_port()
-        self.url = f"http://127.0.0.1:{self.listen}"
-        args = ["edge", "--controller", ",".join(urls), "--token", token]
-        args += ["--nginx-conf-dir", str(prefix), "--listen", f"127.0.0.1:{self.listen}"]
-        args += ["--metrics-port", "0", "--name", name]
-        Process.__init__(self, args, log_path=prefix.parent / f"edge-{name}.log")
 
 
 @dataclass(frozen=True)
@@ -269,7 +239,7 @@ END $$;
 
 
 @dataclass
-class HaLab:
+class HaLab(DataPlane):
     """The whole fleet; ``start()`` brings it up with ``c1`` leading, ``close()`` removes
     everything it started (processes, containers, Nginx, the PostgreSQL cluster)."""
 
@@ -294,7 +264,7 @@ class HaLab:
         self.controllers: list[HaController] = []
         self.proxies: dict[str, TcpProxy] = {}
         self.agents: list[RunningAgent] = []
-        self.edge: HaEdge | None = None
+        self.edge: EdgeProcess | None = None
         self.loads: list[Load] = []
         self._stack = contextlib.ExitStack()
         self.pg: PostgresServer | None = None
@@ -335,9 +305,16 @@ class HaLab:
         # answers): c1, the leader the drills start with, serves none of their traffic.
         urls = [c.url for c in reversed(self.controllers)]
         for name in ("a", "b"):
-            self.agents.append(self._agent(urls, name=name).start())
-        self.edge = HaEdge(
-            urls, self.admin_token, self.workdir / "nginx", name=f"edge-{self.run_id}"
+            agent = RunningAgent.for_fleet(
+                urls,
+                join_token=self.join_token,
+                state_dir=self.workdir / f"agent-{name}",
+                name=f"node-{name}-{self.run_id}",
+                run_id=self.run_id,
+            )
+            self.agents.append(agent.start())
+        self.edge = EdgeProcess(
+            urls, token=self.admin_token, prefix=self.workdir / "nginx", name=f"edge-{self.run_id}"
         )
         self.edge.start()
         wait_for("both nodes ready", self._nodes_ready, timeout=60)
@@ -370,21 +347,6 @@ class HaLab:
                     f'CREATE TRIGGER {AUDIT_TABLE}_t AFTER INSERT OR UPDATE OR DELETE ON "{table}"'
                     f" FOR EACH ROW EXECUTE FUNCTION {AUDIT_TABLE}_row()"
                 )
-
-    def _agent(self, urls: Sequence[str], *, name: str) -> RunningAgent:
-        return RunningAgent(
-            AgentSettings(
-                controller_url=",".join(urls),
-                join_token=self.join_token,
-                name=f"node-{name}-{self.run_id}",
-                advertise_address="127.0.0.1",
-                state_dir=self.workdir / f"agent-{name}",
-                metrics_port=None,
-                heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
-                heartbeat_interval_s=1.0,
-                container_labels={TEST_LABEL: "1", RUN_LABEL: self.run_id},
-            )
-        )
 
     def _nodes_ready(self) -> bool:
         with self.api() as api:
@@ -448,44 +410,13 @@ class HaLab:
         return now
 
     # --- the data plane ----------------------------------------------------------------
-    def deploy(self, name: str, *, replicas: int, image: str, **extra: Any) -> None:
-        with self.api() as api:
-            resp = api.post(
-                "/v1/services",
-                json={
-                    "name": name,
-                    "image": image,
-                    "port": 8000,
-                    "replicas": replicas,
-                    "min_replicas": 1,
-                    "max_replicas": max(replicas, 10),
-                    "drain_s": 2,
-                    **extra,
-                },
-            )
-            resp.raise_for_status()
-
-    def serving(self, name: str, replicas: int) -> bool:
-        """``replicas`` healthy replicas of ``name``, all of them in what Nginx serves."""
-        assert self.edge is not None
-        with self.api() as api:
-            reps = api.get("/v1/replicas", params={"service": name}).json()
-        healthy = {r["address"] for r in reps if r["state"] == "healthy" and r["desired"] == "run"}
-        return len(healthy) == replicas and healthy <= self.edge.upstream_addresses()
+    def serving_edge(self) -> EdgeProcess:
+        assert self.edge is not None, "the lab is not started"
+        return self.edge
 
     def desired(self, name: str) -> int:
         with self.api() as api:
             return int(api.get(f"/v1/services/{name}").json()["replicas"])
-
-    def containers(self, **labels: str) -> dict[str, str]:
-        """Running containers of this run: id -> replica id."""
-        return containers(self.docker, self.run_id, **labels)
-
-    def load(self, name: str) -> Load:
-        assert self.edge is not None
-        load = Load(f"{self.edge.url}/{name}/").start()
-        self.loads.append(load)
-        return load
 
     # --- tear-down ---------------------------------------------------------------------
     def close(self) -> None:

@@ -1,5 +1,6 @@
-"""A small real fleet for edge tests and the benchmark: an in-process controller, a
-stand-in agent that runs demo containers on the local engine, and an edge in a thread.
+"""A small real fleet for the edge tests and bench/reload_under_load.py: an in-process
+controller, a stand-in agent that runs demo containers on the local engine, and an edge
+in a thread. Runtime dependencies only (no pytest).
 
 The stand-in agent speaks the real protocol (register with the join token, read its
 assignments, report replicas healthy with their ``host:port``), as ``orchestrify.agent``
@@ -11,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import docker.errors
@@ -25,32 +25,18 @@ import httpx
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from bench.labels import RUN_LABEL, TEST_LABEL
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.demo import DEMO_PORT, build_demo_image
 from orchestrify.edge import Edge, EdgeSettings
 from orchestrify.edge.nginx import NginxProcess
 from orchestrify.edge.runner import remove_temp_dir
-from tests.conftest import TEST_LABEL, free_port
 
-T = TypeVar("T")
 ADMIN_TOKEN = "edge-test-admin"
 JOIN_TOKEN = "edge-test-join"
-
-
-def wait_until(what: str, check: Callable[[], T], *, timeout: float = 30.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # still starting: retry until the deadline
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 class ControllerThread:
@@ -79,7 +65,7 @@ class ControllerThread:
 
     def start(self) -> ControllerThread:
         self.thread.start()
-        wait_until("the controller", lambda: self.http.get("/healthz").status_code == 200)
+        wait_for("the controller", lambda: self.http.get("/healthz").status_code == 200)
         return self
 
     def stop(self) -> None:
@@ -159,7 +145,7 @@ class StandInAgent:
             ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
             labels={
                 TEST_LABEL: "1",
-                "orchestrify.test.run": self.run_id,
+                RUN_LABEL: self.run_id,
                 "orchestrify.service": service,
                 "orchestrify.replica": rid,
             },
@@ -168,7 +154,7 @@ class StandInAgent:
         c.reload()
         port = c.ports[f"{DEMO_PORT}/tcp"][0]["HostPort"]
         address = f"127.0.0.1:{port}"
-        wait_until(
+        wait_for(
             f"replica {rid} to answer",
             lambda: httpx.get(f"http://{address}/health", timeout=1).status_code == 200,
             timeout=15,
@@ -207,7 +193,7 @@ class StandInAgent:
             self._remove(rid)
         # Anything else this run started (a container replaced mid-test, a race at exit).
         for c in self.docker.containers.list(
-            all=True, filters={"label": f"orchestrify.test.run={self.run_id}"}
+            all=True, filters={"label": f"{RUN_LABEL}={self.run_id}"}
         ):
             with contextlib.suppress(docker.errors.DockerException):
                 c.remove(force=True)

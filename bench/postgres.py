@@ -1,6 +1,7 @@
-"""A throwaway PostgreSQL 15 cluster for the tests: ``initdb`` and ``pg_ctl`` from Debian's
-packages, run as the ``postgres`` user on a temp dir and a free loopback port, stopped
-(and its dir removed) at the end. Never touches a cluster the tests did not start.
+"""A throwaway PostgreSQL 15 cluster for the tests and the benchmarks: ``initdb`` and
+``pg_ctl`` from Debian's packages, run as the ``postgres`` user on a temp dir and a free
+loopback port, stopped (and its dir removed) at the end. Never touches a cluster it did
+not start. Runtime dependencies only (no pytest): bench/failover.py runs on it too.
 
 Each test gets a fresh database copied from a template that is migrated once
 (``CREATE DATABASE ... TEMPLATE``: tens of milliseconds, where migrating a new database
