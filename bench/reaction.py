@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
+from bench.live import serve
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import AlertFacts, Inputs, PolicyState, decide
 from orchestrify.alerting.rules import default_rules
@@ -49,7 +50,6 @@ from orchestrify.models import (
     ScalingPolicy,
     Service,
 )
-from tests.controller.live import serve
 
 GOAL_MS = 10.0
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
@@ -276,7 +276,7 @@ def part2(*, runs: int, breach: bool) -> None:
     """
     import shutil
 
-    from tests.integration.autoscale_lab import SERVICE, Fleet
+    from bench.autoscale_lab import SERVICE, Fleet
 
     missing = [b for b in ("nginx", "prometheus", "prometheus-alertmanager") if not shutil.which(b)]
     if "nginx" in missing:
@@ -336,7 +336,7 @@ STAGES = (
 
 def one_reaction(fleet: Any, i: int) -> dict[str, float]:
     """One run: alert on the single replica, time each stage, then resolve and settle."""
-    from tests.integration.autoscale_lab import SERVICE, poll
+    from bench.autoscale_lab import SERVICE, poll
 
     (slow,) = poll("one healthy replica", lambda: healthy_replicas(fleet, 1), timeout=60)
     poll(
@@ -435,7 +435,7 @@ def measure_breach(fleet: Any) -> float:
     """Once, with the shipped timings: a replica turns slow under load -> first webhook."""
     import threading
 
-    from tests.integration.autoscale_lab import SERVICE, poll
+    from bench.autoscale_lab import SERVICE, poll
 
     fleet.start_monitoring()  # shipped defaults; only Alertmanager's address is ours
     poll(
