@@ -179,7 +179,7 @@ def bench_http(
                     "name": "web",
                     "image": "nginx:1",
                     "replicas": 1,
-                    "max_replicas": 10_000,
+                    "max_replicas": 1_000,  # the controller's max_replicas_per_service
                     "policy": {"cooldown_s": 0},
                 },
             ).raise_for_status()
