@@ -96,8 +96,9 @@ PROFILE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
         "group_interval": "1s",
         "for_latency": "5s",
         "for_rate": "5s",
-        "for_health": "5s",
-        "for_node": "10s",
+        # for_health and for_node stay: the agent replaces an unhealthy replica itself
+        # within a few seconds (the alert is its backstop), and a node is rescheduled
+        # only after 30 s so that an agent restart does not move its replicas.
         "latency_range": "3s",
         "rate_range": "10s",
     },
