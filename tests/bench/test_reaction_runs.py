@@ -60,7 +60,12 @@ PART3 = (
     + [
         (f"{what}, fast profile", figure)
         for what in ("2 s blip under load", "one slow request, no other traffic")
-        for figure in ("alert went pending", "scale-outs")
+        for figure in (
+            "alert went pending",
+            "alert active for (longest)",
+            "alert fired",
+            "scale-outs",
+        )
     ]
 )
 

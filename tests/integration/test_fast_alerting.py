@@ -78,15 +78,17 @@ def test_a_blip_or_one_slow_request_does_not_scale_a_sustained_breach_does(
     # 1. A 2 s blip under load: pending, never firing, no scale-out.
     with Load(url):
         poll("samples of fast traffic", lambda: fleet.served_by() == first["id"], timeout=30)
-        pending, outs = blip(fleet, seconds=2, settle_s=15)
-    assert pending, f"Prometheus never saw the blip\n{fleet.log_tails()}"
-    assert outs == 0
+        seen = blip(fleet, seconds=2, settle_s=15)
+    assert seen.went_pending, f"Prometheus never saw the blip\n{fleet.log_tails()}"
+    assert not seen.fired
+    assert seen.scale_outs == 0
     assert not _firing_latency_alerts(fleet, seen_alerts)
 
     # 2. One slow request, no other traffic: the same.
-    pending, outs = blip(fleet, seconds=0, settle_s=15)
-    assert pending, f"Prometheus never saw the slow request\n{fleet.log_tails()}"
-    assert outs == 0
+    seen = blip(fleet, seconds=0, settle_s=15)
+    assert seen.went_pending, f"Prometheus never saw the slow request\n{fleet.log_tails()}"
+    assert not seen.fired
+    assert seen.scale_outs == 0
     assert not _firing_latency_alerts(fleet, seen_alerts)
     assert fleet.api.get(f"/v1/services/{SERVICE}").json()["replicas"] == 1
 
