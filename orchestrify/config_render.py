@@ -28,7 +28,14 @@ import yaml
 
 from orchestrify.errors import InvalidSpec
 
-__all__ = ["OUTPUTS", "TEMPLATE_DEFAULTS", "render_config", "templates_dir"]
+__all__ = [
+    "OUTPUTS",
+    "PROFILES",
+    "PROFILE_DEFAULTS",
+    "TEMPLATE_DEFAULTS",
+    "render_config",
+    "templates_dir",
+]
 
 
 @dataclass(frozen=True)
@@ -79,13 +86,39 @@ TEMPLATE_DEFAULTS: Mapping[str, Any] = {
     "node_memory_stall_ratio": 0.1,
 }
 
-# Durations that must be positive (intervals, ranges); the `for_*` ones may be 0s.
+# The alerting profiles (the templates' ``alerting_profile``): which defaults the timing
+# variables take. ``standard`` is TEMPLATE_DEFAULTS; ``fast`` scrapes and evaluates every
+# second, with windows and ``for`` of a few seconds and no group_wait, so a breach reaches
+# the controller in seconds instead of about a minute (docs/monitoring.md, "Alerting
+# profiles", has the measured trade-off). The templates hold the same values (Ansible
+# renders them without this module); tests/unit/test_config_render.py keeps the two equal.
+PROFILES = ("standard", "fast")
+PROFILE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    "standard": TEMPLATE_DEFAULTS,
+    "fast": {
+        **TEMPLATE_DEFAULTS,
+        "scrape_interval": "1s",
+        "evaluation_interval": "1s",
+        "sd_refresh_interval": "5s",
+        "group_wait": "0s",
+        "group_interval": "1s",
+        "for_latency": "5s",
+        "for_rate": "5s",
+        # for_health and for_node stay: the agent replaces an unhealthy replica itself
+        # within a few seconds (the alert is its backstop), and a node is rescheduled
+        # only after 30 s so that an agent restart does not move its replicas.
+        "latency_range": "3s",
+        "rate_range": "10s",
+    },
+}
+
+# Durations that must be positive (intervals, ranges); the `for_*` ones and group_wait
+# (0s: notify a new group at once) may be 0s.
 _POSITIVE_DURATIONS = frozenset(
     {
         "scrape_interval",
         "evaluation_interval",
         "sd_refresh_interval",
-        "group_wait",
         "group_interval",
         "repeat_interval",
         "latency_range",
@@ -93,7 +126,13 @@ _POSITIVE_DURATIONS = frozenset(
         "dashboard_refresh",
     }
 )
-_DURATIONS = _POSITIVE_DURATIONS | {"for_latency", "for_rate", "for_health", "for_node"}
+_DURATIONS = _POSITIVE_DURATIONS | {
+    "group_wait",
+    "for_latency",
+    "for_rate",
+    "for_health",
+    "for_node",
+}
 # The node_exporter job's and the node alerts' durations, and their thresholds: shares in (0, 1].
 _NODE_POSITIVE_DURATIONS = frozenset({"node_scrape_interval", "node_pressure_range"})
 _NODE_DURATIONS = _NODE_POSITIVE_DURATIONS | {"for_disk", "for_memory"}
@@ -119,20 +158,31 @@ def templates_dir() -> Path:
 
 
 def render_config(
-    *, out_dir: Path, controller_url: str | Sequence[str], token: str, **overrides: Any
+    *,
+    out_dir: Path,
+    controller_url: str | Sequence[str],
+    token: str,
+    profile: str = "standard",
+    **overrides: Any,
 ) -> list[Path]:
     """Render prometheus.yml, rules.yml, alertmanager.yml and grafana-dashboard.json.
 
     ``controller_url``: one URL, or several (``URL1,URL2`` or a list) of controllers of
     one store: Alertmanager gets a webhook for each, Prometheus scrapes each.
 
-    ``overrides`` are template variables (see ``TEMPLATE_DEFAULTS``); unknown names are
-    refused so a typo does not silently keep a default. Files holding the token are
-    written with mode 0600, the others 0644. Returns the written paths, in
-    ``OUTPUTS`` order. Raises ``InvalidSpec`` naming the field on bad input.
+    ``profile`` is the alerting profile, ``standard`` or ``fast`` (``PROFILE_DEFAULTS``):
+    the defaults of the timing variables. ``overrides`` are template variables (see
+    ``TEMPLATE_DEFAULTS``) and win over the profile's; unknown names are refused so a
+    typo does not silently keep a default. Files holding the token are written with mode
+    0600, the others 0644. Returns the written paths, in ``OUTPUTS`` order. Raises
+    ``InvalidSpec`` naming the field on bad input.
     """
     _check_controller_urls(controller_url)
     _check_token(token)
+    if profile not in PROFILES:
+        raise InvalidSpec(
+            f"profile must be one of {', '.join(PROFILES)}, got {profile!r}", field="profile"
+        )
     variables = {name: _check_override(name, value) for name, value in overrides.items()}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -144,7 +194,12 @@ def render_config(
         keep_trailing_newline=True,
         autoescape=False,  # YAML and JSON, not HTML; values are quoted with `tojson`
     )
-    context = {"controller_url": controller_url, "token": token, **variables}
+    context = {
+        "controller_url": controller_url,
+        "token": token,
+        "alerting_profile": profile,
+        **variables,
+    }
     rendered = [(output, _render_one(env, output, context)) for output in OUTPUTS]
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrify.config_render import TEMPLATE_DEFAULTS, render_config
+from orchestrify.config_render import PROFILES, TEMPLATE_DEFAULTS, render_config
 from orchestrify.errors import OrchestrifyError
 
 config_app = typer.Typer(
@@ -64,6 +64,15 @@ def render(
         "[default: 127.0.0.1:9093]",
         show_default=False,
     ),
+    profile: str = typer.Option(
+        "standard",
+        "--profile",
+        metavar="|".join(PROFILES),
+        help="Alerting profile: 'standard' (5 s scrapes, 1-2 min windows, `for` of 30 s: a "
+        "breach reaches the controller in about a minute) or 'fast' (1 s scrapes and "
+        "evaluations, 3-10 s windows, `for` of 5 s: within seconds, for about 5x the "
+        "scrapes). --set values win over the profile's. See docs/monitoring.md.",
+    ),
     settings: list[str] | None = typer.Option(
         None,
         "--set",
@@ -79,6 +88,8 @@ def render(
     Example:
 
         orchestrify config render --out ./monitoring --token "$TOKEN"
+
+        orchestrify config render --profile fast --out ./monitoring --token "$TOKEN"
 
     Then run Prometheus with --config.file=./monitoring/prometheus.yml
     and Alertmanager with --config.file=./monitoring/alertmanager.yml.
@@ -99,11 +110,20 @@ def render(
     if alertmanager:
         overrides["alertmanager_targets"] = list(alertmanager)
     try:
-        paths = render_config(out_dir=out, controller_url=controller_url, token=token, **overrides)
+        paths = render_config(
+            out_dir=out,
+            controller_url=controller_url,
+            token=token,
+            profile=profile,
+            **overrides,
+        )
     except (OrchestrifyError, OSError) as exc:
         raise _fail(str(exc)) from exc
 
-    table = Table(title=f"Wrote {len(paths)} files to {out}", title_justify="left")
+    table = Table(
+        title=f"Wrote {len(paths)} files to {out} (alerting profile: {profile})",
+        title_justify="left",
+    )
     table.add_column("file")
     table.add_column("mode")
     table.add_column("bytes", justify="right")

@@ -11,11 +11,10 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 FORBIDDEN = {"tests", "pytest", "_pytest", "pytest_timeout", "schemathesis", "hypothesis"}
+
+
 # Benches whose helpers another change of issue 14 moves out of tests/ (remove the entry
 # when it has: the test then passes, and a strict xfail fails to say so).
-PENDING = {"reaction.py": "its helpers (tests/controller/live.py, autoscale_lab) still in tests/"}
-
-
 def imported_modules(path: Path) -> set[str]:
     """The top-level names of every module ``path`` imports."""
     found: set[str] = set()
@@ -30,17 +29,7 @@ def imported_modules(path: Path) -> set[str]:
 BENCHES = sorted(BENCH.glob("*.py"))
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            p,
-            marks=pytest.mark.xfail(p.name in PENDING, reason=PENDING.get(p.name, ""), strict=True),
-        )
-        for p in BENCHES
-    ],
-    ids=[p.name for p in BENCHES],
-)
+@pytest.mark.parametrize("path", BENCHES, ids=[p.name for p in BENCHES])
 def test_a_bench_imports_no_test_code(path: Path) -> None:
     assert not imported_modules(path) & FORBIDDEN
 

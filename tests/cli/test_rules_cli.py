@@ -7,10 +7,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
+from bench.live import serve
 from orchestrify.cli import app
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
-from tests.controller.live import serve
 
 runner = CliRunner()
 

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.live import serve
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.controller.alerts import DECISION_SLICE
 from orchestrify.store import utcnow
 from tests.alerting.payloads import am_alert, am_payload
-from tests.controller.live import serve
 from tests.controller.test_alerts_api import ADMIN, JOIN, make_client, state_of
 
 CAP = 250  # max_alerts_per_batch in these tests: the flood is made of capped batches

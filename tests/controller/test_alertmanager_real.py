@@ -16,11 +16,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.live import serve
 from bench.net import free_port
 from orchestrify.controller.app import create_app
 from orchestrify.controller.settings import ControllerSettings
 from tests.conftest import require_binary
-from tests.controller.live import serve
 
 pytestmark = pytest.mark.integration
 TOKEN = "am-admin-token"

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.autoscale_lab import SERVICE, Fleet, poll
 from tests.conftest import require_binary, require_docker
-from tests.integration.autoscale_lab import SERVICE, Fleet, poll
 
 pytestmark = pytest.mark.integration
 

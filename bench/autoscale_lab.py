@@ -32,9 +32,21 @@ from orchestrify.agent import HealSettings
 from orchestrify.config_render import render_config
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from orchestrify.edge import EdgeSettings
-from tests.processes import stop_process
 
 SERVICE = "web"
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds (as
+    tests/processes.py does; a bench cannot import tests.*)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 def poll(what: str, check: Callable[[], Any], *, timeout: float, interval: float = 0.1) -> Any:
