@@ -128,7 +128,7 @@ def test_promtool_and_amtool_accept_the_fast_profile(tmp_path: Path) -> None:
     _render(tmp_path, profile="fast")
     _run(require_binary("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path)
     out = _run(require_binary("promtool"), "check", "rules", "rules.yml", cwd=tmp_path)
-    assert "6 rules found" in out.stdout
+    assert "8 rules found" in out.stdout
     _run(require_binary("amtool"), "check-config", "alertmanager.yml", cwd=tmp_path)
 
 
