@@ -154,6 +154,11 @@ class EdgeSettings(BaseModel):
     verify_timeout_s: float = Field(5.0, gt=0, description="Wait for Nginx to serve a config.")
     connect_timeout: str = Field("500ms", description="proxy_connect_timeout (skip dead fast).")
     worker_processes: str = Field("auto", description="Nginx worker_processes.")
+    telemetry: bool = Field(
+        True,
+        description="Log every proxied request to the edge for the latency metrics the "
+        "alerts use. False only to measure what telemetry costs (bench/edge_hop.py).",
+    )
     nginx_start_command: str | None = Field(
         None,
         description="Command that starts Nginx when none runs (e.g. `systemctl start "
@@ -269,7 +274,11 @@ class Edge:
             error_log=str(self.prefix / "error.log"),
             temp_dir=str(self.temp_dir),
             worker_user=root_worker_user(),
-            access_log=f"syslog:server=127.0.0.1:{self.log_port},tag=orchestrify,nohostname",
+            access_log=(
+                f"syslog:server=127.0.0.1:{self.log_port},tag=orchestrify,nohostname"
+                if self.settings.telemetry
+                else "off"
+            ),
             connect_timeout=self.settings.connect_timeout,
             worker_processes=self.settings.worker_processes,
         )
