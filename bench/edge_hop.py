@@ -331,10 +331,16 @@ def measure(
     figures.runs.append(result)
     if target is not None:
         figures.edge_cpu.append((_cpu_seconds(target.pid) - before_cpu) / result.seconds)
-        # Give the last datagrams a moment to arrive before counting.
-        time.sleep(0.5)
         if "no telemetry" not in path:
-            figures.kept.append((counted_requests(target.metrics_url) - before_count) / result.requests)
+            # Nginx writes its buffered lines within a second and the edge reads them
+            # every 0.25 s: wait until every request is counted, or 5 s.
+            deadline = time.monotonic() + 5.0
+            while True:
+                counted = counted_requests(target.metrics_url) - before_count
+                if counted >= result.requests or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            figures.kept.append(counted / result.requests)
     print(
         f"  {path}: {result.rps:,.0f} req/s, p50 {result.p50_s * 1e3:.2f} ms, "
         f"p99 {result.p99_s * 1e3:.2f} ms, errors {result.errors}",

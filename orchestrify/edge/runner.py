@@ -48,7 +48,7 @@ from orchestrify.edge.apply import ApplyResult, ConfigApplier
 from orchestrify.edge.debounce import Debouncer
 from orchestrify.edge.nginx import NginxProcess
 from orchestrify.edge.render import NginxRenderSettings, render_nginx
-from orchestrify.edge.telemetry import EdgeMetrics, LogReceiver
+from orchestrify.edge.telemetry import LOG_FILE, POLL_S, AccessLogReader, EdgeMetrics
 from orchestrify.edge.view import (
     AddressBook,
     EdgeView,
@@ -73,7 +73,7 @@ __all__ = [
     "run_edge",
 ]
 
-# In the prefix: the last upstreams the edge applied, and the log port Nginx sends to.
+# In the prefix: the last upstreams the edge applied.
 VIEW_FILE = "orchestrify-view.json"
 # Where a root edge puts Nginx's temp dirs (see nginx_temp_dir).
 ROOT_TEMP_BASE = Path("/var/cache/orchestrify-edge")
@@ -141,9 +141,6 @@ class EdgeSettings(BaseModel):
     metrics_port: int = Field(18082, ge=0, le=65535, description="0: no metrics server.")
     metrics_url: str | None = Field(
         None, description="URL Prometheus scrapes, told to the controller (default: derived)."
-    )
-    log_port: int = Field(
-        0, ge=0, le=65535, description="UDP port Nginx sends access logs to (0: any free port)."
     )
     name: str = Field(default_factory=socket.gethostname, description="Edge name (unique).")
     templates_dir: Path | None = Field(None, description="Folder of nginx.conf.j2 and co.")
@@ -253,7 +250,10 @@ class Edge:
         )
         self.upstreams: Upstreams | None = None
         self.view = EdgeView()
-        self.log_port = settings.log_port
+        # Nginx appends one line per proxied request there; the edge reads it in bulk. In
+        # the temp dir: the workers reopen it themselves at a rotation, and a root Nginx's
+        # workers can write only there (see nginx_temp_dir).
+        self.access_log = self.temp_dir / LOG_FILE
         self.last_result: ApplyResult | None = None
         self.applied = asyncio.Event()  # set after every apply (tests and `up` wait on it)
         self._last_error: str | None = None
@@ -274,11 +274,7 @@ class Edge:
             error_log=str(self.prefix / "error.log"),
             temp_dir=str(self.temp_dir),
             worker_user=root_worker_user(),
-            access_log=(
-                f"syslog:server=127.0.0.1:{self.log_port},tag=orchestrify,nohostname"
-                if self.settings.telemetry
-                else "off"
-            ),
+            access_log=str(self.access_log) if self.settings.telemetry else "off",
             connect_timeout=self.settings.connect_timeout,
             worker_processes=self.settings.worker_processes,
         )
@@ -286,8 +282,7 @@ class Edge:
     async def run(self) -> None:
         prepare_temp_dir(self.temp_dir)
         saved = self._load_view()
-        transport = await self._open_log_receiver(saved[1] if saved else None)
-        self.log_port = transport.get_extra_info("sockname")[1]
+        reader = AccessLogReader(self.access_log, metrics=self.metrics, book=self.book)
         server = None
         if self.settings.metrics_port:
             server, _thread = start_http_server(
@@ -310,17 +305,19 @@ class Edge:
             if saved is not None and self.upstreams is None:
                 # Before the controller answers (it may be away): what Nginx last served.
                 # A no-op when the running Nginx has these files; starts it when none runs.
-                log.info("applying the saved view", extra={"as_of": str(saved[0].as_of)})
-                self._served = saved[0]
-                self._kept = kept_services(saved[0])
-                await self.apply_once(saved[0])
+                log.info("applying the saved view", extra={"as_of": str(saved.as_of)})
+                self._served = saved
+                self._kept = kept_services(saved)
+                await self.apply_once(saved)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(), name="edge-watch")
                 tasks.create_task(self._apply_loop(), name="edge-apply")
                 tasks.create_task(self._resync(), name="edge-resync")
                 tasks.create_task(self._acknowledge(), name="edge-ack")
+                if self.settings.telemetry:
+                    tasks.create_task(self._read_access_log(reader), name="edge-telemetry")
         finally:
-            transport.close()
+            reader.close()
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -329,30 +326,26 @@ class Edge:
                 remove_temp_dir(self.prefix)
             await self.client.aclose()
 
-    async def _open_log_receiver(self, previous_port: int | None) -> asyncio.DatagramTransport:
-        """Listen for Nginx's access logs. With no fixed port, take the one the last edge
-        used when it is free: the adopted Nginx sends there, and its config stays as is."""
-        loop = asyncio.get_running_loop()
-        ports = [self.settings.log_port]
-        if not self.settings.log_port and previous_port:
-            ports.insert(0, previous_port)
-        for n, port in enumerate(ports):
+    async def _read_access_log(self, reader: AccessLogReader) -> None:
+        """Ingest Nginx's access log every ``POLL_S``; keep the file small by rotating it
+        (unlink, then Nginx reopens) once it has grown past the reader's limit."""
+        while True:
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: LogReceiver(self.metrics, self.book),
-                    local_addr=("127.0.0.1", port),
-                )
-                return transport
-            except OSError:
-                if n == len(ports) - 1:
-                    raise
-        raise AssertionError("unreachable")
+                reader.poll()
+                if reader.rotation_due() and self.nginx.running():
+                    reader.rotate()
+                    await self.nginx.reopen_logs()
+            except OrchestrifyError as exc:
+                log.warning("could not rotate the access log", extra={"error": str(exc)})
+            except Exception:  # telemetry must never stop the edge
+                log.exception("reading the access log failed")
+            await asyncio.sleep(POLL_S)
 
-    def _load_view(self) -> tuple[Upstreams, int | None] | None:
-        """The upstreams (and log port) saved by the last successful apply, if readable."""
+    def _load_view(self) -> Upstreams | None:
+        """The upstreams saved by the last successful apply, if readable."""
         try:
             data = json.loads(self.view_file.read_text())
-            return Upstreams.model_validate(data["upstreams"]), data.get("log_port")
+            return Upstreams.model_validate(data["upstreams"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -362,7 +355,7 @@ class Edge:
     def _save_view(self, upstreams: Upstreams) -> None:
         """Write what Nginx now serves, atomically (temp file, fsync, rename)."""
         body = json.dumps(
-            {"upstreams": upstreams.model_dump(mode="json"), "log_port": self.log_port},
+            {"upstreams": upstreams.model_dump(mode="json")},
             sort_keys=True,
         )
         fd, tmp = tempfile.mkstemp(prefix=f".{VIEW_FILE}.", dir=self.prefix)
