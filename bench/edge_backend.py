@@ -121,7 +121,9 @@ class Backend:
 
     def stop(self) -> None:
         """Remove every container and the image this run made."""
-        for c in self.client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={self.run_id}"}):
+        for c in self.client.containers.list(
+            all=True, filters={"label": f"{RUN_LABEL}={self.run_id}"}
+        ):
             with contextlib.suppress(docker.errors.DockerException):
                 c.remove(force=True)
         with contextlib.suppress(docker.errors.DockerException):

@@ -10,8 +10,8 @@ Against one backend container (the host's Nginx answering ``200 ok``, see
   processes, the backend reported as the service's one healthy replica), telemetry on;
 - ``edge, no telemetry``: the same edge with ``--telemetry off``.
 
-Goals (issue 14): the edge with telemetry on keeps ≥ 0.9 × the plain proxy's
-requests/s, with p99 ≤ 1.5 × the plain proxy's p99. With telemetry on it also checks
+Goals (issue 14): the edge with telemetry on keeps ≥ 0.9 x the plain proxy's
+requests/s, with p99 ≤ 1.5 x the plain proxy's p99. With telemetry on it also checks
 that the edge's ``/metrics`` counted every request wrk completed (lost telemetry
 would starve the latency alerts).
 
@@ -111,7 +111,9 @@ def run_wrk(url: str, *, seconds: int) -> WrkResult:
     requests = int(m.group(1))
     took = _seconds(m.group(2) + m.group(3))
     errors = 0
-    if se := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+    if se := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
         errors += sum(int(g) for g in se.groups())
     if bad := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(bad.group(1))
@@ -188,8 +190,17 @@ def plain_proxy(workdir: Path, backend: str) -> Iterator[str]:
     port = free_port()
     (folder / "nginx.conf").write_text(PLAIN_CONF.format(dir=folder, backend=backend, port=port))
     proc = subprocess.Popen(
-        ["nginx", "-p", f"{folder}/", "-c", str(folder / "nginx.conf"), "-e", "stderr"]
-        + ["-g", "daemon off;"],
+        [
+            "nginx",
+            "-p",
+            f"{folder}/",
+            "-c",
+            str(folder / "nginx.conf"),
+            "-e",
+            "stderr",
+            "-g",
+            "daemon off;",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=(folder / "stderr.log").open("wb"),
     )
@@ -231,8 +242,15 @@ def controller(workdir: Path, backend: str) -> Iterator[str]:
     data.mkdir()
     log = (workdir / "controller.log").open("wb")
     proc = subprocess.Popen(
-        _orchestrify("controller", "--port", str(port), "--data-dir", str(data))
-        + ["--token", ADMIN_TOKEN, "--join-token", JOIN_TOKEN, "--node-timeout", "3600"],
+        [
+            *_orchestrify("controller", "--port", str(port), "--data-dir", str(data)),
+            "--token",
+            ADMIN_TOKEN,
+            "--join-token",
+            JOIN_TOKEN,
+            "--node-timeout",
+            "3600",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=_env(),
@@ -283,18 +301,31 @@ def edge(workdir: Path, controller_url: str, *, telemetry: bool) -> Iterator[Edg
     listen, metrics = free_port(), free_port()
     log = (workdir / f"edge-{name}.log").open("wb")
     proc = subprocess.Popen(
-        _orchestrify("edge", "--controller", controller_url, "--token", ADMIN_TOKEN)
-        + ["--nginx-conf-dir", str(prefix), "--listen", f"127.0.0.1:{listen}"]
-        + ["--metrics-port", str(metrics), "--name", f"bench-edge-{name}"]
-        + ["--telemetry", name],
+        [
+            *_orchestrify("edge", "--controller", controller_url, "--token", ADMIN_TOKEN),
+            "--nginx-conf-dir",
+            str(prefix),
+            "--listen",
+            f"127.0.0.1:{listen}",
+            "--metrics-port",
+            str(metrics),
+            "--name",
+            f"bench-edge-{name}",
+            "--telemetry",
+            name,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=_env(),
     )
     url = f"http://127.0.0.1:{listen}/{SERVICE}/"
     try:
-        wait_until("the edge to serve the backend", lambda: httpx.get(url, timeout=1).text == "ok\n")
-        yield EdgeUnderTest(url=url, pid=proc.pid, metrics_url=f"http://127.0.0.1:{metrics}/metrics")
+        wait_until(
+            "the edge to serve the backend", lambda: httpx.get(url, timeout=1).text == "ok\n"
+        )
+        yield EdgeUnderTest(
+            url=url, pid=proc.pid, metrics_url=f"http://127.0.0.1:{metrics}/metrics"
+        )
     finally:
         _stop_pid(proc.pid)
         log.close()
@@ -378,9 +409,27 @@ def run(*, seconds: int, rounds: int) -> Report:
                 # machine hits them alike; each figure is the median over rounds.
                 for n in range(rounds):
                     print(f"round {n + 1}/{rounds}, {seconds} s per path", file=sys.stderr)
-                    measure("direct", direct_url, seconds=seconds, figures=results["direct"], target=None)
-                    measure("plain nginx", plain_url, seconds=seconds, figures=results["plain nginx"], target=None)
-                    measure("edge", edge_on.url, seconds=seconds, figures=results["edge"], target=edge_on)
+                    measure(
+                        "direct",
+                        direct_url,
+                        seconds=seconds,
+                        figures=results["direct"],
+                        target=None,
+                    )
+                    measure(
+                        "plain nginx",
+                        plain_url,
+                        seconds=seconds,
+                        figures=results["plain nginx"],
+                        target=None,
+                    )
+                    measure(
+                        "edge",
+                        edge_on.url,
+                        seconds=seconds,
+                        figures=results["edge"],
+                        target=edge_on,
+                    )
                     measure(
                         "edge, no telemetry",
                         edge_off.url,
@@ -391,7 +440,9 @@ def run(*, seconds: int, rounds: int) -> Report:
         finally:
             if backend is not None:
                 backend.stop()
-    return build_report(results, seconds=seconds, rounds=rounds, load=(load_before, os.getloadavg()[0]))
+    return build_report(
+        results, seconds=seconds, rounds=rounds, load=(load_before, os.getloadavg()[0])
+    )
 
 
 def build_report(
@@ -411,15 +462,29 @@ def build_report(
         rps = med([r.rps for r in fig.runs])
         p99 = med([r.p99_s for r in fig.runs]) * 1e3
         is_edge = path == "edge"
-        report.add(path, "requests/s", rps, "/s", at_least(round(0.9 * plain_rps)) if is_edge else None)
+        report.add(
+            path, "requests/s", rps, "/s", at_least(round(0.9 * plain_rps)) if is_edge else None
+        )
         report.add(path, "p50", med([r.p50_s for r in fig.runs]) * 1e3, "ms")
-        report.add(path, "p99", p99, "ms", at_most(round(1.5 * plain_p99, 2), "ms") if is_edge else None)
-        report.add(path, "errors", sum(r.errors for r in fig.runs), "", at_most(0) if is_edge else None)
+        report.add(
+            path, "p99", p99, "ms", at_most(round(1.5 * plain_p99, 2), "ms") if is_edge else None
+        )
+        report.add(
+            path, "errors", sum(r.errors for r in fig.runs), "", at_most(0) if is_edge else None
+        )
         if path.startswith("edge"):
             report.add(path, "edge process CPU", med(fig.edge_cpu) * 100, "%")
         if fig.kept:
-            report.add(path, "requests counted by /metrics", min(fig.kept) * 100, "%", at_least(99, "%"))
-    report.add("edge", "throughput vs plain nginx", rps_ratio(results, "edge", plain_rps), "x", at_least(0.9, "x"))
+            report.add(
+                path, "requests counted by /metrics", min(fig.kept) * 100, "%", at_least(99, "%")
+            )
+    report.add(
+        "edge",
+        "throughput vs plain nginx",
+        rps_ratio(results, "edge", plain_rps),
+        "x",
+        at_least(0.9, "x"),
+    )
     return report
 
 

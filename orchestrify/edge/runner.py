@@ -254,6 +254,7 @@ class Edge:
         # the temp dir: the workers reopen it themselves at a rotation, and a root Nginx's
         # workers can write only there (see nginx_temp_dir).
         self.access_log = self.temp_dir / LOG_FILE
+        self.log_reader = AccessLogReader(self.access_log, metrics=self.metrics, book=self.book)
         self.last_result: ApplyResult | None = None
         self.applied = asyncio.Event()  # set after every apply (tests and `up` wait on it)
         self._last_error: str | None = None
@@ -282,7 +283,6 @@ class Edge:
     async def run(self) -> None:
         prepare_temp_dir(self.temp_dir)
         saved = self._load_view()
-        reader = AccessLogReader(self.access_log, metrics=self.metrics, book=self.book)
         server = None
         if self.settings.metrics_port:
             server, _thread = start_http_server(
@@ -315,9 +315,9 @@ class Edge:
                 tasks.create_task(self._resync(), name="edge-resync")
                 tasks.create_task(self._acknowledge(), name="edge-ack")
                 if self.settings.telemetry:
-                    tasks.create_task(self._read_access_log(reader), name="edge-telemetry")
+                    tasks.create_task(self._read_access_log(), name="edge-telemetry")
         finally:
-            reader.close()
+            self.log_reader.close()
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -326,9 +326,10 @@ class Edge:
                 remove_temp_dir(self.prefix)
             await self.client.aclose()
 
-    async def _read_access_log(self, reader: AccessLogReader) -> None:
+    async def _read_access_log(self) -> None:
         """Ingest Nginx's access log every ``POLL_S``; keep the file small by rotating it
         (unlink, then Nginx reopens) once it has grown past the reader's limit."""
+        reader = self.log_reader
         while True:
             try:
                 reader.poll()

@@ -6,10 +6,10 @@ status(es), upstream response time(s), request time, method. A request that trie
 several replicas lists them all (``a:1, b:2``; `` : `` after an internal redirect);
 each attempt's time is recorded against the replica that served it.
 
-Off the hot path: Nginx buffers the lines in each worker (``access_log ... buffer=64k
-flush=1s``) and appends them to ``the edge's Nginx temp dir (``telemetry.log``)`` in one write per buffer; the
-edge reads what was appended every ``POLL_S`` and ingests it in one batch
-(``AccessLogReader``). Per request that is a memory copy in Nginx and a few
+Off the hot path: each Nginx worker buffers its lines (``access_log ... buffer=64k
+flush=1s``) and appends them to ``telemetry.log`` in the edge's Nginx temp dir in one
+write per buffer; the edge reads what was appended every ``POLL_S`` and ingests it in
+one batch (``AccessLogReader``). Per request that is a memory copy in Nginx and a few
 microseconds of Python, where one syslog datagram per request cost a syscall in Nginx
 and ~25 µs of Python in the edge's event loop, and was lost whenever the edge fell
 behind (a full UDP buffer drops datagrams; the latency histograms then under-count).
@@ -19,6 +19,7 @@ reopen its logs, reading the old file to its end through the descriptor it holds
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -321,10 +322,8 @@ class AccessLogReader:
         """Unlink the file (its lines are still read through the open descriptor); the
         caller then has Nginx reopen its logs, which creates a new one."""
         self._rotated_at = self._clock()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
     def close(self) -> None:
         for old, _ in self._old:
@@ -344,7 +343,10 @@ class AccessLogReader:
             log.warning("cannot stat the access log", extra={"error": str(exc)})
             return
         held = self._current
-        if st is None or (held is not None and held.inode == (st.st_dev, st.st_ino)):
+        if st is None:
+            self._first_open = False  # Nginx creates it later: every line in it is new
+            return
+        if held is not None and held.inode == (st.st_dev, st.st_ino):
             return
         try:
             opened = _OpenLog.open(self.path)
@@ -411,7 +413,5 @@ class _OpenLog:
         return data[:end].decode("utf-8", errors="replace").split("\n"), garbage
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass
