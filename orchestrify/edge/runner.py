@@ -340,7 +340,9 @@ class Edge:
                 log.warning("could not rotate the access log", extra={"error": str(exc)})
             except Exception:  # telemetry must never stop the edge
                 log.exception("reading the access log failed")
-            await asyncio.sleep(POLL_S)
+                reader.behind = False  # never a tight loop over a failing read
+            # Behind (a burst bigger than one read): read on, letting other tasks run.
+            await asyncio.sleep(0 if reader.behind else POLL_S)
 
     def _load_view(self) -> Upstreams | None:
         """The upstreams saved by the last successful apply, if readable."""

@@ -54,8 +54,9 @@ POLL_S = 0.25
 # Past this size the edge unlinks the file and has Nginx reopen it (a few minutes of
 # logs at 10,000 requests/s; the old file is read to its end before it is let go).
 ROTATE_BYTES = 64 * 1024 * 1024
-# Most read in one poll: bounds how long one poll holds the event loop (~0.1 s).
-MAX_READ_BYTES = 4 * 1024 * 1024
+# Most read from a file in one poll (~10,000 lines): bounds how long one poll holds the
+# event loop (tens of ms); a reader left behind polls again at once (``behind``).
+MAX_READ_BYTES = 1024 * 1024
 # A line longer than this is garbage (Nginx's are ~100 bytes): dropped, never buffered.
 MAX_LINE_BYTES = 64 * 1024
 # Least time between two rotations (a reopen that failed is not retried in a tight loop).
@@ -297,10 +298,12 @@ class AccessLogReader:
         self._old: list[tuple[_OpenLog, float]] = []  # replaced files, read until then
         self._first_open = True
         self._rotated_at: float | None = None
+        self.behind = False  # the last poll stopped at MAX_READ_BYTES: more is waiting
 
     def poll(self) -> int:
         """Ingest everything appended since the last poll; returns the valid lines."""
         self._follow()
+        self.behind = False
         count = 0
         now = self._clock()
         for old, until in list(self._old):
@@ -363,6 +366,7 @@ class AccessLogReader:
 
     def _ingest(self, opened: _OpenLog) -> int:
         lines, garbage = opened.read_lines()
+        self.behind = self.behind or opened.full_read
         if garbage:
             self.metrics.dropped.inc(garbage)
         if not lines:
@@ -378,6 +382,7 @@ class _OpenLog:
         self.inode = inode
         self.offset = 0
         self._rest = b""
+        self.full_read = False  # the last read filled MAX_READ_BYTES
 
     @classmethod
     def open(cls, path: Path) -> _OpenLog:
@@ -396,6 +401,7 @@ class _OpenLog:
         except OSError as exc:
             log.warning("cannot read the access log", extra={"error": str(exc)})
             return [], 0
+        self.full_read = len(data) == MAX_READ_BYTES
         if not data:
             return [], 0
         self.offset += len(data)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from orchestrify.edge.telemetry import (
     LOG_FILE,
     MAX_LINE_BYTES,
+    MAX_READ_BYTES,
     AccessLogReader,
     EdgeMetrics,
     parse_log_line,
@@ -295,5 +296,22 @@ def test_reader_drops_an_endless_line_and_waits_for_the_file(tmp_path: Path) -> 
             f.write("tail of the garbage\n" + VALID + "\n")
         assert reader.poll() == 1
         assert metrics.dropped._value.get() == 2  # the long line, then its tail
+    finally:
+        reader.close()
+
+
+def test_a_burst_bigger_than_one_read_is_read_over_several_polls(tmp_path: Path) -> None:
+    path = tmp_path / LOG_FILE
+    metrics = EdgeMetrics(CollectorRegistry())
+    reader = AccessLogReader(path, metrics=metrics, book=_book())
+    try:
+        reader.poll()  # no file yet: everything written from now on is new
+        lines = MAX_READ_BYTES // len(VALID) + 100
+        path.write_text((VALID + "\n") * lines)
+        first = reader.poll()
+        assert reader.behind and 0 < first < lines
+        assert reader.poll() == lines - first
+        assert not reader.behind
+        assert _count(metrics) == lines
     finally:
         reader.close()
