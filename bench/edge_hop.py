@@ -15,6 +15,12 @@ requests/s, with p99 ≤ 1.5 x the plain proxy's p99. With telemetry on it also 
 that the edge's ``/metrics`` counted every request wrk completed (lost telemetry
 would starve the latency alerts).
 
+Throughput on a shared machine swings from one minute to the next, so the paths are
+interleaved over ``--rounds`` in rotating order, each figure is a median over rounds,
+and the edge is also compared with the plain proxy round by round. "Proxy CPU per
+request" (the Nginx workers' CPU time, plus the edge process's, over the requests
+served) is the figure least moved by other load: it shows what telemetry costs.
+
     PYTHONPATH=. .venv/bin/python bench/edge_hop.py [--seconds 10] [--rounds 1] [--quick]
 
 Needs Docker, nginx and wrk. Bounded: each path runs ``--seconds`` per round (2 s with
