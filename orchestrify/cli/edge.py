@@ -65,6 +65,12 @@ def edge(
         "'systemctl start orchestrify-nginx' so that it lives in its own unit "
         "(default: the edge starts it as a daemon of its own).",
     ),
+    telemetry: str = typer.Option(
+        "on",
+        "--telemetry",
+        help="on: per-request latency metrics for the alerts; off: none (only to "
+        "measure what they cost).",
+    ),
     tls_cert: Path | None = typer.Option(
         None,
         "--tls-cert",
@@ -98,6 +104,8 @@ def edge(
     from orchestrify.edge import EdgeSettings, nginx_available, run_edge
 
     root = config(ctx)
+    if telemetry not in ("on", "off"):
+        raise fail(f"--telemetry must be on or off, not {telemetry!r}", code=2)
     if not nginx_available(nginx_bin):
         raise fail(f"{nginx_bin!r} not found on PATH; install nginx or pass --nginx-bin", code=2)
     settings = build_settings(
@@ -113,6 +121,7 @@ def edge(
         metrics_url=metrics_url,
         templates_dir=templates_dir,
         nginx_start_command=nginx_start_command,
+        telemetry=telemetry == "on",
         tls_cert=tls_cert,
         tls_key=tls_key,
         ca=ca or root.ca,

@@ -233,6 +233,12 @@ class NginxProcess:
         self._error_log_mark = self._error_log_size()
         await self._run("-s", "reload", "-c", str(self.conf))
 
+    async def reopen_logs(self) -> None:
+        """Have Nginx reopen its log files (``nginx -s reopen``): after the edge unlinked
+        the access log, its workers flush their buffers into the old file and then write
+        to a new one."""
+        await self._run("-s", "reopen", "-c", str(self.conf))
+
     def _error_log_size(self) -> int:
         try:
             return self.error_log.stat().st_size if self.error_log is not None else 0

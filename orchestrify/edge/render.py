@@ -44,7 +44,7 @@ class NginxRenderSettings:
     pid_file: str
     error_log: str
     temp_dir: str
-    access_log: str  # e.g. syslog:server=127.0.0.1:PORT,tag=orchestrify,nohostname
+    access_log: str  # the file the edge reads its telemetry from, or "off"
     # "USER GROUP" of Nginx's workers when its master runs as root; None: no `user`
     # directive (a master that is not root runs its workers as itself).
     worker_user: str | None = None
@@ -56,6 +56,10 @@ class NginxRenderSettings:
     next_upstream_timeout: str = "10s"
     fail_timeout: str = "5s"  # how long a failed replica is skipped before a new try
     keepalive: int = 32
+    # Each worker writes its log lines in one write per this much, or per this long: a
+    # write per request is what made per-request telemetry cost (docs/edge.md).
+    access_log_buffer: str = "64k"
+    access_log_flush: str = "1s"
 
 
 @dataclass(frozen=True)

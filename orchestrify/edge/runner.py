@@ -48,7 +48,7 @@ from orchestrify.edge.apply import ApplyResult, ConfigApplier
 from orchestrify.edge.debounce import Debouncer
 from orchestrify.edge.nginx import NginxProcess
 from orchestrify.edge.render import NginxRenderSettings, render_nginx
-from orchestrify.edge.telemetry import EdgeMetrics, LogReceiver
+from orchestrify.edge.telemetry import LOG_FILE, POLL_S, AccessLogReader, EdgeMetrics
 from orchestrify.edge.view import (
     AddressBook,
     EdgeView,
@@ -73,7 +73,7 @@ __all__ = [
     "run_edge",
 ]
 
-# In the prefix: the last upstreams the edge applied, and the log port Nginx sends to.
+# In the prefix: the last upstreams the edge applied.
 VIEW_FILE = "orchestrify-view.json"
 # Where a root edge puts Nginx's temp dirs (see nginx_temp_dir).
 ROOT_TEMP_BASE = Path("/var/cache/orchestrify-edge")
@@ -142,9 +142,6 @@ class EdgeSettings(BaseModel):
     metrics_url: str | None = Field(
         None, description="URL Prometheus scrapes, told to the controller (default: derived)."
     )
-    log_port: int = Field(
-        0, ge=0, le=65535, description="UDP port Nginx sends access logs to (0: any free port)."
-    )
     name: str = Field(default_factory=socket.gethostname, description="Edge name (unique).")
     templates_dir: Path | None = Field(None, description="Folder of nginx.conf.j2 and co.")
     debounce_min_s: float = Field(0.2, ge=0, description="Quiet time that ends a burst.")
@@ -154,6 +151,11 @@ class EdgeSettings(BaseModel):
     verify_timeout_s: float = Field(5.0, gt=0, description="Wait for Nginx to serve a config.")
     connect_timeout: str = Field("500ms", description="proxy_connect_timeout (skip dead fast).")
     worker_processes: str = Field("auto", description="Nginx worker_processes.")
+    telemetry: bool = Field(
+        True,
+        description="Log every proxied request to the edge for the latency metrics the "
+        "alerts use. False only to measure what telemetry costs (bench/edge_hop.py).",
+    )
     nginx_start_command: str | None = Field(
         None,
         description="Command that starts Nginx when none runs (e.g. `systemctl start "
@@ -248,7 +250,11 @@ class Edge:
         )
         self.upstreams: Upstreams | None = None
         self.view = EdgeView()
-        self.log_port = settings.log_port
+        # Nginx appends one line per proxied request there; the edge reads it in bulk. In
+        # the temp dir: the workers reopen it themselves at a rotation, and a root Nginx's
+        # workers can write only there (see nginx_temp_dir).
+        self.access_log = self.temp_dir / LOG_FILE
+        self.log_reader = AccessLogReader(self.access_log, metrics=self.metrics, book=self.book)
         self.last_result: ApplyResult | None = None
         self.applied = asyncio.Event()  # set after every apply (tests and `up` wait on it)
         self._last_error: str | None = None
@@ -269,7 +275,7 @@ class Edge:
             error_log=str(self.prefix / "error.log"),
             temp_dir=str(self.temp_dir),
             worker_user=root_worker_user(),
-            access_log=f"syslog:server=127.0.0.1:{self.log_port},tag=orchestrify,nohostname",
+            access_log=str(self.access_log) if self.settings.telemetry else "off",
             connect_timeout=self.settings.connect_timeout,
             worker_processes=self.settings.worker_processes,
         )
@@ -277,8 +283,6 @@ class Edge:
     async def run(self) -> None:
         prepare_temp_dir(self.temp_dir)
         saved = self._load_view()
-        transport = await self._open_log_receiver(saved[1] if saved else None)
-        self.log_port = transport.get_extra_info("sockname")[1]
         server = None
         if self.settings.metrics_port:
             server, _thread = start_http_server(
@@ -301,17 +305,19 @@ class Edge:
             if saved is not None and self.upstreams is None:
                 # Before the controller answers (it may be away): what Nginx last served.
                 # A no-op when the running Nginx has these files; starts it when none runs.
-                log.info("applying the saved view", extra={"as_of": str(saved[0].as_of)})
-                self._served = saved[0]
-                self._kept = kept_services(saved[0])
-                await self.apply_once(saved[0])
+                log.info("applying the saved view", extra={"as_of": str(saved.as_of)})
+                self._served = saved
+                self._kept = kept_services(saved)
+                await self.apply_once(saved)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(), name="edge-watch")
                 tasks.create_task(self._apply_loop(), name="edge-apply")
                 tasks.create_task(self._resync(), name="edge-resync")
                 tasks.create_task(self._acknowledge(), name="edge-ack")
+                if self.settings.telemetry:
+                    tasks.create_task(self._read_access_log(), name="edge-telemetry")
         finally:
-            transport.close()
+            self.log_reader.close()
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -320,30 +326,29 @@ class Edge:
                 remove_temp_dir(self.prefix)
             await self.client.aclose()
 
-    async def _open_log_receiver(self, previous_port: int | None) -> asyncio.DatagramTransport:
-        """Listen for Nginx's access logs. With no fixed port, take the one the last edge
-        used when it is free: the adopted Nginx sends there, and its config stays as is."""
-        loop = asyncio.get_running_loop()
-        ports = [self.settings.log_port]
-        if not self.settings.log_port and previous_port:
-            ports.insert(0, previous_port)
-        for n, port in enumerate(ports):
+    async def _read_access_log(self) -> None:
+        """Ingest Nginx's access log every ``POLL_S``; keep the file small by rotating it
+        (unlink, then Nginx reopens) once it has grown past the reader's limit."""
+        reader = self.log_reader
+        while True:
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: LogReceiver(self.metrics, self.book),
-                    local_addr=("127.0.0.1", port),
-                )
-                return transport
-            except OSError:
-                if n == len(ports) - 1:
-                    raise
-        raise AssertionError("unreachable")
+                reader.poll()
+                if reader.rotation_due() and self.nginx.running():
+                    reader.rotate()
+                    await self.nginx.reopen_logs()
+            except OrchestrifyError as exc:
+                log.warning("could not rotate the access log", extra={"error": str(exc)})
+            except Exception:  # telemetry must never stop the edge
+                log.exception("reading the access log failed")
+                reader.behind = False  # never a tight loop over a failing read
+            # Behind (a burst bigger than one read): read on, letting other tasks run.
+            await asyncio.sleep(0 if reader.behind else POLL_S)
 
-    def _load_view(self) -> tuple[Upstreams, int | None] | None:
-        """The upstreams (and log port) saved by the last successful apply, if readable."""
+    def _load_view(self) -> Upstreams | None:
+        """The upstreams saved by the last successful apply, if readable."""
         try:
             data = json.loads(self.view_file.read_text())
-            return Upstreams.model_validate(data["upstreams"]), data.get("log_port")
+            return Upstreams.model_validate(data["upstreams"])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -353,7 +358,7 @@ class Edge:
     def _save_view(self, upstreams: Upstreams) -> None:
         """Write what Nginx now serves, atomically (temp file, fsync, rename)."""
         body = json.dumps(
-            {"upstreams": upstreams.model_dump(mode="json"), "log_port": self.log_port},
+            {"upstreams": upstreams.model_dump(mode="json")},
             sort_keys=True,
         )
         fd, tmp = tempfile.mkstemp(prefix=f".{VIEW_FILE}.", dir=self.prefix)

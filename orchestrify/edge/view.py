@@ -118,6 +118,7 @@ class AddressBook:
     def __init__(self, *, capacity: int = 10_000) -> None:
         self._refs: dict[tuple[str, str], ReplicaRef] = {}
         self._capacity = capacity
+        self.generation = 0  # bumped by every update (caches of lookups compare it)
 
     def update(self, view: EdgeView) -> None:
         for svc in view.services:
@@ -127,6 +128,7 @@ class AddressBook:
                 self._refs[key] = ReplicaRef(replica=s.replica, node=s.node)
         while len(self._refs) > self._capacity:
             self._refs.pop(next(iter(self._refs)))
+        self.generation += 1
 
     def lookup(self, service: str, address: str) -> ReplicaRef | None:
         return self._refs.get((service, address))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ runner = CliRunner()
         (["--listen", "99999"], "listen '99999'"),
         (["--listen", "eighty"], "listen 'eighty'"),
         (["--metrics-port", "70000"], "metrics_port"),
+        (["--telemetry", "maybe"], "--telemetry must be on or off"),
     ],
 )
 def test_bad_edge_settings_exit_2_in_one_line(
@@ -41,3 +43,23 @@ def test_up_with_a_bad_listen_exits_2_before_starting_anything(tmp_path: Path) -
     line = result.output.strip()
     assert line == "error: --listen '99999': want PORT or HOST:PORT, PORT from 1 to 65535"
     assert not (tmp_path / "orchestrify.db").exists()  # the controller never opened its store
+
+
+def test_telemetry_off_reaches_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_binary("nginx")
+    started: list[object] = []
+
+    async def fake_run_edge(settings: object) -> None:
+        started.append(settings)
+
+    monkeypatch.setattr("orchestrify.edge.run_edge", fake_run_edge)
+    # The edge command's module (the package's attribute of that name is the command).
+    module = importlib.import_module("orchestrify.cli.edge")
+    # Not for the test process itself.
+    monkeypatch.setattr(module, "forbid_same_user_inspection", lambda: None)
+    base = ["edge", "--token", "t", "--nginx-conf-dir", str(tmp_path / "nginx")]
+    result = runner.invoke(app, [*base, "--controller", "http://127.0.0.1:1", "--telemetry", "off"])
+    assert result.exit_code == 0, result.output
+    assert [getattr(s, "telemetry", None) for s in started] == [False]

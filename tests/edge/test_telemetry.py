@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestrify.edge.telemetry import EdgeMetrics, parse_log_line
+from orchestrify.edge.telemetry import (
+    LOG_FILE,
+    MAX_LINE_BYTES,
+    MAX_READ_BYTES,
+    AccessLogReader,
+    EdgeMetrics,
+    parse_log_line,
+)
 from orchestrify.edge.view import AddressBook, build_view
 from orchestrify.models import Upstreams
 
@@ -39,21 +48,20 @@ def test_no_upstream_503() -> None:
     assert rec is not None and rec.status == 503 and rec.attempts == ()
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        "",
-        "hello",
-        "orchestrify-v1|web|10.0.0.1:1|200|200|0.1|GET",  # a field missing
-        "orchestrify-v1|web|10.0.0.1:1|abc|200|0.1|0.1|GET",
-        "orchestrify-v1|web|10.0.0.1:1|200|200|-1|0.1|GET",
-        "orchestrify-v1|web|10.0.0.1:1, 10.0.0.2:1|200|200|0.1|0.1|GET",  # counts differ
-        "orchestrify-v1|WEB|10.0.0.1:1|200|200|0.1|0.1|GET",
-        "orchestrify-v1|web|10.0.0.1:1|999|200|0.1|0.1|GET",
-        "orchestrify-v1|web|10.0.0.1:1|200|200|nan|0.1|GET",
-        "orchestrify-v1|web|\x00\xff|200|200|0.1|0.1|GET|extra",
-    ],
-)
+GARBLED = [
+    "hello",
+    "orchestrify-v1|web|10.0.0.1:1|200|200|0.1|GET",  # a field missing
+    "orchestrify-v1|web|10.0.0.1:1|abc|200|0.1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|200|-1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1, 10.0.0.2:1|200|200|0.1|0.1|GET",  # counts differ
+    "orchestrify-v1|WEB|10.0.0.1:1|200|200|0.1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|999|200|0.1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|200|nan|0.1|GET",
+    "orchestrify-v1|web|\x00\xff|200|200|0.1|0.1|GET|extra",
+]
+
+
+@pytest.mark.parametrize("line", ["", *GARBLED])
 def test_garbled_lines_are_none(line: str) -> None:
     assert parse_log_line(line) is None
 
@@ -106,3 +114,204 @@ def test_metrics_per_replica_and_dropped_lines() -> None:
     assert get("orchestrify_http_request_duration_seconds_count", b) == 1
     assert get("orchestrify_http_requests_total", {"service": "web", "status": "200"}) == 2
     assert get("orchestrify_edge_log_lines_dropped_total") == 1
+
+
+def _book() -> AddressBook:
+    book = AddressBook()
+    book.update(
+        build_view(
+            Upstreams.model_validate(
+                {
+                    "version": 1,
+                    "services": [
+                        {
+                            "name": "web",
+                            "port": 8000,
+                            "drain_s": 5,
+                            "replicas": [
+                                {"id": "web-a", "address": "10.0.0.1:1", "node": "n1"},
+                                {"id": "web-b", "address": "10.0.0.2:1", "node": "n2"},
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+    )
+    return book
+
+
+VALID = "orchestrify-v1|web|10.0.0.1:1|200|200|0.150|0.151|GET"
+TRICKY = [
+    *GARBLED,
+    VALID,
+    "orchestrify-v1|web|-|503|-|-|0.000|GET",
+    "orchestrify-v1|web|-|503|200|-|0.000|GET",  # no address: the rest is not looked at
+    "orchestrify-v1|web||200|200|0.1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|0200|200|0.1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|-|-|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|2x0|0.1|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|200|0.1|x|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|200|inf|0.1|GET",
+    "orchestrify-v1|web|10.0.0.1:1|200|200|0.1|0.1|GET\r",
+    "<190>Nov 21 22:30:00 orchestrify: " + VALID,
+    "orchestrify-v1|web|10.0.0.2:1, 10.0.0.1:1|200|502, 200|0.001, 0.040|0.05|PUT",
+]
+
+
+@pytest.mark.parametrize("line", TRICKY)
+def test_bulk_path_accepts_exactly_what_the_parser_accepts(line: str) -> None:
+    metrics = EdgeMetrics(CollectorRegistry())
+    book = _book()
+    # A first valid line makes the service and method known: the fast path is taken.
+    assert metrics.ingest_lines([VALID, "orchestrify-v1|web|-|503|-|-|0.0|PUT"], book) == 2
+    assert metrics.ingest_lines([line], book) == (1 if parse_log_line(line) else 0)
+
+
+def test_bulk_and_line_by_line_give_the_same_metrics() -> None:
+    one, bulk = CollectorRegistry(), CollectorRegistry()
+    by_line, by_batch = EdgeMetrics(one), EdgeMetrics(bulk)
+    book = _book()
+    lines = TRICKY * 3 + [VALID.replace("0.150", f"0.0{n % 10}") for n in range(50)]
+    for line in lines:
+        by_line.ingest(line, book)
+    by_batch.ingest_lines(lines, book)
+
+    def samples(
+        registry: CollectorRegistry,
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in registry.collect()
+            for s in fam.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(bulk) == samples(one)
+    assert samples(bulk)[("orchestrify_edge_log_lines_dropped_total", ())] > 0
+
+
+def test_an_address_that_moves_to_another_replica_is_counted_under_the_new_one() -> None:
+    metrics = EdgeMetrics(CollectorRegistry())
+    book = _book()
+    metrics.ingest_lines([VALID], book)
+    book.update(
+        build_view(
+            Upstreams.model_validate(
+                {
+                    "version": 2,
+                    "services": [
+                        {
+                            "name": "web",
+                            "port": 8000,
+                            "drain_s": 5,
+                            "replicas": [{"id": "web-c", "address": "10.0.0.1:1", "node": "n3"}],
+                        }
+                    ],
+                }
+            )
+        )
+    )
+    metrics.ingest_lines([VALID], book)
+    get = metrics.registry.get_sample_value
+    count = "orchestrify_http_request_duration_seconds_count"
+    assert get(count, {"service": "web", "replica": "web-a", "node": "n1"}) == 1
+    assert get(count, {"service": "web", "replica": "web-c", "node": "n3"}) == 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _count(metrics: EdgeMetrics) -> float:
+    return (
+        metrics.registry.get_sample_value(
+            "orchestrify_http_requests_total", {"service": "web", "status": "200"}
+        )
+        or 0.0
+    )
+
+
+def test_reader_skips_old_lines_waits_for_whole_lines_and_follows_a_rotation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / LOG_FILE
+    path.write_text(VALID + "\n")  # written before this edge started: not counted
+    clock = FakeClock()
+    metrics = EdgeMetrics(CollectorRegistry())
+    reader = AccessLogReader(path, metrics=metrics, book=_book(), rotate_bytes=200, clock=clock)
+    try:
+        assert reader.poll() == 0
+        writer = path.open("a")  # Nginx's worker, holding its descriptor
+        writer.write(VALID + "\n" + VALID[:20])
+        writer.flush()
+        assert reader.poll() == 1  # the cut line waits for its end
+        writer.write(VALID[20:] + "\n")
+        writer.flush()
+        assert reader.poll() == 1
+        writer.write(VALID + "\n")
+        writer.flush()
+        assert reader.rotation_due() is False  # not read yet
+        reader.poll()
+        assert reader.rotation_due()
+        reader.rotate()
+        assert not path.exists() and not reader.rotation_due()  # not twice in a row
+        # Until the worker reopens, its lines still reach the unlinked file.
+        writer.write(VALID + "\n")
+        writer.flush()
+        assert reader.poll() == 1
+        new_writer = path.open("a")  # Nginx reopened: a new file
+        new_writer.write(VALID + "\n")
+        new_writer.flush()
+        writer.write(VALID + "\n")  # a worker flushing its buffer on its way to reopen
+        writer.flush()
+        assert reader.poll() == 2  # both files, the new one from its start
+        clock.now += 10
+        writer.write(VALID + "\n")
+        writer.flush()
+        assert reader.poll() == 1  # read a last time, then let go
+        writer.write(VALID + "\n")
+        writer.flush()
+        assert reader.poll() == 0
+        writer.close()
+        new_writer.close()
+        assert _count(metrics) == 7
+    finally:
+        reader.close()
+
+
+def test_reader_drops_an_endless_line_and_waits_for_the_file(tmp_path: Path) -> None:
+    path = tmp_path / LOG_FILE
+    metrics = EdgeMetrics(CollectorRegistry())
+    reader = AccessLogReader(path, metrics=metrics, book=_book())
+    try:
+        assert reader.poll() == 0  # Nginx has not created it yet
+        path.write_text("x" * (MAX_LINE_BYTES + 1))
+        assert reader.poll() == 0  # first seen after the edge started: read from its start
+        with path.open("a") as f:
+            f.write("tail of the garbage\n" + VALID + "\n")
+        assert reader.poll() == 1
+        assert metrics.dropped._value.get() == 2  # the long line, then its tail
+    finally:
+        reader.close()
+
+
+def test_a_burst_bigger_than_one_read_is_read_over_several_polls(tmp_path: Path) -> None:
+    path = tmp_path / LOG_FILE
+    metrics = EdgeMetrics(CollectorRegistry())
+    reader = AccessLogReader(path, metrics=metrics, book=_book())
+    try:
+        reader.poll()  # no file yet: everything written from now on is new
+        lines = MAX_READ_BYTES // len(VALID) + 100
+        path.write_text((VALID + "\n") * lines)
+        first = reader.poll()
+        assert reader.behind and 0 < first < lines
+        assert reader.poll() == lines - first
+        assert not reader.behind
+        assert _count(metrics) == lines
+    finally:
+        reader.close()

@@ -17,7 +17,7 @@ SETTINGS = NginxRenderSettings(
     pid_file="/run/x/nginx.pid",
     error_log="/run/x/error.log",
     temp_dir="/run/x/tmp",
-    access_log="syslog:server=127.0.0.1:5514,tag=orchestrify,nohostname",
+    access_log="/run/x/tmp/telemetry.log",
 )
 
 
