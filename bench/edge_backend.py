@@ -28,12 +28,11 @@ import docker
 import docker.errors
 import httpx
 
+from bench.labels import RUN_LABEL, TEST_LABEL
 from orchestrify.errors import DockerFailure
 
 __all__ = ["BACKEND_PORT", "TEST_LABEL", "Backend", "start_backend"]
 
-TEST_LABEL = "orchestrify.test"
-RUN_LABEL = "orchestrify.test.run"
 BACKEND_PORT = 8000
 
 _NGINX_CONF = f"""\

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_LABEL, require_binary, require_docker
+from bench.labels import TEST_LABEL
+from tests.conftest import require_binary, require_docker
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,17 +24,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.edge_lab import ADMIN_TOKEN, JOIN_TOKEN, ControllerThread, EdgeThread, running
+from bench.net import free_port
+from bench.wait import wait_for
 from orchestrify.edge import EdgeSettings
 from orchestrify.edge.telemetry import DURATION_BUCKETS, ROTATE_BYTES
-from tests.conftest import free_port, require_binary
-from tests.integration.edge_lab import (
-    ADMIN_TOKEN,
-    JOIN_TOKEN,
-    ControllerThread,
-    EdgeThread,
-    running,
-    wait_until,
-)
+from tests.conftest import require_binary
 
 pytestmark = pytest.mark.integration
 FAST_MS, SLOW_MS = 10, 300
@@ -110,7 +105,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ids = sorted(a["replica"] for a in body["replicas"] if a["desired"] == "run")
         return ids if len(ids) == 2 else []
 
-    ids = wait_until("two assignments", assigned)
+    ids = wait_for("two assignments", assigned)
     # This test plays the agent: each server is one replica, reported healthy.
     http.post(
         f"/v1/nodes/{creds['node_id']}/replicas",
@@ -136,7 +131,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     ).start()
     try:
         with running(controller, edge):
-            wait_until("both replicas in nginx", lambda: len(edge.served_replicas("mix")) == 2)
+            wait_for("both replicas in nginx", lambda: len(edge.served_replicas("mix")) == 2)
             yield Lab(
                 edge=edge,
                 url=f"http://127.0.0.1:{listen}/mix/",
@@ -202,7 +197,7 @@ def send_mix(lab: Lab, *, fast: int, slow: int) -> dict[str, dict[float, float]]
         return grown if counted >= total else None
 
     # Nginx writes its buffered lines within a second; the edge reads every 0.25 s.
-    grown = wait_until("every request in the histograms", caught_up, timeout=15)
+    grown = wait_for("every request in the histograms", caught_up, timeout=15)
     for rid, counts in sent.items():
         h = grown[rid]
         assert h[math.inf] == counts.total(), rid  # every request, once, on its replica
@@ -250,7 +245,7 @@ def test_a_rotated_log_loses_no_request(lab: Lab) -> None:
     reader.rotate_bytes = 1  # any line read makes the file due for a rotation
     try:
         send_mix(lab, fast=30, slow=0)
-        wait_until(
+        wait_for(
             "a new access log",
             lambda: access_log.exists() and access_log.stat().st_ino != old_inode,
         )
