@@ -325,6 +325,33 @@ class StoreCore:
         # Changes across controllers (PostgreSQL): see orchestrify/store/listen.py.
         self.origin = listen.new_origin()
         self._commit_listeners: list[listen.Deliver] = []
+        # Bumped after every commit of this process (under the write lock), so a cached
+        # view read at generation G is current while the generation is still G (see
+        # ``data_version``): ``generation`` by every write but the heartbeats' batches,
+        # ``heartbeat_generation`` by those (they change only nodes' display fields).
+        self.generation = 0
+        self.heartbeat_generation = 0
+
+    def data_version(self, *, heartbeats: bool = False) -> tuple[int, ...]:
+        """A version of everything stored that moves whenever a committed write changes a
+        row: a view read after taking it is current for as long as it stays the same.
+        Take it *before* reading the view; without ``heartbeats`` the heartbeats'
+        batched writes do not move it (only nodes' display fields change in them).
+
+        SQLite (one controller owns the store): this process's commit counters, no I/O.
+        PostgreSQL: the commit sequence read from the database, which every write
+        transaction bumps (but the heartbeats' batches: ask for ``heartbeats`` there
+        and the answer is never the same twice, so nothing is cached on it)."""
+        if not self.shares_changes:
+            return (self.generation, self.heartbeat_generation if heartbeats else 0)
+        if heartbeats:
+            return (-1, secrets.randbits(62))  # never equal twice: read it afresh
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                text("SELECT value FROM meta WHERE key = :key"), {"key": listen.SEQUENCE_KEY}
+            ).scalar()
+            conn.rollback()
+        return (int(value) if value is not None else 0, 0)
 
     @property
     def shares_changes(self) -> bool:
@@ -359,10 +386,14 @@ class StoreCore:
         (PostgreSQL only: the kinds with ``events``, and its commit sequence)."""
         self._commit_listeners.append(listener)
 
-    def write(self) -> WriteTx:
+    def write(self, *, heartbeats_only: bool = False) -> WriteTx:
         """One write transaction (``with store.write() as tx``): serialized with the
-        store's other writes, committed at the end of the block, subscribers told after."""
-        return WriteTx(self)
+        store's other writes, committed at the end of the block, subscribers told after.
+
+        ``heartbeats_only``: it writes nothing but nodes' heartbeat figures (the batch of
+        ``record_heartbeats``), so it moves only the heartbeat part of ``data_version``,
+        and on PostgreSQL it bumps the commit sequence only if it records ``changes``."""
+        return WriteTx(self, heartbeats_only=heartbeats_only)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -421,8 +452,9 @@ _Row = TypeVar("_Row")
 class WriteTx:
     """One serialized write transaction; tells subscribers after it commits."""
 
-    def __init__(self, store: StoreCore) -> None:
+    def __init__(self, store: StoreCore, *, heartbeats_only: bool = False) -> None:
         self.store = store
+        self.heartbeats_only = heartbeats_only
         self.session: Session
         self.changes: set[ChangeKind] = set()
         self.events: list[Event] = []
@@ -547,11 +579,18 @@ class WriteTx:
                         self.session.flush()  # assigns the event ids
                         self.events.extend(event_view(row) for row in self.event_rows)
                     announced = self._announced()
-                    if announced:
+                    # On PostgreSQL every write bumps the commit sequence (kinds or none),
+                    # the version cached views are checked against; a heartbeats batch
+                    # only when it changed a node's state.
+                    if self.store.shares_changes and (announced or not self.heartbeats_only):
                         self.sequence = listen.announce(
                             self.session, origin=self.store.origin, kinds=announced
                         )
                     self.session.commit()
+                    if self.heartbeats_only and not self.changes:
+                        self.store.heartbeat_generation += 1
+                    else:
+                        self.store.generation += 1
                 except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
                     self.session.rollback()
                     translated = translate_store_error(err)
@@ -573,7 +612,7 @@ class WriteTx:
             if self.changes:
                 for change_listener in self.store._change_listeners:
                     change_listener(self.changes)
-            if self.sequence is not None:
+            if self.sequence is not None and self._announced():
                 for commit_listener in self.store._commit_listeners:
                     commit_listener(self._announced(), self.sequence)
 

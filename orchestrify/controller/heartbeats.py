@@ -1,0 +1,88 @@
+"""Heartbeats kept in memory and written in one batch per interval.
+
+A thousand agents heartbeating every 5 s were two hundred write transactions a second,
+each one waiting for the store's write lock. Yet what decides on a node's life is this
+process's monotonic clock (``NodeLiveness.seen``, told at once); the stored figures are
+for display, and, on PostgreSQL, how a leader learns of the heartbeats another
+controller received. So a heartbeat is remembered here and answered at once, and every
+``flush_s`` the latest heartbeat of each node is written in one transaction.
+
+What cannot wait is written at once, as before: a heartbeat of a node the store holds as
+silent (``not_ready``/``unreachable``: it becomes ready again now), of a node whose
+address moved, or of a node this controller does not know (a 404: register again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from orchestrify.controller.views import ReadViews
+from orchestrify.errors import OrchestrifyError
+from orchestrify.models import Heartbeat, Node, NodeState
+from orchestrify.store import Store
+from orchestrify.store.rows import utcnow
+
+__all__ = ["HeartbeatBuffer"]
+
+log = logging.getLogger(__name__)
+
+_SILENT = frozenset({NodeState.NOT_READY, NodeState.UNREACHABLE})
+
+
+class HeartbeatBuffer:
+    """The heartbeats received since the last batched write, the latest per node."""
+
+    def __init__(self, store: Store, views: ReadViews, *, flush_s: float) -> None:
+        self.store = store
+        self.views = views
+        self.flush_s = flush_s
+        self._pending: dict[str, tuple[Heartbeat, datetime]] = {}
+        self.batches = 0  # batched writes made (for tests and the curious)
+
+    async def receive(self, node_id: str, hb: Heartbeat) -> Node:
+        """Take one heartbeat; the node as it now stands (its heartbeat figures those
+        just received)."""
+        nodes = await self.views.nodes(heartbeats=False)
+        found = nodes.by_id.get(node_id)
+        if (
+            found is None
+            or found[0].state in _SILENT
+            or (hb.address is not None and hb.address != found[0].address)
+        ):
+            self._pending.pop(node_id, None)
+            return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
+        now = utcnow()
+        self._pending[node_id] = (hb, now)
+        figures = hb.model_dump(exclude_none=True, exclude={"address"})
+        return found[0].model_copy(update={**figures, "last_heartbeat": now})
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Write the heartbeats received so far in one transaction. When the store cannot
+        write now they are kept (a newer heartbeat of a node wins) for the next try."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await asyncio.to_thread(self.store.record_heartbeats, batch)
+        except OrchestrifyError as exc:
+            log.warning(
+                "heartbeats not written; kept for the next batch",
+                extra={"error": str(exc), "nodes": len(batch)},
+            )
+            for node_id, beat in batch.items():
+                self._pending.setdefault(node_id, beat)
+            return
+        self.batches += 1
+
+    async def run_forever(self) -> None:
+        """Flush every ``flush_s`` until cancelled (on every controller, leader or not:
+        each writes the heartbeats it received); the app flushes once more at shutdown."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
