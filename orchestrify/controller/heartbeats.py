@@ -39,6 +39,9 @@ class HeartbeatBuffer:
         self.views = views
         self.flush_s = flush_s
         self._pending: dict[str, tuple[Heartbeat, datetime]] = {}
+        # One flush at a time: a read that flushes first then waits for one under way,
+        # so it never reads the store before the heartbeats it follows are in it.
+        self._flushing = asyncio.Lock()
         self.batches = 0  # batched writes made (for tests and the curious)
 
     async def receive(self, node_id: str, hb: Heartbeat) -> Node:
@@ -64,21 +67,25 @@ class HeartbeatBuffer:
 
     async def flush(self) -> None:
         """Write the heartbeats received so far in one transaction. When the store cannot
-        write now they are kept (a newer heartbeat of a node wins) for the next try."""
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, {}
-        try:
-            await asyncio.to_thread(self.store.record_heartbeats, batch)
-        except OrchestrifyError as exc:
-            log.warning(
-                "heartbeats not written; kept for the next batch",
-                extra={"error": str(exc), "nodes": len(batch)},
-            )
-            for node_id, beat in batch.items():
-                self._pending.setdefault(node_id, beat)
-            return
-        self.batches += 1
+        write now they are kept (a newer heartbeat of a node wins) for the next try.
+
+        The node reads (``GET /v1/nodes``) flush first: what a heartbeat answered is in
+        every read that follows it."""
+        async with self._flushing:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            try:
+                await asyncio.to_thread(self.store.record_heartbeats, batch)
+            except OrchestrifyError as exc:
+                log.warning(
+                    "heartbeats not written; kept for the next batch",
+                    extra={"error": str(exc), "nodes": len(batch)},
+                )
+                for node_id, beat in batch.items():
+                    self._pending.setdefault(node_id, beat)
+                return
+            self.batches += 1
 
     async def run_forever(self) -> None:
         """Flush every ``flush_s`` until cancelled (on every controller, leader or not:

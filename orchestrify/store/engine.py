@@ -298,6 +298,20 @@ class BorderSession(Session):
             raise translated from value
 
 
+# Whether a write transaction changed anything (``session.info["wrote"]``): a flush of
+# ORM changes, or an INSERT/UPDATE/DELETE statement. One that did not (a reconciler's
+# cycle with nothing to do) moves no version: no cached view is read again for it.
+@event.listens_for(BorderSession, "after_flush")
+def _wrote_by_flush(session: Session, _context: Any) -> None:
+    session.info["wrote"] = True
+
+
+@event.listens_for(BorderSession, "do_orm_execute")
+def _wrote_by_statement(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info["wrote"] = True
+
+
 class StoreCore:
     """The engine, sessions, write lock and subscribers that every part of the store
     shares; the parts (services, nodes, replicas, edges, events) add the operations."""
@@ -578,18 +592,22 @@ class WriteTx:
                     if self.event_rows:
                         self.session.flush()  # assigns the event ids
                         self.events.extend(event_view(row) for row in self.event_rows)
+                    self.session.flush()
+                    wrote = bool(self.session.info.get("wrote"))
                     announced = self._announced()
-                    # On PostgreSQL every write bumps the commit sequence (kinds or none),
-                    # the version cached views are checked against; a heartbeats batch
-                    # only when it changed a node's state.
-                    if self.store.shares_changes and (announced or not self.heartbeats_only):
+                    # On PostgreSQL every write that changed a row bumps the commit
+                    # sequence (with its kinds, or none), the version cached views are
+                    # checked against; a heartbeats batch only when it changed a state.
+                    if self.store.shares_changes and (
+                        announced or (wrote and not self.heartbeats_only)
+                    ):
                         self.sequence = listen.announce(
                             self.session, origin=self.store.origin, kinds=announced
                         )
                     self.session.commit()
                     if self.heartbeats_only and not self.changes:
                         self.store.heartbeat_generation += 1
-                    else:
+                    elif wrote or self.changes:
                         self.store.generation += 1
                 except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
                     self.session.rollback()

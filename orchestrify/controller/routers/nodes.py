@@ -70,11 +70,13 @@ def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> No
 
 @router.get("", response_model=list[Node], dependencies=[Admin])
 async def list_nodes(state: State) -> Response:
+    await state.heartbeats.flush()  # the heartbeats answered so far are in the view
     return json_answer((await state.views.nodes()).listing)
 
 
 @router.get("/{node_id}", response_model=Node, dependencies=[Admin])
 async def get_node(node_id: str, state: State) -> Response:
+    await state.heartbeats.flush()
     return json_answer((await state.views.nodes()).find(node_id)[1])
 
 
