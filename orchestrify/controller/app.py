@@ -33,6 +33,7 @@ from orchestrify.controller.feed import connect_feed
 from orchestrify.controller.heartbeats import HeartbeatBuffer
 from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
+from orchestrify.controller.looplag import LoopLagMonitor
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
@@ -95,6 +96,7 @@ def create_app(
         if state.changes is not None:
             state.changes.start()  # changes committed by the other controllers
         app.state.controller = state
+        loop_lag = LoopLagMonitor(state.metrics.event_loop_lag).start()
         state.alerts.load_rules(settings.rules_file)
         loops = LeaderLoops(state, run_reconciler=run_reconciler)
         leadership = state.leadership
@@ -122,6 +124,7 @@ def create_app(
             )
             yield
         finally:
+            await loop_lag.stop()
             await leadership.stop()  # the leader's loops end first, then the lease
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orchestrify.controller.looplag import LOOP_LAG_BUCKETS
 from orchestrify.models import Event, NodeState, ReplicaState
 from orchestrify.store import Store
 from orchestrify.store.retention import PruneResult
@@ -107,6 +108,13 @@ class ControllerMetrics:
             "orchestrify_api_request_duration_seconds",
             "API request latency by method, route and status.",
             ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.event_loop_lag = Histogram(
+            "orchestrify_event_loop_lag_seconds",
+            "How late the controller's event loop woke a task that slept a fixed interval "
+            "(orchestrify.controller.looplag): the longest stretch something blocked it.",
+            buckets=LOOP_LAG_BUCKETS,
             registry=self.registry,
         )
         self.history_pruned = PromCounter(
