@@ -130,6 +130,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await state.heartbeats.flush()  # the last ones received, before the store closes
+            state.views.cache.close()
             await asyncio.to_thread(state.jobs.close)
             if state.changes is not None:
                 await asyncio.to_thread(state.changes.stop)

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -72,13 +73,18 @@ class ViewCache:
         asked from a worker thread."""
         self._version = version
         self._version_costs_io = version_costs_io
+        # Threads of their own: the loop's default executor (cores + 4 threads) is where
+        # the leader's loops wait for the store's write lock, and a read must not queue
+        # behind them. A read holds no lock (SQLite WAL, PostgreSQL MVCC).
+        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orchestrify-views")
         self._entries: dict[str, _Entry[Any]] = {}
         self._building: dict[tuple[str, Hashable], asyncio.Future[Any]] = {}
         self.reads = 0  # how many times a view was read from the store (for tests)
 
     async def version(self, *, heartbeats: bool = False) -> Hashable:
         if self._version_costs_io:
-            return await asyncio.to_thread(self._version, heartbeats)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._threads, self._version, heartbeats)
         return self._version(heartbeats)
 
     async def get(self, key: str, build: Callable[[], _V], *, heartbeats: bool = False) -> _V:
@@ -95,7 +101,7 @@ class ViewCache:
         self._building[(key, version)] = future
         try:
             self.reads += 1
-            value = await asyncio.to_thread(build)
+            value = await asyncio.get_running_loop().run_in_executor(self._threads, build)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here: no "never retrieved" warning without waiters
@@ -105,6 +111,9 @@ class ViewCache:
         self._entries[key] = _Entry(version, value)
         future.set_result(value)
         return value
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)

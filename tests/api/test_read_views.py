@@ -200,6 +200,7 @@ def test_concurrent_misses_read_the_view_once() -> None:
     version[0] = 2
     assert asyncio.run(cache.get("k", lambda: "view at 2")) == "view at 2"
     assert cache.reads == 2
+    cache.close()
 
 
 def _loop(client: TestClient) -> asyncio.AbstractEventLoop:
