@@ -45,21 +45,35 @@ class HeartbeatBuffer:
         self.batches = 0  # batched writes made (for tests and the curious)
 
     async def receive(self, node_id: str, hb: Heartbeat) -> Node:
-        """Take one heartbeat; the node as it now stands (its heartbeat figures those
-        just received)."""
-        nodes = await self.views.nodes(heartbeats=False)
-        found = nodes.by_id.get(node_id)
+        """Take one heartbeat; the node as it now stands: its state and address as
+        stored now, the heartbeat's figures, its other fields as the last nodes view
+        read held them (the agent reads nothing of the answer but its status)."""
+        standing = (await self.views.node_standing()).get(node_id)
         if (
-            found is None
-            or found[0].state in _SILENT
-            or (hb.address is not None and hb.address != found[0].address)
+            standing is None
+            or standing[0] in _SILENT
+            or (hb.address is not None and hb.address != standing[1])
         ):
             self._pending.pop(node_id, None)
             return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
         now = utcnow()
         self._pending[node_id] = (hb, now)
+        node = await self.views.last_node_view(node_id)
+        if node is None:  # registered since the last nodes view was read
+            found = (await self.views.nodes(heartbeats=False)).by_id.get(node_id)
+            if found is None:  # and removed since: the store answers (a 404)
+                self._pending.pop(node_id, None)
+                return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
+            node = found[0]
         figures = hb.model_dump(exclude_none=True, exclude={"address"})
-        return found[0].model_copy(update={**figures, "last_heartbeat": now})
+        return node.model_copy(
+            update={
+                **figures,
+                "state": NodeState(standing[0]),
+                "address": standing[1],
+                "last_heartbeat": now,
+            }
+        )
 
     @property
     def pending(self) -> int:

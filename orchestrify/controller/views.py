@@ -112,6 +112,11 @@ class ViewCache:
         future.set_result(value)
         return value
 
+    def peek(self, key: str) -> Any:
+        """The view kept under ``key``, whatever its version (None: none yet)."""
+        entry = self._entries.get(key)
+        return entry.value if entry is not None else None
+
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -194,6 +199,19 @@ class ReadViews:
 
         key = "nodes+heartbeats" if heartbeats else "nodes"
         return await self.cache.get(key, build, heartbeats=heartbeats)
+
+    async def node_standing(self) -> dict[str, tuple[str, str]]:
+        """Every node's state and address by id, as of now (one light query per
+        version: a thousand heartbeats a second decide on it)."""
+        return await self.cache.get("node_standing", self.store.node_standing)
+
+    async def last_node_view(self, node_id: str) -> Node | None:
+        """The node as the last nodes view read holds it (of any version; read now
+        if there is none yet)."""
+        entry = self.cache.peek("nodes+heartbeats") or self.cache.peek("nodes")
+        views: NodeViews = entry if entry is not None else await self.nodes(heartbeats=False)
+        found = views.by_id.get(node_id)
+        return found[0] if found is not None else None
 
     async def assignments(self) -> dict[str, NodeAssignments]:
         def build() -> dict[str, NodeAssignments]:

@@ -257,6 +257,13 @@ class NodesPart(StoreCore):
                 _apply_heartbeat(tx, row, hb, at)
         return gone
 
+    def node_standing(self) -> dict[str, tuple[str, str]]:
+        """Every node's id with its state and address, in one light query: what the
+        controller checks each heartbeat against (cached per ``data_version``)."""
+        with self.read() as s:
+            query = select(NodeRow.id, NodeRow.state, NodeRow.address)
+            return {node_id: (state, address) for node_id, state, address in s.execute(query)}
+
     def node_token_hashes(self) -> dict[str, str]:
         """Every node's id and token hash, read at once: the controller checks node
         tokens against this (cached per ``data_version``), not one query per request."""
