@@ -360,11 +360,17 @@ class StoreCore:
             return (self.generation, self.heartbeat_generation if heartbeats else 0)
         if heartbeats:
             return (-1, secrets.randbits(62))  # never equal twice: read it afresh
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                text("SELECT value FROM meta WHERE key = :key"), {"key": listen.SEQUENCE_KEY}
-            ).scalar()
-            conn.rollback()
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(
+                    text("SELECT value FROM meta WHERE key = :key"), {"key": listen.SEQUENCE_KEY}
+                ).scalar()
+                conn.rollback()
+        except SQLAlchemyError as err:  # the database is away: a 503, as any read
+            translated = translate_store_error(err)
+            if translated is None:
+                raise
+            raise translated from err
         return (int(value) if value is not None else 0, 0)
 
     @property
