@@ -188,6 +188,10 @@ class ControllerServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# Seconds an idle client connection stays open (Nginx's default keepalive_timeout).
+KEEP_ALIVE_S = 75
+
+
 def serve_controller(settings: ControllerSettings) -> None:
     """Run the controller in the foreground until SIGINT/SIGTERM."""
     config = uvicorn.Config(
@@ -196,6 +200,10 @@ def serve_controller(settings: ControllerSettings) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # Agents heartbeat every 5 s on a kept-alive connection: uvicorn's default of 5 s
+        # closed it just as the next heartbeat was sent (a ReadError for the agent, and a
+        # new TCP connection per heartbeat). Longer than any heartbeat interval.
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=5,
         # HTTPS only when set: no plain-HTTP listener beside it
         ssl_certfile=settings.tls_cert,
