@@ -76,7 +76,7 @@ class ViewCache:
         # Threads of their own: the loop's default executor (cores + 4 threads) is where
         # the leader's loops wait for the store's write lock, and a read must not queue
         # behind them. A read holds no lock (SQLite WAL, PostgreSQL MVCC).
-        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orchestrify-views")
+        self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orchestrify-views")
         self._entries: dict[str, _Entry[Any]] = {}
         self._building: dict[tuple[str, Hashable], asyncio.Future[Any]] = {}
         self.reads = 0  # how many times a view was read from the store (for tests)
@@ -84,7 +84,7 @@ class ViewCache:
     async def version(self, *, heartbeats: bool = False) -> Hashable:
         if self._version_costs_io:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads, self._version, heartbeats)
+            return await loop.run_in_executor(self.threads, self._version, heartbeats)
         return self._version(heartbeats)
 
     async def get(self, key: str, build: Callable[[], _V], *, heartbeats: bool = False) -> _V:
@@ -101,7 +101,7 @@ class ViewCache:
         self._building[(key, version)] = future
         try:
             self.reads += 1
-            value = await asyncio.get_running_loop().run_in_executor(self._threads, build)
+            value = await asyncio.get_running_loop().run_in_executor(self.threads, build)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here: no "never retrieved" warning without waiters
@@ -118,7 +118,7 @@ class ViewCache:
         return entry.value if entry is not None else None
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,12 @@ class ReadViews:
 
         key = "nodes+heartbeats" if heartbeats else "nodes"
         return await self.cache.get(key, build, heartbeats=heartbeats)
+
+    async def node_assignments(self, node_id: str) -> NodeAssignments | None:
+        """One node's assignments read now, not cached (None: no such node)."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self.cache.threads, self.store.node_assignments, node_id)
+        return None if found is None else NodeAssignments(replicas=found[0], prune=found[1])
 
     async def node_standing(self) -> dict[str, tuple[str, str]]:
         """Every node's state and address by id, as of now (one light query per

@@ -486,6 +486,21 @@ class ReplicasPart(StoreCore):
             )
             return [a for row in rows if (a := _assignment(row, specs)) is not None]
 
+    def node_assignments(self, node_id: str) -> tuple[list[Assignment], list[str]] | None:
+        """One node's assignments and ``prune`` list, read in one transaction (None: no
+        such node): for a long-poll answered at once (an agent that just started or
+        registered), where reading every node's would cost a fleet's worth per agent."""
+        with self.read() as s:
+            node = s.get(NodeRow, node_id)
+            if node is None:
+                return None
+            specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
+            rows = s.scalars(
+                select(ReplicaRow).where(ReplicaRow.node == node_id).order_by(ReplicaRow.id)
+            )
+            mine = [a for row in rows if (a := _assignment(row, specs)) is not None]
+            return mine, list(node.prune or [])
+
     def every_assignment(self) -> dict[str, tuple[list[Assignment], list[str]]]:
         """Every node's assignments and ``prune`` list, read in one transaction: the
         controller answers all its agents' long-polls from this, read once per change,

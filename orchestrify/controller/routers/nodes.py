@@ -170,8 +170,15 @@ async def watch_assignments(
     deadline = loop.time() + wait
     since = version
     while True:
+        # Answered at once (an agent that starts, registers or fails over): its own
+        # assignments only. Woken by a change (a herd of agents at once): every node's,
+        # read once for all of them.
+        at_once = since is None or state.feed.version("spec") != since
         current = await state.feed.wait("spec", since, max(0.0, deadline - loop.time()))
-        mine = (await state.views.assignments()).get(node_id)
+        if at_once:
+            mine = await state.views.node_assignments(node_id)
+        else:
+            mine = (await state.views.assignments()).get(node_id)
         if mine is None:
             raise NotFound(f"no node with id {node_id!r}; register again")
         if (
