@@ -30,6 +30,7 @@ from orchestrify.controller.border import (
 )
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.feed import connect_feed
+from orchestrify.controller.heartbeats import HeartbeatBuffer
 from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.liveness import NodeLiveness, RescheduleLimiter
 from orchestrify.controller.looplag import LoopLagMonitor
@@ -49,6 +50,7 @@ from orchestrify.controller.routers import (
     upstreams,
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
+from orchestrify.controller.views import ReadViews
 from orchestrify.errors import (
     Busy,
     Conflict,
@@ -103,6 +105,8 @@ def create_app(
         # The first attempt is made before the API serves: alone on its store (SQLite,
         # or the first of several), this controller leads at once.
         await leadership.start()
+        # Every controller writes the heartbeats it received, leader or not.
+        flusher = asyncio.create_task(state.heartbeats.run_forever(), name="heartbeats")
         try:
             # Alerts stored before a crash but not yet decided on are decided now, before
             # the API serves, when this controller leads.
@@ -122,6 +126,11 @@ def create_app(
         finally:
             await loop_lag.stop()
             await leadership.stop()  # the leader's loops end first, then the lease
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await state.heartbeats.flush()  # the last ones received, before the store closes
+            state.views.cache.close()
             await asyncio.to_thread(state.jobs.close)
             if state.changes is not None:
                 await asyncio.to_thread(state.changes.stop)
@@ -179,6 +188,10 @@ class ControllerServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+# Seconds an idle client connection stays open (Nginx's default keepalive_timeout).
+KEEP_ALIVE_S = 75
+
+
 def serve_controller(settings: ControllerSettings) -> None:
     """Run the controller in the foreground until SIGINT/SIGTERM."""
     config = uvicorn.Config(
@@ -187,6 +200,10 @@ def serve_controller(settings: ControllerSettings) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # Agents heartbeat every 5 s on a kept-alive connection: uvicorn's default of 5 s
+        # closed it just as the next heartbeat was sent (a ReadError for the agent, and a
+        # new TCP connection per heartbeat). Longer than any heartbeat interval.
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=5,
         # HTTPS only when set: no plain-HTTP listener beside it
         ssl_certfile=settings.tls_cert,
@@ -327,6 +344,7 @@ def open_state(
         fence=leadership.fence,
     )
     feed.on_events(alerts.wake)  # alerts stored through another controller
+    views = ReadViews(store)
     return ControllerState(
         settings=settings,
         store=store,
@@ -345,6 +363,8 @@ def open_state(
             metrics=metrics,
         ),
         leadership=leadership,
+        views=views,
+        heartbeats=HeartbeatBuffer(store, views, flush_s=settings.heartbeat_flush_s),
     )
 
 
@@ -586,8 +606,9 @@ def _install_metrics(app: FastAPI) -> None:
     app.add_middleware(_MeasureLatency, owner=app)
     app.add_middleware(_AnnounceVersion)
 
+    # async: answered on the event loop, never queued behind the worker threads.
     @app.get("/healthz", tags=["health"], responses=errors(426))
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     @app.get("/metrics", tags=["health"], response_class=Response, responses=errors(426))

@@ -11,11 +11,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrify.controller.alerts import AlertProcessor
 from orchestrify.controller.feed import ChangeFeed
+from orchestrify.controller.heartbeats import HeartbeatBuffer
 from orchestrify.controller.leadership import Leadership
 from orchestrify.controller.metrics import ControllerMetrics
 from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
 from orchestrify.controller.settings import ControllerSettings
+from orchestrify.controller.views import AnsweredAssignments, ReadViews
 from orchestrify.errors import NotFound, Unauthorized
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
@@ -35,6 +37,10 @@ class ControllerState:
     alerts: AlertProcessor
     history: HistoryPruner
     leadership: Leadership
+    views: ReadViews
+    heartbeats: HeartbeatBuffer
+    # What each node's long-poll was last answered (see AnsweredAssignments).
+    answered: AnsweredAssignments = field(default_factory=AnsweredAssignments)
     # Tells ``feed`` of the changes other controllers commit (PostgreSQL; None on SQLite).
     changes: ChangeListener | None = None
 
@@ -79,16 +85,18 @@ async def require_join(state: State, creds: Credentials) -> None:
         raise _unauthorized("a valid join token is required (--join-token)")
 
 
-def require_node(node_id: str, state: State, creds: Credentials) -> None:
-    """The node's own token, or the admin token."""
+async def require_node(node_id: str, state: State, creds: Credentials) -> None:
+    """The node's own token, or the admin token. Checked against the node tokens cached
+    per store version (``ReadViews``): no thread, no query per agent request."""
     if creds is None:
         raise _unauthorized("a node token is required")
     if same_token(creds.credentials, state.admin_token):
         return
-    try:
-        state.store.authenticate_node(node_id, creds.credentials)
-    except (Unauthorized, NotFound) as exc:
-        raise _unauthorized(str(exc)) from exc
+    ok = await state.views.node_token_ok(node_id, creds.credentials)
+    if ok is None:
+        raise _unauthorized(str(NotFound(f"no node with id {node_id!r}; register again")))
+    if not ok:
+        raise _unauthorized(str(Unauthorized("wrong node token")))
 
 
 Admin = Depends(require_admin)

@@ -41,7 +41,10 @@ class ChangeFeed:
         self._versions = {"spec": start, "state": start, "events": start}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cond: asyncio.Condition | None = None
+        # Set (and replaced by a fresh one) at every change: a thousand waiting
+        # long-polls wake at once, none queues for a lock (an asyncio.Condition hands its
+        # lock from one waiter to the next, one loop turn each).
+        self._changed: asyncio.Event | None = None
         self._event_watchers: list[Callable[[], None]] = []
         self.closed = False
 
@@ -53,7 +56,7 @@ class ChangeFeed:
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._cond = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     def version(self, kind: str) -> int:
         return self._versions[kind]
@@ -87,33 +90,38 @@ class ChangeFeed:
         if loop is not None and not loop.is_closed():
             # The loop may close between the check and the call (a shutdown).
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._notify()))
+                loop.call_soon_threadsafe(self._notify)
 
     async def close(self) -> None:
         """Answer every waiting long-poll now: the server is shutting down."""
         self.closed = True
-        await self._notify()
+        self._notify()
 
-    async def _notify(self) -> None:
-        if self._cond is None:
-            return
-        async with self._cond:
-            self._cond.notify_all()
+    def _notify(self) -> None:
+        """On the loop: wake every waiter (each one checks its own kind again)."""
+        changed = self._changed
+        if changed is not None:
+            self._changed = asyncio.Event()
+            changed.set()
 
     async def wait(self, kind: str, since: int | None, timeout: float) -> int:
         """Return the current version at once if it differs from ``since``, else wait."""
-        if since is None or self._versions[kind] != since or self._cond is None or self.closed:
+        if since is None or self._versions[kind] != since or self._changed is None or self.closed:
             return self._versions[kind]
-        deadline = asyncio.get_running_loop().time() + timeout
-        async with self._cond:
-            while self._versions[kind] == since and not self.closed:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._versions[kind] == since and not self.closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Taken with the check above in one step of the loop: ``_notify`` (which runs
+            # on the loop) sets this very event for any change made after the check.
+            changed = self._changed
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                break
         return self._versions[kind]
 
 

@@ -76,6 +76,15 @@ class ControllerSettings(BaseSettings):
     watch_timeout_s: float = Field(
         30.0, gt=0, le=300, description="Longest a long-poll waits before answering unchanged."
     )
+    heartbeat_flush_s: float = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="Seconds between the batched writes of the heartbeats received "
+        "(one write for all of them, not one per heartbeat; liveness is judged in memory "
+        "at once). At most 5 s, a third of the default node timeout: on PostgreSQL the "
+        "leader sees other controllers' heartbeats through this write.",
+    )
     dry_run: bool = Field(False, description="Decide and record scaling, but never act.")
     rules_file: Path | None = Field(
         None, description="Alert -> action rules (YAML) applied at start; default: shipped."

@@ -298,6 +298,20 @@ class BorderSession(Session):
             raise translated from value
 
 
+# Whether a write transaction changed anything (``session.info["wrote"]``): a flush of
+# ORM changes, or an INSERT/UPDATE/DELETE statement. One that did not (a reconciler's
+# cycle with nothing to do) moves no version: no cached view is read again for it.
+@event.listens_for(BorderSession, "after_flush")
+def _wrote_by_flush(session: Session, _context: Any) -> None:
+    session.info["wrote"] = True
+
+
+@event.listens_for(BorderSession, "do_orm_execute")
+def _wrote_by_statement(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info["wrote"] = True
+
+
 class StoreCore:
     """The engine, sessions, write lock and subscribers that every part of the store
     shares; the parts (services, nodes, replicas, edges, events) add the operations."""
@@ -325,6 +339,39 @@ class StoreCore:
         # Changes across controllers (PostgreSQL): see orchestrify/store/listen.py.
         self.origin = listen.new_origin()
         self._commit_listeners: list[listen.Deliver] = []
+        # Bumped after every commit of this process (under the write lock), so a cached
+        # view read at generation G is current while the generation is still G (see
+        # ``data_version``): ``generation`` by every write but the heartbeats' batches,
+        # ``heartbeat_generation`` by those (they change only nodes' display fields).
+        self.generation = 0
+        self.heartbeat_generation = 0
+
+    def data_version(self, *, heartbeats: bool = False) -> tuple[int, ...]:
+        """A version of everything stored that moves whenever a committed write changes a
+        row: a view read after taking it is current for as long as it stays the same.
+        Take it *before* reading the view; without ``heartbeats`` the heartbeats'
+        batched writes do not move it (only nodes' display fields change in them).
+
+        SQLite (one controller owns the store): this process's commit counters, no I/O.
+        PostgreSQL: the commit sequence read from the database, which every write
+        transaction bumps (but the heartbeats' batches: ask for ``heartbeats`` there
+        and the answer is never the same twice, so nothing is cached on it)."""
+        if not self.shares_changes:
+            return (self.generation, self.heartbeat_generation if heartbeats else 0)
+        if heartbeats:
+            return (-1, secrets.randbits(62))  # never equal twice: read it afresh
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(
+                    text("SELECT value FROM meta WHERE key = :key"), {"key": listen.SEQUENCE_KEY}
+                ).scalar()
+                conn.rollback()
+        except SQLAlchemyError as err:  # the database is away: a 503, as any read
+            translated = translate_store_error(err)
+            if translated is None:
+                raise
+            raise translated from err
+        return (int(value) if value is not None else 0, 0)
 
     @property
     def shares_changes(self) -> bool:
@@ -359,10 +406,14 @@ class StoreCore:
         (PostgreSQL only: the kinds with ``events``, and its commit sequence)."""
         self._commit_listeners.append(listener)
 
-    def write(self) -> WriteTx:
+    def write(self, *, heartbeats_only: bool = False) -> WriteTx:
         """One write transaction (``with store.write() as tx``): serialized with the
-        store's other writes, committed at the end of the block, subscribers told after."""
-        return WriteTx(self)
+        store's other writes, committed at the end of the block, subscribers told after.
+
+        ``heartbeats_only``: it writes nothing but nodes' heartbeat figures (the batch of
+        ``record_heartbeats``), so it moves only the heartbeat part of ``data_version``,
+        and on PostgreSQL it bumps the commit sequence only if it records ``changes``."""
+        return WriteTx(self, heartbeats_only=heartbeats_only)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -421,8 +472,9 @@ _Row = TypeVar("_Row")
 class WriteTx:
     """One serialized write transaction; tells subscribers after it commits."""
 
-    def __init__(self, store: StoreCore) -> None:
+    def __init__(self, store: StoreCore, *, heartbeats_only: bool = False) -> None:
         self.store = store
+        self.heartbeats_only = heartbeats_only
         self.session: Session
         self.changes: set[ChangeKind] = set()
         self.events: list[Event] = []
@@ -546,12 +598,23 @@ class WriteTx:
                     if self.event_rows:
                         self.session.flush()  # assigns the event ids
                         self.events.extend(event_view(row) for row in self.event_rows)
+                    self.session.flush()
+                    wrote = bool(self.session.info.get("wrote"))
                     announced = self._announced()
-                    if announced:
+                    # On PostgreSQL every write that changed a row bumps the commit
+                    # sequence (with its kinds, or none), the version cached views are
+                    # checked against; a heartbeats batch only when it changed a state.
+                    if self.store.shares_changes and (
+                        announced or (wrote and not self.heartbeats_only)
+                    ):
                         self.sequence = listen.announce(
                             self.session, origin=self.store.origin, kinds=announced
                         )
                     self.session.commit()
+                    if self.heartbeats_only and not self.changes:
+                        self.store.heartbeat_generation += 1
+                    elif wrote or self.changes:
+                        self.store.generation += 1
                 except (SQLAlchemyError, OverflowError, UnicodeEncodeError) as err:
                     self.session.rollback()
                     translated = translate_store_error(err)
@@ -573,7 +636,7 @@ class WriteTx:
             if self.changes:
                 for change_listener in self.store._change_listeners:
                     change_listener(self.changes)
-            if self.sequence is not None:
+            if self.sequence is not None and self._announced():
                 for commit_listener in self.store._commit_listeners:
                     commit_listener(self._announced(), self.sequence)
 

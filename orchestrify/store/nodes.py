@@ -236,23 +236,42 @@ class NodesPart(StoreCore):
             row = tx.get(NodeRow, node_id)
             if row is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
-            row.last_heartbeat = now  # for display: liveness is judged on a monotonic clock
-            for key, value in hb.model_dump(exclude_none=True, exclude={"address"}).items():
-                setattr(row, key, value)
-            if hb.address is not None:
-                move_address(tx, row, hb.address)
-            if row.state in SILENT_STATES:
-                was = row.state
-                row.state = NodeState.DRAINING if row.draining else NodeState.READY
-                tx.add_event(
-                    f"node {row.name} is {row.state} again (heartbeat received; was {was})",
-                    kind="node",
-                    node=row.name,
-                    action="node_ready",
-                    outcome="info",
-                )
-                tx.changes.update({"spec", "state"})
+            _apply_heartbeat(tx, row, hb, now)
             return node_view(row)
+
+    @retry_on_race
+    def record_heartbeats(self, beats: Mapping[str, tuple[Heartbeat, datetime]]) -> list[str]:
+        """Store many heartbeats (node id -> what it said, when it was received) in one
+        write transaction, as ``heartbeat`` would one by one: the controller batches them
+        so a thousand agents are not a thousand writes. A node gone meanwhile is skipped;
+        the ids of those are returned."""
+        gone = []
+        with self.write(heartbeats_only=True) as tx:
+            tx.preload(NodeRow, NodeRow.id, beats)
+            for node_id in sorted(beats):
+                row = tx.get(NodeRow, node_id)
+                if row is None:
+                    gone.append(node_id)
+                    continue
+                hb, at = beats[node_id]
+                _apply_heartbeat(tx, row, hb, at)
+        return gone
+
+    def node_standing(self) -> dict[str, tuple[str, str]]:
+        """Every node's id with its state and address, in one light query: what the
+        controller checks each heartbeat against (cached per ``data_version``)."""
+        with self.read() as s:
+            query = select(NodeRow.id, NodeRow.state, NodeRow.address)
+            return {node_id: (state, address) for node_id, state, address in s.execute(query)}
+
+    def node_token_hashes(self) -> dict[str, str]:
+        """Every node's id and token hash, read at once: the controller checks node
+        tokens against this (cached per ``data_version``), not one query per request."""
+        with self.read() as s:
+            return {
+                node_id: token_hash
+                for node_id, token_hash in s.execute(select(NodeRow.id, NodeRow.token_hash))
+            }
 
     def list_nodes(self) -> list[Node]:
         with self.read() as s:
@@ -412,3 +431,24 @@ class NodesPart(StoreCore):
     def node_removals_pending(self) -> list[str]:
         with self.read() as s:
             return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())
+
+
+def _apply_heartbeat(tx: WriteTx, row: NodeRow, hb: Heartbeat, now: datetime) -> None:
+    """What a heartbeat changes on its node: the figures it carries, its address (the
+    node moves), and a silent node's state (ready or draining again, with an event)."""
+    row.last_heartbeat = now  # for display: liveness is judged on a monotonic clock
+    for key, value in hb.model_dump(exclude_none=True, exclude={"address"}).items():
+        setattr(row, key, value)
+    if hb.address is not None:
+        move_address(tx, row, hb.address)
+    if row.state in SILENT_STATES:
+        was = row.state
+        row.state = NodeState.DRAINING if row.draining else NodeState.READY
+        tx.add_event(
+            f"node {row.name} is {row.state} again (heartbeat received; was {was})",
+            kind="node",
+            node=row.name,
+            action="node_ready",
+            outcome="info",
+        )
+        tx.changes.update({"spec", "state"})

@@ -4,7 +4,7 @@ node keeps that no replica accounts for)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -481,31 +481,41 @@ class ReplicasPart(StoreCore):
             if s.get(NodeRow, node_id) is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
             specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
-            out = []
-            for row in s.scalars(
+            rows = s.scalars(
                 select(ReplicaRow).where(ReplicaRow.node == node_id).order_by(ReplicaRow.id)
-            ):
-                svc = specs.get(row.service)
-                if svc is None:
-                    continue
-                spec = row.spec  # its own: during a rolling update old replicas keep theirs
-                out.append(
-                    Assignment(
-                        replica=row.id,
-                        service=row.service,
-                        desired=DesiredState(row.desired),
-                        image=spec["image"],
-                        env=spec.get("env") or {},
-                        port=spec["port"],
-                        host_port=spec.get("host_port"),
-                        health_path=spec.get("health_path") or "/health",
-                        memory_mb=spec.get("memory_mb"),
-                        cpus=spec.get("cpus"),
-                        generation=row.generation,
-                        spec_hash=row.spec_hash or spec_hash(spec),
-                        stop_grace_s=float(svc.spec.get("stop_grace_s", DEFAULT_STOP_GRACE_S)),
-                    )
-                )
+            )
+            return [a for row in rows if (a := _assignment(row, specs)) is not None]
+
+    def node_assignments(self, node_id: str) -> tuple[list[Assignment], list[str]] | None:
+        """One node's assignments and ``prune`` list, read in one transaction (None: no
+        such node): for a long-poll answered at once (an agent that just started or
+        registered), where reading every node's would cost a fleet's worth per agent."""
+        with self.read() as s:
+            node = s.get(NodeRow, node_id)
+            if node is None:
+                return None
+            specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
+            rows = s.scalars(
+                select(ReplicaRow).where(ReplicaRow.node == node_id).order_by(ReplicaRow.id)
+            )
+            mine = [a for row in rows if (a := _assignment(row, specs)) is not None]
+            return mine, list(node.prune or [])
+
+    def every_assignment(self) -> dict[str, tuple[list[Assignment], list[str]]]:
+        """Every node's assignments and ``prune`` list, read in one transaction: the
+        controller answers all its agents' long-polls from this, read once per change,
+        not once per agent."""
+        with self.read() as s:
+            specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
+            out: dict[str, tuple[list[Assignment], list[str]]] = {
+                node_id: ([], list(prune or []))
+                for node_id, prune in s.execute(select(NodeRow.id, NodeRow.prune))
+            }
+            for row in s.scalars(select(ReplicaRow).order_by(ReplicaRow.node, ReplicaRow.id)):
+                mine = out.get(row.node)
+                assignment = _assignment(row, specs)
+                if mine is not None and assignment is not None:
+                    mine[0].append(assignment)
             return out
 
     def pruning(self, node_id: str) -> list[str]:
@@ -568,3 +578,26 @@ class ReplicasPart(StoreCore):
             else:
                 message = f"node {node.name} has no orphaned containers"
             return OrphanPrune(node=node.id, pruning=ids, message=message)
+
+
+def _assignment(row: ReplicaRow, specs: Mapping[str, ServiceRow]) -> Assignment | None:
+    """What an agent is told of one replica (None: its service is gone)."""
+    svc = specs.get(row.service)
+    if svc is None:
+        return None
+    spec = row.spec  # its own: during a rolling update old replicas keep theirs
+    return Assignment(
+        replica=row.id,
+        service=row.service,
+        desired=DesiredState(row.desired),
+        image=spec["image"],
+        env=spec.get("env") or {},
+        port=spec["port"],
+        host_port=spec.get("host_port"),
+        health_path=spec.get("health_path") or "/health",
+        memory_mb=spec.get("memory_mb"),
+        cpus=spec.get("cpus"),
+        generation=row.generation,
+        spec_hash=row.spec_hash or spec_hash(spec),
+        stop_grace_s=float(svc.spec.get("stop_grace_s", DEFAULT_STOP_GRACE_S)),
+    )

@@ -20,6 +20,8 @@ from orchestrify.controller.deps import (
     require_node,
     same_token,
 )
+from orchestrify.controller.views import json_answer
+from orchestrify.errors import NotFound
 from orchestrify.models import (
     Assignments,
     Heartbeat,
@@ -67,13 +69,15 @@ def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> No
 
 
 @router.get("", response_model=list[Node], dependencies=[Admin])
-def list_nodes(state: State) -> list[Node]:
-    return state.store.list_nodes()
+async def list_nodes(state: State) -> Response:
+    await state.heartbeats.flush()  # the heartbeats answered so far are in the view
+    return json_answer((await state.views.nodes()).listing)
 
 
 @router.get("/{node_id}", response_model=Node, dependencies=[Admin])
-def get_node(node_id: str, state: State) -> Node:
-    return state.store.get_node(node_id)
+async def get_node(node_id: str, state: State) -> Response:
+    await state.heartbeats.flush()
+    return json_answer((await state.views.nodes()).find(node_id)[1])
 
 
 @router.post("/{node_id}/drain", response_model=Node, dependencies=[Admin])
@@ -130,6 +134,7 @@ def remove_node(
     before = len(state.store.list_replicas(node=node_id)) if force else 0
     node = state.store.delete_node(node_id, force=force)
     state.reconciler.liveness.forget(node.id)
+    state.answered.forget(node.id)
     return NodeRemoval(
         node=node.id,
         name=node.name,
@@ -140,11 +145,14 @@ def remove_node(
 
 
 @router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
-def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
-    # Seen first (this process's monotonic clock): a cycle that judges meanwhile then
-    # finds the node alive, and the store write below restores a silent node's state.
+async def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
+    """Seen at once on this controller's monotonic clock (what liveness is judged on);
+    written to the store in the next batch (``heartbeat_flush_s``), or at once when it
+    changes the node's state or address."""
+    # Seen first: a cycle that judges meanwhile then finds the node alive, and the store
+    # write restores a silent node's state.
     state.reconciler.liveness.seen(node_id)
-    return state.store.heartbeat(node_id, hb)
+    return await state.heartbeats.receive(node_id, hb)
 
 
 @router.get("/{node_id}/assignments", response_model=Assignments, dependencies=[NodeAuth])
@@ -154,18 +162,41 @@ async def watch_assignments(
     version: int | None = Query(None, description="Last version seen; omit for an answer now."),
     timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
 ) -> Assignments:
-    """Long-poll: answers at once if the assignments' version differs from ``version``,
-    otherwise when they change or after ``timeout`` seconds."""
+    """Long-poll: answers at once if the assignments' version differs from ``version``
+    (unless this controller answered ``version`` to this node and its assignments are
+    still the same), otherwise when they change or after ``timeout`` seconds."""
     wait = min(timeout, state.settings.watch_timeout_s)
-    current = await state.feed.wait("spec", version, wait)
-    replicas = await asyncio.to_thread(state.store.assignments, node_id)
-    prune = await asyncio.to_thread(state.store.pruning, node_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    since = version
+    while True:
+        # Answered at once (an agent that starts, registers or fails over): its own
+        # assignments only. Woken by a change (a herd of agents at once): every node's,
+        # read once for all of them.
+        at_once = since is None or state.feed.version("spec") != since
+        current = await state.feed.wait("spec", since, max(0.0, deadline - loop.time()))
+        if at_once:
+            mine = await state.views.node_assignments(node_id)
+        else:
+            mine = (await state.views.assignments()).get(node_id)
+        if mine is None:
+            raise NotFound(f"no node with id {node_id!r}; register again")
+        if (
+            current == since
+            or since is None
+            or state.feed.closed
+            or loop.time() >= deadline
+            or not state.answered.unchanged(node_id, version, mine)
+        ):
+            break
+        since = current  # another node's change: this one's are the same, wait on
+    state.answered.record(node_id, current, mine)
     return Assignments(
         version=current,
         node=node_id,
-        replicas=replicas,
+        replicas=mine.replicas,
         cluster_id=state.store.cluster_id,
-        prune=prune,
+        prune=mine.prune,
     )
 
 

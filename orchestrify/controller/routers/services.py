@@ -8,6 +8,7 @@ from fastapi import Response
 
 from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
+from orchestrify.controller.views import json_answer
 from orchestrify.errors import InvalidSpec
 from orchestrify.models import Service, ServicePatch, ServiceSpec
 
@@ -60,14 +61,16 @@ def create_service(spec: ServiceSpec, state: State) -> Service:
     return svc
 
 
+# The reads answer from the views cached per store version (``ReadViews``), JSON
+# encoded once per change: no thread, no query and no serialization per request.
 @router.get("", response_model=list[Service])
-def list_services(state: State) -> list[Service]:
-    return state.store.list_services()
+async def list_services(state: State) -> Response:
+    return json_answer((await state.views.services()).listing)
 
 
 @router.get("/{name}", response_model=Service)
-def get_service(name: str, state: State) -> Service:
-    return state.store.get_service(name)
+async def get_service(name: str, state: State) -> Response:
+    return json_answer(await state.views.service(name))
 
 
 @router.patch(

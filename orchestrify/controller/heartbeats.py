@@ -1,0 +1,109 @@
+"""Heartbeats kept in memory and written in one batch per interval.
+
+A thousand agents heartbeating every 5 s were two hundred write transactions a second,
+each one waiting for the store's write lock. Yet what decides on a node's life is this
+process's monotonic clock (``NodeLiveness.seen``, told at once); the stored figures are
+for display, and, on PostgreSQL, how a leader learns of the heartbeats another
+controller received. So a heartbeat is remembered here and answered at once, and every
+``flush_s`` the latest heartbeat of each node is written in one transaction.
+
+What cannot wait is written at once, as before: a heartbeat of a node the store holds as
+silent (``not_ready``/``unreachable``: it becomes ready again now), of a node whose
+address moved, or of a node this controller does not know (a 404: register again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from orchestrify.controller.views import ReadViews
+from orchestrify.errors import OrchestrifyError
+from orchestrify.models import Heartbeat, Node, NodeState
+from orchestrify.store import Store
+from orchestrify.store.rows import utcnow
+
+__all__ = ["HeartbeatBuffer"]
+
+log = logging.getLogger(__name__)
+
+_SILENT = frozenset({NodeState.NOT_READY, NodeState.UNREACHABLE})
+
+
+class HeartbeatBuffer:
+    """The heartbeats received since the last batched write, the latest per node."""
+
+    def __init__(self, store: Store, views: ReadViews, *, flush_s: float) -> None:
+        self.store = store
+        self.views = views
+        self.flush_s = flush_s
+        self._pending: dict[str, tuple[Heartbeat, datetime]] = {}
+        # One flush at a time: a read that flushes first then waits for one under way,
+        # so it never reads the store before the heartbeats it follows are in it.
+        self._flushing = asyncio.Lock()
+        self.batches = 0  # batched writes made (for tests and the curious)
+
+    async def receive(self, node_id: str, hb: Heartbeat) -> Node:
+        """Take one heartbeat; the node as it now stands: its state and address as
+        stored now, the heartbeat's figures, its other fields as the last nodes view
+        read held them (the agent reads nothing of the answer but its status)."""
+        standing = (await self.views.node_standing()).get(node_id)
+        if (
+            standing is None
+            or standing[0] in _SILENT
+            or (hb.address is not None and hb.address != standing[1])
+        ):
+            self._pending.pop(node_id, None)
+            return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
+        now = utcnow()
+        self._pending[node_id] = (hb, now)
+        node = await self.views.last_node_view(node_id)
+        if node is None:  # registered since the last nodes view was read
+            found = (await self.views.nodes(heartbeats=False)).by_id.get(node_id)
+            if found is None:  # and removed since: the store answers (a 404)
+                self._pending.pop(node_id, None)
+                return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
+            node = found[0]
+        figures = hb.model_dump(exclude_none=True, exclude={"address"})
+        return node.model_copy(
+            update={
+                **figures,
+                "state": NodeState(standing[0]),
+                "address": standing[1],
+                "last_heartbeat": now,
+            }
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Write the heartbeats received so far in one transaction. When the store cannot
+        write now they are kept (a newer heartbeat of a node wins) for the next try.
+
+        The node reads (``GET /v1/nodes``) flush first: what a heartbeat answered is in
+        every read that follows it."""
+        async with self._flushing:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            try:
+                await asyncio.to_thread(self.store.record_heartbeats, batch)
+            except OrchestrifyError as exc:
+                log.warning(
+                    "heartbeats not written; kept for the next batch",
+                    extra={"error": str(exc), "nodes": len(batch)},
+                )
+                for node_id, beat in batch.items():
+                    self._pending.setdefault(node_id, beat)
+                return
+            self.batches += 1
+
+    async def run_forever(self) -> None:
+        """Flush every ``flush_s`` until cancelled (on every controller, leader or not:
+        each writes the heartbeats it received); the app flushes once more at shutdown."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()

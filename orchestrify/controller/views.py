@@ -1,0 +1,264 @@
+"""Read views cached per change, not per request.
+
+A thousand agents and the CLI read the same few things over and over: the services, the
+nodes, each node's assignments. Each is read from the store once per version of the
+store (``Store.data_version``: every committed write moves it) and kept with its JSON
+already encoded, so a read served from the cache costs no thread, no ORM load and no
+serialization, and never blocks the event loop. A read that misses is made in a worker
+thread, once for every request that waits for the same version (single flight).
+
+Why a cached view is never older than a write the reader saw: the version is taken
+*before* the view is read, and a write moves it before its request answers. So a view
+kept under version V holds every write counted in V, and is served only while the
+version is still V.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from fastapi import Response
+from pydantic import TypeAdapter
+
+from orchestrify.controller.border import SafeJSONResponse
+from orchestrify.errors import NotFound
+from orchestrify.models import Assignment, Node, Service
+from orchestrify.store import Store
+
+__all__ = [
+    "AnsweredAssignments",
+    "NodeAssignments",
+    "NodeViews",
+    "ReadViews",
+    "ServiceViews",
+    "ViewCache",
+    "encode",
+    "json_answer",
+]
+
+_V = TypeVar("_V")
+
+
+def encode(value: Any, adapter: TypeAdapter[Any]) -> bytes:
+    """``value`` as the API answers it: the response model's JSON (by alias), rendered
+    as every answer is (``SafeJSONResponse``: a stored lone surrogate escaped)."""
+    return bytes(SafeJSONResponse(adapter.dump_python(value, mode="json", by_alias=True)).body)
+
+
+def json_answer(body: bytes) -> Response:
+    """An answer of JSON encoded beforehand (FastAPI passes a Response on untouched)."""
+    return Response(content=body, media_type="application/json")
+
+
+@dataclass
+class _Entry(Generic[_V]):
+    version: Hashable
+    value: _V
+
+
+class ViewCache:
+    """Views kept per key with the store version they were read at; ``get`` serves one
+    only while that version is current, else reads it again (in a worker thread, once
+    for all the requests that ask for the same key and version meanwhile)."""
+
+    def __init__(self, version: Callable[[bool], Hashable], *, version_costs_io: bool) -> None:
+        """``version(heartbeats)``: the store's version now (``Store.data_version``);
+        ``version_costs_io``: whether asking it reads the database (PostgreSQL), so it is
+        asked from a worker thread."""
+        self._version = version
+        self._version_costs_io = version_costs_io
+        # Threads of their own: the loop's default executor (cores + 4 threads) is where
+        # the leader's loops wait for the store's write lock, and a read must not queue
+        # behind them. A read holds no lock (SQLite WAL, PostgreSQL MVCC).
+        self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orchestrify-views")
+        self._entries: dict[str, _Entry[Any]] = {}
+        self._building: dict[tuple[str, Hashable], asyncio.Future[Any]] = {}
+        self.reads = 0  # how many times a view was read from the store (for tests)
+
+    async def version(self, *, heartbeats: bool = False) -> Hashable:
+        if self._version_costs_io:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.threads, self._version, heartbeats)
+        return self._version(heartbeats)
+
+    async def get(self, key: str, build: Callable[[], _V], *, heartbeats: bool = False) -> _V:
+        """The view ``key`` as of now; ``build`` (run in a worker thread) reads it."""
+        version = await self.version(heartbeats=heartbeats)
+        entry = self._entries.get(key)
+        if entry is not None and entry.version == version:
+            value: _V = entry.value
+            return value
+        inflight = self._building.get((key, version))
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._building[(key, version)] = future
+        try:
+            self.reads += 1
+            value = await asyncio.get_running_loop().run_in_executor(self.threads, build)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: no "never retrieved" warning without waiters
+            raise
+        finally:
+            del self._building[(key, version)]
+        self._entries[key] = _Entry(version, value)
+        future.set_result(value)
+        return value
+
+    def peek(self, key: str) -> Any:
+        """The view kept under ``key``, whatever its version (None: none yet)."""
+        entry = self._entries.get(key)
+        return entry.value if entry is not None else None
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class ServiceViews:
+    """Every live service: the list's JSON and each one's, by name."""
+
+    listing: bytes
+    by_name: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class NodeViews:
+    """Every node: the list's JSON, each node (model and JSON) by id and by name."""
+
+    listing: bytes
+    by_id: dict[str, tuple[Node, bytes]]
+    by_name: dict[str, tuple[Node, bytes]]
+
+    def find(self, id_or_name: str) -> tuple[Node, bytes]:
+        found = self.by_id.get(id_or_name) or self.by_name.get(id_or_name)
+        if found is None:
+            raise NotFound(f"no node with id or name {id_or_name!r}")
+        return found
+
+
+@dataclass(frozen=True)
+class NodeAssignments:
+    """One node's assignments and ``prune`` list, as of one store version."""
+
+    replicas: list[Assignment]
+    prune: list[str]
+
+
+_SERVICES = TypeAdapter(list[Service])
+_SERVICE = TypeAdapter(Service)
+_NODES = TypeAdapter(list[Node])
+_NODE = TypeAdapter(Node)
+
+
+class ReadViews:
+    """The controller's cached reads of ``store`` (see the module's docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache = ViewCache(
+            lambda heartbeats: store.data_version(heartbeats=heartbeats),
+            version_costs_io=store.shares_changes,
+        )
+
+    async def services(self) -> ServiceViews:
+        def build() -> ServiceViews:
+            services = self.store.list_services()
+            return ServiceViews(
+                listing=encode(services, _SERVICES),
+                by_name={s.name: encode(s, _SERVICE) for s in services},
+            )
+
+        return await self.cache.get("services", build)
+
+    async def service(self, name: str) -> bytes:
+        found = (await self.services()).by_name.get(name)
+        if found is None:
+            raise NotFound(f"no service named {name!r}")
+        return found
+
+    async def nodes(self, *, heartbeats: bool = True) -> NodeViews:
+        """Every node; without ``heartbeats``, possibly without the heartbeat figures
+        received since (state, address and labels are current either way)."""
+
+        def build() -> NodeViews:
+            nodes = self.store.list_nodes()
+            pairs = [(n, encode(n, _NODE)) for n in nodes]
+            return NodeViews(
+                listing=encode(nodes, _NODES),
+                by_id={n.id: (n, body) for n, body in pairs},
+                by_name={n.name: (n, body) for n, body in pairs},
+            )
+
+        key = "nodes+heartbeats" if heartbeats else "nodes"
+        return await self.cache.get(key, build, heartbeats=heartbeats)
+
+    async def node_assignments(self, node_id: str) -> NodeAssignments | None:
+        """One node's assignments read now, not cached (None: no such node)."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self.cache.threads, self.store.node_assignments, node_id)
+        return None if found is None else NodeAssignments(replicas=found[0], prune=found[1])
+
+    async def node_standing(self) -> dict[str, tuple[str, str]]:
+        """Every node's state and address by id, as of now (one light query per
+        version: a thousand heartbeats a second decide on it)."""
+        return await self.cache.get("node_standing", self.store.node_standing)
+
+    async def last_node_view(self, node_id: str) -> Node | None:
+        """The node as the last nodes view read holds it (of any version; read now
+        if there is none yet)."""
+        entry = self.cache.peek("nodes+heartbeats") or self.cache.peek("nodes")
+        views: NodeViews = entry if entry is not None else await self.nodes(heartbeats=False)
+        found = views.by_id.get(node_id)
+        return found[0] if found is not None else None
+
+    async def assignments(self) -> dict[str, NodeAssignments]:
+        def build() -> dict[str, NodeAssignments]:
+            return {
+                node: NodeAssignments(replicas=replicas, prune=prune)
+                for node, (replicas, prune) in self.store.every_assignment().items()
+            }
+
+        return await self.cache.get("assignments", build)
+
+    async def node_token_ok(self, node_id: str, token: str) -> bool | None:
+        """Whether ``token`` is node ``node_id``'s (None: no such node)."""
+        hashes = await self.cache.get("node_tokens", self.store.node_token_hashes)
+        stored = hashes.get(node_id)
+        if stored is None:
+            return None
+        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+        return secrets.compare_digest(given, stored)
+
+
+class AnsweredAssignments:
+    """The version and assignments this controller last answered each node's long-poll
+    with. A node whose agent presents that version, and whose assignments are still the
+    same at a later one, has nothing to act on: its long-poll keeps waiting, so a change
+    wakes only the agents that must act on it, not every agent of the fleet. (Another
+    controller, or this one after a restart, knows nothing of it and answers at once.)"""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, tuple[int, NodeAssignments]] = {}
+
+    def unchanged(self, node_id: str, version: int | None, now: NodeAssignments) -> bool:
+        sent = self._sent.get(node_id)
+        return (
+            version is not None
+            and sent is not None
+            and sent[0] == version
+            and (sent[1] is now or sent[1] == now)
+        )
+
+    def record(self, node_id: str, version: int, answered: NodeAssignments) -> None:
+        self._sent[node_id] = (version, answered)
+
+    def forget(self, node_id: str) -> None:
+        self._sent.pop(node_id, None)

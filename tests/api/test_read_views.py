@@ -1,0 +1,221 @@
+"""Reads answered from views cached per store version, heartbeats written in batches, and
+long-polls that wake only the agents whose assignments changed: through the real app, on
+each store engine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from orchestrify.controller.deps import ControllerState
+from orchestrify.controller.views import ViewCache
+from orchestrify.models import NodeState
+from tests.api.conftest import bearer, reconcile, register, service_spec
+
+
+def _state(client: TestClient) -> ControllerState:
+    state: ControllerState = client.app.state.controller  # type: ignore[attr-defined]
+    return state
+
+
+def test_every_write_is_in_the_next_read(make_client: Callable[..., TestClient]) -> None:
+    """A read never answers a view older than a write the same client saw committed:
+    create, scale, update, remove, each followed at once by a read of the list and of
+    the one service."""
+    api = make_client(run_reconciler=False)
+    assert api.get("/v1/services").json() == []
+    assert api.post("/v1/services", json=service_spec(replicas=1)).status_code == 201
+    assert [s["name"] for s in api.get("/v1/services").json()] == ["web"]
+    for count in (2, 3, 1, 4):
+        assert api.patch("/v1/services/web", json={"replicas": count}).status_code == 200
+        assert api.get("/v1/services/web").json()["replicas"] == count
+        assert api.get("/v1/services").json()[0]["replicas"] == count
+    api.patch("/v1/services/web", json={"image": "nginx:1.28"})
+    assert api.get("/v1/services/web").json()["image"] == "nginx:1.28"
+    assert api.delete("/v1/services/web").status_code == 204
+    assert api.get("/v1/services/web").status_code == 404
+    assert api.get("/v1/services").json() == []
+
+
+def test_a_write_made_beside_the_api_is_seen(make_client: Callable[..., TestClient]) -> None:
+    """The reconciler's and the store's own writes (not through a route) move the
+    version too: the placed replicas show in the service's view at once."""
+    api = make_client(run_reconciler=False)
+    register(api, "w1")
+    api.post("/v1/services", json=service_spec(replicas=2))
+    before = api.get("/v1/services/web").json()
+    reconcile(api)
+    after = api.get("/v1/services/web").json()
+    assert before != after
+    assert len(api.get("/v1/replicas", params={"service": "web"}).json()) == 2
+
+
+def test_a_view_is_read_once_per_version(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(run_reconciler=False)
+    api.post("/v1/services", json=service_spec())
+    cache = _state(api).views.cache
+    api.get("/v1/services")
+    reads = cache.reads
+    for _ in range(5):
+        assert api.get("/v1/services/web").status_code == 200
+        assert api.get("/v1/services").status_code == 200
+    assert cache.reads == reads
+    api.patch("/v1/services/web", json={"replicas": 2})
+    api.get("/v1/services")
+    assert cache.reads == reads + 1
+
+
+def test_heartbeats_are_written_in_one_batch(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(run_reconciler=False)
+    state = _state(api)
+    _stop_flushing(api)  # flushed by hand here
+    nodes = [register(api, f"w{i}") for i in range(3)]
+    for i, (node_id, token) in enumerate(nodes):
+        r = api.post(
+            f"/v1/nodes/{node_id}/heartbeat",
+            json={"cpu_percent": 10.0 + i, "replica_count": i},
+            headers=bearer(token),
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["cpu_percent"] == 10.0 + i  # answered with what it said
+    assert state.heartbeats.pending == 3
+    assert all(n.cpu_percent is None for n in state.store.list_nodes())  # not yet written
+    batches = state.heartbeats.batches
+    # A read of the nodes writes what was received first, in one batch: it shows them.
+    shown = {n["id"]: n for n in api.get("/v1/nodes").json()}
+    assert state.heartbeats.batches == batches + 1
+    assert state.heartbeats.pending == 0
+    for i, (node_id, _token) in enumerate(nodes):
+        assert shown[node_id]["cpu_percent"] == 10.0 + i
+        assert shown[node_id]["replica_count"] == i
+
+
+def test_a_silent_nodes_heartbeat_is_written_at_once(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A heartbeat that changes the node's state is not kept for the batch: the node is
+    ready again in the answer and in the store, with its event."""
+    api = make_client(run_reconciler=False)
+    state = _state(api)
+    _stop_flushing(api)
+    node_id, token = register(api, "w1")
+    state.store.mark_not_ready({node_id: 20.0}, timeout_s=15.0, still_silent=lambda _id: True)
+    assert api.get(f"/v1/nodes/{node_id}").json()["state"] == NodeState.NOT_READY
+    r = api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(token))
+    assert r.json()["state"] == NodeState.READY
+    assert state.heartbeats.pending == 0
+    assert api.get(f"/v1/nodes/{node_id}").json()["state"] == NodeState.READY
+
+
+def test_a_wrong_or_unknown_node_token_is_refused(make_client: Callable[..., TestClient]) -> None:
+    api = make_client(run_reconciler=False)
+    node_id, token = register(api, "w1")
+    other_id, _other_token = register(api, "w2")
+    assert api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).status_code == 200
+    assert api.get(f"/v1/nodes/{other_id}/assignments", headers=bearer(token)).status_code == 401
+    r = api.get("/v1/nodes/nosuchnode/assignments", headers=bearer(token))
+    assert r.status_code == 401
+    assert "register again" in r.json()["detail"]
+    api.delete(f"/v1/nodes/{node_id}")
+    assert api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).status_code == 401
+
+
+def test_a_long_poll_wakes_only_for_its_own_node(make_client: Callable[..., TestClient]) -> None:
+    """A change of another node's assignments does not answer this node's long-poll; a
+    change of its own does."""
+    # Never a timing assertion: a poll that wrongly answered is over, at once or not;
+    # 10 s only bounds a poll that fails to answer at all.
+    api = make_client(run_reconciler=False, watch_timeout_s=10)
+    store = _state(api).store
+    a_id, a_token = register(api, "a")
+    b_id, _ = register(api, "b")
+    api.post("/v1/services", json=service_spec(replicas=1))
+    first = api.get(f"/v1/nodes/{a_id}/assignments", headers=bearer(a_token)).json()
+
+    answer: dict[str, Any] = {}
+
+    def poll() -> None:
+        answer.update(
+            api.get(
+                f"/v1/nodes/{a_id}/assignments",
+                params={"version": first["version"], "timeout": 10},
+                headers=bearer(a_token),
+            ).json()
+        )
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    store.create_replicas("web", [b_id], reason="test")  # another node's change
+    poller.join(1.0)
+    assert poller.is_alive(), f"answered for another node's change: {answer}"
+    (mine,) = store.create_replicas("web", [a_id], reason="test")
+    poller.join(30)
+    assert not poller.is_alive()
+    assert [r["replica"] for r in answer["replicas"]] == [mine.id]
+    assert answer["version"] != first["version"]
+
+
+def test_a_version_this_controller_did_not_answer_is_answered_at_once(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """An agent that comes from another controller (or from before a restart) presents a
+    version this one never answered it: it is answered at once if the version moved."""
+    api = make_client(run_reconciler=False, watch_timeout_s=60)
+    a_id, a_token = register(api, "a")
+    first = api.get(f"/v1/nodes/{a_id}/assignments", headers=bearer(a_token)).json()
+    api.post("/v1/services", json=service_spec(replicas=1))  # moves the version
+    _state(api).answered.forget(a_id)
+    body = api.get(
+        f"/v1/nodes/{a_id}/assignments",
+        params={"version": first["version"], "timeout": 60},
+        headers=bearer(a_token),
+    ).json()
+    assert body["version"] != first["version"]
+
+
+def test_concurrent_misses_read_the_view_once() -> None:
+    """Requests that miss the same version together share one read (single flight)."""
+    version = [1]
+    cache = ViewCache(lambda _hb: version[0], version_costs_io=False)
+    started = threading.Event()
+    release = threading.Event()
+
+    def build() -> str:
+        started.set()
+        release.wait(10)
+        return f"view at {version[0]}"
+
+    async def main() -> list[str]:
+        tasks = [asyncio.create_task(cache.get("k", build)) for _ in range(20)]
+        await asyncio.to_thread(started.wait, 10)
+        release.set()
+        return list(await asyncio.gather(*tasks))
+
+    assert asyncio.run(main()) == ["view at 1"] * 20
+    assert cache.reads == 1
+    version[0] = 2
+    assert asyncio.run(cache.get("k", lambda: "view at 2")) == "view at 2"
+    assert cache.reads == 2
+    cache.close()
+
+
+def _loop(client: TestClient) -> asyncio.AbstractEventLoop:
+    """The event loop the TestClient runs the app on (its portal's)."""
+    loop = _state(client).feed._loop
+    assert loop is not None
+    return loop
+
+
+def _stop_flushing(client: TestClient) -> None:
+    """Cancel the app's periodic heartbeat flush: the test flushes by hand."""
+
+    async def cancel() -> None:
+        for task in asyncio.all_tasks():
+            if task.get_name() == "heartbeats":
+                task.cancel()
+
+    asyncio.run_coroutine_threadsafe(cancel(), _loop(client)).result(10)
