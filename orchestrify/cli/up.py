@@ -175,7 +175,7 @@ async def run_up(
     settings: ControllerSettings, agent_settings: AgentSettings, ctx: UpContext
 ) -> None:
     """The controller, the agent and any extra program, until a signal."""
-    from orchestrify.controller.app import ControllerServer, create_app
+    from orchestrify.controller.app import KEEP_ALIVE_S, ControllerServer, create_app
 
     config = uvicorn.Config(
         create_app(settings),
@@ -183,6 +183,7 @@ async def run_up(
         port=settings.port,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,  # as `orchestrify controller`: above the heartbeat
         timeout_graceful_shutdown=2,  # agents' long-polls would hold shut-down for 30 s
         # HTTPS only when set: no plain-HTTP listener beside it
         ssl_certfile=settings.tls_cert,
