@@ -25,15 +25,28 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
-from orchestrify.models import Node, NodeState
+from orchestrify.models import NodeState
 
 __all__ = ["LIVE_STATES", "LivenessVerdict", "NodeLiveness", "RescheduleLimiter"]
 
 Clock = Callable[[], float]
 
+
 # States of a node that is (or may be) running its replicas: the denominator of the
 # silent share.
+class Beat(Protocol):
+    """What liveness reads of a node: a ``Node``, or the store's lighter ``NodeBeat``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> NodeState: ...
+    @property
+    def last_heartbeat(self) -> datetime | None: ...
+
+
 LIVE_STATES = frozenset({NodeState.READY, NodeState.DRAINING, NodeState.UNREACHABLE})
 
 
@@ -112,7 +125,7 @@ class NodeLiveness:
         with self._lock:
             return self.clock() - self._seen.get(node_id, self.started)
 
-    def _observe(self, nodes: Iterable[Node]) -> None:
+    def _observe(self, nodes: Iterable[Beat]) -> None:
         """Count a changed stored heartbeat time as a sighting (now, on our clock): only a
         change counts, never the wall-clock value itself. A node in the store at the
         first look counts as seen at start; one met later (registered through another
@@ -128,7 +141,7 @@ class NodeLiveness:
                     self._seen[n.id] = max(self._seen[n.id], now)
                 self._stored[n.id] = n.last_heartbeat
 
-    def judge(self, nodes: Iterable[Node]) -> LivenessVerdict:
+    def judge(self, nodes: Iterable[Beat]) -> LivenessVerdict:
         """Which live nodes become ``unreachable`` and which ``not_ready`` now."""
         nodes = list(nodes)
         self._observe(nodes)

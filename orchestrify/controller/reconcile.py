@@ -653,7 +653,7 @@ class Reconciler:
     def judge_liveness(self) -> None:
         """Mark silent nodes ``unreachable`` (mass silence) or ``not_ready``, from what
         this process saw; nothing during the startup grace."""
-        verdict = self.liveness.judge(self.store.list_nodes())
+        verdict = self.liveness.judge(self.store.node_beats())
         still_silent = self._still_silent
         if verdict.unreachable:
             self.store.mark_unreachable(

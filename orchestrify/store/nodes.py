@@ -29,7 +29,16 @@ from orchestrify.store.rows import (
 )
 from orchestrify.store.tables import NodeRow, ReplicaRow
 
-__all__ = ["NodeEnrollment", "NodesPart", "hash_token", "move_address"]
+__all__ = ["NodeBeat", "NodeEnrollment", "NodesPart", "hash_token", "move_address"]
+
+
+@dataclass(frozen=True)
+class NodeBeat:
+    """What liveness is judged on: a node's id, state and stored heartbeat time."""
+
+    id: str
+    state: NodeState
+    last_heartbeat: datetime | None
 
 
 @dataclass(frozen=True)
@@ -272,6 +281,16 @@ class NodesPart(StoreCore):
                 node_id: token_hash
                 for node_id, token_hash in s.execute(select(NodeRow.id, NodeRow.token_hash))
             }
+
+    def node_beats(self) -> list[NodeBeat]:
+        """Every node's id, state and stored heartbeat time, in one light query: what the
+        reconciler judges liveness on each cycle (a fleet's full node views are costly)."""
+        with self.read() as s:
+            query = select(NodeRow.id, NodeRow.state, NodeRow.last_heartbeat)
+            return [
+                NodeBeat(id=node_id, state=NodeState(state), last_heartbeat=as_utc(beat))
+                for node_id, state, beat in s.execute(query)
+            ]
 
     def list_nodes(self) -> list[Node]:
         with self.read() as s:
