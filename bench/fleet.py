@@ -5,11 +5,13 @@ For each N (100, 500 and 1,000 by default) the bench starts a real controller pr
 dir, SQLite unless ``--database-url`` names a PostgreSQL database), then:
 
 - N simulated agents (``bench/fleet_agents.py``) speak the real agent protocol to it:
-  register with the join token, heartbeat every 5 s, long-poll their assignments and
-  report their replicas ``starting`` then ``healthy`` at a fake loopback address, or
-  ``stopped``. No Docker. They run in ``--workers`` processes (asyncio, one keep-alive
-  client per agent), apart from the bench's own clients below;
-- once they are all registered and one heartbeat interval has passed, for ``--seconds``:
+  register with the join token (in a ramp: ``--register-rate`` agents a second, at
+  random times, as a fleet's agents start, not all at once), heartbeat every 5 s,
+  long-poll their assignments and report their replicas ``starting`` then ``healthy``
+  at a fake loopback address, or ``stopped``. No Docker. They run in ``--workers``
+  processes (asyncio, one keep-alive client per agent), apart from the bench's own
+  clients below;
+- once they are all registered (or a bounded wait passed) and a warm-up, for ``--seconds``:
   a churn loop creates, scales and deletes services (``drain_s`` 0) every
   ``--churn-interval`` seconds, so assignments change; ``--readers`` loops read the API
   as the CLI and the edge do (``GET /v1/services``, ``/v1/services/{name}``,
@@ -32,9 +34,11 @@ It prints, per N (all latencies measured by the clients, with ``time.perf_counte
   Prometheus' ``histogram_quantile`` does (buckets 1, 2, 5, 10, 15, 20, 30, 50 ms...);
 - the controller's CPU (% of one core, ``/proc/PID/stat`` over the run) and its peak RSS
   (``VmHWM``, since it started);
-- nodes wrongly marked not ready: every simulated agent heartbeats on time, so any of
-  them seen ``not_ready`` or ``unreachable`` in ``/v1/nodes`` or named by a node event is
-  wrong;
+- agents never registered: those that did not get through ``POST /v1/nodes/register``
+  by the end (a controller that cannot take the ramp), apart from
+- nodes wrongly marked not ready: every registered simulated agent heartbeats on time, so
+  any of them seen ``not_ready`` or ``unreachable`` in ``/v1/nodes`` or named by a node
+  event is wrong (an agent never registered has no node to count);
 - what the bench itself cost (CPU of its processes) and the machine's load, to tell a
   slow controller from a starved one.
 
@@ -42,7 +46,7 @@ Every wait is bounded; at the end the bench stops the controller by its PID and 
 its temporary directory.
 
 Run: PYTHONPATH=. python bench/fleet.py [--agents 100,500,1000] [--seconds 60]
-     [--database-url postgresql+psycopg://...] [--quick]
+     [--register-rate 200] [--database-url postgresql+psycopg://...] [--quick]
 """
 
 from __future__ import annotations
@@ -721,7 +725,10 @@ def add_figures(
             failures[kind] += count
     for kind, count in m.observed.failures.items():
         failures[kind] += count
-    silent = m.observed.silent_nodes | (m.silent_from_events or set())
+    registered_names = {name for r in results for name in r.registered_names}
+    never = opts.agents - len(registered_names)
+    # Only registered agents' nodes: an agent that never got in is counted apart.
+    silent = (m.observed.silent_nodes | (m.silent_from_events or set())) & registered_names
     # Unknown (n/a) when neither the events nor any read of /v1/nodes could tell.
     checked = m.silent_from_events is not None or m.observed.nodes_listed > 0
     wrongly_silent = len(silent) if silent or checked else math.nan
@@ -732,7 +739,8 @@ def add_figures(
 
     add = report.add
     add(scenario, "agents registered at the start", m.registered, "", at_least(opts.agents))
-    add(scenario, "  by the end", sum(r.registered for r in results), "")
+    add(scenario, "  by the end", len(registered_names), "")
+    add(scenario, "agents never registered", never, "", at_most(0))
     add(scenario, "heartbeat p50", ms(heartbeats, 50), "ms")
     add(scenario, "heartbeat p99", ms(heartbeats, 99), "ms", at_most(100, "ms"))
     add(scenario, "assignment notification p50", ms(latencies, 50), "ms")
@@ -793,6 +801,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="processes running the agents (default: 1 up to 200 agents, else 2)",
     )
+    parser.add_argument(
+        "--register-rate",
+        type=float,
+        default=200.0,
+        help="agents registering per second (the ramp; default 200)",
+    )
     parser.add_argument("--churn-interval", type=float, default=1.0, help="seconds per change")
     parser.add_argument("--readers", type=int, default=2, help="concurrent API read loops")
     parser.add_argument("--quick", action="store_true", help="5 agents for 6 s (a smoke test)")
@@ -800,6 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.seconds > 3600:
         parser.error("--seconds: from 0 to 3,600")
+    if not 0 < args.register_rate <= 100_000:
+        parser.error("--register-rate: from 0 to 100,000 agents a second")
     counts = [5] if args.quick else args.agents
     report = Report(
         f"bench/fleet.py: simulated agents against one controller "
@@ -813,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers or (1 if count <= 200 else 2),
             churn_interval_s=0.5 if args.quick else args.churn_interval,
             readers=args.readers,
-            ramp_s=0.5 if args.quick else 5.0,
+            ramp_s=0.5 if args.quick else count / args.register_rate,
             warmup_s=0.0 if args.quick else 5.0,
             settle_s=1.0 if args.quick else SETTLE_S,
             database_url=args.database_url,

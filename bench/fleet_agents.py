@@ -123,6 +123,8 @@ class WorkerResult:
     watch_answers: int = 0
     reports: int = 0
     registered: int = 0
+    registered_names: list[str] = field(default_factory=list)
+    """The node names of the agents that registered (once each)."""
 
 
 def node_name(prefix: str, index: int) -> str:
@@ -247,6 +249,7 @@ class SimAgent:
         if self.node_id is None:
             return
         self.result.registered += 1
+        self.result.registered_names.append(self.name)
         if self.on_registered is not None:
             self.on_registered()
         loops = [self._heartbeat_loop(), self._watch_loop(), self._report_loop()]
