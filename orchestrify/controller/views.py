@@ -112,6 +112,14 @@ class ViewCache:
         future.set_result(value)
         return value
 
+    async def fresh(self, key: str) -> Any:
+        """The view kept under ``key`` if it is of the store's version now (None: none
+        kept, or an older one); never reads the view itself."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        return entry.value if entry.version == await self.version() else None
+
     def peek(self, key: str) -> Any:
         """The view kept under ``key``, whatever its version (None: none yet)."""
         entry = self._entries.get(key)
@@ -201,7 +209,12 @@ class ReadViews:
         return await self.cache.get(key, build, heartbeats=heartbeats)
 
     async def node_assignments(self, node_id: str) -> NodeAssignments | None:
-        """One node's assignments read now, not cached (None: no such node)."""
+        """One node's assignments as of now (None: no such node): from every node's
+        assignments view when it is current (a herd of agents polling at once after a
+        change), else read for this node alone, not cached."""
+        every: dict[str, NodeAssignments] | None = await self.cache.fresh("assignments")
+        if every is not None:
+            return every.get(node_id)
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(self.cache.threads, self.store.node_assignments, node_id)
         return None if found is None else NodeAssignments(replicas=found[0], prune=found[1])

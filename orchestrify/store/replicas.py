@@ -494,9 +494,15 @@ class ReplicasPart(StoreCore):
             node = s.get(NodeRow, node_id)
             if node is None:
                 return None
-            specs = {r.name: r for r in s.scalars(select(ServiceRow)).all()}
             rows = s.scalars(
                 select(ReplicaRow).where(ReplicaRow.node == node_id).order_by(ReplicaRow.id)
+            ).all()
+            # Only this node's replicas' services, not every service of the cluster.
+            names = {row.service for row in rows}
+            specs = (
+                {r.name: r for r in s.scalars(select(ServiceRow).where(ServiceRow.name.in_(names)))}
+                if names
+                else {}
             )
             mine = [a for row in rows if (a := _assignment(row, specs)) is not None]
             return mine, list(node.prune or [])

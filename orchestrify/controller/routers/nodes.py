@@ -169,11 +169,13 @@ async def watch_assignments(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     since = version
+    first = True
     while True:
         # Answered at once (an agent that starts, registers or fails over): its own
-        # assignments only. Woken by a change (a herd of agents at once): every node's,
-        # read once for all of them.
-        at_once = since is None or state.feed.version("spec") != since
+        # assignments only. Woken by a change (a herd of agents at once), or waiting on
+        # after another node's change: every node's, read once for all of them.
+        at_once = first and (since is None or state.feed.version("spec") != since)
+        first = False
         current = await state.feed.wait("spec", since, max(0.0, deadline - loop.time()))
         if at_once:
             mine = await state.views.node_assignments(node_id)
