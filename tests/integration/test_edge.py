@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,7 +146,14 @@ def test_latency_of_one_replica_shows_in_its_histogram(lab: Lab) -> None:
                         samples[key] = s.value
         return samples
 
-    before = histogram()
+    # Nginx buffers its log lines up to 1 s and the edge reads them every 0.25 s: let the
+    # earlier tests' (fast) requests land before taking the "before" figures.
+    def settled() -> dict[str, float] | None:
+        first = histogram()
+        time.sleep(1.5)
+        return first if histogram() == first else None
+
+    before = wait_for("the edge's telemetry to catch up", settled, timeout=20)
     assert httpx.get(f"http://{address}/admin/latency?ms=150").status_code == 200
     try:
         for _ in range(24):
