@@ -148,12 +148,12 @@ def test_latency_of_one_replica_shows_in_its_histogram(lab: Lab) -> None:
 
     # Nginx buffers its log lines up to 1 s and the edge reads them every 0.25 s: let the
     # earlier tests' (fast) requests land before taking the "before" figures.
-    def settled() -> dict[str, float] | None:
+    def settled() -> tuple[dict[str, float]] | None:  # a tuple: {} (no sample yet) is settled too
         first = histogram()
         time.sleep(1.5)
-        return first if histogram() == first else None
+        return (first,) if histogram() == first else None
 
-    before = wait_for("the edge's telemetry to catch up", settled, timeout=20)
+    (before,) = wait_for("the edge's telemetry to catch up", settled, timeout=20)
     assert httpx.get(f"http://{address}/admin/latency?ms=150").status_code == 200
     try:
         for _ in range(24):
