@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from bench.fleet import Change, histogram_quantile, lag_buckets, match_notifications
 from bench.fleet_agents import Observation
-
-ROOT = Path(__file__).resolve().parents[1]
-NOT_INSTALLED = ("tests", "pytest", "_pytest", "pytest_timeout", "schemathesis", "hypothesis")
+from tests.bench.runner import run_without_test_extras
 
 
 def test_quantile_interpolates_within_the_bucket_of_the_rank() -> None:
@@ -60,24 +54,7 @@ def test_notifications_match_the_oldest_waiting_change_of_their_service() -> Non
 def test_quick_run_prints_its_table_without_pytest_or_tests() -> None:
     """A real controller process and 5 simulated agents (no Docker): a fast test, about
     10 s on a quiet machine, mostly starting the controller and the agents' process."""
-    # As installed without the test extras: none of them, nor the tests, can be imported.
-    code = (
-        "import runpy, sys\n"
-        f"for name in {NOT_INSTALLED!r}:\n"
-        "    sys.modules[name] = None\n"
-        "sys.argv = ['bench/fleet.py', '--quick']\n"
-        "runpy.run_path('bench/fleet.py', run_name='__main__')\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRIFY_")}
-    env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_without_test_extras("bench/fleet.py", "--quick", timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("bench/fleet.py:")

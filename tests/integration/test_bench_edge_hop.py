@@ -8,19 +8,13 @@ figures (no timing is asserted). Needs Docker, nginx and wrk.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.labels import TEST_LABEL
+from tests.bench.runner import run_without_test_extras
 from tests.conftest import require_binary, require_docker
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-NOT_INSTALLED = ("tests", "pytest", "_pytest", "pytest_timeout", "schemathesis", "hypothesis")
 PATHS = ("direct", "plain nginx", "edge", "edge, no telemetry")
 
 
@@ -30,22 +24,7 @@ def test_edge_hop_quick_prints_its_table() -> None:
     require_binary("wrk")
     backends = {"label": TEST_LABEL, "name": "orchestrify-edge-backend-"}
     before = {c.id for c in client.containers.list(all=True, filters=backends)}
-    code = (
-        "import runpy, sys\n"
-        f"for name in {NOT_INSTALLED!r}:\n"
-        "    sys.modules[name] = None  # import fails: not installed\n"
-        "sys.argv = ['bench/edge_hop.py', '--quick']\n"
-        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": "."},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_without_test_extras("bench/edge_hop.py", "--quick", timeout=300)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-4000:]}"
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("edge hop: wrk -t2 -c16, 2 s per path")
