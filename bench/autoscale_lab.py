@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,41 +26,14 @@ from bench.agent_harness import start_controller as harness_start_controller
 from bench.edge_lab import EdgeThread
 from bench.labels import RUN_LABEL
 from bench.net import free_port
+from bench.processes import stop_process
+from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.config_render import render_config
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from orchestrify.edge import EdgeSettings
 
 SERVICE = "web"
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds (as
-    tests/processes.py does; a bench cannot import tests.*)."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
-
-
-def poll(what: str, check: Callable[[], Any], *, timeout: float, interval: float = 0.1) -> Any:
-    """Call ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, docker.errors.DockerException) as exc:  # not there yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
 def start_controller(data_dir: Path, **overrides: Any) -> RunningController:
@@ -115,14 +86,14 @@ class Fleet:
             )
         ).start()
         self.nginx_url = f"http://127.0.0.1:{listen}"
-        poll(
+        wait_for(
             "both nodes ready",
             lambda: (
                 len([n for n in self.api.get("/v1/nodes").json() if n["state"] == "ready"]) == 2
             ),
             timeout=30,
         )
-        poll(
+        wait_for(
             "nginx up",
             lambda: (
                 httpx.get(f"{self.nginx_url}/__orchestrify/health", timeout=2).status_code == 200
@@ -154,7 +125,7 @@ class Fleet:
                 "--cluster.listen-address=",
             ],
         )
-        poll("alertmanager ready", lambda: self._ready(self.alertmanager_url), timeout=30)
+        wait_for("alertmanager ready", lambda: self._ready(self.alertmanager_url), timeout=30)
         prom_port = free_port()
         self.prometheus_url = f"http://127.0.0.1:{prom_port}"
         self._spawn(
@@ -169,7 +140,7 @@ class Fleet:
                 "--rules.alert.resend-delay=2s",
             ],
         )
-        poll("prometheus ready", lambda: self._ready(self.prometheus_url), timeout=30)
+        wait_for("prometheus ready", lambda: self._ready(self.prometheus_url), timeout=30)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = self.base / f"{name}.log"

@@ -47,9 +47,10 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from bench.autoscale_lab import SERVICE, Fleet, poll
+from bench.autoscale_lab import SERVICE, Fleet
 from bench.live import serve
 from bench.report import Report, at_most, percentile
+from bench.wait import wait_for
 from orchestrify.alerting.payload import AlertBatch
 from orchestrify.alerting.policy import AlertFacts, Inputs, PolicyState, decide
 from orchestrify.alerting.rules import default_rules
@@ -303,13 +304,13 @@ STAGES = (
 
 def one_reaction(fleet: Any, i: int) -> dict[str, float]:
     """One run: alert on the single replica, time each stage, then resolve and settle."""
-    (slow,) = poll("one healthy replica", lambda: healthy_replicas(fleet, 1), timeout=60)
-    poll(
+    (slow,) = wait_for("one healthy replica", lambda: healthy_replicas(fleet, 1), timeout=60)
+    wait_for(
         "only it in nginx", lambda: fleet.edge.served_replicas(SERVICE) == {slow["id"]}, timeout=30
     )
-    poll("one container", lambda: len(fleet.containers()) == 1, timeout=30)
+    wait_for("one container", lambda: len(fleet.containers()) == 1, timeout=30)
     # The previous run's replica row goes once its agent reports the container gone.
-    poll("one replica", lambda: len(fleet.replicas()) == 1, timeout=30)
+    wait_for("one replica", lambda: len(fleet.replicas()) == 1, timeout=30)
     times: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -329,24 +330,24 @@ def one_reaction(fleet: Any, i: int) -> dict[str, float]:
             None,
         )
 
-    new = poll("the new replica started", new_replica, timeout=60, interval=0.005)
+    new = wait_for("the new replica started", new_replica, timeout=60, interval=0.005)
     mark("container up")
     if new["state"] != "healthy":
-        poll(
+        wait_for(
             "the new replica healthy",
             lambda: fleet.api.get(f"/v1/replicas/{new['id']}").json()["state"] == "healthy",
             timeout=60,
             interval=0.005,
         )
     mark("replica healthy")
-    poll(
+    wait_for(
         "the new replica in nginx's upstream",
         lambda: new["id"] in fleet.edge.served_replicas(SERVICE),
         timeout=60,
         interval=0.005,
     )
     mark("in nginx upstream")
-    poll(
+    wait_for(
         "the new replica answering through nginx",
         lambda: fleet.served_by(timeout=5) == new["id"],
         timeout=60,
@@ -496,16 +497,18 @@ def scale_outs(fleet: Fleet, seen: set[int]) -> list[dict[str, Any]]:
 def at_rest(fleet: Fleet, *, timeout: float) -> dict[str, Any]:
     """Wait for one healthy replica, only it in Nginx, one container, no latency alert
     (not even pending): the state every breach starts from. Returns the replica."""
-    (replica,) = poll("one healthy replica", lambda: healthy_replicas(fleet, 1), timeout=timeout)
-    poll(
+    (replica,) = wait_for(
+        "one healthy replica", lambda: healthy_replicas(fleet, 1), timeout=timeout
+    )
+    wait_for(
         "only it in nginx",
         lambda: fleet.edge is not None and fleet.edge.served_replicas(SERVICE) == {replica["id"]},
         timeout=60,
     )
-    poll("one container", lambda: len(fleet.containers()) == 1, timeout=60)
-    poll("one replica", lambda: len(fleet.replicas()) == 1, timeout=60)
-    poll("no latency alert", lambda: not latency_alerts(fleet), timeout=timeout, interval=0.5)
-    poll(
+    wait_for("one container", lambda: len(fleet.containers()) == 1, timeout=60)
+    wait_for("one replica", lambda: len(fleet.replicas()) == 1, timeout=60)
+    wait_for("no latency alert", lambda: not latency_alerts(fleet), timeout=timeout, interval=0.5)
+    wait_for(
         "the controller told of every resolution",
         lambda: not controller_firing(fleet),
         timeout=timeout,
@@ -645,7 +648,7 @@ def part3(report: Report, *, profile: str, runs: int, blips: bool) -> None:
             fleet.start_monitoring(profile=profile)  # only Alertmanager's address is ours
             create_service(fleet)
             at_rest(fleet, timeout=120)
-            poll("prometheus scraping the edge", lambda: edge_scraped(fleet), timeout=60)
+            wait_for("prometheus scraping the edge", lambda: edge_scraped(fleet), timeout=60)
             prometheus = fleet.processes[-1]  # start_monitoring: Alertmanager, then it
             with Load(f"{fleet.nginx_url}/{SERVICE}/") as load, cpu_share(prometheus.pid, cpu):
                 time.sleep(2 * seconds_of(timings["scrape_interval"]) + 2)  # real samples first

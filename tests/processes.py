@@ -12,20 +12,10 @@ from pathlib import Path
 import httpx
 
 from bench.net import free_port
+from bench.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
+__all__ = ["ROOT", "controller_process", "stop_process"]
 
 
 @contextmanager

@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.autoscale_lab import SERVICE, Fleet, poll
+from bench.autoscale_lab import SERVICE, Fleet
+from bench.wait import wait_for
 from tests.conftest import require_binary, require_docker
 
 pytestmark = pytest.mark.integration
@@ -119,8 +120,8 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
         },
     )
     assert created.status_code == 201, created.text
-    (slow,) = poll("the first replica healthy", lambda: _healthy(fleet, 1), timeout=60)
-    poll("nginx serving it", lambda: fleet.served_by() == slow["id"], timeout=30)
+    (slow,) = wait_for("the first replica healthy", lambda: _healthy(fleet, 1), timeout=60)
+    wait_for("nginx serving it", lambda: fleet.served_by() == slow["id"], timeout=30)
     (slow_container,) = fleet.containers()
     slow_node = slow_container.labels["orchestrify.node"]
     assert slow_node == slow["node"]
@@ -129,7 +130,7 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
     resp = httpx.get(f"http://{slow['address']}/admin/latency", params={"ms": SLOW_MS}, timeout=5)
     assert resp.status_code == 200, resp.text
     with Load(f"{fleet.nginx_url}/{SERVICE}/") as load:
-        decision = poll(
+        decision = wait_for(
             f"a scale_out decision (load sent {load.sent})\n{fleet.log_tails()}",
             lambda: [
                 e
@@ -148,9 +149,9 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
         ]
         assert firing and firing[0]["data"]["labels"]["replica"] == slow["id"]
 
-        healthy = poll("two healthy replicas", lambda: _healthy(fleet, 2), timeout=60)
+        healthy = wait_for("two healthy replicas", lambda: _healthy(fleet, 2), timeout=60)
         (new,) = [r for r in healthy if r["id"] != slow["id"]]
-        containers = poll(
+        containers = wait_for(
             "two containers",
             lambda: len(fleet.containers()) == 2 and fleet.containers(),
             timeout=30,
@@ -160,7 +161,7 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
         assert new_container.labels["orchestrify.node"] != slow_node
         assert new["node"] != slow["node"]
         # In Nginx: requests through it reach the new replica.
-        poll(
+        wait_for(
             "nginx sending requests to the new replica",
             lambda: fleet.served_by() == new["id"],
             timeout=30,
@@ -168,7 +169,7 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
 
     # 2. Fast again, no load -> the alert resolves -> after stabilization, back to 1.
     httpx.get(f"http://{slow['address']}/admin/latency", params={"ms": 0}, timeout=5)
-    poll(
+    wait_for(
         f"ServiceLatencyHigh resolved\n{fleet.log_tails()}",
         lambda: [
             e
@@ -179,7 +180,7 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
         timeout=90,
         interval=0.5,
     )
-    scale_in = poll(
+    scale_in = wait_for(
         "a scale_in decision",
         lambda: [
             e for e in fleet.events("decision") if (e["action"], e["outcome"]) == ("scale_in", "ok")
@@ -190,6 +191,6 @@ def test_slow_replica_scales_out_on_the_other_node_and_back_in(fleet: Fleet) -> 
     assert (scale_in["data"]["from"], scale_in["data"]["to"]) == (2, 1)
     assert scale_in["data"]["rule"] is None  # the resolution's scale-in, no alert rule
     assert api.get(f"/v1/services/{SERVICE}").json()["replicas"] == 1
-    poll("one container left", lambda: len(fleet.containers()) == 1, timeout=60)
-    (left,) = poll("one healthy replica", lambda: _healthy(fleet, 1), timeout=30)
-    poll("nginx serving the one left", lambda: fleet.served_by() == left["id"], timeout=30)
+    wait_for("one container left", lambda: len(fleet.containers()) == 1, timeout=60)
+    (left,) = wait_for("one healthy replica", lambda: _healthy(fleet, 1), timeout=30)
+    wait_for("nginx serving the one left", lambda: fleet.served_by() == left["id"], timeout=30)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from bench.autoscale_lab import SERVICE, Fleet, poll
+from bench.autoscale_lab import SERVICE, Fleet
 from bench.reaction import (
     SLOW_MS,
     Load,
@@ -38,6 +38,7 @@ from bench.reaction import (
     scale_outs,
     set_latency,
 )
+from bench.wait import wait_for
 from tests.conftest import require_binary, require_docker
 
 pytestmark = pytest.mark.integration
@@ -71,13 +72,13 @@ def test_a_blip_or_one_slow_request_does_not_scale_a_sustained_breach_does(
 ) -> None:
     create_service(fleet)
     first = at_rest(fleet, timeout=120)
-    poll("prometheus scraping the edge", lambda: edge_scraped(fleet), timeout=60)
+    wait_for("prometheus scraping the edge", lambda: edge_scraped(fleet), timeout=60)
     url = f"{fleet.nginx_url}/{SERVICE}/"
     seen_alerts = event_ids(fleet, "alert")
 
     # 1. A 2 s blip under load: pending, never firing, no scale-out.
     with Load(url):
-        poll("samples of fast traffic", lambda: fleet.served_by() == first["id"], timeout=30)
+        wait_for("samples of fast traffic", lambda: fleet.served_by() == first["id"], timeout=30)
         seen = blip(fleet, seconds=2, settle_s=15)
     assert seen.went_pending, f"Prometheus never saw the blip\n{fleet.log_tails()}"
     assert not seen.fired
@@ -97,7 +98,7 @@ def test_a_blip_or_one_slow_request_does_not_scale_a_sustained_breach_does(
     seen_decisions = event_ids(fleet, "decision")
     with Load(url):
         set_latency(slow, SLOW_MS)
-        (decision,) = poll(
+        (decision,) = wait_for(
             f"a scale-out\n{fleet.log_tails()}",
             lambda: scale_outs(fleet, seen_decisions),
             timeout=90,
@@ -106,10 +107,10 @@ def test_a_blip_or_one_slow_request_does_not_scale_a_sustained_breach_does(
         assert (decision["data"]["from"], decision["data"]["to"]) == (1, 2)
         (alert, *_) = _firing_latency_alerts(fleet, seen_alerts)
         assert alert["data"]["labels"]["replica"] == slow["id"]
-        healthy = poll("two healthy replicas", lambda: healthy_replicas(fleet, 2), timeout=60)
+        healthy = wait_for("two healthy replicas", lambda: healthy_replicas(fleet, 2), timeout=60)
         (new,) = [r for r in healthy if r["id"] != slow["id"]]
         assert new["node"] != slow["node"]  # the slow replica's node is avoided
-        poll(
+        wait_for(
             "nginx sending requests to the new replica",
             lambda: fleet.served_by() == new["id"],
             timeout=30,
