@@ -26,8 +26,9 @@ RESYNC_S = 30.0
 
 
 class ChangeFeed:
-    """Three counters: ``spec`` (what nodes must run), ``state`` (anything observed) and
-    ``events`` (the audit trail).
+    """Four counters: ``spec`` (what nodes must run), ``nodes`` (the fleet's membership
+    and node states: a registration wakes the scheduler, not every agent's long-poll),
+    ``state`` (anything observed) and ``events`` (the audit trail).
 
     ``bump`` and ``advance`` may be called from any thread (store writes run in a thread
     pool, the change listener in its own); waiters live on the event loop given to
@@ -38,7 +39,7 @@ class ChangeFeed:
         """``start``: the first version of every kind (None: the clock in milliseconds)."""
         if start is None:
             start = time.time_ns() // 1_000_000
-        self._versions = {"spec": start, "state": start, "events": start}
+        self._versions = {"spec": start, "nodes": start, "state": start, "events": start}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set (and replaced by a fresh one) at every change: a thousand waiting
@@ -65,8 +66,10 @@ class ChangeFeed:
         with self._lock:
             for kind in kinds:
                 self._versions[kind] += 1
-            if "spec" in kinds:  # a change of what must run is also a change of state
-                self._versions["state"] = max(self._versions["state"], self._versions["spec"]) + 1
+            # A change of what must run, or of the nodes, is also a change of state.
+            implied = [self._versions[k] for k in ("spec", "nodes") if k in kinds]
+            if implied:
+                self._versions["state"] = max(self._versions["state"], *implied) + 1
         self._wake()
 
     def advance(self, kinds: set[str], version: int) -> None:
@@ -106,11 +109,21 @@ class ChangeFeed:
 
     async def wait(self, kind: str, since: int | None, timeout: float) -> int:
         """Return the current version at once if it differs from ``since``, else wait."""
-        if since is None or self._versions[kind] != since or self._changed is None or self.closed:
-            return self._versions[kind]
+        return (await self.wait_any((kind,), None if since is None else (since,), timeout))[0]
+
+    def versions(self, kinds: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(self._versions[k] for k in kinds)
+
+    async def wait_any(
+        self, kinds: tuple[str, ...], since: tuple[int, ...] | None, timeout: float
+    ) -> tuple[int, ...]:
+        """The versions of ``kinds`` now, at once if any differs from ``since``, else
+        when one moves or after ``timeout`` seconds."""
+        if since is None or self.versions(kinds) != since or self._changed is None or self.closed:
+            return self.versions(kinds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._versions[kind] == since and not self.closed:
+        while self.versions(kinds) == since and not self.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -122,7 +135,7 @@ class ChangeFeed:
                     await changed.wait()
             except TimeoutError:
                 break
-        return self._versions[kind]
+        return self.versions(kinds)
 
 
 def connect_feed(

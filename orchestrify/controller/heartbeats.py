@@ -48,7 +48,7 @@ class HeartbeatBuffer:
         """Take one heartbeat; the node as it now stands: its state and address as
         stored now, the heartbeat's figures, its other fields as the last nodes view
         read held them (the agent reads nothing of the answer but its status)."""
-        standing = (await self.views.node_standing()).get(node_id)
+        standing = await self.views.node_standing(node_id)
         if (
             standing is None
             or standing[0] in _SILENT
@@ -59,12 +59,9 @@ class HeartbeatBuffer:
         now = utcnow()
         self._pending[node_id] = (hb, now)
         node = await self.views.last_node_view(node_id)
-        if node is None:  # registered since the last nodes view was read
-            found = (await self.views.nodes(heartbeats=False)).by_id.get(node_id)
-            if found is None:  # and removed since: the store answers (a 404)
-                self._pending.pop(node_id, None)
-                return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
-            node = found[0]
+        if node is None:  # removed meanwhile: the store answers (a 404)
+            self._pending.pop(node_id, None)
+            return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
         figures = hb.model_dump(exclude_none=True, exclude={"address"})
         return node.model_copy(
             update={

@@ -50,6 +50,11 @@ EDGE_SEEN_WINDOW_S = 90.0
 # How long after its drain period a replica waits at most for edges to confirm that it
 # left their Nginx (an edge that is stuck, or refuses every new config) before it stops.
 EDGE_ACK_TIMEOUT_S = 30.0
+# How long a cycle woken by node changes alone (registrations, nodes turning ready or
+# silent) waits for more of them, seconds: a fleet of agents registering at once is then
+# a few cycles, not one cycle (a read of every node) per registration. A replica waits
+# at most this much longer to be placed on a node that just joined.
+NODES_SETTLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -762,12 +767,16 @@ class Reconciler:
                 )
 
     async def run_forever(self) -> None:
-        version = self.feed.version("spec")
+        kinds = ("spec", "nodes")
+        versions = self.feed.versions(kinds)
         while True:
             try:
                 await asyncio.to_thread(self.run_once)
             except Exception:
                 log.exception("reconcile cycle failed; retrying")
-            version = await self.feed.wait("spec", version, self.interval_s)
-            # Let a burst of API writes settle into one cycle.
-            await asyncio.sleep(0.02)
+            before = versions
+            versions = await self.feed.wait_any(kinds, versions, self.interval_s)
+            # Let a burst of API writes settle into one cycle; a burst of node changes
+            # (a fleet's agents registering at once) longer: each cycle reads every node.
+            only_nodes = versions[0] == before[0] and versions[1] != before[1]
+            await asyncio.sleep(NODES_SETTLE_S if only_nodes else 0.02)

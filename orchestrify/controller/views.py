@@ -30,6 +30,7 @@ from orchestrify.controller.border import SafeJSONResponse
 from orchestrify.errors import NotFound
 from orchestrify.models import Assignment, Node, Service
 from orchestrify.store import Store
+from orchestrify.store.node_facts import NodeFact
 
 __all__ = [
     "AnsweredAssignments",
@@ -219,18 +220,40 @@ class ReadViews:
         found = await loop.run_in_executor(self.cache.threads, self.store.node_assignments, node_id)
         return None if found is None else NodeAssignments(replicas=found[0], prune=found[1])
 
-    async def node_standing(self) -> dict[str, tuple[str, str]]:
-        """Every node's state and address by id, as of now (one light query per
-        version: a thousand heartbeats a second decide on it)."""
-        return await self.cache.get("node_standing", self.store.node_standing)
+    async def node_standing(self, node_id: str) -> tuple[str, str] | None:
+        """Node ``node_id``'s state and address as of now (None: no such node)."""
+        fact = await self.node_fact(node_id)
+        return None if fact is None else (fact.state, fact.address)
+
+    async def node_fact(self, node_id: str) -> NodeFact | None:
+        """Node ``node_id``'s state, address and token hash as of now (None: no such
+        node). A thousand agents' requests are checked against these: on SQLite each
+        node's is kept in memory until a write changes it (no thread, no query); on
+        PostgreSQL, where another controller may change it, read alone (one primary-key
+        read, in a worker thread)."""
+        facts = self.store.node_facts
+        if facts is not None:
+            kept = facts.get(node_id)
+            if kept is not None:
+                return kept
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.cache.threads, self.store.node_fact, node_id)
 
     async def last_node_view(self, node_id: str) -> Node | None:
-        """The node as the last nodes view read holds it (of any version; read now
-        if there is none yet)."""
+        """The node as the last nodes view read holds it (of any version); one that
+        joined since is read alone (None: no such node)."""
         entry = self.cache.peek("nodes+heartbeats") or self.cache.peek("nodes")
-        views: NodeViews = entry if entry is not None else await self.nodes(heartbeats=False)
-        found = views.by_id.get(node_id)
-        return found[0] if found is not None else None
+        found = entry.by_id.get(node_id) if entry is not None else None
+        if found is not None:
+            return found[0]
+
+        def read() -> Node | None:
+            try:
+                return self.store.get_node(node_id)
+            except NotFound:
+                return None
+
+        return await asyncio.get_running_loop().run_in_executor(self.cache.threads, read)
 
     async def assignments(self) -> dict[str, NodeAssignments]:
         def build() -> dict[str, NodeAssignments]:
@@ -243,12 +266,11 @@ class ReadViews:
 
     async def node_token_ok(self, node_id: str, token: str) -> bool | None:
         """Whether ``token`` is node ``node_id``'s (None: no such node)."""
-        hashes = await self.cache.get("node_tokens", self.store.node_token_hashes)
-        stored = hashes.get(node_id)
-        if stored is None:
+        fact = await self.node_fact(node_id)
+        if fact is None:
             return None
         given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-        return secrets.compare_digest(given, stored)
+        return secrets.compare_digest(given, fact.token_hash)
 
 
 class AnsweredAssignments:

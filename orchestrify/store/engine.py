@@ -54,6 +54,7 @@ from orchestrify.models import Event
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
 from orchestrify.store import listen, migrate
 from orchestrify.store.lease_tables import LEADER_LEASE, LeaseRow
+from orchestrify.store.node_facts import NodeFacts, touched_nodes
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
 
@@ -133,7 +134,7 @@ def term_held(holder: str, epoch: int, *, dialect: str) -> tuple[ColumnElement[b
     )
 
 
-ChangeKind = str  # "spec" (what agents must run) or "state" (what was observed)
+ChangeKind = str  # "spec" (what agents must run), "nodes" (fleet membership), "state"
 
 
 def translate_store_error(exc: BaseException) -> OrchestrifyError | None:
@@ -345,6 +346,9 @@ class StoreCore:
         # ``heartbeat_generation`` by those (they change only nodes' display fields).
         self.generation = 0
         self.heartbeat_generation = 0
+        # Each node's state, address and token, kept until a write of this process
+        # changes them (SQLite only: see orchestrify/store/node_facts.py).
+        self.node_facts: NodeFacts | None = None if self.shares_changes else NodeFacts()
 
     def data_version(self, *, heartbeats: bool = False) -> tuple[int, ...]:
         """A version of everything stored that moves whenever a committed write changes a
@@ -611,6 +615,12 @@ class WriteTx:
                             self.session, origin=self.store.origin, kinds=announced
                         )
                     self.session.commit()
+                    # Forgotten before the write lock is released: no later write's
+                    # reader can see the fact this one replaced.
+                    if self.store.node_facts is not None:
+                        touched = touched_nodes(self.session)
+                        if touched:
+                            self.store.node_facts.forget(touched)
                     if self.heartbeats_only and not self.changes:
                         self.store.heartbeat_generation += 1
                     elif wrote or self.changes:

@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "orchestrify_changes"
 SEQUENCE_KEY = "change_sequence"
-# What a change may be: "spec" (what agents must run), "state" (anything observed),
-# "events" (a new event in the audit trail).
-KINDS = frozenset({"spec", "state", "events"})
+# What a change may be: "spec" (what agents must run), "nodes" (the fleet's membership
+# and node states: what the scheduler decides on, not what any agent runs), "state"
+# (anything observed), "events" (a new event in the audit trail).
+KINDS = frozenset({"spec", "nodes", "state", "events"})
 # The advisory lock that orders a drain's ``left_upstreams_at`` with an upstreams
 # snapshot's ``as_of`` across controllers (see ``lock_upstreams_clock``).
 _UPSTREAMS_CLOCK = "orchestrify:upstreams-clock"
@@ -81,9 +82,10 @@ def _first_value() -> str:
 
 
 def with_implied(kinds: Iterable[str]) -> set[str]:
-    """``kinds`` with what they imply: a change of what must run is a change of state."""
+    """``kinds`` with what they imply: a change of what must run, or of the nodes, is a
+    change of state."""
     out = set(kinds)
-    if "spec" in out:
+    if out & {"spec", "nodes"}:
         out.add("state")
     return out
 

@@ -18,6 +18,7 @@ from orchestrify.models import (
     NodeState,
 )
 from orchestrify.store.engine import StoreCore, WriteTx, retry_on_race
+from orchestrify.store.node_facts import NodeFact
 from orchestrify.store.replicas import take_orphans
 from orchestrify.store.rows import (
     LIVE_STATES,
@@ -80,7 +81,7 @@ def move_address(tx: WriteTx, row: NodeRow, address: str) -> None:
         outcome="info",
         data={"from": old, "to": address, "replicas": moved},
     )
-    tx.changes.update({"spec", "state"})
+    tx.changes.update({"nodes", "state"})
 
 
 class NodesPart(StoreCore):
@@ -187,7 +188,7 @@ class NodesPart(StoreCore):
                 outcome="ok",
                 data={"known": known, "node_id": row.id},
             )
-            tx.changes.update({"spec", "state"})
+            tx.changes.update({"nodes", "state"})
             tx.session.flush()
             return NodeEnrollment(node=node_view(row), token=token, known=known)
 
@@ -266,21 +267,29 @@ class NodesPart(StoreCore):
                 _apply_heartbeat(tx, row, hb, at)
         return gone
 
-    def node_standing(self) -> dict[str, tuple[str, str]]:
-        """Every node's id with its state and address, in one light query: what the
-        controller checks each heartbeat against (cached per ``data_version``)."""
+    def node_fact(self, node_id: str) -> NodeFact | None:
+        """Node ``node_id``'s state, address and token hash (None: no such node): kept
+        in memory on SQLite until a write changes them (``node_facts``), else one
+        primary-key read."""
+        facts = self.node_facts
+        if facts is not None:
+            kept = facts.get(node_id)
+            if kept is not None:
+                return kept
+        epoch = facts.epoch if facts is not None else 0
         with self.read() as s:
-            query = select(NodeRow.id, NodeRow.state, NodeRow.address)
-            return {node_id: (state, address) for node_id, state, address in s.execute(query)}
-
-    def node_token_hashes(self) -> dict[str, str]:
-        """Every node's id and token hash, read at once: the controller checks node
-        tokens against this (cached per ``data_version``), not one query per request."""
-        with self.read() as s:
-            return {
-                node_id: token_hash
-                for node_id, token_hash in s.execute(select(NodeRow.id, NodeRow.token_hash))
-            }
+            found = s.execute(
+                select(NodeRow.state, NodeRow.address, NodeRow.token_hash).where(
+                    NodeRow.id == node_id
+                )
+            ).first()
+        if found is None:
+            return None
+        fact = NodeFact(state=found[0], address=found[1], token_hash=found[2])
+        if facts is not None:
+            facts.reads += 1
+            facts.keep(node_id, fact, epoch=epoch)
+        return fact
 
     def node_beats(self) -> list[NodeBeat]:
         """Every node's id, state and stored heartbeat time, in one light query: what the
@@ -323,7 +332,7 @@ class NodesPart(StoreCore):
                 action="remove_node" if remove else ("drain" if draining else "activate"),
                 outcome="ok",
             )
-            tx.changes.update({"spec", "state"})
+            tx.changes.update({"nodes", "state"})
             return node_view(row)
 
     @retry_on_race
@@ -404,7 +413,7 @@ class NodesPart(StoreCore):
                         "threshold": threshold,
                     },
                 )
-                tx.changes.update({"spec", "state"})
+                tx.changes.update({"nodes", "state"})
         return changed
 
     @retry_on_race
@@ -440,7 +449,7 @@ class NodesPart(StoreCore):
                 )
                 changed.append(node_view(row))
             if changed:
-                tx.changes.update({"spec", "state"})
+                tx.changes.update({"nodes", "state"})
         return changed
 
     def _fresh(self, row: NodeRow, now: datetime) -> bool:
@@ -470,4 +479,4 @@ def _apply_heartbeat(tx: WriteTx, row: NodeRow, hb: Heartbeat, now: datetime) ->
             action="node_ready",
             outcome="info",
         )
-        tx.changes.update({"spec", "state"})
+        tx.changes.update({"nodes", "state"})

@@ -1,0 +1,91 @@
+"""What every agent request is checked against, per node, kept in memory.
+
+Each heartbeat, long-poll and report of a thousand agents checks its node's token, and a
+heartbeat its node's state and address. Read from the store once per store version,
+those were a read of every node after every write (a registration, a report): during a
+fleet's start, one full read per registration. Here each node's facts are read alone,
+once, and kept until a committed write changes them: the store's write transactions say
+which nodes' state, address or token they changed (``NodeFacts.forget``, called under
+the write lock right after the commit).
+
+Only where this process makes every write (SQLite, one controller). Under several
+controllers (PostgreSQL) another one may change a node at any time, so the controller
+reads them per store version instead (``ReadViews``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Session
+
+from orchestrify.store.tables import NodeRow
+
+__all__ = ["TOUCHED_KEY", "NodeFact", "NodeFacts"]
+
+# The fields a fact is made of: a write that changes one of them forgets the fact.
+_FIELDS = ("id", "state", "address", "token_hash")
+# Where a write transaction's session collects the ids of the nodes whose facts it changed.
+TOUCHED_KEY = "node_facts_touched"
+
+
+@dataclass(frozen=True)
+class NodeFact:
+    """One node's state, address and token hash, as committed."""
+
+    state: str
+    address: str
+    token_hash: str
+
+
+class NodeFacts:
+    """Facts by node id, each kept until a committed write changes that node.
+
+    A fact read while a write that changes it commits could be stale; so a read keeps
+    its fact only if no node was forgotten between the start of the read and its end
+    (``epoch``). Unknown node ids are not kept: the ids come from request paths."""
+
+    def __init__(self) -> None:
+        self._facts: dict[str, NodeFact] = {}
+        self._lock = threading.Lock()
+        self.epoch = 0
+        self.reads = 0  # facts read from the store (for tests and the curious)
+
+    def get(self, node_id: str) -> NodeFact | None:
+        return self._facts.get(node_id)
+
+    def keep(self, node_id: str, fact: NodeFact, *, epoch: int) -> None:
+        """Keep ``fact``, read since ``epoch``, unless a node was forgotten meanwhile."""
+        with self._lock:
+            if self.epoch == epoch:
+                self._facts[node_id] = fact
+
+    def forget(self, node_ids: Iterable[str]) -> None:
+        with self._lock:
+            self.epoch += 1
+            for node_id in node_ids:
+                self._facts.pop(node_id, None)
+
+
+def touched_nodes(session: Session) -> set[str]:
+    """The ids of the nodes whose facts the session's flushes changed so far."""
+    found: set[str] = session.info.get(TOUCHED_KEY, set())
+    return found
+
+
+def _changed(row: NodeRow) -> bool:
+    attrs = inspect(row).attrs
+    return any(attrs[name].history.has_changes() for name in _FIELDS)
+
+
+@event.listens_for(Session, "after_flush")
+def _collect_touched(session: Session, _context: Any) -> None:
+    # Still the pre-flush view here: new, dirty and deleted lists, attribute histories.
+    ids = [row.id for row in (*session.new, *session.deleted) if isinstance(row, NodeRow)]
+    ids += [row.id for row in session.dirty if isinstance(row, NodeRow) and _changed(row)]
+    if ids:
+        session.info.setdefault(TOUCHED_KEY, set()).update(ids)
