@@ -195,10 +195,11 @@ def _query_params(dependant: Dependant) -> list[Any]:
     return params
 
 
-def query_problems(request: Request) -> None:
+async def query_problems(request: Request) -> None:
     """Refuse a query parameter given twice (``?timeout=1&timeout=2``: which one?) and an
     integer parameter not written as one. A route dependency, added last, so it runs
-    after the route's credentials are checked."""
+    after the route's credentials are checked. ``async``: it does no I/O, and a plain
+    ``def`` dependency costs a hop to FastAPI's thread pool on every request."""
     route = request.scope.get("route")
     problems: list[dict[str, Any]] = []
     # Worked out once per route, when it is made (BorderRoute), not on every request.

@@ -243,7 +243,8 @@ class ReadViews:
         """The node as the last nodes view read holds it (of any version); one that
         joined since is read alone (None: no such node)."""
         entry = self.cache.peek("nodes+heartbeats") or self.cache.peek("nodes")
-        found = entry.by_id.get(node_id) if entry is not None else None
+        views: NodeViews = entry if entry is not None else await self.nodes(heartbeats=False)
+        found = views.by_id.get(node_id)
         if found is not None:
             return found[0]
 
