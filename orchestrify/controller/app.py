@@ -22,6 +22,7 @@ from starlette.routing import Match
 
 from orchestrify import __version__
 from orchestrify.controller.alerts import AlertProcessor
+from orchestrify.controller.batching import GroupCommit
 from orchestrify.controller.border import (
     BodyLimit,
     SafeJSONResponse,
@@ -365,6 +366,7 @@ def open_state(
         leadership=leadership,
         views=views,
         heartbeats=HeartbeatBuffer(store, views, flush_s=settings.heartbeat_flush_s),
+        reports=GroupCommit(store.apply_report_batch),
     )
 
 

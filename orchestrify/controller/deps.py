@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrify.controller.alerts import AlertProcessor
+from orchestrify.controller.batching import GroupCommit
 from orchestrify.controller.feed import ChangeFeed
 from orchestrify.controller.heartbeats import HeartbeatBuffer
 from orchestrify.controller.leadership import Leadership
@@ -22,6 +23,7 @@ from orchestrify.errors import NotFound, Unauthorized
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
 from orchestrify.store.listen import ChangeListener
+from orchestrify.store.replicas import ReportBatchItem
 
 
 @dataclass
@@ -39,6 +41,7 @@ class ControllerState:
     leadership: Leadership
     views: ReadViews
     heartbeats: HeartbeatBuffer
+    reports: GroupCommit[ReportBatchItem]
     # What each node's long-poll was last answered (see AnsweredAssignments).
     answered: AnsweredAssignments = field(default_factory=AnsweredAssignments)
     # Tells ``feed`` of the changes other controllers commit (PostgreSQL; None on SQLite).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +38,13 @@ from orchestrify.store.rows import (
 )
 from orchestrify.store.tables import NodeRow, ReplicaRow, ServiceRow
 
-__all__ = ["ReplicasPart", "adopt_orphans_of", "drain_replica", "take_orphans"]
+__all__ = [
+    "ReplicasPart",
+    "ReportBatchItem",
+    "adopt_orphans_of",
+    "drain_replica",
+    "take_orphans",
+]
 
 
 def drain_replica(
@@ -387,7 +394,6 @@ class ReplicasPart(StoreCore):
                 )
                 tx.changes.update({"spec", "state"})
 
-    @retry_on_race
     def apply_reports(
         self,
         node_id: str,
@@ -398,83 +404,31 @@ class ReplicasPart(StoreCore):
     ) -> None:
         """Take what an agent observed. ``stopped`` means the container is gone.
         ``orphans`` (when given) is every orphan the agent keeps now."""
+        outcome = self.apply_report_batch(
+            [ReportBatchItem(node_id=node_id, reports=reports, full=full, orphans=orphans)]
+        )[0]
+        if outcome is not None:
+            raise outcome
+
+    @retry_on_race
+    def apply_report_batch(self, batch: Sequence[ReportBatchItem]) -> list[NotFound | None]:
+        """Take many agents' reports (``apply_reports`` each) in one write transaction:
+        the controller groups the reports that arrive while one batch is written, so a
+        fleet's reports are a few writes, not one each. The outcome of each, in order:
+        None, or ``NotFound`` for a node the store does not know (nothing of it is
+        applied). Any other error fails the whole batch (nothing is written)."""
         now = utcnow()
+        outcomes: list[NotFound | None] = []
         with self.write() as tx:
-            node = tx.get(NodeRow, node_id)
-            if node is None:
-                raise NotFound(f"no node with id {node_id!r}; register again")
-            if orphans is not None:
-                take_orphans(tx, node, orphans)
-            # Every reported replica's row in one query (locked, on PostgreSQL).
-            tx.preload(ReplicaRow, ReplicaRow.id, [rep.id for rep in reports])
-            seen = set()
-            for rep in reports:
-                seen.add(rep.id)
-                row = tx.get(ReplicaRow, rep.id)
-                if row is None or row.node != node_id:
-                    continue  # not ours (any more): the agent removes it at its next sync
-                if rep.state == "stopped":
-                    if row.desired == DesiredState.STOP:
-                        tx.session.delete(row)
-                        tx.changes.update({"spec", "state"})
+            tx.preload(NodeRow, NodeRow.id, {item.node_id for item in batch})
+            for item in batch:
+                node = tx.get(NodeRow, item.node_id)
+                if node is None:
+                    outcomes.append(NotFound(f"no node with id {item.node_id!r}; register again"))
                     continue
-                try:
-                    state = ReplicaState(rep.state)
-                except ValueError as exc:
-                    raise InvalidSpec(
-                        f"unknown replica state {rep.state!r}", field="state"
-                    ) from exc
-                if row.desired != DesiredState.RUN and state != ReplicaState.FAILED:
-                    state = ReplicaState.STOPPING
-                before = (row.state, row.address, row.error, row.container_id, row.restarts)
-                row.state = state
-                if rep.address is not None:
-                    row.address = rep.address
-                if rep.container_id is not None:
-                    row.container_id = rep.container_id
-                row.error = rep.error
-                if rep.restarts is not None:
-                    row.restarts = rep.restarts
-                after = (row.state, row.address, row.error, row.container_id, row.restarts)
-                if before != after:
-                    row.updated_at = now
-                    tx.changes.add("state")
-                    if before[0] != row.state:
-                        tx.add_event(
-                            f"replica {row.id} on {node.name}: {before[0]} -> {row.state}"
-                            + (f" ({row.error})" if row.error else ""),
-                            kind="replica",
-                            service=row.service,
-                            node=node.name,
-                            replica=row.id,
-                            action="observe",
-                            outcome="info",
-                            reason=row.error,
-                        )
-                    elif row.error and row.error != before[2]:
-                        # A new error while the state stays (an image that cannot be
-                        # pulled, a container that will not start): said at once, and
-                        # once per distinct error, not at every retry.
-                        tx.add_event(
-                            f"replica {row.id} on {node.name} ({row.state}): {row.error}",
-                            kind="replica",
-                            service=row.service,
-                            node=node.name,
-                            replica=row.id,
-                            action="observe",
-                            outcome="failed",
-                            reason=row.error,
-                        )
-            if full:
-                # A replica told to stop that the agent no longer has is gone.
-                for row in tx.session.scalars(
-                    select(ReplicaRow).where(
-                        ReplicaRow.node == node_id, ReplicaRow.desired == DesiredState.STOP
-                    )
-                ):
-                    if row.id not in seen:
-                        tx.session.delete(row)
-                        tx.changes.update({"spec", "state"})
+                _apply_report(tx, node, item, now=now)
+                outcomes.append(None)
+        return outcomes
 
     def assignments(self, node_id: str) -> list[Assignment]:
         with self.read() as s:
@@ -607,3 +561,88 @@ def _assignment(row: ReplicaRow, specs: Mapping[str, ServiceRow]) -> Assignment 
         spec_hash=row.spec_hash or spec_hash(spec),
         stop_grace_s=float(svc.spec.get("stop_grace_s", DEFAULT_STOP_GRACE_S)),
     )
+
+
+@dataclass(frozen=True)
+class ReportBatchItem:
+    """One agent's report (``POST /v1/nodes/{id}/replicas``), as ``apply_reports`` takes it."""
+
+    node_id: str
+    reports: Sequence[ReplicaReport]
+    full: bool
+    orphans: Sequence[Orphan] | None = None
+
+
+def _apply_report(tx: WriteTx, node: NodeRow, item: ReportBatchItem, *, now: datetime) -> None:
+    """What one agent's report changes, inside ``tx``."""
+    node_id, reports, full, orphans = item.node_id, item.reports, item.full, item.orphans
+    if orphans is not None:
+        take_orphans(tx, node, orphans)
+    # Every reported replica's row in one query (locked, on PostgreSQL).
+    tx.preload(ReplicaRow, ReplicaRow.id, [rep.id for rep in reports])
+    seen = set()
+    for rep in reports:
+        seen.add(rep.id)
+        row = tx.get(ReplicaRow, rep.id)
+        if row is None or row.node != node_id:
+            continue  # not ours (any more): the agent removes it at its next sync
+        if rep.state == "stopped":
+            if row.desired == DesiredState.STOP:
+                tx.session.delete(row)
+                tx.changes.update({"spec", "state"})
+            continue
+        try:
+            state = ReplicaState(rep.state)
+        except ValueError as exc:
+            raise InvalidSpec(f"unknown replica state {rep.state!r}", field="state") from exc
+        if row.desired != DesiredState.RUN and state != ReplicaState.FAILED:
+            state = ReplicaState.STOPPING
+        before = (row.state, row.address, row.error, row.container_id, row.restarts)
+        row.state = state
+        if rep.address is not None:
+            row.address = rep.address
+        if rep.container_id is not None:
+            row.container_id = rep.container_id
+        row.error = rep.error
+        if rep.restarts is not None:
+            row.restarts = rep.restarts
+        after = (row.state, row.address, row.error, row.container_id, row.restarts)
+        if before != after:
+            row.updated_at = now
+            tx.changes.add("state")
+            if before[0] != row.state:
+                tx.add_event(
+                    f"replica {row.id} on {node.name}: {before[0]} -> {row.state}"
+                    + (f" ({row.error})" if row.error else ""),
+                    kind="replica",
+                    service=row.service,
+                    node=node.name,
+                    replica=row.id,
+                    action="observe",
+                    outcome="info",
+                    reason=row.error,
+                )
+            elif row.error and row.error != before[2]:
+                # A new error while the state stays (an image that cannot be
+                # pulled, a container that will not start): said at once, and
+                # once per distinct error, not at every retry.
+                tx.add_event(
+                    f"replica {row.id} on {node.name} ({row.state}): {row.error}",
+                    kind="replica",
+                    service=row.service,
+                    node=node.name,
+                    replica=row.id,
+                    action="observe",
+                    outcome="failed",
+                    reason=row.error,
+                )
+    if full:
+        # A replica told to stop that the agent no longer has is gone.
+        for row in tx.session.scalars(
+            select(ReplicaRow).where(
+                ReplicaRow.node == node_id, ReplicaRow.desired == DesiredState.STOP
+            )
+        ):
+            if row.id not in seen:
+                tx.session.delete(row)
+                tx.changes.update({"spec", "state"})

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.views import ViewCache
 from orchestrify.models import NodeState
-from tests.api.conftest import bearer, reconcile, register, service_spec
+from tests.api.conftest import bearer, reconcile, register, service_spec, wait_for
 
 
 def _state(client: TestClient) -> ControllerState:
@@ -233,3 +233,101 @@ def _stop_flushing(client: TestClient) -> None:
                 task.cancel()
 
     asyncio.run_coroutine_threadsafe(cancel(), _loop(client)).result(10)
+
+
+def test_a_registration_moves_the_nodes_version_not_the_agents(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A node joining changes no agent's assignments: it wakes the scheduler (``nodes``),
+    not every agent's long-poll (``spec``); the edges' ``state`` moves too."""
+    api = make_client(run_reconciler=False)
+    feed = _state(api).feed
+    register(api, "a")
+    spec, nodes, state = feed.version("spec"), feed.version("nodes"), feed.version("state")
+    register(api, "b")
+    assert feed.version("spec") == spec
+    assert feed.version("nodes") > nodes
+    assert feed.version("state") > state
+    api.post("/v1/services", json=service_spec(replicas=1))
+    assert feed.version("spec") > spec
+
+
+def test_a_node_joining_gets_replicas_placed(make_client: Callable[..., TestClient]) -> None:
+    """The reconciler wakes for node changes too: a service waiting for a node gets its
+    replica on the node that registers (the loop runs; no manual cycle)."""
+    api = make_client(reconcile_interval_s=60)  # only a wake-up can place it in time
+    api.post("/v1/services", json=service_spec(replicas=1))
+    node_id, _ = register(api, "late")
+
+    def placed() -> bool:
+        reps = api.get("/v1/replicas", params={"service": "web"}).json()
+        return bool(reps) and reps[0]["node"] in (node_id, "late")
+
+    wait_for(placed, what="a replica placed on the node that joined", timeout=30)
+
+
+def test_node_facts_are_read_once_and_forgotten_on_change(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Each node's token, state and address are read once and kept (SQLite): heartbeats
+    read nothing more. A write that changes them (a token rotated by a re-registration,
+    a node removed) is seen by the very next request."""
+    api = make_client(run_reconciler=False)
+    facts = _state(api).store.node_facts
+    if facts is None:  # PostgreSQL: read per request, nothing kept
+        return
+    node_id, token = register(api, "w1")
+    hb = {"cpu_percent": 1.0}
+    assert api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=bearer(token)).is_success
+    reads = facts.reads
+    for _ in range(5):
+        r = api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=bearer(token))
+        assert r.status_code == 200
+    assert facts.reads == reads
+    # The admin re-registers it: a new token; the old one is refused at once.
+    again = api.post(
+        "/v1/nodes/register",
+        json={"name": "w1", "address": "127.0.0.1", "node_id": node_id},
+    ).json()
+    assert again["node_token"] != token
+    r = api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=bearer(token))
+    assert r.status_code == 401
+    new = bearer(again["node_token"])
+    assert api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=new).status_code == 200
+    api.delete(f"/v1/nodes/{node_id}")
+    r = api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=new)
+    assert r.status_code == 401
+    assert "register again" in r.json()["detail"]
+
+
+def test_reports_that_arrive_together_are_one_write(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Replica reports sent at the same time are stored together (group commit), and
+    each is answered only once stored; one of an unknown node is refused alone."""
+    api = make_client(run_reconciler=False)
+    state = _state(api)
+    nodes = [register(api, f"w{i}") for i in range(6)]
+    api.post("/v1/services", json=service_spec(replicas=1))
+    replicas = {
+        node_id: state.store.create_replicas("web", [node_id], reason="test")[0].id
+        for node_id, _ in nodes
+    }
+    before = state.reports.batches
+    answers: dict[str, int] = {}
+
+    def report(node_id: str, token: str) -> None:
+        body = {"replicas": [{"id": replicas[node_id], "state": "healthy"}], "full": False}
+        answers[node_id] = api.post(
+            f"/v1/nodes/{node_id}/replicas", json=body, headers=bearer(token)
+        ).status_code
+
+    threads = [threading.Thread(target=report, args=node) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == {node_id: 204 for node_id, _ in nodes}
+    states = {r["node"]: r["state"] for r in api.get("/v1/replicas").json()}
+    assert set(states.values()) == {"healthy"}, states
+    assert 1 <= state.reports.batches - before <= len(nodes)

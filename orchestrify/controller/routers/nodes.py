@@ -34,6 +34,7 @@ from orchestrify.models import (
     ReplicaReports,
 )
 from orchestrify.protocol import PROTOCOL_VERSION
+from orchestrify.store.replicas import ReportBatchItem
 
 router = api_router(prefix="/v1/nodes", tags=["nodes"])
 NodeAuth = Depends(require_node)
@@ -203,6 +204,12 @@ async def watch_assignments(
 
 
 @router.post("/{node_id}/replicas", status_code=204, dependencies=[NodeAuth])
-def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
-    state.store.apply_reports(node_id, body.replicas, full=body.full, orphans=body.orphans)
+async def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
+    """Answered once stored: with the other reports that arrive meanwhile, in one write
+    (``GroupCommit``)."""
+    await state.reports.submit(
+        ReportBatchItem(
+            node_id=node_id, reports=body.replicas, full=body.full, orphans=body.orphans
+        )
+    )
     return Response(status_code=204)
