@@ -45,32 +45,20 @@ class HeartbeatBuffer:
         self.batches = 0  # batched writes made (for tests and the curious)
 
     async def receive(self, node_id: str, hb: Heartbeat) -> Node:
-        """Take one heartbeat; the node as it now stands: its state and address as
-        stored now, the heartbeat's figures, its other fields as the last nodes view
-        read held them (the agent reads nothing of the answer but its status)."""
-        standing = await self.views.node_standing(node_id)
+        """Take one heartbeat; the node as it now stands: as stored now, with the
+        heartbeat's figures (the agent reads nothing of the answer but its status)."""
+        fact = await self.views.node_fact(node_id)
         if (
-            standing is None
-            or standing[0] in _SILENT
-            or (hb.address is not None and hb.address != standing[1])
+            fact is None
+            or fact.state in _SILENT
+            or (hb.address is not None and hb.address != fact.address)
         ):
             self._pending.pop(node_id, None)
             return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
         now = utcnow()
         self._pending[node_id] = (hb, now)
-        node = await self.views.last_node_view(node_id)
-        if node is None:  # removed meanwhile: the store answers (a 404)
-            self._pending.pop(node_id, None)
-            return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
         figures = hb.model_dump(exclude_none=True, exclude={"address"})
-        return node.model_copy(
-            update={
-                **figures,
-                "state": NodeState(standing[0]),
-                "address": standing[1],
-                "last_heartbeat": now,
-            }
-        )
+        return fact.node.model_copy(update={**figures, "last_heartbeat": now})
 
     @property
     def pending(self) -> int:

@@ -220,17 +220,12 @@ class ReadViews:
         found = await loop.run_in_executor(self.cache.threads, self.store.node_assignments, node_id)
         return None if found is None else NodeAssignments(replicas=found[0], prune=found[1])
 
-    async def node_standing(self, node_id: str) -> tuple[str, str] | None:
-        """Node ``node_id``'s state and address as of now (None: no such node)."""
-        fact = await self.node_fact(node_id)
-        return None if fact is None else (fact.state, fact.address)
-
     async def node_fact(self, node_id: str) -> NodeFact | None:
-        """Node ``node_id``'s state, address and token hash as of now (None: no such
-        node). A thousand agents' requests are checked against these: on SQLite each
-        node's is kept in memory until a write changes it (no thread, no query); on
-        PostgreSQL, where another controller may change it, read alone (one primary-key
-        read, in a worker thread)."""
+        """Node ``node_id`` and its token hash as of now (its heartbeat figures maybe
+        older; None: no such node). A thousand agents' requests are checked against
+        these: on SQLite each node's is kept in memory until a write changes it (no
+        thread, no query); on PostgreSQL, where another controller may change it, read
+        alone (one primary-key read, in a worker thread)."""
         facts = self.store.node_facts
         if facts is not None:
             kept = facts.get(node_id)
@@ -238,23 +233,6 @@ class ReadViews:
                 return kept
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.cache.threads, self.store.node_fact, node_id)
-
-    async def last_node_view(self, node_id: str) -> Node | None:
-        """The node as the last nodes view read holds it (of any version); one that
-        joined since is read alone (None: no such node)."""
-        entry = self.cache.peek("nodes+heartbeats") or self.cache.peek("nodes")
-        views: NodeViews = entry if entry is not None else await self.nodes(heartbeats=False)
-        found = views.by_id.get(node_id)
-        if found is not None:
-            return found[0]
-
-        def read() -> Node | None:
-            try:
-                return self.store.get_node(node_id)
-            except NotFound:
-                return None
-
-        return await asyncio.get_running_loop().run_in_executor(self.cache.threads, read)
 
     async def assignments(self) -> dict[str, NodeAssignments]:
         def build() -> dict[str, NodeAssignments]:

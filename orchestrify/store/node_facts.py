@@ -1,12 +1,14 @@
 """What every agent request is checked against, per node, kept in memory.
 
 Each heartbeat, long-poll and report of a thousand agents checks its node's token, and a
-heartbeat its node's state and address. Read from the store once per store version,
-those were a read of every node after every write (a registration, a report): during a
-fleet's start, one full read per registration. Here each node's facts are read alone,
-once, and kept until a committed write changes them: the store's write transactions say
-which nodes' state, address or token they changed (``NodeFacts.forget``, called under
-the write lock right after the commit).
+heartbeat its node's state and address (and answers with the node). Read from the store
+once per store version, those were a read of every node after every write (a
+registration, a report): during a fleet's start, one full read per registration. Here
+each node's facts are read alone, once, and kept until a committed write changes them:
+the store's write transactions say which nodes they changed (``NodeFacts.forget``,
+called under the write lock right after the commit). The heartbeat figures (CPU, memory,
+disk, replica count, time) do not count as a change: a heartbeat's answer carries its
+own, and the batch that stores them every second would otherwise forget every fact.
 
 Only where this process makes every write (SQLite, one controller). Under several
 controllers (PostgreSQL) another one may change a node at any time, so the controller
@@ -23,23 +25,34 @@ from typing import Any
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
+from orchestrify.models import Node
 from orchestrify.store.tables import NodeRow
 
 __all__ = ["TOUCHED_KEY", "NodeFact", "NodeFacts"]
 
-# The fields a fact is made of: a write that changes one of them forgets the fact.
-_FIELDS = ("id", "state", "address", "token_hash")
+# The node's fields a heartbeat brings (its answer overlays them): a write that changes
+# any other field forgets the node's fact.
+_FIGURES = frozenset(
+    {"last_heartbeat", "cpu_percent", "memory_total", "memory_free", "disk_free", "replica_count"}
+)
 # Where a write transaction's session collects the ids of the nodes whose facts it changed.
 TOUCHED_KEY = "node_facts_touched"
 
 
 @dataclass(frozen=True)
 class NodeFact:
-    """One node's state, address and token hash, as committed."""
+    """One node as committed (its heartbeat figures maybe older), and its token hash."""
 
-    state: str
-    address: str
+    node: Node
     token_hash: str
+
+    @property
+    def state(self) -> str:
+        return self.node.state
+
+    @property
+    def address(self) -> str:
+        return self.node.address
 
 
 class NodeFacts:
@@ -78,8 +91,9 @@ def touched_nodes(session: Session) -> set[str]:
 
 
 def _changed(row: NodeRow) -> bool:
-    attrs = inspect(row).attrs
-    return any(attrs[name].history.has_changes() for name in _FIELDS)
+    return any(
+        attr.history.has_changes() for attr in inspect(row).attrs if attr.key not in _FIGURES
+    )
 
 
 @event.listens_for(Session, "after_flush")

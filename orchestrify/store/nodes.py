@@ -268,9 +268,9 @@ class NodesPart(StoreCore):
         return gone
 
     def node_fact(self, node_id: str) -> NodeFact | None:
-        """Node ``node_id``'s state, address and token hash (None: no such node): kept
-        in memory on SQLite until a write changes them (``node_facts``), else one
-        primary-key read."""
+        """Node ``node_id`` and its token hash (None: no such node): kept in memory on
+        SQLite until a write changes the node (``node_facts``), else one primary-key
+        read."""
         facts = self.node_facts
         if facts is not None:
             kept = facts.get(node_id)
@@ -278,14 +278,10 @@ class NodesPart(StoreCore):
                 return kept
         epoch = facts.epoch if facts is not None else 0
         with self.read() as s:
-            found = s.execute(
-                select(NodeRow.state, NodeRow.address, NodeRow.token_hash).where(
-                    NodeRow.id == node_id
-                )
-            ).first()
-        if found is None:
-            return None
-        fact = NodeFact(state=found[0], address=found[1], token_hash=found[2])
+            row = s.get(NodeRow, node_id)
+            if row is None:
+                return None
+            fact = NodeFact(node=node_view(row), token_hash=row.token_hash)
         if facts is not None:
             facts.reads += 1
             facts.keep(node_id, fact, epoch=epoch)
