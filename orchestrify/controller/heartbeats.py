@@ -7,9 +7,11 @@ for display, and, on PostgreSQL, how a leader learns of the heartbeats another
 controller received. So a heartbeat is remembered here and answered at once, and every
 ``flush_s`` the latest heartbeat of each node is written in one transaction.
 
-What cannot wait is written at once, as before: a heartbeat of a node the store holds as
-silent (``not_ready``/``unreachable``: it becomes ready again now), of a node whose
-address moved, or of a node this controller does not know (a 404: register again).
+What cannot wait is written before the answer: a heartbeat of a node the store holds as
+silent (``not_ready``/``unreachable``: it becomes ready again now), or of a node whose
+address moved. Those are flushed at once, with every heartbeat pending, so a fleet that
+comes back together (after the controller itself was too slow) is a few writes, not one
+each. A node this controller does not know is a 404 (register again).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 from datetime import datetime
 
 from orchestrify.controller.views import ReadViews
-from orchestrify.errors import OrchestrifyError
+from orchestrify.errors import NotFound, OrchestrifyError
 from orchestrify.models import Heartbeat, Node, NodeState
 from orchestrify.store import Store
 from orchestrify.store.rows import utcnow
@@ -48,15 +50,16 @@ class HeartbeatBuffer:
         """Take one heartbeat; the node as it now stands: as stored now, with the
         heartbeat's figures (the agent reads nothing of the answer but its status)."""
         fact = await self.views.node_fact(node_id)
-        if (
-            fact is None
-            or fact.state in _SILENT
-            or (hb.address is not None and hb.address != fact.address)
-        ):
-            self._pending.pop(node_id, None)
-            return await asyncio.to_thread(self.store.heartbeat, node_id, hb)
+        if fact is None:
+            raise NotFound(f"no node with id {node_id!r}; register again")
         now = utcnow()
         self._pending[node_id] = (hb, now)
+        if fact.state in _SILENT or (hb.address is not None and hb.address != fact.address):
+            # It changes the node (ready again, or moved): written before the answer, in
+            # one batch with every other such heartbeat that arrives meanwhile (they wait
+            # for the flush under way, then go together), never one write each.
+            await self.flush()
+            fact = await self.views.node_fact(node_id) or fact
         figures = hb.model_dump(exclude_none=True, exclude={"address"})
         return fact.node.model_copy(update={**figures, "last_heartbeat": now})
 
