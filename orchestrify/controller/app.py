@@ -195,9 +195,6 @@ KEEP_ALIVE_S = 75
 
 def serve_controller(settings: ControllerSettings) -> None:
     """Run the controller in the foreground until SIGINT/SIGTERM."""
-    import os, sys  # noqa
-
-    sys.setswitchinterval(float(os.environ.get("XSWITCH", "0.005")))
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
