@@ -403,6 +403,7 @@ class ReplicasPart(StoreCore):
             node = tx.get(NodeRow, node_id)
             if node is None:
                 raise NotFound(f"no node with id {node_id!r}; register again")
+            node.answered_unknown = False  # its agent has its registration's answer
             if orphans is not None:
                 take_orphans(tx, node, orphans)
             # Every reported replica's row in one query (locked, on PostgreSQL).
