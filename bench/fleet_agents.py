@@ -4,7 +4,8 @@ Each ``SimAgent`` does what ``orchestrify.agent.agent.Agent`` does towards the
 controller, with the same models and headers (``orchestrify.models``,
 ``orchestrify.protocol.announce``, ``orchestrify.client.raise_for_status``):
 
-- registers with the join token (``POST /v1/nodes/register``), then uses its node token;
+- registers with the join token (``POST /v1/nodes/register``), sending the node id and
+  token it picked before the first try (on every retry too), then uses its node token;
 - heartbeats every ``AgentSettings.heartbeat_interval_s`` (5 s), the next one counted from
   the end of the previous one as the real agent does;
 - long-polls ``GET /v1/nodes/{id}/assignments?version=V&timeout=30``;
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import secrets
 import ssl
 import time
 from collections import Counter
@@ -204,6 +206,10 @@ class SimAgent:
 
     # --- register ---
     async def register(self) -> None:
+        if self.node_id is None or self.token is None:
+            # As the real agent: picked before the first try and sent on every retry, so a
+            # registration whose answer timed out is answered the same the next time.
+            self.node_id, self.token = secrets.token_hex(6), secrets.token_urlsafe(32)
         attempt = 0
         while not self.stop.is_set():
             reg = NodeRegistration(
@@ -246,7 +252,7 @@ class SimAgent:
         if self.stop.is_set():
             return
         await self.register()
-        if self.node_id is None:
+        if not self._registrations:  # stopped before it got through
             return
         self.result.registered += 1
         self.result.registered_names.append(self.name)

@@ -5,6 +5,12 @@ through ``DockerEngine``. The controller may vanish at any time: the agent keeps
 probing and healing from its last known assignments, retries with backoff, and
 registers again when the controller no longer knows it (401/404).
 
+Registration is idempotent: before its first registration the agent picks its node id
+and node token and saves them (``state.new_identity``), then sends them every time, so a
+retry after a lost answer (or after a crash before it came) is answered as the first
+try, never refused. The controller keeps a presented valid token; the agent saves what
+it answers.
+
 A controller that answers registration with another cluster id than the one saved, or
 says it did not know the node id, is a stranger: the containers the agent has become
 orphans (kept running, reported), never removed for being "unassigned". A controller of
@@ -36,6 +42,7 @@ from orchestrify.agent.state import (
     load_assignments,
     load_identity,
     load_orphans,
+    new_identity,
     save_assignments,
     save_identity,
     save_orphans,
@@ -119,7 +126,7 @@ class Agent:
         tasks: list[asyncio.Task[Any]] = []
         try:
             self.identity = load_identity(s.state_dir)
-            if self.identity is not None:
+            if self.identity is not None and not self.identity.pending:
                 # Known node: adopt and probe what runs right away, controller or not.
                 # The saved assignments only claim running containers: nothing is started
                 # for them before the controller says they are still this node's.
@@ -313,13 +320,22 @@ class Agent:
             urls = client.ring.preferred()  # the route to the controller in use first
             self._follow_address(await asyncio.to_thread(detect_address, urls))
         client.set_token(s.join_token)
+        if self.identity is None:
+            # Picked and saved before the first send: a retry (after a lost answer, or a
+            # crash before it came) sends the same id and token, which the controller
+            # answers as the first try, never with a second node or a 409.
+            picked = new_identity()
+            save_identity(s.state_dir, picked)
+            self.identity = picked
+        sent = self.identity
         reg = NodeRegistration(
             name=s.name,
             address=self.address,
-            node_id=self.identity.node_id if self.identity else None,
+            node_id=sent.node_id,
             # Proves the saved node id is ours: a controller that knows the id refuses
-            # it (409) without its token; one that does not (a wiped store) ignores it.
-            node_token=self.identity.node_token if self.identity else None,
+            # it (409) without its token; one that does not (a new node, a wiped store)
+            # makes the node under this id with this token.
+            node_token=sent.node_token,
             cpus=psutil.cpu_count(),
             memory_total=psutil.virtual_memory().total,
             agent_url=(
@@ -327,11 +343,12 @@ class Agent:
                 if self.metrics_port is not None
                 else None
             ),
-            cluster_id=self.identity.cluster_id if self.identity else None,
+            cluster_id=sent.cluster_id,
             containers=self.reconciler.containers() if self.reconciler else [],
         )
-        # Sent again to another controller after a timeout: the node id and token make
-        # the second registration the same node (an upsert), never a second node.
+        # Sent again (to this or another controller) after a timeout: the same id and
+        # token, so the controller answers the repeat as the first try (same node, same
+        # token, same ``known``), without writing anything twice.
         body = await client.request(
             "POST", "/v1/nodes/register", json=reg.model_dump(), idempotent=True
         )
@@ -339,11 +356,13 @@ class Agent:
         identity = NodeIdentity(
             node_id=creds.node_id, node_token=creds.node_token, cluster_id=creds.cluster_id
         )
-        previous = self.identity
-        if previous is not None and identity.node_id != previous.node_id:
+        # A pending identity was never confirmed: nothing ran under it, no stranger to
+        # fear (a new node is known=False by definition).
+        previous = None if sent.pending else sent
+        if identity.node_id != sent.node_id:
             log.warning(
-                "controller gave a new node id",
-                extra={"old": previous.node_id, "new": identity.node_id},
+                "controller gave another node id than the one sent",
+                extra={"old": sent.node_id, "new": identity.node_id},
             )
         rec = self.reconciler
         if previous is not None and rec is not None:

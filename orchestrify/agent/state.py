@@ -1,7 +1,10 @@
 """What the agent keeps on disk between restarts: its identity (with the cluster id it
 registered with), its last assignments and its orphans.
 
-The identity file holds the node token, so it is written 0600, atomically.
+The identity file holds the node token, so it is written 0600, atomically. A new agent
+writes the node id and token it picks *before* it first registers (``pending``), so a
+crash or a lost answer between sending and hearing back reuses them: the registration
+is repeated, not made twice.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,18 @@ class NodeIdentity:
     # The cluster (controller store) the node registered with; None in state files of
     # older builds. A controller of another cluster is a stranger: see reconcile.py.
     cluster_id: str | None = None
+    # Picked by this agent and sent, no answer yet: no container carries this id, and no
+    # controller has confirmed it (False in state files of older builds).
+    pending: bool = False
+
+
+def new_identity() -> NodeIdentity:
+    """A node id and token picked by the agent for its first registration: random, as the
+    controller would pick them (``secrets``; the token 43 characters, at least the 32
+    the controller asks of a proposed one)."""
+    return NodeIdentity(
+        node_id=secrets.token_hex(6), node_token=secrets.token_urlsafe(32), pending=True
+    )
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -56,6 +72,7 @@ def load_identity(state_dir: Path) -> NodeIdentity | None:
             node_id=str(data["node_id"]),
             node_token=str(data["node_token"]),
             cluster_id=str(cluster) if cluster else None,
+            pending=data.get("pending") is True,
         )
     except FileNotFoundError:
         return None
@@ -70,6 +87,7 @@ def save_identity(state_dir: Path, identity: NodeIdentity) -> None:
             "node_id": identity.node_id,
             "node_token": identity.node_token,
             "cluster_id": identity.cluster_id,
+            "pending": identity.pending,
         }
     )
     _write_private(state_dir / IDENTITY_FILE, text + "\n")

@@ -576,6 +576,7 @@ class ReportBatchItem:
 def _apply_report(tx: WriteTx, node: NodeRow, item: ReportBatchItem, *, now: datetime) -> None:
     """What one agent's report changes, inside ``tx``."""
     node_id, reports, full, orphans = item.node_id, item.reports, item.full, item.orphans
+    node.answered_unknown = False  # its agent has its registration's answer
     if orphans is not None:
         take_orphans(tx, node, orphans)
     # Every reported replica's row in one query (locked, on PostgreSQL).

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -79,6 +80,11 @@ class NodeRow(Base):
     # as last reported), and the container ids among them it was told to remove.
     orphans: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     prune: Mapped[list[str] | None] = mapped_column(JSON)
+    # The registration that made (or last re-registered) the node answered ``known:
+    # false``, and no heartbeat came since: a repeat of that registration (its answer
+    # lost) is answered ``known: false`` again, so its agent keeps its containers as
+    # orphans as the first answer would have had it do. See store/nodes.py.
+    answered_unknown: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class ReplicaRow(Base):

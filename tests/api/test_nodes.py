@@ -45,7 +45,19 @@ def test_reregistering_with_node_id_keeps_the_node(api: TestClient) -> None:
         headers=bearer(JOIN),
     )
     assert resp.json()["node_id"] == node_id
+    # Its token is kept, not rotated: a retry of this registration whose answer was lost
+    # presents the same token and is answered the same.
+    assert resp.json()["node_token"] == old_token
+    assert api.get(f"/v1/nodes/{node_id}").json()["address"] == "10.0.0.2"
+    assert api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(old_token)).is_success
+    # The admin re-registering it issues a fresh token; the old one is refused from then on.
+    resp = api.post(
+        "/v1/nodes/register",
+        json={"name": "worker-1", "address": "10.0.0.2", "node_id": node_id},
+        headers=AUTH,
+    )
     new_token = resp.json()["node_token"]
+    assert resp.json()["node_id"] == node_id and new_token != old_token
     assert api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(new_token)).is_success
     assert (
         api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(old_token)).status_code

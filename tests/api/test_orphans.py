@@ -25,9 +25,13 @@ from tests.api.conftest import (
 
 
 def enroll(
-    api: TestClient, name: str, node_id: str | None = None, node_token: str | None = None
+    api: TestClient,
+    name: str,
+    node_id: str | None = None,
+    node_token: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": name, "address": "10.0.0.9"}
+    body: dict[str, Any] = {"name": name, "address": "10.0.0.9", **extra}
     if node_id is not None:
         body["node_id"] = node_id
     if node_token is not None:
@@ -93,10 +97,14 @@ def test_cluster_id_is_made_with_the_store_and_answered_everywhere(
 def test_registration_says_whether_the_node_id_was_known(api: TestClient) -> None:
     new = enroll(api, "worker-1")
     assert new["known"] is False  # no id presented: a new node
+    # Its agent has the answer once it reports (as it does at once after registering) or
+    # heartbeats; a repeat before that is answered as the first registration was.
+    report_orphans(api, new["node_id"], new["node_token"], [])
     again = enroll(api, "worker-1", node_id=new["node_id"], node_token=new["node_token"])
     assert again["known"] is True and again["node_id"] == new["node_id"]
-    # An id this store never made (a wiped store): same id, but not "known".
-    stranger = enroll(api, "worker-2", node_id="0123456789ab")
+    # An id this store never made (an agent of a wiped store, which says the cluster it
+    # registered with): same id, but not "known".
+    stranger = enroll(api, "worker-2", node_id="0123456789ab", cluster_id="lost-cluster")
     assert stranger["known"] is False and stranger["node_id"] == "0123456789ab"
     events = api.get("/v1/events", params={"kind": "node"}).json()
     assert any("did not know" in e["message"] and "orphans" in e["message"] for e in events)
@@ -281,7 +289,11 @@ def test_an_unknown_node_brings_its_containers_as_orphans_and_nothing_is_placed_
     adopted = api.post(f"/v1/nodes/{node}/adopt").json()
     assert sorted(adopted["outdated"]) == ["web-1111", "web-2222"]  # no spec label: unknown
     assert {r["container_id"] for r in replicas_of(api, "web")} == {"c1", "c2"}
-    # A known node's containers are its replicas' business, never orphans at registration.
+    # A known node's containers are its replicas' business, never orphans at registration
+    # (known: its agent heartbeated since its first registration answered "unknown"; the
+    # GET writes the heartbeats' batch).
+    assert api.post(f"/v1/nodes/{node}/heartbeat", json={}, headers=bearer(token)).is_success
+    assert api.get(f"/v1/nodes/{node}").is_success
     again = api.post(
         "/v1/nodes/register",
         json={

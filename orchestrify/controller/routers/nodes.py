@@ -50,14 +50,20 @@ def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> No
     """``known`` says whether this store knew the node: when it did not, the agent keeps
     the containers it already runs as orphans (``node adopt`` / ``node prune``).
 
-    Re-registering a node id this store knows needs that node's token (``node_token``)
-    or the admin token: with the join token alone it is a 409 (and an event)."""
+    Idempotent: an agent sends the ``node_id`` and ``node_token`` it picked before its
+    first registration (at least 32 characters, else 422) or saved from an earlier one,
+    and a retry whose first answer was lost gets the same answer (same node, same token,
+    same ``known``) without a write. Re-registering a node id this store knows needs
+    that node's token (kept, not rotated) or the admin token (which gets a fresh one):
+    with the join token alone it is a 409, recorded as an event at most once a minute
+    per node name."""
     liveness = state.reconciler.liveness
     trusted = creds is not None and same_token(creds.credentials, state.admin_token)
-    state.store.check_node_claim(reg, trusted=trusted)  # a refused claim is not "seen"
+    # A refused claim is not "seen"; a repeat of a registration is answered from a read.
+    repeat = state.store.check_node_claim(reg, trusted=trusted)
     if reg.node_id:
         liveness.seen(reg.node_id)  # before the store says ready, so no cycle undoes it
-    enrolled = state.store.enroll_node(reg, trusted=trusted)
+    enrolled = repeat or state.store.enroll_node(reg, trusted=trusted, checked=True)
     liveness.seen(enrolled.node.id)
     return NodeCredentials(
         node_id=enrolled.node.id,
