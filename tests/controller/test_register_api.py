@@ -5,31 +5,10 @@ under the proposed id and token, and sending it again answers the same."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
-
-from orchestrify.controller.app import create_app
-from orchestrify.controller.settings import ControllerSettings
 
 JOIN = {"Authorization": "Bearer join-token"}
-
-
-@pytest.fixture
-def api(tmp_path: Path, store_url: str) -> Iterator[TestClient]:
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        database_url=store_url,
-        token="admin-token",
-        join_token="join-token",
-        watch_timeout_s=5,
-    )
-    app = create_app(settings, registry=CollectorRegistry(), run_reconciler=False)
-    with TestClient(app) as client:
-        yield client
 
 
 def test_a_proposed_node_token_shorter_than_32_characters_is_a_422_naming_it(

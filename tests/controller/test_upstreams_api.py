@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 
-from orchestrify.controller.app import create_app
 from orchestrify.controller.deps import ControllerState
-from orchestrify.controller.settings import ControllerSettings
 
 ADMIN = {"Authorization": "Bearer admin-token"}
 JOIN = {"Authorization": "Bearer join-token"}
-
-
-@pytest.fixture
-def api(tmp_path: Path, store_url: str) -> Iterator[TestClient]:
-    settings = ControllerSettings(
-        data_dir=tmp_path,
-        database_url=store_url,
-        token="admin-token",
-        join_token="join-token",
-        watch_timeout_s=5,
-    )
-    app = create_app(settings, registry=CollectorRegistry(), run_reconciler=False)
-    with TestClient(app) as client:
-        yield client
 
 
 def _state(api: TestClient) -> ControllerState:
