@@ -88,9 +88,19 @@ class ViewCache:
             return await loop.run_in_executor(self.threads, self._version, heartbeats)
         return self._version(heartbeats)
 
-    async def get(self, key: str, build: Callable[[], _V], *, heartbeats: bool = False) -> _V:
-        """The view ``key`` as of now; ``build`` (run in a worker thread) reads it."""
-        version = await self.version(heartbeats=heartbeats)
+    async def get(
+        self,
+        key: str,
+        build: Callable[[], _V],
+        *,
+        heartbeats: bool = False,
+        version: Hashable | None = None,
+    ) -> _V:
+        """The view ``key`` as of now; ``build`` (run in a worker thread) reads it.
+        ``version``: what the view depends on, when narrower than the store's version
+        (taken before the view is read, as the store's is)."""
+        if version is None:
+            version = await self.version(heartbeats=heartbeats)
         entry = self._entries.get(key)
         if entry is not None and entry.version == version:
             value: _V = entry.value
@@ -210,12 +220,8 @@ class ReadViews:
         return await self.cache.get(key, build, heartbeats=heartbeats)
 
     async def node_assignments(self, node_id: str) -> NodeAssignments | None:
-        """One node's assignments as of now (None: no such node): from every node's
-        assignments view when it is current (a herd of agents polling at once after a
-        change), else read for this node alone, not cached."""
-        every: dict[str, NodeAssignments] | None = await self.cache.fresh("assignments")
-        if every is not None:
-            return every.get(node_id)
+        """One node's assignments as of now (None: no such node), read for this node
+        alone (an agent that starts, registers or fails over), not cached."""
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(self.cache.threads, self.store.node_assignments, node_id)
         return None if found is None else NodeAssignments(replicas=found[0], prune=found[1])
@@ -234,14 +240,20 @@ class ReadViews:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.cache.threads, self.store.node_fact, node_id)
 
-    async def assignments(self) -> dict[str, NodeAssignments]:
+    async def assignments(self, spec_version: int) -> dict[str, NodeAssignments]:
+        """Every node's assignments as of the feed's ``spec`` version ``spec_version``
+        (taken before the call): they change only with writes of that kind, so the
+        reports, registrations and events written meanwhile do not make a fleet's
+        woken long-polls read them again. A node that joined since is not in it: ask
+        ``node_assignments`` for it."""
+
         def build() -> dict[str, NodeAssignments]:
             return {
                 node: NodeAssignments(replicas=replicas, prune=prune)
                 for node, (replicas, prune) in self.store.every_assignment().items()
             }
 
-        return await self.cache.get("assignments", build)
+        return await self.cache.get("assignments", build, version=("spec", spec_version))
 
     async def node_token_ok(self, node_id: str, token: str) -> bool | None:
         """Whether ``token`` is node ``node_id``'s (None: no such node)."""

@@ -331,3 +331,39 @@ def test_reports_that_arrive_together_are_one_write(
     states = {r["node"]: r["state"] for r in api.get("/v1/replicas").json()}
     assert set(states.values()) == {"healthy"}, states
     assert 1 <= state.reports.batches - before <= len(nodes)
+
+
+def test_every_nodes_assignments_are_read_once_per_spec_version(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Writes that change no assignment (a report, a registration) do not make the woken
+    long-polls read every node's assignments again; a change of what must run does. A
+    node that joined after the view was read still gets its own."""
+    api = make_client(run_reconciler=False)
+    state = _state(api)
+    a_id, a_token = register(api, "a")
+    api.post("/v1/services", json=service_spec(replicas=1))
+    (rep,) = state.store.create_replicas("web", [a_id], reason="test")
+    views, feed = state.views, state.feed
+
+    async def every(version: int) -> dict[str, Any]:
+        return await views.assignments(version)
+
+    spec = feed.version("spec")
+    first = asyncio.run(every(spec))
+    reads = views.cache.reads
+    body = {"replicas": [{"id": rep.id, "state": "healthy"}], "full": False}
+    assert api.post(f"/v1/nodes/{a_id}/replicas", json=body, headers=bearer(a_token)).is_success
+    b_id, b_token = register(api, "b")
+    assert feed.version("spec") == spec
+    assert asyncio.run(every(feed.version("spec"))) is first
+    assert views.cache.reads == reads
+    assert b_id not in first
+    # b's long-poll, answered from a view without it, reads its own.
+    r = api.get(f"/v1/nodes/{b_id}/assignments", headers=bearer(b_token))
+    assert r.status_code == 200 and r.json()["replicas"] == []
+    state.store.create_replicas("web", [b_id], reason="test")
+    assert feed.version("spec") != spec
+    again = asyncio.run(every(feed.version("spec")))
+    assert views.cache.reads == reads + 1
+    assert [x.replica for x in again[b_id].replicas]

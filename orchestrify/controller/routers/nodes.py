@@ -184,10 +184,9 @@ async def watch_assignments(
         at_once = first and (since is None or state.feed.version("spec") != since)
         first = False
         current = await state.feed.wait("spec", since, max(0.0, deadline - loop.time()))
-        if at_once:
+        mine = None if at_once else (await state.views.assignments(current)).get(node_id)
+        if mine is None:  # answered at once, or a node that joined after that view
             mine = await state.views.node_assignments(node_id)
-        else:
-            mine = (await state.views.assignments()).get(node_id)
         if mine is None:
             raise NotFound(f"no node with id {node_id!r}; register again")
         if (
