@@ -410,14 +410,22 @@ class NodeRegistration(Strict):
         description="Address replicas publish on: an IP address or a DNS name.",
     )
     node_id: str | None = Field(
-        None, max_length=64, description="Set when re-registering after a restart."
+        None,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
+        description="The node's id: picked by the agent before its first registration "
+        "(secrets.token_hex(6)) and saved, or given by an earlier one. A registration "
+        "of an id the controller does not know makes the node under it.",
     )
     node_token: str | None = Field(
         None,
+        min_length=32,
         max_length=256,
-        description="The node's own token, with node_id: re-registering a node id this "
-        "controller knows needs it (or the admin token); the join token alone is refused "
-        "with 409. Not needed for an id the controller does not know (a wiped store).",
+        description="The node's own token, with node_id: picked by the agent with its id "
+        "(secrets.token_urlsafe(32)), or given by an earlier registration. Re-registering "
+        "a node id this controller knows needs it (kept, not rotated) or the admin token; "
+        "the join token alone is refused with 409. For an id the controller does not "
+        "know, it becomes the node's token.",
     )
     cluster_id: str | None = Field(
         None,
