@@ -289,6 +289,34 @@ class ReplicasPart(StoreCore):
             if svc is None:
                 raise NotFound(f"no service named {service!r}")
             names = {i: n for i, n in tx.session.execute(select(NodeRow.id, NodeRow.name))}
+            if svc.spec.get("host_port") is not None:
+                # One per node (the port is the node's): a node that runs one already is
+                # skipped, whatever the snapshot the placement was decided on said (two
+                # controllers may have placed from the same one). The service's row lock
+                # orders this check with the other writers'.
+                taken = set(
+                    tx.session.scalars(
+                        select(ReplicaRow.node).where(
+                            ReplicaRow.service == service,
+                            ReplicaRow.desired == DesiredState.RUN,
+                            ReplicaRow.state != ReplicaState.FAILED,
+                        )
+                    )
+                )
+                free = [n for n in dict.fromkeys(node_ids) if n not in taken]
+                if len(free) < len(node_ids):
+                    tx.add_event(
+                        f"placed none of {service} on {len(node_ids) - len(free)} node(s) "
+                        f"that run one already: its host port {svc.spec['host_port']} is "
+                        "taken there",
+                        kind="decision",
+                        service=service,
+                        action="place_replica",
+                        outcome="info",
+                        reason="changed",
+                        data={"asked": list(node_ids), "placed_on": free},
+                    )
+                node_ids = free
             if up_to is not None:
                 running = tx.session.scalar(
                     select(func.count())

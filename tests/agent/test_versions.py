@@ -102,7 +102,7 @@ async def _refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
     server = serve(app, port := free_port())
     state = tmp_path / "agent"
-    save_identity(state, NodeIdentity(node_id="node1", node_token="tok", cluster_id=CLUSTER))
+    save_identity(state, NodeIdentity(node_id="node1", node_token="t" * 43, cluster_id=CLUSTER))
     save_assignments(state, [assignment("r1"), assignment("r2")])
     engine = FakeEngine()
     engine.containers = {"c1": container("c1", "r1"), "stray": container("stray", "gone")}
