@@ -123,19 +123,6 @@ class ViewCache:
         future.set_result(value)
         return value
 
-    async def fresh(self, key: str) -> Any:
-        """The view kept under ``key`` if it is of the store's version now (None: none
-        kept, or an older one); never reads the view itself."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        return entry.value if entry.version == await self.version() else None
-
-    def peek(self, key: str) -> Any:
-        """The view kept under ``key``, whatever its version (None: none yet)."""
-        entry = self._entries.get(key)
-        return entry.value if entry is not None else None
-
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
 

@@ -203,20 +203,6 @@ def test_concurrent_misses_read_the_view_once() -> None:
     cache.close()
 
 
-def test_a_fresh_view_is_served_only_at_its_version() -> None:
-    """``fresh`` (what a long-poll answered at once takes its node's assignments from)
-    never serves a view kept at an older version, and never reads one itself."""
-    version = [1]
-    cache = ViewCache(lambda _hb: version[0], version_costs_io=False)
-    assert asyncio.run(cache.fresh("k")) is None
-    assert asyncio.run(cache.get("k", lambda: "view at 1")) == "view at 1"
-    assert asyncio.run(cache.fresh("k")) == "view at 1"
-    version[0] = 2
-    assert asyncio.run(cache.fresh("k")) is None
-    assert cache.reads == 1
-    cache.close()
-
-
 def _loop(client: TestClient) -> asyncio.AbstractEventLoop:
     """The event loop the TestClient runs the app on (its portal's)."""
     loop = _state(client).feed._loop
