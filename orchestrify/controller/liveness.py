@@ -34,8 +34,6 @@ __all__ = ["LIVE_STATES", "LivenessVerdict", "NodeLiveness", "RescheduleLimiter"
 Clock = Callable[[], float]
 
 
-# States of a node that is (or may be) running its replicas: the denominator of the
-# silent share.
 class Beat(Protocol):
     """What liveness reads of a node: a ``Node``, or the store's lighter ``NodeBeat``."""
 
@@ -47,6 +45,8 @@ class Beat(Protocol):
     def last_heartbeat(self) -> datetime | None: ...
 
 
+# States of a node that is (or may be) running its replicas: the denominator of the
+# silent share.
 LIVE_STATES = frozenset({NodeState.READY, NodeState.DRAINING, NodeState.UNREACHABLE})
 
 
