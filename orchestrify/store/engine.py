@@ -54,7 +54,7 @@ from orchestrify.models import Event
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
 from orchestrify.store import listen, migrate
 from orchestrify.store.lease_tables import LEADER_LEASE, LeaseRow
-from orchestrify.store.node_facts import NodeFacts, touched_nodes
+from orchestrify.store.node_facts import TOUCHED_KEY, NodeFacts, touched_nodes
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
 
@@ -346,8 +346,8 @@ class StoreCore:
         # ``heartbeat_generation`` by those (they change only nodes' display fields).
         self.generation = 0
         self.heartbeat_generation = 0
-        # Each node's state, address and token, kept until a write of this process
-        # changes them (SQLite only: see orchestrify/store/node_facts.py).
+        # Each node's view and token hash, kept until a write of this process changes
+        # the node (SQLite only: see orchestrify/store/node_facts.py).
         self.node_facts: NodeFacts | None = None if self.shares_changes else NodeFacts()
 
     def data_version(self, *, heartbeats: bool = False) -> tuple[int, ...]:
@@ -555,6 +555,8 @@ class WriteTx:
     def __enter__(self) -> WriteTx:
         self.store._write_lock.acquire()
         self.session = self.store._sessions()
+        if self.store.node_facts is not None:
+            self.session.info[TOUCHED_KEY] = set()  # collected by node_facts at each flush
         self.session.begin()
         try:
             if self.store.dialect == "sqlite":

@@ -35,7 +35,9 @@ __all__ = ["TOUCHED_KEY", "NodeFact", "NodeFacts"]
 _FIGURES = frozenset(
     {"last_heartbeat", "cpu_percent", "memory_total", "memory_free", "disk_free", "replica_count"}
 )
-# Where a write transaction's session collects the ids of the nodes whose facts it changed.
+# Where a write transaction's session collects the ids of the nodes whose facts it changed
+# (present, as an empty set, only in the sessions of a store that keeps facts: the others
+# pay nothing for it at each flush).
 TOUCHED_KEY = "node_facts_touched"
 
 
@@ -99,7 +101,8 @@ def _changed(row: NodeRow) -> bool:
 @event.listens_for(Session, "after_flush")
 def _collect_touched(session: Session, _context: Any) -> None:
     # Still the pre-flush view here: new, dirty and deleted lists, attribute histories.
-    ids = [row.id for row in (*session.new, *session.deleted) if isinstance(row, NodeRow)]
-    ids += [row.id for row in session.dirty if isinstance(row, NodeRow) and _changed(row)]
-    if ids:
-        session.info.setdefault(TOUCHED_KEY, set()).update(ids)
+    touched: set[str] | None = session.info.get(TOUCHED_KEY)
+    if touched is None:
+        return
+    touched.update(row.id for row in (*session.new, *session.deleted) if isinstance(row, NodeRow))
+    touched.update(row.id for row in session.dirty if isinstance(row, NodeRow) and _changed(row))
