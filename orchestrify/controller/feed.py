@@ -42,12 +42,15 @@ class ChangeFeed:
         self._versions = {"spec": start, "nodes": start, "state": start, "events": start}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Set (and replaced by a fresh one) at every change: a thousand waiting
-        # long-polls wake at once, none queues for a lock (an asyncio.Condition hands its
-        # lock from one waiter to the next, one loop turn each).
-        self._changed: asyncio.Event | None = None
+        # Per kind, a future resolved (and replaced by a fresh one) at every change of
+        # that kind: the thousand long-polls waiting on ``spec`` sleep through the reports
+        # (``state``) and events written meanwhile, and none queues for a lock (an
+        # asyncio.Condition hands its lock from one waiter to the next, one loop turn
+        # each). Waiters never cancel it: ``asyncio.wait`` leaves it alone on timeout.
+        self._changed: dict[str, asyncio.Future[None]] = {}
         self._event_watchers: list[Callable[[], None]] = []
         self.closed = False
+        self.wakeups = 0  # times a waiter woke before its deadline (for tests)
 
     def on_events(self, watcher: Callable[[], None]) -> None:
         """Call ``watcher`` (from any thread; it must not block) whenever the ``events``
@@ -57,7 +60,7 @@ class ChangeFeed:
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._changed = asyncio.Event()
+        self._changed = {kind: loop.create_future() for kind in self._versions}
 
     def version(self, kind: str) -> int:
         return self._versions[kind]
@@ -70,42 +73,45 @@ class ChangeFeed:
             implied = [self._versions[k] for k in ("spec", "nodes") if k in kinds]
             if implied:
                 self._versions["state"] = max(self._versions["state"], *implied) + 1
-        self._wake()
+        self._wake(frozenset(kinds) | ({"state"} if implied else set()))
 
     def advance(self, kinds: set[str], version: int) -> None:
         """Each of ``kinds`` is at ``version`` now, unless it is there already: versions
         shared by every controller (the commit sequence), told in any order, by this
         controller's writes and by its change listener alike."""
-        changed = False
+        changed = set()
         with self._lock:
             for kind in kinds:
                 if kind in self._versions and self._versions[kind] < version:
                     self._versions[kind] = version
-                    changed = True
+                    changed.add(kind)
         if changed:
-            self._wake()
+            self._wake(frozenset(changed))
             if "events" in kinds:
                 for watcher in self._event_watchers:
                     watcher()
 
-    def _wake(self) -> None:
+    def _wake(self, kinds: frozenset[str]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             # The loop may close between the check and the call (a shutdown).
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._notify)
+                loop.call_soon_threadsafe(self._notify, kinds)
 
     async def close(self) -> None:
         """Answer every waiting long-poll now: the server is shutting down."""
         self.closed = True
-        self._notify()
+        self._notify(frozenset(self._versions))
 
-    def _notify(self) -> None:
-        """On the loop: wake every waiter (each one checks its own kind again)."""
-        changed = self._changed
-        if changed is not None:
-            self._changed = asyncio.Event()
-            changed.set()
+    def _notify(self, kinds: frozenset[str]) -> None:
+        """On the loop: wake the waiters of ``kinds`` (each one checks its versions
+        again)."""
+        loop = self._loop
+        for kind in kinds:
+            changed = self._changed.get(kind)
+            if changed is not None and loop is not None:
+                self._changed[kind] = loop.create_future()
+                changed.set_result(None)
 
     async def wait(self, kind: str, since: int | None, timeout: float) -> int:
         """Return the current version at once if it differs from ``since``, else wait."""
@@ -119,7 +125,7 @@ class ChangeFeed:
     ) -> tuple[int, ...]:
         """The versions of ``kinds`` now, at once if any differs from ``since``, else
         when one moves or after ``timeout`` seconds."""
-        if since is None or self.versions(kinds) != since or self._changed is None or self.closed:
+        if since is None or self.versions(kinds) != since or not self._changed or self.closed:
             return self.versions(kinds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -128,13 +134,11 @@ class ChangeFeed:
             if remaining <= 0:
                 break
             # Taken with the check above in one step of the loop: ``_notify`` (which runs
-            # on the loop) sets this very event for any change made after the check.
-            changed = self._changed
-            try:
-                async with asyncio.timeout(remaining):
-                    await changed.wait()
-            except TimeoutError:
-                break
+            # on the loop) resolves these very futures for any change made after it.
+            changed = {self._changed[kind] for kind in kinds}
+            done, _ = await asyncio.wait(changed, timeout=remaining)
+            if done:
+                self.wakeups += 1
         return self.versions(kinds)
 
 
