@@ -44,6 +44,7 @@ import httpx
 from orchestrify.agent.settings import AgentSettings
 from orchestrify.client import check_controller_protocol, raise_for_status
 from orchestrify.errors import NotFound, OrchestrifyError, Unauthorized
+from orchestrify.heap import settle_heap
 from orchestrify.models import (
     Assignment,
     Assignments,
@@ -471,6 +472,9 @@ def run_worker(config: FleetAgentsConfig, stop: Any, progress: Any, results: Any
     """A worker process: run the agents until ``stop`` (a multiprocessing Event) is set,
     telling ``progress`` (a Queue) how many registered, and put a ``WorkerResult`` in
     ``results`` (a Queue) at the end."""
+
+    # Its own garbage-collection pauses would count as the controller's latency.
+    settle_heap()
 
     async def main() -> WorkerResult:
         done = asyncio.Event()

@@ -62,6 +62,7 @@ from orchestrify.errors import (
     TooLarge,
     Unauthorized,
 )
+from orchestrify.heap import settle_heap
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.jobs.validation import list_playbooks
 from orchestrify.models import error_location
@@ -179,6 +180,10 @@ class ControllerServer(uvicorn.Server):
                 yield
         else:
             yield  # the embedding program owns SIGINT/SIGTERM
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()  # started: what lives now lives on (see orchestrify.heap)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.loaded_app if self.config.loaded else self.config.app
