@@ -24,11 +24,12 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import get_history
 
 from orchestrify.models import Node
 from orchestrify.store.tables import NodeRow
 
-__all__ = ["TOUCHED_KEY", "NodeFact", "NodeFacts"]
+__all__ = ["NODES_WRITTEN_KEY", "TOUCHED_KEY", "NodeFact", "NodeFacts"]
 
 # The node's fields a heartbeat brings (its answer overlays them): a write that changes
 # any other field forgets the node's fact.
@@ -39,6 +40,9 @@ _FIGURES = frozenset(
 # (present, as an empty set, only in the sessions of a store that keeps facts: the others
 # pay nothing for it at each flush).
 TOUCHED_KEY = "node_facts_touched"
+NODES_WRITTEN_KEY = "node_rows_written"
+"""``session.info`` key: set when a flush of the session wrote any node row (its heartbeat
+figures included), so the node list's view is read again after it commits."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class NodeFact:
 
     node: Node
     token_hash: str
+    answered_unknown: bool = False
+    """Whether its registration was answered ``known=false`` and nothing since told the
+    store that the agent has that answer (its first heartbeat or report does)."""
 
     @property
     def state(self) -> str:
@@ -92,9 +99,17 @@ def touched_nodes(session: Session) -> set[str]:
     return found
 
 
-def _changed(row: NodeRow) -> bool:
+def _changed(row: NodeRow, *, figures: bool = False) -> bool:
+    """Whether the row's pending changes alter it (``figures``: its heartbeat figures
+    count too)."""
+    # Only the attributes set since the load (``committed_state``), read without
+    # ``inspect(row).attrs``: that makes an AttributeState per column, in reference
+    # cycles, which a thousand heartbeats a batch turned into most of the controller's
+    # cyclic garbage (and its longest garbage-collection pauses).
     return any(
-        attr.history.has_changes() for attr in inspect(row).attrs if attr.key not in _FIGURES
+        get_history(row, key).has_changes()
+        for key in inspect(row).committed_state
+        if figures or key not in _FIGURES
     )
 
 
@@ -104,5 +119,9 @@ def _collect_touched(session: Session, _context: Any) -> None:
     touched: set[str] | None = session.info.get(TOUCHED_KEY)
     if touched is None:
         return
-    touched.update(row.id for row in (*session.new, *session.deleted) if isinstance(row, NodeRow))
-    touched.update(row.id for row in session.dirty if isinstance(row, NodeRow) and _changed(row))
+    added = [row.id for row in (*session.new, *session.deleted) if isinstance(row, NodeRow)]
+    dirty = [row for row in session.dirty if isinstance(row, NodeRow)]
+    touched.update(added)
+    touched.update(row.id for row in dirty if _changed(row))
+    if added or any(_changed(row, figures=True) for row in dirty):
+        session.info[NODES_WRITTEN_KEY] = True
