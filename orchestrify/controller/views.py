@@ -33,6 +33,7 @@ from orchestrify.store import Store
 from orchestrify.store.node_facts import NodeFact
 
 __all__ = [
+    "NODE",
     "AnsweredAssignments",
     "NodeAssignments",
     "NodeViews",
@@ -161,7 +162,7 @@ class NodeAssignments:
 _SERVICES = TypeAdapter(list[Service])
 _SERVICE = TypeAdapter(Service)
 _NODES = TypeAdapter(list[Node])
-_NODE = TypeAdapter(Node)
+NODE = TypeAdapter(Node)
 
 
 class ReadViews:
@@ -196,13 +197,17 @@ class ReadViews:
 
         def build() -> NodeViews:
             nodes = self.store.list_nodes()
-            pairs = [(n, encode(n, _NODE)) for n in nodes]
+            pairs = [(n, encode(n, NODE)) for n in nodes]
             return NodeViews(
                 listing=encode(nodes, _NODES),
                 by_id={n.id: (n, body) for n, body in pairs},
                 by_name={n.name: (n, body) for n, body in pairs},
             )
 
+        if heartbeats and not self.store.shares_changes:
+            # Read again only when a node row changed, not at every write of the store.
+            version: Hashable = ("nodes", *self.store.nodes_version())
+            return await self.cache.get("nodes+heartbeats", build, version=version)
         key = "nodes+heartbeats" if heartbeats else "nodes"
         return await self.cache.get(key, build, heartbeats=heartbeats)
 

@@ -54,7 +54,7 @@ from orchestrify.models import Event
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
 from orchestrify.store import listen, migrate
 from orchestrify.store.lease_tables import LEADER_LEASE, LeaseRow
-from orchestrify.store.node_facts import TOUCHED_KEY, NodeFacts, touched_nodes
+from orchestrify.store.node_facts import NODES_WRITTEN_KEY, TOUCHED_KEY, NodeFacts, touched_nodes
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
 
@@ -346,6 +346,7 @@ class StoreCore:
         # ``heartbeat_generation`` by those (they change only nodes' display fields).
         self.generation = 0
         self.heartbeat_generation = 0
+        self.nodes_generation = 0  # moved by the writes of node rows (SQLite)
         # Each node's view and token hash, kept until a write of this process changes
         # the node (SQLite only: see orchestrify/store/node_facts.py).
         self.node_facts: NodeFacts | None = None if self.shares_changes else NodeFacts()
@@ -376,6 +377,16 @@ class StoreCore:
                 raise
             raise translated from err
         return (int(value) if value is not None else 0, 0)
+
+    def nodes_version(self) -> tuple[int, ...]:
+        """A version of the node rows alone (heartbeat figures included), taken like
+        ``data_version``: the node list is not read again for the reports and service
+        changes of a busy fleet. SQLite: this process's counter of the writes that
+        changed a node row. PostgreSQL: ``data_version(heartbeats=True)`` (never the same
+        twice: read afresh)."""
+        if not self.shares_changes:
+            return (self.nodes_generation,)
+        return self.data_version(heartbeats=True)
 
     @property
     def shares_changes(self) -> bool:
@@ -623,6 +634,8 @@ class WriteTx:
                         touched = touched_nodes(self.session)
                         if touched:
                             self.store.node_facts.forget(touched)
+                        if self.session.info.get(NODES_WRITTEN_KEY):
+                            self.store.nodes_generation += 1
                     if self.heartbeats_only and not self.changes:
                         self.store.heartbeat_generation += 1
                     elif wrote or self.changes:

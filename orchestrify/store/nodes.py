@@ -421,7 +421,11 @@ class NodesPart(StoreCore):
             row = s.get(NodeRow, node_id)
             if row is None:
                 return None
-            fact = NodeFact(node=node_view(row), token_hash=row.token_hash)
+            fact = NodeFact(
+                node=node_view(row),
+                token_hash=row.token_hash,
+                answered_unknown=bool(row.answered_unknown),
+            )
         if facts is not None:
             facts.reads += 1
             facts.keep(node_id, fact, epoch=epoch)

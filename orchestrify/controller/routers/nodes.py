@@ -77,14 +77,16 @@ def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> No
 
 @router.get("", response_model=list[Node], dependencies=[Admin])
 async def list_nodes(state: State) -> Response:
-    await state.heartbeats.flush()  # the heartbeats answered so far are in the view
-    return json_answer((await state.views.nodes()).listing)
+    """Every node, with the figures of the heartbeats received so far (those received
+    since the last batched write included)."""
+    received = state.heartbeats.received()  # before the read: none is missed by both
+    return json_answer(state.heartbeats.listing(await state.views.nodes(), received))
 
 
 @router.get("/{node_id}", response_model=Node, dependencies=[Admin])
 async def get_node(node_id: str, state: State) -> Response:
-    await state.heartbeats.flush()
-    return json_answer((await state.views.nodes()).find(node_id)[1])
+    received = state.heartbeats.received()
+    return json_answer(state.heartbeats.node(await state.views.nodes(), node_id, received))
 
 
 @router.post("/{node_id}/drain", response_model=Node, dependencies=[Admin])
