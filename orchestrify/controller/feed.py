@@ -136,7 +136,9 @@ class ChangeFeed:
             # Taken with the check above in one step of the loop: ``_notify`` (which runs
             # on the loop) resolves these very futures for any change made after it.
             changed = {self._changed[kind] for kind in kinds}
-            done, _ = await asyncio.wait(changed, timeout=remaining)
+            done, _ = await asyncio.wait(
+                changed, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
             if done:
                 self.wakeups += 1
         return self.versions(kinds)
