@@ -69,8 +69,8 @@ class ViewCache:
     only while that version is current, else reads it again (in a worker thread, once
     for all the requests that ask for the same key and version meanwhile)."""
 
-    def __init__(self, version: Callable[[bool], Hashable], *, version_costs_io: bool) -> None:
-        """``version(heartbeats)``: the store's version now (``Store.data_version``);
+    def __init__(self, version: Callable[[], Hashable], *, version_costs_io: bool) -> None:
+        """``version()``: the store's version now (``Store.data_version``);
         ``version_costs_io``: whether asking it reads the database (PostgreSQL), so it is
         asked from a worker thread."""
         self._version = version
@@ -83,25 +83,24 @@ class ViewCache:
         self._building: dict[tuple[str, Hashable], asyncio.Future[Any]] = {}
         self.reads = 0  # how many times a view was read from the store (for tests)
 
-    async def version(self, *, heartbeats: bool = False) -> Hashable:
+    async def version(self) -> Hashable:
         if self._version_costs_io:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.threads, self._version, heartbeats)
-        return self._version(heartbeats)
+            return await loop.run_in_executor(self.threads, self._version)
+        return self._version()
 
     async def get(
         self,
         key: str,
         build: Callable[[], _V],
         *,
-        heartbeats: bool = False,
         version: Hashable | None = None,
     ) -> _V:
         """The view ``key`` as of now; ``build`` (run in a worker thread) reads it.
         ``version``: what the view depends on, when narrower than the store's version
         (taken before the view is read, as the store's is)."""
         if version is None:
-            version = await self.version(heartbeats=heartbeats)
+            version = await self.version()
         entry = self._entries.get(key)
         if entry is not None and entry.version == version:
             value: _V = entry.value
@@ -161,7 +160,6 @@ class NodeAssignments:
 
 _SERVICES = TypeAdapter(list[Service])
 _SERVICE = TypeAdapter(Service)
-_NODES = TypeAdapter(list[Node])
 NODE = TypeAdapter(Node)
 
 
@@ -171,7 +169,7 @@ class ReadViews:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.cache = ViewCache(
-            lambda heartbeats: store.data_version(heartbeats=heartbeats),
+            store.data_version,
             version_costs_io=store.shares_changes,
         )
 
@@ -191,25 +189,22 @@ class ReadViews:
             raise NotFound(f"no service named {name!r}")
         return found
 
-    async def nodes(self, *, heartbeats: bool = True) -> NodeViews:
-        """Every node; without ``heartbeats``, possibly without the heartbeat figures
-        received since (state, address and labels are current either way)."""
+    async def nodes(self) -> NodeViews:
+        """Every node as stored (the figures of the last batched heartbeat write: the
+        routes lay the heartbeats received since over it). Read again only when a node
+        row changed (SQLite), not at every write of the store; always on PostgreSQL,
+        where other controllers write the nodes too."""
 
         def build() -> NodeViews:
-            nodes = self.store.list_nodes()
-            pairs = [(n, encode(n, NODE)) for n in nodes]
+            pairs = [(n, encode(n, NODE)) for n in self.store.list_nodes()]
             return NodeViews(
-                listing=encode(nodes, _NODES),
+                listing=b"[" + b",".join(body for _, body in pairs) + b"]",
                 by_id={n.id: (n, body) for n, body in pairs},
                 by_name={n.name: (n, body) for n, body in pairs},
             )
 
-        if heartbeats and not self.store.shares_changes:
-            # Read again only when a node row changed, not at every write of the store.
-            version: Hashable = ("nodes", *self.store.nodes_version())
-            return await self.cache.get("nodes+heartbeats", build, version=version)
-        key = "nodes+heartbeats" if heartbeats else "nodes"
-        return await self.cache.get(key, build, heartbeats=heartbeats)
+        version = ("nodes", *self.store.nodes_version())  # no I/O on either engine
+        return await self.cache.get("nodes", build, version=version)
 
     async def node_assignments(self, node_id: str) -> NodeAssignments | None:
         """One node's assignments as of now (None: no such node), read for this node

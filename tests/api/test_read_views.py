@@ -197,7 +197,7 @@ def test_a_version_this_controller_did_not_answer_is_answered_at_once(
 def test_concurrent_misses_read_the_view_once() -> None:
     """Requests that miss the same version together share one read (single flight)."""
     version = [1]
-    cache = ViewCache(lambda _hb: version[0], version_costs_io=False)
+    cache = ViewCache(lambda: version[0], version_costs_io=False)
     started = threading.Event()
     release = threading.Event()
 
