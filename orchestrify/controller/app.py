@@ -52,6 +52,7 @@ from orchestrify.controller.routers import (
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.controller.views import ReadViews
+from orchestrify.controller.watch import AssignmentWatch
 from orchestrify.errors import (
     Busy,
     Conflict,
@@ -109,6 +110,7 @@ def create_app(
         await leadership.start()
         # Every controller writes the heartbeats it received, leader or not.
         flusher = asyncio.create_task(state.heartbeats.run_forever(), name="heartbeats")
+        watch = asyncio.create_task(state.watch.run_forever(), name="assignments")
         try:
             # Alerts stored before a crash but not yet decided on are decided now, before
             # the API serves, when this controller leads.
@@ -128,9 +130,10 @@ def create_app(
         finally:
             await loop_lag.stop()
             await leadership.stop()  # the leader's loops end first, then the lease
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in (flusher, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.heartbeats.flush()  # the last ones received, before the store closes
             state.views.cache.close()
             await asyncio.to_thread(state.jobs.close)
@@ -372,6 +375,7 @@ def open_state(
         views=views,
         heartbeats=HeartbeatBuffer(store, views, flush_s=settings.heartbeat_flush_s),
         reports=GroupCommit(store.apply_report_batch),
+        watch=AssignmentWatch(feed, views),
     )
 
 

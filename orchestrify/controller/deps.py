@@ -19,6 +19,7 @@ from orchestrify.controller.reconcile import Reconciler
 from orchestrify.controller.retention import HistoryPruner
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.controller.views import AnsweredAssignments, ReadViews
+from orchestrify.controller.watch import AssignmentWatch
 from orchestrify.errors import NotFound, Unauthorized
 from orchestrify.jobs.runner import JobRunner
 from orchestrify.store import Store
@@ -42,6 +43,7 @@ class ControllerState:
     views: ReadViews
     heartbeats: HeartbeatBuffer
     reports: GroupCommit[ReportBatchItem]
+    watch: AssignmentWatch  # wakes each agent's long-poll when its node's assignments change
     # What each node's long-poll was last answered (see AnsweredAssignments).
     answered: AnsweredAssignments = field(default_factory=AnsweredAssignments)
     # Tells ``feed`` of the changes other controllers commit (PostgreSQL; None on SQLite).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections import Counter
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class ViewCache:
         self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orchestrify-views")
         self._entries: dict[str, _Entry[Any]] = {}
         self._building: dict[tuple[str, Hashable], asyncio.Future[Any]] = {}
-        self.reads = 0  # how many times a view was read from the store (for tests)
+        self.reads: Counter[str] = Counter()  # views read from the store, by key (for tests)
 
     async def version(self) -> Hashable:
         if self._version_costs_io:
@@ -111,7 +112,7 @@ class ViewCache:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._building[(key, version)] = future
         try:
-            self.reads += 1
+            self.reads[key] += 1
             value = await asyncio.get_running_loop().run_in_executor(self.threads, build)
         except BaseException as exc:
             future.set_exception(exc)
@@ -269,6 +270,11 @@ class AnsweredAssignments:
             and sent[0] == version
             and (sent[1] is now or sent[1] == now)
         )
+
+    def sent(self, node_id: str, version: int) -> NodeAssignments | None:
+        """What node ``node_id`` was answered at ``version`` (None: not that version)."""
+        sent = self._sent.get(node_id)
+        return sent[1] if sent is not None and sent[0] == version else None
 
     def record(self, node_id: str, version: int, answered: NodeAssignments) -> None:
         self._sent[node_id] = (version, answered)

@@ -59,14 +59,14 @@ def test_a_view_is_read_once_per_version(make_client: Callable[..., TestClient])
     api.post("/v1/services", json=service_spec())
     cache = _state(api).views.cache
     api.get("/v1/services")
-    reads = cache.reads
+    reads = cache.reads["services"]
     for _ in range(5):
         assert api.get("/v1/services/web").status_code == 200
         assert api.get("/v1/services").status_code == 200
-    assert cache.reads == reads
+    assert cache.reads["services"] == reads
     api.patch("/v1/services/web", json={"replicas": 2})
     api.get("/v1/services")
-    assert cache.reads == reads + 1
+    assert cache.reads["services"] == reads + 1
 
 
 def test_heartbeats_are_written_in_one_batch(make_client: Callable[..., TestClient]) -> None:
@@ -176,6 +176,47 @@ def test_a_long_poll_wakes_only_for_its_own_node(make_client: Callable[..., Test
     assert answer["version"] != first["version"]
 
 
+def test_a_change_wakes_only_the_long_poll_of_the_node_it_is_for(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Five agents wait; a replica placed on one node wakes that node's long-poll alone:
+    the others are not woken to compare (AssignmentWatch compares for them once)."""
+    api = make_client(run_reconciler=False, watch_timeout_s=30)
+    state = _state(api)
+    nodes = [register(api, f"n{i}") for i in range(5)]
+    api.post("/v1/services", json=service_spec(replicas=1))
+    answers: dict[str, dict[str, Any]] = {}
+
+    def poll(node_id: str, token: str) -> None:
+        first = api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).json()
+        answers[node_id] = api.get(
+            f"/v1/nodes/{node_id}/assignments",
+            params={"version": first["version"], "timeout": 30},
+            headers=bearer(token),
+        ).json()
+
+    pollers = [threading.Thread(target=poll, args=node, daemon=True) for node in nodes]
+    for poller in pollers:
+        poller.start()
+    wait_for(lambda: state.watch.waiting == 5, what="five long-polls waiting")
+    woken = state.watch.woken
+    (placed,) = state.store.create_replicas("web", [nodes[2][0]], reason="test")
+    pollers[2].join(20)
+    assert not pollers[2].is_alive()
+    assert [r["replica"] for r in answers[nodes[2][0]]["replicas"]] == [placed.id]
+    assert state.watch.woken == woken + 1
+    assert state.watch.waiting == 4
+    assert len(answers) == 1
+    # The others end at their own deadline; the feed closing at shutdown would too.
+    state.store.delete_node(nodes[0][0], force=True)  # a removed node's poll: a 404
+    pollers[0].join(20)
+    assert "register again" in answers[nodes[0][0]]["detail"]
+    api.portal.call(state.feed.close)
+    for poller in pollers:
+        poller.join(20)
+        assert not poller.is_alive()
+
+
 def test_a_version_this_controller_did_not_answer_is_answered_at_once(
     make_client: Callable[..., TestClient],
 ) -> None:
@@ -213,10 +254,10 @@ def test_concurrent_misses_read_the_view_once() -> None:
         return list(await asyncio.gather(*tasks))
 
     assert asyncio.run(main()) == ["view at 1"] * 20
-    assert cache.reads == 1
+    assert cache.reads["k"] == 1
     version[0] = 2
     assert asyncio.run(cache.get("k", lambda: "view at 2")) == "view at 2"
-    assert cache.reads == 2
+    assert cache.reads["k"] == 2
     cache.close()
 
 
@@ -349,26 +390,28 @@ def test_every_nodes_assignments_are_read_once_per_spec_version(
     (rep,) = state.store.create_replicas("web", [a_id], reason="test")
     views, feed = state.views, state.feed
 
-    async def every(version: int) -> dict[str, Any]:
-        return await views.assignments(version)
+    def every(version: int) -> dict[str, Any]:  # on the app's loop, beside AssignmentWatch
+        found: dict[str, Any] = api.portal.call(views.assignments, version)
+        return found
 
     spec = feed.version("spec")
-    first = asyncio.run(every(spec))
-    reads = views.cache.reads
+    wait_for(lambda: state.watch.version == spec, what="the watch to read the assignments")
+    first = every(spec)
+    reads = views.cache.reads["assignments"]
     body = {"replicas": [{"id": rep.id, "state": "healthy"}], "full": False}
     assert api.post(f"/v1/nodes/{a_id}/replicas", json=body, headers=bearer(a_token)).is_success
     b_id, b_token = register(api, "b")
     assert feed.version("spec") == spec
-    assert asyncio.run(every(feed.version("spec"))) is first
-    assert views.cache.reads == reads
+    assert every(feed.version("spec")) is first
+    assert views.cache.reads["assignments"] == reads
     assert b_id not in first
     # b's long-poll, answered from a view without it, reads its own.
     r = api.get(f"/v1/nodes/{b_id}/assignments", headers=bearer(b_token))
     assert r.status_code == 200 and r.json()["replicas"] == []
     state.store.create_replicas("web", [b_id], reason="test")
     assert feed.version("spec") != spec
-    again = asyncio.run(every(feed.version("spec")))
-    assert views.cache.reads == reads + 1
+    again = every(feed.version("spec"))
+    assert views.cache.reads["assignments"] == reads + 1
     assert [x.replica for x in again[b_id].replicas]
 
 
@@ -386,7 +429,7 @@ def test_the_node_list_is_read_again_only_when_a_node_changed(
     assert api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(token)).is_success
     cache = state.views.cache
     api.get("/v1/nodes")
-    reads = cache.reads
+    reads = cache.reads["nodes"]
     api.post("/v1/services", json=service_spec(replicas=1))
     reconcile(api)
     (replica,) = api.get("/v1/replicas", params={"service": "web"}).json()
@@ -395,14 +438,14 @@ def test_the_node_list_is_read_again_only_when_a_node_changed(
     assert r.status_code == 204, r.text
     api.get("/v1/nodes")
     if state.store.shares_changes:
-        assert cache.reads > reads
+        assert cache.reads["nodes"] > reads
         return
-    assert cache.reads == reads
+    assert cache.reads["nodes"] == reads
     hb = {"cpu_percent": 42.0}
     assert api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=bearer(token)).is_success
     api.portal.call(state.heartbeats.flush)
     (shown,) = api.get("/v1/nodes").json()
-    assert cache.reads == reads + 1
+    assert cache.reads["nodes"] == reads + 1
     assert shown["cpu_percent"] == 42.0
 
 

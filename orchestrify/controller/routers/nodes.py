@@ -6,21 +6,20 @@ heartbeat, long-poll their assignments and report what they observe.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import Depends, Query, Response
 
 from orchestrify import __version__
 from orchestrify.controller.border import api_router, errors
 from orchestrify.controller.deps import (
     Admin,
+    ControllerState,
     Credentials,
     State,
     require_join,
     require_node,
     same_token,
 )
-from orchestrify.controller.views import json_answer
+from orchestrify.controller.views import NodeAssignments, json_answer
 from orchestrify.errors import NotFound
 from orchestrify.models import (
     Assignments,
@@ -175,34 +174,42 @@ async def watch_assignments(
     (unless this controller answered ``version`` to this node and its assignments are
     still the same), otherwise when they change or after ``timeout`` seconds."""
     wait = min(timeout, state.settings.watch_timeout_s)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    since = version
-    first = True
-    while True:
-        # Answered at once (an agent that starts, registers or fails over): its own
-        # assignments only. Woken by a change (a herd of agents at once), or waiting on
-        # after another node's change: every node's, read once for all of them.
-        at_once = first and (since is None or state.feed.version("spec") != since)
-        first = False
-        current = await state.feed.wait("spec", since, max(0.0, deadline - loop.time()))
-        mine = None if at_once else (await state.views.assignments(current)).get(node_id)
-        if mine is None:  # answered at once, or a node that joined after that view
-            mine = await state.views.node_assignments(node_id)
-        if mine is None:
-            raise NotFound(f"no node with id {node_id!r}; register again")
-        if (
-            current == since
-            or since is None
-            or state.feed.closed
-            or loop.time() >= deadline
-            or not state.answered.unchanged(node_id, version, mine)
-        ):
-            break
-        since = current  # another node's change: this one's are the same, wait on
-    state.answered.record(node_id, current, mine)
+    current = state.feed.version("spec")
+    if version is None or version != current:
+        # An agent that starts, registers, fails over or missed a change: its own
+        # assignments, read alone, as of ``current`` or later.
+        mine = await _own_assignments(state, node_id)
+        if version is None or not state.answered.unchanged(node_id, version, mine):
+            return _answer(state, node_id, current, mine)
+        baseline: NodeAssignments | None = mine
+        as_of = current
+    else:
+        baseline, as_of = state.answered.sent(node_id, version), version
+    # Woken only when this node's assignments change (AssignmentWatch), not at every
+    # change of another node's.
+    if await state.watch.wait(node_id, baseline=baseline, as_of=as_of, timeout=wait):
+        current, found = state.watch.version or current, state.watch.view.get(node_id)
+        if found is not None:
+            return _answer(state, node_id, current, found)
+    current = state.feed.version("spec")
+    found = (await state.views.assignments(current)).get(node_id)
+    mine = found if found is not None else await _own_assignments(state, node_id)
+    return _answer(state, node_id, current, mine)
+
+
+async def _own_assignments(state: ControllerState, node_id: str) -> NodeAssignments:
+    mine = await state.views.node_assignments(node_id)
+    if mine is None:
+        raise NotFound(f"no node with id {node_id!r}; register again")
+    return mine
+
+
+def _answer(
+    state: ControllerState, node_id: str, version: int, mine: NodeAssignments
+) -> Assignments:
+    state.answered.record(node_id, version, mine)
     return Assignments(
-        version=current,
+        version=version,
         node=node_id,
         replicas=mine.replicas,
         cluster_id=state.store.cluster_id,
