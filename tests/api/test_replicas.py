@@ -104,11 +104,18 @@ def test_failed_replica_is_replaced_on_another_node(api: TestClient) -> None:
     b, _ = register(api, "b")
     failed = {"replicas": [{"id": rep["id"], "state": "failed", "error": "exit 1"}]}
     api.post(f"/v1/nodes/{a}/replicas", json=failed, headers=bearer(a_token))
+    # The replacement is placed and the failed one told to stop by separate steps of
+    # a cycle (separate writes): a read may fall between them, so wait for both.
     (new,) = wait_for(
-        lambda: [r for r in running(api, "web") if r["id"] != rep["id"]], what="replacement"
+        lambda: (
+            [r for r in running(api, "web") if r["id"] != rep["id"]]
+            if api.get(f"/v1/replicas/{rep['id']}").json()["desired"] == "stop"
+            else []
+        ),
+        what="the replacement, and the failed replica told to stop",
     )
     assert new["node"] == b
-    assert api.get(f"/v1/replicas/{rep['id']}").json()["desired"] == "stop"
+    assert [r["id"] for r in running(api, "web")] == [new["id"]]
 
 
 def test_an_error_is_an_event_at_once_and_once_per_distinct_error(api: TestClient) -> None:
