@@ -99,18 +99,13 @@ def touched_nodes(session: Session) -> set[str]:
     return found
 
 
-def _changed(row: NodeRow, *, figures: bool = False) -> bool:
-    """Whether the row's pending changes alter it (``figures``: its heartbeat figures
-    count too)."""
+def _changed_keys(row: NodeRow) -> set[str]:
+    """The attributes whose pending changes alter the row."""
     # Only the attributes set since the load (``committed_state``), read without
     # ``inspect(row).attrs``: that makes an AttributeState per column, in reference
     # cycles, which a thousand heartbeats a batch turned into most of the controller's
     # cyclic garbage (and its longest garbage-collection pauses).
-    return any(
-        get_history(row, key).has_changes()
-        for key in inspect(row).committed_state
-        if figures or key not in _FIGURES
-    )
+    return {key for key in inspect(row).committed_state if get_history(row, key).has_changes()}
 
 
 @event.listens_for(Session, "after_flush")
@@ -120,8 +115,12 @@ def _collect_touched(session: Session, _context: Any) -> None:
     if touched is None:
         return
     added = [row.id for row in (*session.new, *session.deleted) if isinstance(row, NodeRow)]
-    dirty = [row for row in session.dirty if isinstance(row, NodeRow)]
+    changed = {
+        row.id: keys
+        for row in session.dirty
+        if isinstance(row, NodeRow) and (keys := _changed_keys(row))
+    }
     touched.update(added)
-    touched.update(row.id for row in dirty if _changed(row))
-    if added or any(_changed(row, figures=True) for row in dirty):
+    touched.update(node_id for node_id, keys in changed.items() if keys - _FIGURES)
+    if added or changed:
         session.info[NODES_WRITTEN_KEY] = True
