@@ -226,12 +226,18 @@ def test_service_without_healthy_replica_answers_503(lab: Lab) -> None:
         json={"name": "empty", "image": image, "replicas": 0, "min_replicas": 0},
     )
     assert r.status_code == 201, r.text
-    resp = wait_for(
-        "the empty service in nginx",
-        lambda: (x := lab.via_path("GET", service="empty")).status_code == 503 and x,
+    # By path and by host, each on a new connection. Both are waited for: just after a
+    # reload, an old Nginx worker (without the service) may still take a new connection.
+    by_path, by_host = wait_for(
+        "the empty service in nginx, by path and by host",
+        lambda: (
+            (x := lab.via_path("GET", service="empty")).status_code == 503
+            and (y := lab.via_host("POST", service="empty")).status_code == 503
+            and (x, y)
+        ),
     )
-    assert "no healthy replica" in resp.text
-    assert lab.via_host("POST", service="empty").status_code == 503
+    assert "no healthy replica" in by_path.text
+    assert "no healthy replica" in by_host.text
 
 
 def test_reload_nginx_cannot_take_is_rolled_back_and_an_event_says_why(lab: Lab) -> None:
