@@ -326,7 +326,12 @@ class HaLab(DataPlane):
         assert self.pg is not None
         with self.pg.connect("postgres") as conn:
             for ident in idents:
-                conn.execute(f"CREATE ROLE {ident} LOGIN PASSWORD '{PASSWORD}' IN ROLE {PG_USER}")
+                # pg_signal_backend: a controller may end a former leader's transaction
+                # that outlived its lease (one role for all of them would do as well).
+                conn.execute(
+                    f"CREATE ROLE {ident} LOGIN PASSWORD '{PASSWORD}'"
+                    f" IN ROLE {PG_USER}, pg_signal_backend"
+                )
             if self.idle_in_transaction_s is not None:
                 ms = int(self.idle_in_transaction_s * 1000)
                 conn.execute(

@@ -53,7 +53,7 @@ from orchestrify.errors import (
 from orchestrify.models import Event
 from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (joins Base.metadata)
 from orchestrify.store import listen, migrate
-from orchestrify.store.lease_tables import LEADER_LEASE, LeaseRow
+from orchestrify.store.lease_tables import FENCE_LOCK_KEY, LEADER_LEASE, LeaseRow
 from orchestrify.store.node_facts import NODES_WRITTEN_KEY, TOUCHED_KEY, NodeFacts, touched_nodes
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
@@ -600,7 +600,11 @@ class WriteTx:
             *term_held(fence.holder, fence.epoch, dialect=self.store.dialect)
         )
         if self.locks_rows:
-            query = query.with_for_update(read=True)
+            # With the row lock, the shared advisory lock that makes this transaction
+            # visible in pg_locks (see ``LeaseStore.end_stale_term``).
+            query = query.add_columns(
+                func.pg_advisory_xact_lock_shared(FENCE_LOCK_KEY)
+            ).with_for_update(read=True)
         if self.session.execute(query).first() is None:
             raise Fenced(
                 f"controller {fence.holder} no longer leads at epoch {fence.epoch} (its "

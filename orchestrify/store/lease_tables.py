@@ -16,6 +16,12 @@ from orchestrify.store.tables import Base
 # The name of the one lease row (a table of named leases leaves room for another one).
 LEADER_LEASE = "leader"
 
+# PostgreSQL: the key of the transaction-level advisory lock that every fenced write (and
+# every renewal) takes in shared mode next to its FOR SHARE of the lease row. A row lock
+# does not show who holds it; this lock does (``pg_locks``), so a follower kept from an
+# expired lease can find, and end, the former leader's transactions that still hold it.
+FENCE_LOCK_KEY = 0x6F726368  # "orch": below 2**32, so pg_locks shows it as objid
+
 
 class LeaseRow(Base):
     """The leader lease: who holds it, at which epoch (raised by one at every

@@ -13,6 +13,7 @@ it last tried or renewed the lease: ``GET /v1/cluster``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,17 +31,46 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from orchestrify.errors import OrchestrifyError
 from orchestrify.store.engine import StoreCore, db_now, term_held, translate_store_error
-from orchestrify.store.lease_tables import LEADER_LEASE, ControllerRow, LeaseRow
+from orchestrify.store.lease_tables import FENCE_LOCK_KEY, LEADER_LEASE, ControllerRow, LeaseRow
 from orchestrify.store.rows import as_utc
 
 __all__ = ["ClusterView", "ControllerView", "LeaseStore", "LeaseTerm"]
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL's SQLSTATE of a lock not granted within lock_timeout.
+_LOCK_NOT_AVAILABLE = "55P03"
+
+# The sessions that hold the fence's advisory lock (fenced writes and renewals in
+# flight) in a transaction begun before the lease they were made for expired, while it
+# is expired: the former leader's, which nothing will let commit.
+_STALE_TERM_SESSIONS = text(
+    """
+    SELECT a.pid, a.usename, s.holder, s.epoch
+      FROM pg_locks l
+      JOIN pg_stat_activity a ON a.pid = l.pid
+      JOIN leases s ON s.name = :lease
+     WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1
+       AND l.granted
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND l.pid <> pg_backend_pid()
+       AND s.expires_at <= clock_timestamp()
+       AND (a.xact_start <= s.expires_at OR a.xact_start IS NULL)
+    """
+)
+
+
+class _LeaseRowBusy(Exception):
+    """The lease row stayed locked longer than an acquisition waits (PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -120,15 +150,92 @@ class LeaseStore:
                 raise
             raise translated from err
 
-    def _lock_lease_row(self, session: Session) -> None:
+    def _lock_lease_row(
+        self, session: Session, *, wait_s: float | None = None, renewal: bool = False
+    ) -> None:
         """PostgreSQL: wait for the lease row (held FOR SHARE by fenced writes in flight)
         before the UPDATE computes its values. An UPDATE that waits for a lock without a
         newer row version behind it keeps the values it computed before waiting: a term
-        acquired after a long wait would be born with an expiry already in the past."""
-        if self.dialect == "postgresql":
-            session.execute(
-                select(LeaseRow.name).where(LeaseRow.name == LEADER_LEASE).with_for_update()
+        acquired after a long wait would be born with an expiry already in the past.
+
+        ``wait_s``: wait that long at most (``_LeaseRowBusy`` after it). ``renewal``: also
+        take the fence's advisory lock, as a fenced write does, so a renewal stalled in
+        flight can be found and ended once its lease is over."""
+        if self.dialect != "postgresql":
+            return
+        if wait_s is not None:
+            ms = max(1, int(wait_s * 1000))
+            session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+        query = select(LeaseRow.name).where(LeaseRow.name == LEADER_LEASE)
+        if renewal:
+            query = query.add_columns(func.pg_advisory_xact_lock_shared(FENCE_LOCK_KEY))
+        try:
+            session.execute(query.with_for_update())
+        except DBAPIError as err:
+            if getattr(err.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                raise _LeaseRowBusy from err
+            raise
+
+    def end_stale_term(self) -> int:
+        """PostgreSQL: end the sessions whose transactions still hold the fence of a lease
+        that has expired (``pg_terminate_backend``); how many were ended.
+
+        The server ends a transaction that waits for its client between two statements
+        (``idle_in_transaction_session_timeout``), but not one cut off in the middle of a
+        message, or of a pipeline before its Sync: that session counts as active, and
+        holds the lease row until TCP gives up on the client, which may be never when
+        something on the way still answers for it (a proxy, a frozen process's kernel).
+        Only sessions in a transaction begun before the lease expired are ended: those of
+        the term that is over (a role that may not read another role's ``xact_start`` in
+        pg_stat_activity takes every holder: while the lease row is held, no new term can
+        begin). Ending them needs the same database role as theirs, or
+        pg_signal_backend; without it, a warning says so and the lease waits."""
+        if self.dialect != "postgresql":
+            return 0
+        with self.store._sessions() as session:
+            lease = session.execute(
+                select(LeaseRow.expires_at <= func.clock_timestamp()).where(
+                    LeaseRow.name == LEADER_LEASE
+                )
+            ).scalar()
+            if not lease:  # held, and by a leader whose writes are in flight: it leads
+                return 0
+            stale = session.execute(
+                _STALE_TERM_SESSIONS, {"lease": LEADER_LEASE, "key": FENCE_LOCK_KEY}
+            ).all()
+        if not stale:
+            log.warning(
+                "the lease row stays locked, and by no transaction of an expired term that "
+                "this controller can see; trying again"
             )
+        ended = 0
+        for pid, role, holder, epoch in stale:
+            try:
+                with self._tx() as session:
+                    done = session.execute(
+                        text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+                    ).scalar_one()
+            except (SQLAlchemyError, OrchestrifyError) as err:
+                log.warning(
+                    "a transaction of the former leader holds the lease past its end and "
+                    "this controller may not end it; give the controllers one database "
+                    "role, or grant them pg_signal_backend",
+                    extra={
+                        "pid": pid,
+                        "role": role,
+                        "holder": holder,
+                        "epoch": epoch,
+                        "error": _first_line(err),
+                    },
+                )
+                continue
+            if done:
+                ended += 1
+                log.warning(
+                    "ended a transaction of the former leader that held the lease past its end",
+                    extra={"pid": pid, "role": role, "holder": holder, "epoch": epoch},
+                )
+        return ended
 
     def _insert(self, table: type[LeaseRow] | type[ControllerRow]) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
@@ -170,7 +277,36 @@ class LeaseStore:
         run of this controller: a restart need not wait out its own lease), when it is
         ``controller_id``'s term at ``reclaim_epoch`` (one it stepped down from), or
         always with ``force`` (SQLite at start: one host, one controller). The epoch
-        goes up by one every time, so the older term's writes are fenced."""
+        goes up by one every time, so the older term's writes are fenced.
+
+        PostgreSQL: the lease row is waited for ``lease_s / 3`` at most. When it is still
+        held then, by transactions of a term that has expired, they are ended
+        (``end_stale_term``) and None is returned: the next attempt takes the lease."""
+        try:
+            return self._acquire(
+                controller_id,
+                lease_s=lease_s,
+                url=url,
+                version=version,
+                reclaim_own=reclaim_own,
+                reclaim_epoch=reclaim_epoch,
+                force=force,
+            )
+        except _LeaseRowBusy:
+            self.end_stale_term()
+            return None
+
+    def _acquire(
+        self,
+        controller_id: str,
+        *,
+        lease_s: float,
+        url: str | None,
+        version: str,
+        reclaim_own: bool,
+        reclaim_epoch: int | None,
+        force: bool,
+    ) -> LeaseTerm | None:
         with self._tx() as session:
             self._seen(session, controller_id, url=url, version=version, starting=False)
             session.execute(
@@ -178,7 +314,7 @@ class LeaseStore:
                 .values(name=LEADER_LEASE, epoch=0)
                 .on_conflict_do_nothing(index_elements=[LeaseRow.name])
             )
-            self._lock_lease_row(session)
+            self._lock_lease_row(session, wait_s=lease_s / 3)
             takeable = or_(
                 LeaseRow.holder.is_(None),
                 LeaseRow.expires_at.is_(None),
@@ -223,7 +359,7 @@ class LeaseStore:
         another controller took it), and must stop acting as the leader at once."""
         with self._tx() as session:
             self._seen(session, controller_id, url=url, version=version, starting=False)
-            self._lock_lease_row(session)
+            self._lock_lease_row(session, renewal=True)
             stmt = (
                 update(LeaseRow)
                 .where(*term_held(controller_id, epoch, dialect=self.dialect))
@@ -293,6 +429,10 @@ class LeaseStore:
             lease_expires_at=expires if leader is not None else None,
             controllers=controllers,
         )
+
+
+def _first_line(err: BaseException) -> str:
+    return str(getattr(err, "orig", None) or err).splitlines()[0]
 
 
 def _utc(dt: datetime) -> datetime:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from bench.postgres import PostgresServer
+from bench.postgres import PASSWORD, PG_USER, PostgresServer
 from orchestrify.errors import Fenced
 from orchestrify.models import ServiceSpec
 from orchestrify.store import Store
@@ -218,3 +219,110 @@ def test_a_write_stalled_mid_transaction_ends_and_frees_the_lease(
         stalled.close()
         other.close()
         postgres.drop_database(database)
+
+
+def _stall_mid_pipeline(tx: Any) -> Any:
+    """Leave ``tx``'s session in the middle of the extended protocol: a statement sent in
+    a pipeline without its Sync, as when a partition cuts a message in two. The server
+    then counts the session as active (waiting for the rest), so neither
+    idle_in_transaction_session_timeout nor statement_timeout ends it."""
+    connection = tx.session.connection()
+    raw = connection.connection.dbapi_connection
+    pipeline = raw.pipeline()
+    pipeline.__enter__()
+    raw.cursor().execute("SELECT 1")
+    raw.pgconn.flush()  # sent (Parse, Bind, Describe, Execute), and no Sync after it
+    # Kept by the caller (once collected, the pipeline would send its Sync), which drops
+    # the connection at the end (``connection.invalidate()``).
+    return pipeline, connection
+
+
+def _session_state(server: PostgresServer, database: str, pid: int) -> str | None:
+    with server.connect(database) as conn:
+        row = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_fenced_write_stalled_mid_message_is_ended_by_the_next_leader(
+    postgres: PostgresServer,
+) -> None:
+    """A leader cut off in the middle of a pipelined fenced write holds the lease row FOR
+    SHARE in a session the server counts as active: no server timeout ends it, and before
+    the fix no controller could ever be elected again (seen in the partition drill). A
+    follower that waited lease_s/3 for the expired lease's row ends the former term's
+    transactions, and takes the lease at its next attempt; the stalled write never
+    lands."""
+    database = postgres.new_database()
+    url = postgres.url(database)
+    stalled = Store(url, idle_in_transaction_s=1.0)
+    other = Store(url)
+    try:
+        old = acquire(LeaseStore(stalled), "a", lease_s=SHORT)
+        assert old is not None
+        with fenced(Fence(holder="a", epoch=old.epoch)):
+            tx = stalled.write().__enter__()  # fenced: holds the lease row FOR SHARE
+        tx.add_event("written by the old leader", kind="decision")
+        tx.session.flush()
+        pid = tx.session.connection().connection.dbapi_connection.info.backend_pid
+        pipeline, connection = _stall_mid_pipeline(tx)
+        time.sleep(SHORT * 1.5 + 1.0)  # a's lease has expired; its idle timeout would have
+        assert _session_state(postgres, database, pid) == "active"  # ... but it is active
+        leases = LeaseStore(other)
+        started = time.monotonic()
+        taken: list[LeaseTerm] = []
+        thief = threading.Thread(
+            target=lambda: taken.append(
+                wait_for(lambda: acquire(leases, "b", lease_s=3.0), what="b to take the lease")
+            ),
+            daemon=True,  # left behind if b's acquisition hangs on the lock (the bug)
+        )
+        thief.start()
+        thief.join(timeout=30)
+        assert taken, "b never took the lease: a's stalled write still holds its row"
+        print(f"taken over {time.monotonic() - started:.2f}s after the first attempt")
+        assert taken[0].epoch == old.epoch + 1
+        assert _session_state(postgres, database, pid) is None, "a's session still runs"
+        assert [e.message for e in other.list_events()] == []
+        connection.invalidate()
+        del pipeline
+    finally:
+        stalled.close()
+        other.close()
+        postgres.drop_database(database)
+
+
+def test_a_stale_term_this_controller_may_not_end_is_logged_and_not_taken(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ending another role's session needs pg_signal_backend: without it the follower
+    says what to grant, does not take the lease, and raises nothing."""
+    database = postgres.new_database()
+    with postgres.connect("postgres") as conn:
+        conn.execute("DROP ROLE IF EXISTS lease_weak")
+        conn.execute(f"CREATE ROLE lease_weak LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute(f'GRANT ALL PRIVILEGES ON DATABASE "{database}" TO lease_weak')
+    with postgres.connect(database) as conn:
+        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO lease_weak")
+        conn.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO lease_weak")
+    url = postgres.url(database)
+    stalled = Store(url)
+    weak = Store(url.replace(f"{PG_USER}:", "lease_weak:", 1))
+    try:
+        old = acquire(LeaseStore(stalled), "a", lease_s=SHORT)
+        assert old is not None
+        with fenced(Fence(holder="a", epoch=old.epoch)):
+            tx = stalled.write().__enter__()
+        pipeline, connection = _stall_mid_pipeline(tx)
+        time.sleep(SHORT * 1.5)
+        with caplog.at_level("WARNING", logger="orchestrify.store.leases"):
+            assert acquire(LeaseStore(weak), "b", lease_s=0.6) is None
+        assert any("pg_signal_backend" in r.getMessage() for r in caplog.records)
+        connection.invalidate()
+        del pipeline
+    finally:
+        stalled.close()
+        weak.close()
+        postgres.drop_database(database)
+        with postgres.connect("postgres") as conn:
+            conn.execute("DROP OWNED BY lease_weak")
+            conn.execute("DROP ROLE IF EXISTS lease_weak")
