@@ -326,11 +326,12 @@ class HaLab(DataPlane):
         assert self.pg is not None
         with self.pg.connect("postgres") as conn:
             for ident in idents:
-                # pg_signal_backend: a controller may end a former leader's transaction
-                # that outlived its lease (one role for all of them would do as well).
+                # pg_signal_backend and pg_read_all_stats: a controller may see and end
+                # another's session that a partition stalled mid-message, holding locks
+                # (one role for all of them, as the playbooks make, would do as well).
                 conn.execute(
                     f"CREATE ROLE {ident} LOGIN PASSWORD '{PASSWORD}'"
-                    f" IN ROLE {PG_USER}, pg_signal_backend"
+                    f" IN ROLE {PG_USER}, pg_signal_backend, pg_read_all_stats"
                 )
             if self.idle_in_transaction_s is not None:
                 ms = int(self.idle_in_transaction_s * 1000)

@@ -75,7 +75,7 @@ from orchestrify.protocol import (
     peer_protocol,
     refusal,
 )
-from orchestrify.store import Store, translate_store_error
+from orchestrify.store import Store, stalls, translate_store_error
 from orchestrify.store.engine import Fence, fenced
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,16 @@ def create_app(
         # Every controller writes the heartbeats it received, leader or not.
         flusher = asyncio.create_task(state.heartbeats.run_forever(), name="heartbeats")
         watch = asyncio.create_task(state.watch.run_forever(), name="assignments")
+        # PostgreSQL: a session of any controller cut off mid-message holds its locks
+        # until this ends it (as long as a transaction of ours may idle, then blocking).
+        stall_watch = asyncio.create_task(
+            stalls.run_forever(
+                state.store,
+                interval_s=settings.lease_s / 3,
+                after_s=IDLE_IN_TRANSACTION_SHARE * settings.lease_s,
+            ),
+            name="stalled-sessions",
+        )
         try:
             # Alerts stored before a crash but not yet decided on are decided now, before
             # the API serves, when this controller leads.
@@ -130,7 +140,7 @@ def create_app(
         finally:
             await loop_lag.stop()
             await leadership.stop()  # the leader's loops end first, then the lease
-            for task in (flusher, watch):
+            for task in (flusher, watch, stall_watch):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

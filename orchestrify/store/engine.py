@@ -206,6 +206,11 @@ def retry_on_race(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return attempt
 
 
+# How the controllers' sessions name themselves to PostgreSQL (pg_stat_activity): the
+# stall watch (orchestrify.store.stalls) ends only sessions of this name.
+APPLICATION_NAME = "orchestrify"
+
+
 def create_store_engine(url: str | URL, *, idle_in_transaction_s: float | None = None) -> Engine:
     """An engine for the store at ``url``: SQLite (``sqlite:///path``) or PostgreSQL
     (``postgresql+psycopg://user:password@host:port/db``). ``InvalidSpec`` for a URL that
@@ -246,7 +251,7 @@ def create_store_engine(url: str | URL, *, idle_in_transaction_s: float | None =
             pool_timeout=10,
             connect_args={
                 "connect_timeout": 10,
-                "application_name": "orchestrify",
+                "application_name": APPLICATION_NAME,
                 **(
                     {
                         # Idle: the server waits for us (our COMMIT held up). TCP: what it

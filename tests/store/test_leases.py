@@ -14,7 +14,7 @@ import pytest
 from bench.postgres import PASSWORD, PG_USER, PostgresServer
 from orchestrify.errors import Fenced
 from orchestrify.models import ServiceSpec
-from orchestrify.store import Store
+from orchestrify.store import Store, listen, stalls
 from orchestrify.store.engine import Fence, fenced
 from orchestrify.store.leases import LeaseStore, LeaseTerm
 from tests.api.conftest import wait_for
@@ -326,3 +326,52 @@ def test_a_stale_term_this_controller_may_not_end_is_logged_and_not_taken(
         with postgres.connect("postgres") as conn:
             conn.execute("DROP OWNED BY lease_weak")
             conn.execute("DROP ROLE IF EXISTS lease_weak")
+
+
+def test_a_write_stalled_mid_message_holding_the_change_counter_is_ended(
+    postgres: PostgresServer,
+) -> None:
+    """Every write holds the change counter's row until it commits: a write of any
+    controller stalled mid-message would block every later write of every controller.
+    The stall watch ends it once it has waited on its client longer than a transaction
+    of ours may idle; the blocked write then lands, the stalled one never does."""
+    database = postgres.new_database()
+    url = postgres.url(database)
+    stalled = Store(url)
+    other = Store(url)
+    try:
+        tx = stalled.write().__enter__()  # an API write: not fenced
+        tx.add_event("the stalled write", kind="decision")
+        tx.session.flush()
+        listen.announce(tx.session, origin="stalled", kinds=set())  # the counter, locked
+        pid = tx.session.connection().connection.dbapi_connection.info.backend_pid
+        pipeline, connection = _stall_mid_pipeline(tx)
+        done = threading.Event()
+        writer = threading.Thread(
+            target=lambda: (other.record_event("the next write", kind="decision"), done.set()),
+            daemon=True,  # left behind if it never gets the lock (the bug)
+        )
+        writer.start()
+        wait_for(lambda: _lock_waiters(postgres, database) >= 1, what="the write to wait")
+        assert stalls.end_stalled_sessions(other, after_s=60.0) == 0  # not stalled that long
+        assert not done.is_set()
+        time.sleep(0.6)
+        assert stalls.end_stalled_sessions(other, after_s=0.5) == 1
+        assert done.wait(30), "the write still waits for the stalled session's lock"
+        assert _session_state(postgres, database, pid) is None
+        assert [e.message for e in other.list_events()] == ["the next write"]
+        connection.invalidate()
+        del pipeline
+    finally:
+        stalled.close()
+        other.close()
+        postgres.drop_database(database)
+
+
+def _lock_waiters(server: PostgresServer, database: str) -> int:
+    with server.connect(database) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+            (database,),
+        ).fetchone()
+    return int(row[0]) if row else 0
