@@ -65,6 +65,7 @@ def _play(tmp_path: Path, url: object) -> Path:
         "orchestrify_edge_token": "t",
         "orchestrify_edge_listen": 80,
         "orchestrify_edge_metrics_port": 18082,
+        "orchestrify_edge_telemetry_max_mb": 256,
         "orchestrify_edge_metrics_url": "",
         "orchestrify_edge_tls": False,
         "orchestrify_edge_tls_names": [],

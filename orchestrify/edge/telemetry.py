@@ -393,6 +393,14 @@ class _OpenLog:
     def skip_to_end(self) -> None:
         self.offset = os.fstat(self.fd).st_size
 
+    def _restart_if_emptied(self) -> None:
+        """Read from the start again when the file was emptied in place (shorter than
+        what was read of it: the edge role's timer bounds it while no edge reads it)."""
+        with contextlib.suppress(OSError):
+            if os.fstat(self.fd).st_size < self.offset:
+                log.warning("the access log was emptied in place; reading it from its start")
+                self.offset, self._rest = 0, b""
+
     def read_lines(self) -> tuple[list[str], int]:
         """The whole lines appended since the last read, and how many over-long ones
         were thrown away."""
@@ -403,6 +411,7 @@ class _OpenLog:
             return [], 0
         self.full_read = len(data) == MAX_READ_BYTES
         if not data:
+            self._restart_if_emptied()
             return [], 0
         self.offset += len(data)
         data = self._rest + data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -313,5 +314,28 @@ def test_a_burst_bigger_than_one_read_is_read_over_several_polls(tmp_path: Path)
         assert reader.poll() == lines - first
         assert not reader.behind
         assert _count(metrics) == lines
+    finally:
+        reader.close()
+
+
+def test_a_file_emptied_in_place_is_read_again_from_its_start(tmp_path: Path) -> None:
+    """The edge role's timer empties the file in place (truncate) when it grew past its
+    bound: Nginx's workers keep appending to the same file, and the edge reads those new
+    lines from the start instead of waiting past its old offset."""
+    path = tmp_path / LOG_FILE
+    metrics = EdgeMetrics(CollectorRegistry())
+    reader = AccessLogReader(path, metrics=metrics, book=_book())
+    try:
+        reader.poll()
+        writer = path.open("a")  # Nginx's worker (O_APPEND)
+        writer.write((VALID + "\n") * 3)
+        writer.flush()
+        assert reader.poll() == 3
+        os.truncate(path, 0)
+        writer.write(VALID + "\n")  # appended at the new end: offset 0
+        writer.flush()
+        assert reader.poll() + reader.poll() == 1
+        writer.close()
+        assert _count(metrics) == 4
     finally:
         reader.close()

@@ -212,6 +212,7 @@ def control_plane(lab_workspace: Workspace) -> Iterator[ControlPlane]:
                     "orchestrify_edge_controller_url": url,
                     "orchestrify_edge_token": API_TOKEN,
                     "orchestrify_edge_wheelhouse_src": wheelhouse,
+                    "orchestrify_edge_telemetry_max_mb": 1,  # the timer's test writes 3
                     "prometheus_controller_url": url,
                     "prometheus_token": API_TOKEN,
                     "prometheus_scrape_interval": "2s",

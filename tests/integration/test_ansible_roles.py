@@ -246,6 +246,23 @@ def test_control_playbook(control_plane: ControlPlane) -> None:
     assert nginx_main_pid() == master
     assert ex(host, "systemctl", "is-active", "orchestrify-nginx") == "active"
 
+    # While no edge reads the telemetry file, a timer keeps it bounded (1 MiB in this
+    # lab): past the bound it is emptied in place, and Nginx serves on.
+    assert ex(host, "systemctl", "is-active", "orchestrify-edge-telemetry-cap.timer") == "active"
+    telemetry = "/etc/orchestrify/nginx/tmp/telemetry.log"
+    ex(host, "systemctl", "stop", "orchestrify-edge")
+    try:
+        # As Nginx (the edge's user) appends to it; it may not exist yet without traffic.
+        ex(host, *as_edge_user, "sh", "-c", f"head -c 3000000 /dev/zero >> {telemetry}")
+        ex(host, "systemctl", "start", "orchestrify-edge-telemetry-cap.service")
+        assert int(ex(host, "stat", "-c", "%s", telemetry)) < 1_000_000
+        assert ex(host, "stat", "-c", "%U", telemetry) == "orchestrify-edge"
+        status, body = plane.get(f"http://{host.address}:80/__orchestrify/health")
+        assert status == 200, body
+        assert nginx_main_pid() == master
+    finally:
+        ex(host, "systemctl", "start", "orchestrify-edge")
+
 
 def test_prometheus_scrapes_the_workers_node_exporter(control_plane: ControlPlane) -> None:
     """site.yml's node_exporter on the worker, found through the controller's discovery
