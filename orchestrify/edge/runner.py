@@ -36,6 +36,8 @@ import shlex
 import shutil
 import socket
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,18 @@ ROOT_WORKER_USER = "nobody"
 # Waits between failed watches of the controller: short and capped low, so a controller
 # that comes back is noticed within ~2 s (a watch is one cheap request).
 WATCH_BACKOFF_S = (0.5, 1.0, 2.0)
+
+
+# How much lower the telemetry thread's CPU priority is than the rest of the edge's (and
+# than Nginx's): a nice value added to it (Linux schedules each thread on its own).
+TELEMETRY_NICE = 10
+
+
+def _background_priority() -> None:
+    """Lower the calling thread's CPU priority by ``TELEMETRY_NICE`` (best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + TELEMETRY_NICE)
 
 
 def nginx_temp_dir(prefix: Path) -> Path:
@@ -328,11 +342,27 @@ class Edge:
 
     async def _read_access_log(self) -> None:
         """Ingest Nginx's access log every ``POLL_S``; keep the file small by rotating it
-        (unlink, then Nginx reopens) once it has grown past the reader's limit."""
+        (unlink, then Nginx reopens) once it has grown past the reader's limit.
+
+        The reading and counting run in a thread of their own at a lower CPU priority
+        (``TELEMETRY_NICE``): on a busy edge host they yield to Nginx's workers, so the
+        bursts of work every poll do not show in the requests' tail latency."""
         reader = self.log_reader
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="edge-telemetry", initializer=_background_priority
+        )
+        try:
+            await self._read_access_log_with(reader, loop, pool)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _read_access_log_with(
+        self, reader: AccessLogReader, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor
+    ) -> None:
         while True:
             try:
-                reader.poll()
+                await loop.run_in_executor(pool, reader.poll)
                 if reader.rotation_due() and self.nginx.running():
                     reader.rotate()
                     await self.nginx.reopen_logs()
