@@ -38,10 +38,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from orchestrify.errors import OrchestrifyError
 from orchestrify.store.engine import StoreCore, db_now, term_held, translate_store_error
 from orchestrify.store.lease_tables import FENCE_LOCK_KEY, LEADER_LEASE, ControllerRow, LeaseRow
 from orchestrify.store.rows import as_utc
+from orchestrify.store.stalls import end_session
 
 __all__ = ["ClusterView", "ControllerView", "LeaseStore", "LeaseTerm"]
 
@@ -208,34 +208,15 @@ class LeaseStore:
                 "the lease row stays locked, and by no transaction of an expired term that "
                 "this controller can see; trying again"
             )
-        ended = 0
-        for pid, role, holder, epoch in stale:
-            try:
-                with self._tx() as session:
-                    done = session.execute(
-                        text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
-                    ).scalar_one()
-            except (SQLAlchemyError, OrchestrifyError) as err:
-                log.warning(
-                    "a transaction of the former leader holds the lease past its end and "
-                    "this controller may not end it; give the controllers one database "
-                    "role, or grant them pg_signal_backend",
-                    extra={
-                        "pid": pid,
-                        "role": role,
-                        "holder": holder,
-                        "epoch": epoch,
-                        "error": _first_line(err),
-                    },
-                )
-                continue
-            if done:
-                ended += 1
-                log.warning(
-                    "ended a transaction of the former leader that held the lease past its end",
-                    extra={"pid": pid, "role": role, "holder": holder, "epoch": epoch},
-                )
-        return ended
+        return sum(
+            end_session(
+                self.store,
+                pid,
+                what="a transaction of the former leader that held the lease past its end",
+                fields={"role": role, "holder": holder, "epoch": epoch},
+            )
+            for pid, role, holder, epoch in stale
+        )
 
     def _insert(self, table: type[LeaseRow] | type[ControllerRow]) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
@@ -429,10 +410,6 @@ class LeaseStore:
             lease_expires_at=expires if leader is not None else None,
             controllers=controllers,
         )
-
-
-def _first_line(err: BaseException) -> str:
-    return str(getattr(err, "orig", None) or err).splitlines()[0]
 
 
 def _utc(dt: datetime) -> datetime:

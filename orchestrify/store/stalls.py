@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from orchestrify.errors import OrchestrifyError
 from orchestrify.store.engine import APPLICATION_NAME, StoreCore
 
-__all__ = ["end_stalled_sessions", "run_forever"]
+__all__ = ["end_session", "end_stalled_sessions", "run_forever"]
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +65,38 @@ def end_stalled_sessions(store: StoreCore, *, after_s: float) -> int:
         stalled = session.execute(
             _STALLED, {"application": APPLICATION_NAME, "after": after_s}
         ).all()
-    ended = 0
-    for pid, role, waited_s in stalled:
-        fields = {"pid": pid, "role": role, "waited_s": round(waited_s, 1)}
-        try:
-            with store._sessions() as session:
-                done = session.execute(
-                    text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
-                ).scalar_one()
-        except (SQLAlchemyError, OrchestrifyError) as err:
-            log.warning(
-                "a session stalled in the middle of a message holds locks others wait for, "
-                "and this controller may not end it; give the controllers one database "
-                "role, or grant them pg_signal_backend",
-                extra={**fields, "error": str(getattr(err, "orig", None) or err).splitlines()[0]},
+    return sum(
+        end_session(
+            store,
+            pid,
+            what="a database session stalled in the middle of a message that held locks "
+            "others waited for (a partition, or a frozen controller)",
+            fields={"role": role, "waited_s": round(waited_s, 1)},
+        )
+        for pid, role, waited_s in stalled
+    )
+
+
+def end_session(store: StoreCore, pid: int, *, what: str, fields: dict[str, Any]) -> bool:
+    """End the database session ``pid`` (``pg_terminate_backend``), saying so in a
+    warning about ``what`` it was; whether it was ended. Without the privilege to end
+    it, a warning says what to grant instead."""
+    extra = {"pid": pid, **fields}
+    try:
+        with store._sessions() as session:
+            done = bool(
+                session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
             )
-            continue
-        if done:
-            ended += 1
-            log.warning(
-                "ended a database session stalled in the middle of a message that held "
-                "locks others waited for (a partition, or a frozen controller)",
-                extra=fields,
-            )
-    return ended
+    except (SQLAlchemyError, OrchestrifyError) as err:
+        log.warning(
+            f"could not end {what}; give the controllers one database role, or grant them "
+            "pg_signal_backend",
+            extra={**extra, "error": str(getattr(err, "orig", None) or err).splitlines()[0]},
+        )
+        return False
+    if done:
+        log.warning(f"ended {what}", extra=extra)
+    return done
 
 
 async def run_forever(store: StoreCore, *, interval_s: float, after_s: float) -> None:

@@ -190,6 +190,15 @@ def test_an_acquisition_waits_for_a_fenced_write_in_flight(postgres: PostgresSer
         postgres.drop_database(database)
 
 
+def _fenced_write_in_flight(store: Store) -> tuple[LeaseTerm, Any]:
+    """Controller a takes a short lease on ``store`` and begins a fenced write (which holds
+    the lease row FOR SHARE), left open: the term and the write."""
+    old = acquire(LeaseStore(store), "a", lease_s=SHORT)
+    assert old is not None
+    with fenced(Fence(holder="a", epoch=old.epoch)):
+        return old, store.write().__enter__()
+
+
 def test_a_write_stalled_mid_transaction_ends_and_frees_the_lease(
     postgres: PostgresServer,
 ) -> None:
@@ -203,10 +212,7 @@ def test_a_write_stalled_mid_transaction_ends_and_frees_the_lease(
     stalled = Store(url, idle_in_transaction_s=1.0)
     other = Store(url)
     try:
-        old = acquire(LeaseStore(stalled), "a", lease_s=SHORT)
-        assert old is not None
-        with fenced(Fence(holder="a", epoch=old.epoch)):
-            tx = stalled.write().__enter__()  # fenced: holds the lease row FOR SHARE
+        old, tx = _fenced_write_in_flight(stalled)
         taken: list[LeaseTerm | None] = []
         time.sleep(SHORT * 1.5)  # a's lease has expired: only a's row lock stands in b's way
         thief = threading.Thread(target=lambda: taken.append(acquire(LeaseStore(other), "b")))
@@ -257,10 +263,7 @@ def test_a_fenced_write_stalled_mid_message_is_ended_by_the_next_leader(
     stalled = Store(url, idle_in_transaction_s=1.0)
     other = Store(url)
     try:
-        old = acquire(LeaseStore(stalled), "a", lease_s=SHORT)
-        assert old is not None
-        with fenced(Fence(holder="a", epoch=old.epoch)):
-            tx = stalled.write().__enter__()  # fenced: holds the lease row FOR SHARE
+        old, tx = _fenced_write_in_flight(stalled)
         tx.add_event("written by the old leader", kind="decision")
         tx.session.flush()
         pid = tx.session.connection().connection.dbapi_connection.info.backend_pid
@@ -308,10 +311,7 @@ def test_a_stale_term_this_controller_may_not_end_is_logged_and_not_taken(
     stalled = Store(url)
     weak = Store(url.replace(f"{PG_USER}:", "lease_weak:", 1))
     try:
-        old = acquire(LeaseStore(stalled), "a", lease_s=SHORT)
-        assert old is not None
-        with fenced(Fence(holder="a", epoch=old.epoch)):
-            tx = stalled.write().__enter__()
+        _, tx = _fenced_write_in_flight(stalled)
         pipeline, connection = _stall_mid_pipeline(tx)
         time.sleep(SHORT * 1.5)
         with caplog.at_level("WARNING", logger="orchestrify.store.leases"):
