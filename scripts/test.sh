@@ -22,18 +22,20 @@ echo "== pytest"
 # Two pytest processes side by side (the machine has 2 cores, and the integration tests
 # mostly wait on SSH, Docker and real failovers): the integration tests one after
 # another, as always (they share lab hosts and time real failovers, so never two at
-# once), and the fast tests beside them, whose report follows at the end.
+# once), and the fast tests beside them, whose report follows at the end. Integration
+# tests marked `beside` (their own processes, no lab host, nothing timed) run in the fast
+# tests' stream, which finishes well before the other one.
 # With arguments (they go to pytest), or ORCHESTRIFY_TEST_SERIAL=1: one process.
 if [ "$#" -gt 0 ] || [ -n "${ORCHESTRIFY_TEST_SERIAL:-}" ]; then
   exec pytest -ra --durations=15 "$@"
 fi
 fast_log="$(mktemp -t orchestrify-fast-tests.XXXXXX)"
 echo "== pytest: the fast tests run beside the integration tests; their report follows"
-pytest -ra --durations=5 -m "not integration" >"$fast_log" 2>&1 &
+pytest -ra --durations=5 -m "not integration or beside" >"$fast_log" 2>&1 &
 fast_pid=$!
 trap 'kill "$fast_pid" 2>/dev/null || true' INT TERM  # an interrupted run stops both
 set +e
-pytest -ra --durations=15 -m integration
+pytest -ra --durations=15 -m "integration and not beside"
 integration_rc=$?
 wait "$fast_pid"
 fast_rc=$?

@@ -27,7 +27,9 @@ import pytest
 
 from tests.processes import ROOT, controller_process
 
-pytestmark = pytest.mark.integration
+# Its own controller process and nothing shared: scripts/test.sh runs it beside the
+# integration tests, in the fast tests' stream (it is most of two minutes).
+pytestmark = [pytest.mark.integration, pytest.mark.beside]
 
 ADMIN = "contract-admin-token"
 JOIN = "contract-join-token"
