@@ -20,7 +20,11 @@ dir, SQLite unless ``--database-url`` names a PostgreSQL database), then:
 
 It prints, per N (all latencies measured by the clients, with ``time.perf_counter``):
 
-- heartbeat latency p50/p99: ``POST /v1/nodes/{id}/heartbeat`` sent -> answered;
+- heartbeat latency p50/p99: ``POST /v1/nodes/{id}/heartbeat`` sent -> answered; and,
+  to tell where that time went, the heartbeat p99 as the controller timed it (its
+  ``orchestrify_api_request_duration_seconds`` histogram, from two scrapes as below) and
+  the bench clients' own event-loop lag p99 (each worker process times a task that
+  sleeps 50 ms: a client whose loop is late measures that lateness too);
 - assignment notification latency p50/p99: from the answer of the API call that committed
   a change (create, scale, delete) to the moment the simulated agent that must act has
   it in its watch: a new replica to ``run`` for a create or scale-out, a running one
@@ -87,6 +91,7 @@ from bench.report import Report, at_least, at_most, percentile
 from orchestrify.protocol import announce
 
 LAG_METRIC = "orchestrify_event_loop_lag_seconds"
+API_METRIC = "orchestrify_api_request_duration_seconds"
 SILENT_STATES = ("not_ready", "unreachable")
 READ_PAUSE_S = 0.1  # between a reader's rounds: a CLI user or a dashboard, not a flood
 SETTLE_S = 2.0  # after the run, for notifications still on their way (quick: 1 s)
@@ -216,31 +221,52 @@ def peak_rss_mb(pid: int) -> float:
     return math.nan
 
 
-# --- the event-loop lag, from two scrapes of the histogram ---
+# --- the controller's own histograms, from two scrapes of /metrics ---
+HEARTBEAT_ROUTE = "/v1/nodes/{node_id}/heartbeat"
+
+
 def lag_buckets(metrics_text: str) -> dict[float, float]:
     """Cumulative counts of the lag histogram by upper bound (seconds, +Inf included)."""
-    out: dict[float, float] = {}
+    return _buckets(metrics_text, LAG_METRIC, {})
+
+
+def heartbeat_buckets(metrics_text: str) -> dict[float, float]:
+    """Cumulative counts of the heartbeat route's answers (any status) by upper bound, as
+    the controller timed them: from the request's arrival in the app to its answer."""
+    return _buckets(metrics_text, API_METRIC, {"method": "POST", "route": HEARTBEAT_ROUTE})
+
+
+def _buckets(metrics_text: str, metric: str, labels: dict[str, str]) -> dict[float, float]:
+    out: dict[float, float] = defaultdict(float)
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != LAG_METRIC:
+        if family.name != metric:
             continue
         for sample in family.samples:
-            if sample.name == f"{LAG_METRIC}_bucket":
-                out[float(sample.labels["le"])] = sample.value
-    return out
+            if sample.name == f"{metric}_bucket" and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                out[float(sample.labels["le"])] += sample.value  # summed over statuses
+    return dict(out)
 
 
-async def scrape_lag(
-    ctl: ControllerProcess, observed: Observed, *, timeout_s: float
-) -> dict[float, float]:
-    """The lag histogram's buckets now; empty when /metrics does not answer in time."""
+@dataclass(frozen=True)
+class Histograms:
+    """The controller's histograms the bench reads, as scraped once (empty: no answer)."""
+
+    lag: dict[float, float] = field(default_factory=dict)
+    heartbeat: dict[float, float] = field(default_factory=dict)
+
+
+async def scrape(ctl: ControllerProcess, observed: Observed, *, timeout_s: float) -> Histograms:
+    """The histograms now; empty when /metrics does not answer in time."""
     try:
         async with httpx.AsyncClient(base_url=ctl.url, timeout=timeout_s) as client:
             resp = await client.get("/metrics")
         resp.raise_for_status()
     except httpx.HTTPError as exc:
         observed.failures[f"metrics: {type(exc).__name__}"] += 1
-        return {}
-    return lag_buckets(resp.text)
+        return Histograms()
+    return Histograms(lag=lag_buckets(resp.text), heartbeat=heartbeat_buckets(resp.text))
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
@@ -532,7 +558,7 @@ def run_scenario(opts: FleetOptions, report: Report) -> None:
     say(f"{scenario}: starting a controller")
     try:
         with controller_process(opts.database_url) as ctl:
-            lag_at_start = asyncio.run(scrape_lag(ctl, Observed(), timeout_s=30))
+            at_start = asyncio.run(scrape(ctl, Observed(), timeout_s=30))
             workers = start_workers(ctl, opts, prefix)
             results: list[WorkerResult] = []
             try:
@@ -541,7 +567,7 @@ def run_scenario(opts: FleetOptions, report: Report) -> None:
                 results = workers.finish(timeout_s=30)
                 peak = peak_rss_mb(ctl.pid)
             # With the agents stopped, an overloaded controller catches up and answers.
-            asyncio.run(after_run(ctl, measured, prefix=prefix, lag_at_start=lag_at_start))
+            asyncio.run(after_run(ctl, measured, prefix=prefix, at_start=at_start))
             if opts.database_url:  # the next count's controller shares this database
                 asyncio.run(forget_fleet(ctl, prefix))
     except Exception as exc:  # one count failing must not lose the others' figures
@@ -594,8 +620,8 @@ class Measured:
     window: tuple[float, float]  # perf_counter
     end_wall: datetime  # the run's end (and settling) on the wall clock, for event times
     registered: int
-    lag_before: dict[float, float]
-    lag_after: dict[float, float]
+    before: Histograms
+    after: Histograms
     controller_cpu: float
     bench_cpu: float
     load: float
@@ -630,7 +656,7 @@ async def measure(
         churn = Churn(api, observed, pool=max(8, min(20, opts.agents // 25)))
         pids = [p.pid for p in workers.procs if p.pid is not None]
         # /metrics queues behind the agents' calls on a busy controller: a long timeout.
-        lag_before = await scrape_lag(ctl, observed, timeout_s=60)
+        before = await scrape(ctl, observed, timeout_s=60)
         begin = time.perf_counter()
         cpu_before = cpu_seconds(ctl.pid)
         bench_before = sum(cpu_seconds(pid) for pid in pids) + _own_cpu()
@@ -659,7 +685,7 @@ async def measure(
             * 100
         )
         end_wall = datetime.now(UTC)
-        lag_after = await scrape_lag(ctl, observed, timeout_s=60)
+        after = await scrape(ctl, observed, timeout_s=60)
         load = os.getloadavg()[0]
         await asyncio.sleep(opts.settle_s)  # notifications still on their way
     return Measured(
@@ -667,8 +693,8 @@ async def measure(
         window=(begin, end),
         end_wall=end_wall + timedelta(seconds=opts.settle_s),
         registered=registered,
-        lag_before=lag_before,
-        lag_after=lag_after,
+        before=before,
+        after=after,
         controller_cpu=cpu,
         bench_cpu=bench_cpu,
         load=load,
@@ -676,18 +702,18 @@ async def measure(
 
 
 async def after_run(
-    ctl: ControllerProcess, m: Measured, *, prefix: str, lag_at_start: dict[float, float]
+    ctl: ControllerProcess, m: Measured, *, prefix: str, at_start: Histograms
 ) -> None:
     """What could not be read during the run, read once the agents have stopped: the node
     events (those written before the run ended count), and the lag histogram when a
     scrape timed out. A lag taken from the controller's start, or up to this late
     scrape, covers more than the run: said in the failures."""
-    if not m.lag_before:
-        m.lag_before = lag_at_start
-        m.observed.notes.append("event-loop lag counted from the controller's start")
-    if not m.lag_after:
-        m.lag_after = await scrape_lag(ctl, m.observed, timeout_s=60)
-        m.observed.notes.append("event-loop lag counted until after the agents stopped")
+    if not m.before.lag:
+        m.before = at_start
+        m.observed.notes.append("controller's histograms counted from its start")
+    if not m.after.lag:
+        m.after = await scrape(ctl, m.observed, timeout_s=60)
+        m.observed.notes.append("controller's histograms counted until after the agents stopped")
     headers = {**announce("cli"), "Authorization": f"Bearer {ctl.token}"}
     async with httpx.AsyncClient(base_url=ctl.url, headers=headers, timeout=60) as api:
         try:
@@ -716,6 +742,7 @@ def add_figures(
 ) -> None:
     begin, end = m.window
     heartbeats = [lat for r in results for (sent, lat, _) in r.heartbeats if begin <= sent <= end]
+    client_lag = [lag for r in results for (at, lag) in r.loop_lag if begin <= at <= end]
     observations = [o for r in results for o in r.observations]
     latencies, missed = match_notifications(m.observed.changes, observations)
     reads = [x for samples in m.observed.reads.values() for x in samples]
@@ -743,6 +770,9 @@ def add_figures(
     add(scenario, "agents never registered", never, "", at_most(0))
     add(scenario, "heartbeat p50", ms(heartbeats, 50), "ms")
     add(scenario, "heartbeat p99", ms(heartbeats, 99), "ms", at_most(100, "ms"))
+    served_p99 = histogram_quantile(0.99, m.before.heartbeat, m.after.heartbeat)
+    add(scenario, "  heartbeat p99 inside the controller", served_p99 * 1000, "ms")
+    add(scenario, "  bench clients' own loop lag p99", ms(client_lag, 99), "ms")
     add(scenario, "assignment notification p50", ms(latencies, 50), "ms")
     add(scenario, "assignment notification p99", ms(latencies, 99), "ms", at_most(250, "ms"))
     add(scenario, "notifications missed", missed if changes else math.nan, "", at_most(0))
@@ -751,7 +781,7 @@ def add_figures(
     for label, samples in sorted(m.observed.reads.items()):
         add(scenario, f"  {label} p99", ms(samples, 99), "ms")
     add(scenario, "API write p99 (churn)", ms(m.observed.writes, 99), "ms")
-    lag_p99 = histogram_quantile(0.99, m.lag_before, m.lag_after)
+    lag_p99 = histogram_quantile(0.99, m.before.lag, m.after.lag)
     add(scenario, "event-loop lag p99", lag_p99 * 1000, "ms", at_most(20, "ms"))
     add(scenario, "controller CPU (of one core)", m.controller_cpu, "%")
     add(scenario, "controller peak RSS", peak_mb, "MB", at_most(500, "MB"))

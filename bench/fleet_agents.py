@@ -128,6 +128,22 @@ class WorkerResult:
     registered: int = 0
     registered_names: list[str] = field(default_factory=list)
     """The node names of the agents that registered (once each)."""
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)
+    """(woke at, seconds late): how late this worker's own event loop woke a task that
+    slept ``LAG_TICK_S``. A latency measured here includes it: a starved client is not
+    a slow controller."""
+
+
+LAG_TICK_S = 0.05
+
+
+async def measure_own_lag(result: WorkerResult, stop: asyncio.Event) -> None:
+    """Record how late this process's event loop wakes, every ``LAG_TICK_S``."""
+    while not stop.is_set():
+        asked = time.perf_counter()
+        await asyncio.sleep(LAG_TICK_S)
+        woke = time.perf_counter()
+        result.loop_lag.append((woke, max(0.0, woke - asked - LAG_TICK_S)))
 
 
 def node_name(prefix: str, index: int) -> str:
@@ -461,9 +477,11 @@ async def run_agents(
         SimAgent(index=i, config=config, http=c, result=result, stop=stop, on_registered=registered)
         for i, c in zip(config.indices, clients, strict=True)
     ]
+    lag = asyncio.create_task(measure_own_lag(result, stop))
     try:
         await asyncio.gather(*(a.run() for a in agents))
     finally:
+        lag.cancel()
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
     return result
 

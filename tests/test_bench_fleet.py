@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import math
 
-from bench.fleet import Change, histogram_quantile, lag_buckets, match_notifications
+from bench.fleet import (
+    Change,
+    heartbeat_buckets,
+    histogram_quantile,
+    lag_buckets,
+    match_notifications,
+)
 from bench.fleet_agents import Observation
 from tests.bench.runner import run_without_test_extras
 
@@ -33,6 +39,24 @@ def test_lag_buckets_read_from_metrics_text() -> None:
         "orchestrify_event_loop_lag_seconds_sum 0.01\n"
     )
     assert lag_buckets(text) == {0.001: 3.0, math.inf: 4.0}
+
+
+def test_heartbeat_buckets_sum_the_route_over_statuses() -> None:
+    route = 'method="POST",route="/v1/nodes/{node_id}/heartbeat"'
+    text = "\n".join(
+        [
+            "# TYPE orchestrify_api_request_duration_seconds histogram",
+            f'orchestrify_api_request_duration_seconds_bucket{{{route},status="200",le="0.01"}} 5',
+            f'orchestrify_api_request_duration_seconds_bucket{{{route},status="200",le="+Inf"}} 6',
+            f'orchestrify_api_request_duration_seconds_bucket{{{route},status="404",le="0.01"}} 1',
+            f'orchestrify_api_request_duration_seconds_bucket{{{route},status="404",le="+Inf"}} 1',
+            'orchestrify_api_request_duration_seconds_bucket{method="GET",'
+            'route="/v1/nodes",status="200",le="0.01"} 9',
+            'orchestrify_api_request_duration_seconds_bucket{method="GET",'
+            'route="/v1/nodes",status="200",le="+Inf"} 9',
+        ]
+    )
+    assert heartbeat_buckets(text) == {0.01: 6.0, math.inf: 7.0}
 
 
 def test_notifications_match_the_oldest_waiting_change_of_their_service() -> None:
@@ -76,3 +100,8 @@ def test_quick_run_prints_its_table_without_pytest_or_tests() -> None:
     assert registered[7] == "5"  # every simulated agent got in
     lag = next(r for r in rows if "event-loop lag p99" in r)
     assert "n/a" not in lag  # the controller exports the lag histogram
+    # Where a heartbeat's time went: inside the controller (its own histogram of the
+    # route) and the clients' own lateness, both measured, not n/a.
+    for figure in ("heartbeat p99 inside the controller", "bench clients' own loop lag p99"):
+        row = next(r for r in rows if figure in r)
+        assert "n/a" not in row, row
