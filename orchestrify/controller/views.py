@@ -29,7 +29,7 @@ from pydantic import TypeAdapter
 
 from orchestrify.controller.border import SafeJSONResponse
 from orchestrify.errors import NotFound
-from orchestrify.models import Assignment, Node, Service
+from orchestrify.models import Assignment, Node, Service, Upstreams
 from orchestrify.store import Store
 from orchestrify.store.node_facts import NodeFact
 
@@ -159,6 +159,7 @@ class NodeAssignments:
     prune: list[str]
 
 
+_UPSTREAMS = TypeAdapter(Upstreams)
 _SERVICES = TypeAdapter(list[Service])
 _SERVICE = TypeAdapter(Service)
 NODE = TypeAdapter(Node)
@@ -206,6 +207,33 @@ class ReadViews:
 
         version = ("nodes", *self.store.nodes_version())  # no I/O on either engine
         return await self.cache.get("nodes", build, version=version)
+
+    async def upstreams(self, state_version: int) -> bytes:
+        """``GET /v1/upstreams``'s answer at the feed's ``state`` version ``state_version``
+        (taken before the call), encoded once per version: an edge's long-poll, every
+        edge of the fleet and the CLI read the same snapshot, not one query each.
+
+        Its ``as_of`` is the time the snapshot was read. A snapshot kept while no state
+        changed is still exact now, and an older ``as_of`` only tells less than a new one
+        would (an edge that reports it back acknowledges less, never more). Under several
+        controllers (PostgreSQL) it is read per request: each answer's ``as_of`` comes
+        from the database's clock under the upstreams lock (``Store.upstreams``), so an
+        edge that moves from one controller to another never sees it go back."""
+
+        def build() -> bytes:
+            as_of, services = self.store.upstreams()
+            answer = Upstreams(
+                version=state_version,
+                as_of=as_of,
+                services=services,
+                cluster_id=self.store.cluster_id,
+            )
+            return encode(answer, _UPSTREAMS)
+
+        if self.store.shares_changes:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.cache.threads, build)
+        return await self.cache.get("upstreams", build, version=("state", state_version))
 
     async def node_assignments(self, node_id: str) -> NodeAssignments | None:
         """One node's assignments as of now (None: no such node), read for this node

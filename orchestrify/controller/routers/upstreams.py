@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import Query
+from fastapi import Query, Response
 
 from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
+from orchestrify.controller.views import json_answer
 from orchestrify.models import Upstreams
 
 router = api_router(prefix="/v1/upstreams", tags=["edges"], dependencies=[Admin])
@@ -18,7 +17,7 @@ async def watch_upstreams(
     state: State,
     version: int | None = Query(None, description="Last version seen; omit for an answer now."),
     timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
-) -> Upstreams:
+) -> Response:
     """Long-poll every service with its running, healthy replicas that have an address.
 
     Answers at once if the state version differs from ``version``, otherwise when
@@ -28,7 +27,4 @@ async def watch_upstreams(
     """
     wait = min(timeout, state.settings.watch_timeout_s)
     current = await state.feed.wait("state", version, wait)
-    as_of, services = await asyncio.to_thread(state.store.upstreams)
-    return Upstreams(
-        version=current, as_of=as_of, services=services, cluster_id=state.store.cluster_id
-    )
+    return json_answer(await state.views.upstreams(current))
