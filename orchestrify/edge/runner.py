@@ -355,7 +355,9 @@ class Edge:
         try:
             await self._read_access_log_with(reader, loop, pool)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Waits for a poll under way (milliseconds) before ``run`` closes the reader's
+            # files: never a read of a closed file, nor lines counted twice, at exit.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     async def _read_access_log_with(
         self, reader: AccessLogReader, loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestrify.edge.runner import TELEMETRY_NICE, _background_priority
+from orchestrify.edge.runner import TELEMETRY_NICE, Edge, EdgeSettings, _background_priority
 from orchestrify.edge.telemetry import (
     LOG_FILE,
     MAX_LINE_BYTES,
@@ -360,3 +361,55 @@ def test_the_telemetry_thread_yields_to_nginx_and_the_rest_of_the_edge_does_not(
     thread.join()
     assert seen == [min(19, before + TELEMETRY_NICE)]
     assert os.getpriority(os.PRIO_PROCESS, me) == before
+
+
+def test_the_edge_reads_its_access_log_in_the_niced_thread_and_ends_it_before_closing(
+    tmp_path: Path,
+) -> None:
+    """The edge's own telemetry task polls the reader in the ``edge-telemetry`` thread at
+    the lower priority; when the task ends, that thread has finished its poll."""
+    settings = EdgeSettings(
+        controller_url="http://127.0.0.1:1",
+        token="t",
+        nginx_conf_dir=tmp_path / "nginx",
+        metrics_port=0,
+        name="edge-1",
+    )
+    edge = Edge(settings, client=None, registry=CollectorRegistry())  # type: ignore[arg-type]
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    polls: list[tuple[str, int]] = []
+    finished = threading.Event()
+
+    class SlowReader:
+        behind = False
+
+        def poll(self) -> int:
+            polls.append(
+                (
+                    threading.current_thread().name,
+                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id()),
+                )
+            )
+            finished.clear()
+            threading.Event().wait(0.2)  # a long poll, under way when the task is cancelled
+            finished.set()
+            return 0
+
+        def rotation_due(self) -> bool:
+            return False
+
+    edge.log_reader = SlowReader()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(edge._read_access_log())
+        while not polls:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert finished.is_set()  # the poll under way ended before the task did
+
+    asyncio.run(scenario())
+    name, nice = polls[0]
+    assert name.startswith("edge-telemetry")
+    assert nice == min(19, base + TELEMETRY_NICE)
