@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -93,9 +94,17 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 JsonIntOrNone = Annotated[
     int | None, BeforeValidator(lambda v: v if v is None else _json_integer(v))
 ]
-JsonFloat = Annotated[float, StrictType()]  # an integer is a JSON number too: taken
+# An integer is a JSON number too: taken. Finite only: Python's JSON parser reads a
+# number too large for a float (1e400) as infinity, which no JSON answer can carry.
+JsonFloat = Annotated[float, StrictType(), AllowInfNan(False)]
 JsonBool = Annotated[bool, StrictType()]
 JsonTime = Annotated[datetime, BeforeValidator(_json_text_only)]
+# Bounds of a service's numbers beyond its replica counts: each keeps the controller's
+# time arithmetic (now + seconds) and the agents' Docker limits (cores x 1e9) in range.
+CPUS_MAX = 1024.0
+STABILIZATION_MAX_S = 3600.0  # Kubernetes' HPA: stabilizationWindowSeconds <= 3600
+COOLDOWN_MAX_S = 86400.0
+LATENCY_TARGET_MAX_MS = 3_600_000.0
 # The most replicas (desired, min or max) a service may ask for in any build; a controller
 # lowers it with its max_replicas_per_service setting (1,000 by default).
 REPLICAS_HARD_MAX = 100_000
@@ -145,17 +154,28 @@ class ScalingPolicy(Strict):
     """How a service reacts to alerts. Defaults follow Kubernetes' HPA and the seed tools."""
 
     scale_up_stabilization_s: JsonFloat = Field(
-        0, ge=0, description="Seconds a scale-out signal must persist; 0 as in Kubernetes."
+        0,
+        ge=0,
+        le=STABILIZATION_MAX_S,
+        description="Seconds a scale-out signal must persist; 0 as in Kubernetes.",
     )
     scale_down_stabilization_s: JsonFloat = Field(
-        300, ge=0, description="Seconds load must stay low before scaling in (Kubernetes: 300)."
+        300,
+        ge=0,
+        le=STABILIZATION_MAX_S,
+        description="Seconds load must stay low before scaling in (Kubernetes: 300).",
     )
-    cooldown_s: JsonFloat = Field(30, ge=0, description="Seconds after any scaling action.")
+    cooldown_s: JsonFloat = Field(
+        30, ge=0, le=COOLDOWN_MAX_S, description="Seconds after any scaling action."
+    )
     max_step: JsonInt = Field(
         1, ge=1, le=100, description="Most replicas added/removed per action."
     )
     latency_target_ms: JsonFloat = Field(
-        100, gt=0, description="p95 latency target (the first seed tool's 100 ms)."
+        100,
+        gt=0,
+        le=LATENCY_TARGET_MAX_MS,
+        description="p95 latency target (the first seed tool's 100 ms).",
     )
     requests_per_replica: JsonInt = Field(
         20,
@@ -211,7 +231,9 @@ class ServiceSpec(Strict):
     memory_mb: JsonIntOrNone = Field(
         None, ge=4, le=JSON_INT_MAX, description="Memory limit per container."
     )
-    cpus: JsonFloat | None = Field(None, gt=0, description="CPU limit per container (cores).")
+    cpus: JsonFloat | None = Field(
+        None, gt=0, le=CPUS_MAX, description="CPU limit per container (cores)."
+    )
     drain_s: JsonFloat = Field(
         DEFAULT_DRAIN_S, ge=0, le=3600, description="Seconds to drain before stopping."
     )
@@ -348,7 +370,7 @@ class ServicePatch(Strict):
     health_path: str | None = Field(None, max_length=1024, pattern=HEALTH_PATH.pattern)
     max_per_node: JsonIntOrNone = Field(None, ge=1, le=REPLICAS_HARD_MAX)
     memory_mb: JsonIntOrNone = Field(None, ge=4, le=JSON_INT_MAX)
-    cpus: JsonFloat | None = Field(None, gt=0)
+    cpus: JsonFloat | None = Field(None, gt=0, le=CPUS_MAX)
     drain_s: JsonFloat | None = Field(None, ge=0, le=3600)
     stop_grace_s: JsonFloat | None = Field(None, ge=0, le=3600)
     policy: ScalingPolicy | None = None

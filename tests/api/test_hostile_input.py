@@ -315,6 +315,48 @@ def test_replica_counts_above_the_ceiling_are_422(
     assert api.get("/v1/services").json() == []
 
 
+# (JSON text of a service's number, the field the 422 must name): a number too large
+# for a float (Python reads it as infinity), and finite ones past the field's bound,
+# which overflowed the controller's time arithmetic or the agents' Docker limits.
+NUMBERS: list[tuple[str, tuple[str, ...]]] = [
+    ('"cpus": 1e400', ("cpus",)),
+    ('"cpus": 1e308', ("cpus",)),
+    ('"drain_s": 1e400', ("drain_s",)),
+    ('"policy": {"cooldown_s": 1e400}', ("policy", "cooldown_s")),
+    ('"policy": {"cooldown_s": 1e308}', ("policy", "cooldown_s")),
+    ('"policy": {"scale_down_stabilization_s": 1e400}', ("policy", "scale_down_stabilization_s")),
+    ('"policy": {"scale_up_stabilization_s": 3601}', ("policy", "scale_up_stabilization_s")),
+    ('"policy": {"latency_target_ms": 1e300}', ("policy", "latency_target_ms")),
+]
+
+
+@pytest.mark.parametrize(("number", "field"), NUMBERS)
+def test_a_number_beyond_its_bound_is_422_and_the_services_still_list(
+    api: TestClient, number: str, field: tuple[str, ...]
+) -> None:
+    """Before: ``1e400`` was stored as infinity and every later ``GET /v1/services`` was
+    a 500. Now a 422 naming the field, on create and on update, and nothing changes."""
+    assert api.post("/v1/services", json=service_spec(name="web")).status_code == 201
+    before = api.get("/v1/services/web").json()
+    _names(
+        _raw(api, "POST", "/v1/services", f'{{"name": "api", "image": "nginx", {number}}}'), *field
+    )
+    _names(_raw(api, "PATCH", "/v1/services/web", f"{{{number}}}"), *field)
+    listed = api.get("/v1/services")
+    assert listed.status_code == 200, listed.text
+    assert [s["name"] for s in listed.json()] == ["web"]
+    assert api.get("/v1/services/web").json() == before
+
+
+def test_the_bounds_are_in_the_openapi(api: TestClient) -> None:
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    policy = schemas["ScalingPolicy"]["properties"]
+    assert policy["cooldown_s"]["maximum"] == 86400
+    assert policy["scale_down_stabilization_s"]["maximum"] == 3600
+    cpus = schemas["ServiceSpec"]["properties"]["cpus"]["anyOf"][0]
+    assert cpus["maximum"] == 1024
+
+
 def test_the_ceiling_is_a_setting_and_is_in_the_openapi(
     make_client: Callable[..., TestClient],
 ) -> None:

@@ -202,3 +202,48 @@ def test_a_store_from_a_newer_build_is_refused_with_a_clear_error(tmp_path: Path
     db.close()
     with pytest.raises(StoreUnavailable, match=r"9999_from_the_future.*newer build"):
         Store.in_data_dir(data_dir)
+
+
+def test_service_numbers_an_older_build_stored_are_brought_within_bounds(
+    tmp_path: Path,
+) -> None:
+    """Revision 0006: an older build stored ``1e400`` as infinity (and every listing of
+    the services failed) or a huge cooldown. Upgrading brings each to its bound, keeps
+    every other field, and the services list again."""
+    data_dir = tmp_path / "data"
+    first = Store.in_data_dir(data_dir)
+    first.create_service(ServiceSpec(name="web", image="demo:1", replicas=2, env={"A": "1"}))
+    first.create_service(ServiceSpec(name="ok", image="demo:1", cpus=0.5))
+    first.update_service("web", ServicePatch(image="demo:2"))  # a previous spec to keep
+    first.close()
+    db = sqlite3.connect(data_dir / "orchestrify.db")
+    with db:
+        spec, previous = db.execute(
+            "SELECT spec, previous_spec FROM services WHERE name = 'web'"
+        ).fetchone()
+        spec = json.loads(spec)
+        spec["cpus"] = float("inf")
+        spec["policy"]["cooldown_s"] = 1e308
+        spec["policy"]["scale_down_stabilization_s"] = float("nan")
+        previous = json.loads(previous)
+        previous["cpus"] = float("inf")
+        db.execute(
+            "UPDATE services SET spec = ?, previous_spec = ? WHERE name = 'web'",
+            (json.dumps(spec), json.dumps(previous)),  # Infinity and NaN, as json wrote them
+        )
+        db.execute("UPDATE alembic_version SET version_num = '0005'")
+    db.close()
+    store = Store.in_data_dir(data_dir)
+    try:
+        with store.engine.connect() as conn:
+            assert migrate.current_revision(conn) == migrate.head_revision()
+        web, ok = sorted(store.list_services(), key=lambda s: s.name != "web")
+        assert web.cpus == 1024
+        assert web.policy.cooldown_s == 86400
+        assert web.policy.scale_down_stabilization_s == 300  # NaN: the default
+        assert (web.image, web.env, web.replicas) == ("demo:2", {"A": "1"}, 2)
+        assert ok.cpus == 0.5  # within bounds: untouched
+        rolled = store.rollback_service("web")
+        assert (rolled.image, rolled.cpus) == ("demo:1", 1024)
+    finally:
+        store.close()
