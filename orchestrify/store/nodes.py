@@ -194,10 +194,10 @@ class NodesPart(StoreCore):
                 return repeat
         now = utcnow()
         with self.write() as tx:
-            # Two registrations of one name (or one id) wait for each other.
-            tx.lock(f"node-name:{reg.name}")
-            if reg.node_id:
-                tx.lock(f"node-id:{reg.node_id}")
+            # Two registrations of one name or id wait for each other, also when one's
+            # name is the other's id (one namespace: the CLI takes either), in one order.
+            for key in sorted({reg.name, reg.node_id or reg.name}):
+                tx.lock(f"node-key:{key}")
             row = tx.get(NodeRow, reg.node_id) if reg.node_id else None
             # The token the agent presented, when it is this node's own (a restart, or a
             # retry whose answer was lost): kept, so repeating the registration is harmless.
@@ -219,6 +219,9 @@ class NodesPart(StoreCore):
                         raise Conflict(refusal.message)
                     row = same_name  # a host that lost its state file comes back
                     taken_over = own is None
+            crossed = _crossed_refusal(tx.session, reg, row.id if row is not None else reg.node_id)
+            if crossed is not None:
+                raise Conflict(crossed.message)
             created = row is None
             if row is None:
                 _check_proposal(reg)
@@ -324,13 +327,13 @@ class NodesPart(StoreCore):
             if row is None:
                 if reg.node_id:
                     _check_proposal(reg)  # a new node under the proposed id
-                return None
+                return _crossed_refusal(s, reg, reg.node_id)
             own = _own_token(row, reg.node_token)
             if own is None:
                 return self._takeover_refusal(row, reg, now)
         if own is not None and _unchanged(row, reg):
             return NodeEnrollment(node=node_view(row), token=own, known=not row.answered_unknown)
-        return None
+        return _crossed_refusal(s, reg, row.id)
 
     def _takeover_refusal(
         self, same_name: NodeRow, reg: NodeRegistration, now: datetime
@@ -690,6 +693,38 @@ def _token_refusal(row: NodeRow, reg: NodeRegistration) -> Refusal:
         reason="node_token",
         data={"node_id": row.id, "name": reg.name, "address": reg.address},
     )
+
+
+def _crossed_refusal(s: Session, reg: NodeRegistration, node_id: str | None) -> Refusal | None:
+    """Why ``reg``, for node ``node_id`` (None: an id yet to be made), may not register:
+    its name is another node's id, or its id another node's name. Every command takes
+    a node by id or by name, so either would make one of the two nodes unreachable by
+    its name, or a command (drain, rm) meant for one act on the other."""
+    other = s.get(NodeRow, reg.name)
+    if other is not None and other.id != node_id:
+        return Refusal(
+            message=(
+                f"node name {reg.name!r} is the id of another node (named {other.name!r}); "
+                "a command could not tell them apart: start the agent with another --name"
+            ),
+            name=reg.name,
+            reason="name_is_an_id",
+            data={"node_id": other.id},
+        )
+    if node_id is not None and node_id != reg.name:
+        named = _named(s, node_id, other_than=node_id)
+        if named is not None:
+            return Refusal(
+                message=(
+                    f"node id {node_id!r} is the name of another node ({named.id}); a command "
+                    "could not tell them apart: remove node.json from this agent's state dir "
+                    "so that it picks a new id, or rename that node"
+                ),
+                name=reg.name,
+                reason="id_is_a_name",
+                data={"node_id": named.id, "presented_node_id": node_id},
+            )
+    return None
 
 
 def _name_owned_refusal(owner: NodeRow, node_id: str) -> Refusal:

@@ -428,6 +428,48 @@ def test_renaming_a_node_to_another_nodes_name_is_409(api: TestClient) -> None:
     assert api.get(f"/v1/nodes/{b_id}").json()["name"] == "b"
 
 
+TOKEN = "t" * 40  # a token the agent picked (at least 32 characters)
+
+
+def test_a_new_node_id_that_is_another_nodes_name_is_409(api: TestClient) -> None:
+    """Every command takes a node by id or by name: a node whose id is another's name
+    would make ``node drain w1`` act on the wrong one. Refused, nothing stored."""
+    a_id, _ = register(api, "w1")
+    resp = api.post(
+        "/v1/nodes/register",
+        json={"name": "w2", "address": "10.0.0.2", "node_id": "w1", "node_token": TOKEN},
+        headers=bearer(JOIN),
+    )
+    assert resp.status_code == 409, resp.text
+    assert "node id 'w1' is the name of another node" in resp.json()["detail"]
+    assert [n["name"] for n in api.get("/v1/nodes").json()] == ["w1"]
+    assert api.get("/v1/nodes/w1").json()["id"] == a_id
+
+
+def test_a_name_that_is_another_nodes_id_is_409_new_or_renamed(api: TestClient) -> None:
+    a_id, _ = register(api, "w1")
+    b_id, b_token = register(api, "w2")
+    resp = api.post(
+        "/v1/nodes/register", json={"name": a_id, "address": "10.0.0.3"}, headers=bearer(JOIN)
+    )
+    assert resp.status_code == 409, resp.text
+    assert f"node name {a_id!r} is the id of another node" in resp.json()["detail"]
+    renamed = api.post(
+        "/v1/nodes/register",
+        json={"name": a_id, "address": "10.0.0.2", "node_id": b_id, "node_token": b_token},
+        headers=bearer(JOIN),
+    )
+    assert renamed.status_code == 409, renamed.text
+    assert sorted(n["name"] for n in api.get("/v1/nodes").json()) == ["w1", "w2"]
+    # A node whose id is its own name is no ambiguity.
+    same = api.post(
+        "/v1/nodes/register",
+        json={"name": "w3", "address": "10.0.0.4", "node_id": "w3", "node_token": TOKEN},
+        headers=bearer(JOIN),
+    )
+    assert same.status_code == 200, same.text
+
+
 def test_a_store_that_cannot_write_is_503_with_retry_after(api: TestClient) -> None:
     engine = api.app.state.controller.store.engine  # type: ignore[attr-defined]
 
