@@ -71,6 +71,7 @@ TEMPLATE_DEFAULTS: Mapping[str, Any] = {
     "for_rate": "30s",
     "for_health": "10s",
     "for_node": "30s",
+    "for_leader": "1m",
     "latency_range": "1m",
     "rate_range": "2m",
     "scale_in_ratio": 0.8,
@@ -132,6 +133,7 @@ _DURATIONS = _POSITIVE_DURATIONS | {
     "for_rate",
     "for_health",
     "for_node",
+    "for_leader",
 }
 # The node_exporter job's and the node alerts' durations, and their thresholds: shares in (0, 1].
 _NODE_POSITIVE_DURATIONS = frozenset({"node_scrape_interval", "node_pressure_range"})

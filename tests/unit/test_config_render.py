@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrify.cli import app
-from orchestrify.config_render import render_config, templates_dir
+from orchestrify.config_render import TEMPLATE_DEFAULTS, render_config, templates_dir
 from orchestrify.controller.settings import ControllerSettings
 from orchestrify.errors import InvalidSpec
 
@@ -329,3 +330,35 @@ def test_a_bad_or_mismatched_controller_in_a_list_names_the_field(
     with pytest.raises(InvalidSpec) as info:
         render_config(out_dir=tmp_path, controller_url=urls, token=TOKEN)
     assert info.value.field == "controller_url"
+
+
+# Set by the Ansible roles from their own variables (TLS, the controller's batch cap), or
+# chosen by ``--profile``: not template variables of ``config render --set``.
+NOT_OVERRIDABLE = {"alerting_profile", "ca_file", "edge_scheme", "max_alerts"}
+
+
+def test_every_default_the_templates_carry_can_be_overridden_and_matches() -> None:
+    """A template variable with a default is overridable by name, and TEMPLATE_DEFAULTS
+    says the same default (``for_leader`` was missing: refused as unknown)."""
+    found: dict[str, str] = {}
+    for path in templates_dir().rglob("*.j2"):
+        for name, value in re.findall(
+            r"set (\w+) = \1 \| default\(([^)]*?)\)(?: \| float)? ?-?[%]", path.read_text()
+        ):
+            found.setdefault(name, value)
+    assert "for_leader" in found
+    for name, value in sorted(found.items()):
+        if name in NOT_OVERRIDABLE:
+            continue
+        assert name in TEMPLATE_DEFAULTS, name
+        standard = value.split(" else ")[-1]  # a profile's choice: the standard side
+        assert json.loads(standard) == TEMPLATE_DEFAULTS[name], name
+
+
+def test_for_leader_reaches_the_rules(tmp_path: Path) -> None:
+    files = _render(tmp_path, for_leader="3m")
+    rules = yaml.safe_load(files["rules.yml"].read_text())
+    leader = [
+        r for g in rules["groups"] for r in g["rules"] if r["alert"] == "ControllerLeaderMissing"
+    ]
+    assert [r["for"] for r in leader] == ["3m"]
