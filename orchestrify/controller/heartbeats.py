@@ -8,10 +8,14 @@ controller received. So a heartbeat is remembered here and answered at once, and
 ``flush_s`` the latest heartbeat of each node is written in one transaction.
 
 What cannot wait is written before the answer: a heartbeat of a node the store holds as
-silent (``not_ready``/``unreachable``: it becomes ready again now), or of a node whose
-address moved. Those are flushed at once, with every heartbeat pending, so a fleet that
-comes back together (after the controller itself was too slow) is a few writes, not one
-each. A node this controller does not know is a 404 (register again).
+silent (``not_ready``/``unreachable``: it becomes ready again now), of a node whose
+address moved, or a new node's first (its agent has the answer to its registration).
+Those are written alone, not with every heartbeat pending, in one transaction with the
+others of their kind that arrive meanwhile (``GroupCommit``): a fleet that joins or comes
+back together is a few small writes, not one each, nor one of the whole fleet each. (They
+went with the whole pending batch before: while a thousand agents registered, each new
+agent's first heartbeat waited for two such writes, 2 to 10 s, and some timed out.) A
+node this controller does not know is a 404 (register again).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
+from orchestrify.controller.batching import GroupCommit
 from orchestrify.controller.views import NODE, NodeViews, ReadViews, encode
 from orchestrify.errors import NotFound, OrchestrifyError
 from orchestrify.models import Heartbeat, Node, NodeState
@@ -55,6 +60,8 @@ class HeartbeatBuffer:
         # so it never reads the store before the heartbeats it follows are in it.
         self._flushing = asyncio.Lock()
         self.batches = 0  # batched writes made (for tests and the curious)
+        # The heartbeats written before their answer, with those that arrive meanwhile.
+        self.urgent = GroupCommit(self._write_urgent)
 
     async def receive(self, node_id: str, hb: Heartbeat) -> Node:
         """Take one heartbeat; the node as it now stands: as stored now, with the
@@ -63,7 +70,8 @@ class HeartbeatBuffer:
         if fact is None:
             raise NotFound(f"no node with id {node_id!r}; register again")
         now = utcnow()
-        self._pending[node_id] = (hb, now)
+        beat = (hb, now)
+        self._pending[node_id] = beat
         if (
             fact.state in _SILENT
             or (hb.address is not None and hb.address != fact.address)
@@ -71,12 +79,25 @@ class HeartbeatBuffer:
         ):
             # It changes the node (ready again, moved, or its agent now has the answer
             # to its registration, so a retry of it is answered ``known``): written
-            # before the answer, in one batch with every other such heartbeat that
-            # arrives meanwhile (they wait for the flush under way, then go together),
-            # never one write each.
-            await self.flush()
+            # before the answer, with the other such heartbeats that arrive meanwhile.
+            try:
+                await self.urgent.submit((node_id, hb, now))
+            except OrchestrifyError as exc:
+                log.warning(
+                    "heartbeat not written; kept for the next batch",
+                    extra={"error": str(exc), "node": node_id},
+                )
+            else:
+                if self._pending.get(node_id) is beat:  # written, and nothing newer came
+                    del self._pending[node_id]
             fact = await self.views.node_fact(node_id) or fact
         return with_figures(fact.node, hb, now)
+
+    def _write_urgent(self, items: list[tuple[str, Heartbeat, datetime]]) -> list[None]:
+        """``GroupCommit``'s writer (in a worker thread): these heartbeats alone, in one
+        transaction (a node's latest if it sent two)."""
+        self.store.record_heartbeats({node_id: (hb, at) for node_id, hb, at in items})
+        return [None] * len(items)
 
     @property
     def pending(self) -> int:

@@ -128,6 +128,40 @@ def test_a_silent_nodes_heartbeat_is_written_at_once(
     assert api.get(f"/v1/nodes/{node_id}").json()["state"] == NodeState.READY
 
 
+def test_a_heartbeat_written_at_once_is_written_alone(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A heartbeat that cannot wait (here: a silent node's) is written before its answer
+    without the heartbeats pending for the batch: while a fleet joins, each new agent's
+    first heartbeat waited for a write of the whole fleet's, twice (2-10 s), and some
+    timed out. The others stay pending, shown by reads, for the next batch."""
+    api = make_client(run_reconciler=False)
+    state = _state(api)
+    _stop_flushing(api)
+    nodes = [register(api, f"w{i}") for i in range(3)]
+    for node_id, token in nodes:  # first heartbeats: written at once
+        assert api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(token)).is_success
+    for node_id, token in nodes[1:]:
+        r = api.post(
+            f"/v1/nodes/{node_id}/heartbeat", json={"cpu_percent": 50.0}, headers=bearer(token)
+        )
+        assert r.status_code == 200, r.text
+    assert state.heartbeats.pending == 2
+    silent_id, silent_token = nodes[0]
+    state.store.mark_not_ready({silent_id: 20.0}, timeout_s=15.0, still_silent=lambda _id: True)
+    r = api.post(
+        f"/v1/nodes/{silent_id}/heartbeat", json={"cpu_percent": 7.0}, headers=bearer(silent_token)
+    )
+    assert r.json()["state"] == NodeState.READY
+    assert state.heartbeats.pending == 2  # the others were not written with it
+    stored = {n.id: n for n in state.store.list_nodes()}
+    assert stored[silent_id].state == NodeState.READY
+    assert stored[silent_id].cpu_percent == 7.0
+    assert [stored[n].cpu_percent for n, _ in nodes[1:]] == [None, None]
+    shown = {n["id"]: n["cpu_percent"] for n in api.get("/v1/nodes").json()}
+    assert [shown[n] for n, _ in nodes[1:]] == [50.0, 50.0]
+
+
 def test_a_wrong_or_unknown_node_token_is_refused(make_client: Callable[..., TestClient]) -> None:
     api = make_client(run_reconciler=False)
     node_id, token = register(api, "w1")
