@@ -85,6 +85,12 @@ TEMPLATE_DEFAULTS: Mapping[str, Any] = {
     "node_disk_free_ratio": 0.1,
     "node_memory_free_ratio": 0.1,
     "node_memory_stall_ratio": 0.1,
+    # TLS (docs/tls.md): the CA file Prometheus and Alertmanager verify the controller's
+    # (and the edges') certificates with ("": none, the system's), and the edges' scheme.
+    "ca_file": "",
+    "edge_scheme": "http",
+    # Alertmanager's receiver max_alerts: the controller's max_alerts_per_batch or less.
+    "max_alerts": 1000,
 }
 
 # The alerting profiles (the templates' ``alerting_profile``): which defaults the timing
@@ -355,9 +361,31 @@ def _check_override(name: str, value: Any) -> Any:
         return ratio
     if name in _NODE_RATIOS:
         return _ratio(name, value)
+    if name == "ca_file":
+        if not isinstance(value, str) or not all(c.isprintable() for c in value):
+            raise InvalidSpec(f"ca_file must be a file path (or empty), got {value!r}", field=name)
+        return value
+    if name == "edge_scheme":
+        if value not in ("http", "https"):
+            raise InvalidSpec(f"edge_scheme must be http or https, got {value!r}", field=name)
+        return value
+    if name == "max_alerts":
+        return _count(name, value)
     if not isinstance(value, str) or not value:
         raise InvalidSpec(f"{name} must be a non-empty string", field=name)
     return value
+
+
+def _count(name: str, value: Any) -> int:
+    """A whole number from 1 to 1,000,000; a number, or its text (``--set`` gives text)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidSpec(f"{name} must be a whole number, got {value!r}", field=name)
+    text = str(value)
+    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise InvalidSpec(
+            f"{name} must be a whole number from 1 to 1,000,000, got {value!r}", field=name
+        )
+    return int(text)
 
 
 def _ratio(name: str, value: Any) -> float:

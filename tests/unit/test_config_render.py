@@ -332,9 +332,8 @@ def test_a_bad_or_mismatched_controller_in_a_list_names_the_field(
     assert info.value.field == "controller_url"
 
 
-# Set by the Ansible roles from their own variables (TLS, the controller's batch cap), or
-# chosen by ``--profile``: not template variables of ``config render --set``.
-NOT_OVERRIDABLE = {"alerting_profile", "ca_file", "edge_scheme", "max_alerts"}
+# Chosen by ``--profile``, not by ``--set``.
+NOT_OVERRIDABLE = {"alerting_profile"}
 
 
 def test_every_default_the_templates_carry_can_be_overridden_and_matches() -> None:
@@ -353,6 +352,35 @@ def test_every_default_the_templates_carry_can_be_overridden_and_matches() -> No
         assert name in TEMPLATE_DEFAULTS, name
         standard = value.split(" else ")[-1]  # a profile's choice: the standard side
         assert json.loads(standard) == TEMPLATE_DEFAULTS[name], name
+
+
+def test_a_tls_controller_and_a_lower_batch_cap_render_without_ansible(tmp_path: Path) -> None:
+    """What the roles set for TLS and for the controller's max_alerts_per_batch, the CLI
+    can set too (they were refused as unknown)."""
+    files = _render(
+        tmp_path, ca_file="/etc/orchestrify/ca.pem", edge_scheme="https", max_alerts="200"
+    )
+    prometheus = yaml.safe_load(files["prometheus.yml"].read_text())
+    ca_files = [
+        job.get("tls_config", {}).get("ca_file")
+        for job in prometheus["scrape_configs"]
+        for job in [job, *job.get("http_sd_configs", [])]
+    ]
+    assert "/etc/orchestrify/ca.pem" in ca_files
+    assert "https" in {job.get("scheme") for job in prometheus["scrape_configs"]}
+    alertmanager = yaml.safe_load(files["alertmanager.yml"].read_text())
+    (receiver,) = [r for r in alertmanager["receivers"] if r.get("webhook_configs")]
+    assert {w["max_alerts"] for w in receiver["webhook_configs"]} == {200}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("edge_scheme", "ftp"), ("max_alerts", "0"), ("max_alerts", "1e9"), ("ca_file", "a\nb")],
+)
+def test_bad_tls_or_batch_values_name_the_field(tmp_path: Path, field: str, value: str) -> None:
+    with pytest.raises(InvalidSpec) as err:
+        _render(tmp_path, **{field: value})
+    assert err.value.field == field
 
 
 def test_for_leader_reaches_the_rules(tmp_path: Path) -> None:
