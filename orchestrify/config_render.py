@@ -85,7 +85,7 @@ TEMPLATE_DEFAULTS: Mapping[str, Any] = {
     "node_disk_free_ratio": 0.1,
     "node_memory_free_ratio": 0.1,
     "node_memory_stall_ratio": 0.1,
-    # TLS (docs/tls.md): the CA file Prometheus and Alertmanager verify the controller's
+    # TLS (docs/security.md, "TLS"): the CA file Prometheus and Alertmanager verify the controller's
     # (and the edges') certificates with ("": none, the system's), and the edges' scheme.
     "ca_file": "",
     "edge_scheme": "http",

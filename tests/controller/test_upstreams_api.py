@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi.testclient import TestClient
 
 from orchestrify.controller.deps import ControllerState
@@ -78,15 +80,31 @@ def test_upstreams_long_poll_waits_then_answers_unchanged(api: TestClient) -> No
         assert _state(api).views.cache.reads["upstreams"] == 1
 
 
-def test_upstreams_read_again_after_a_change_with_a_later_as_of(api: TestClient) -> None:
-    _, _, (r1, _r2, _r3) = _setup(api)
+def test_a_drained_replica_leaves_the_kept_snapshot_with_a_later_as_of(api: TestClient) -> None:
+    """The snapshot kept per state version is never served after a drain: the drain
+    moves the version, and the next answer is without the replica, as of a time after it
+    left (what the controller waits for the edges to acknowledge before stopping it)."""
+    node_id, node_token, (r1, _r2, _r3) = _setup(api)
+    report = {"replicas": [{"id": r1, "state": "healthy", "address": "127.0.0.1:30001"}]}
+    r = api.post(
+        f"/v1/nodes/{node_id}/replicas",
+        json=report,
+        headers={"Authorization": f"Bearer {node_token}"},
+    )
+    assert r.status_code == 204, r.text
     first = api.get("/v1/upstreams", headers=ADMIN).json()
+    assert [x["id"] for x in first["services"][0]["replicas"]] == [r1]
+    if not _state(api).store.shares_changes:  # one controller: kept, the same snapshot
+        assert api.get("/v1/upstreams", headers=ADMIN).json() == first
     _state(api).store.drain_replicas([r1], reason="test")
     again = api.get(
         "/v1/upstreams", params={"version": first["version"], "timeout": 5}, headers=ADMIN
     ).json()
     assert again["version"] != first["version"]
-    assert again["as_of"] > first["as_of"]
+    assert again["services"][0]["replicas"] == []
+    (left,) = [x.left_upstreams_at for x in _state(api).store.list_replicas() if x.id == r1]
+    assert left is not None
+    assert datetime.fromisoformat(again["as_of"]) > left
 
 
 def test_upstreams_need_the_admin_token(api: TestClient) -> None:
