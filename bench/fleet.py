@@ -22,7 +22,8 @@ It prints, per N (all latencies measured by the clients, with ``time.perf_counte
 
 - heartbeat latency p50/p99: ``POST /v1/nodes/{id}/heartbeat`` sent -> answered; and,
   to tell where that time went, the heartbeat p99 as the controller timed it (its
-  ``orchestrify_api_request_duration_seconds`` histogram, from two scrapes as below) and
+  ``orchestrify_api_request_duration_seconds`` histogram, from two scrapes as below: the
+  heartbeats that ended in the window, so a slow one begun in the ramp counts too) and
   the bench clients' own event-loop lag p99 (each worker process times a task that
   sleeps 50 ms: a client whose loop is late measures that lateness too); and the
   heartbeats that took 1 s or more before the measured window (the registration ramp
