@@ -55,6 +55,7 @@ from orchestrify.store import alert_tables as _alert_tables  # noqa: F401  (join
 from orchestrify.store import listen, migrate
 from orchestrify.store.lease_tables import FENCE_LOCK_KEY, LEADER_LEASE, LeaseRow
 from orchestrify.store.node_facts import NODES_WRITTEN_KEY, TOUCHED_KEY, NodeFacts, touched_nodes
+from orchestrify.store.plan_nodes import PlanNodes
 from orchestrify.store.rows import event_view, utcnow
 from orchestrify.store.tables import EventRow, MetaRow
 
@@ -355,6 +356,9 @@ class StoreCore:
         # Each node's view and token hash, kept until a write of this process changes
         # the node (SQLite only: see orchestrify/store/node_facts.py).
         self.node_facts: NodeFacts | None = None if self.shares_changes else NodeFacts()
+        # The reconciler snapshot's node views, kept the same way (SQLite only: see
+        # orchestrify/store/plan_nodes.py).
+        self.plan_nodes: PlanNodes | None = None if self.shares_changes else PlanNodes()
 
     def data_version(self, *, heartbeats: bool = False) -> tuple[int, ...]:
         """A version of everything stored that moves whenever a committed write changes a
@@ -636,11 +640,20 @@ class WriteTx:
                         self.sequence = listen.announce(
                             self.session, origin=self.store.origin, kinds=announced
                         )
-                    self.session.commit()
+                    # A write that changes nodes moves the snapshot's generation before
+                    # and after its commit (see orchestrify/store/plan_nodes.py).
+                    plan = self.store.plan_nodes
+                    touched = touched_nodes(self.session) if plan is not None else set()
+                    if plan is not None and touched:
+                        plan.generation += 1
+                    try:
+                        self.session.commit()
+                    finally:
+                        if plan is not None and touched:
+                            plan.generation += 1
                     # Forgotten before the write lock is released: no later write's
                     # reader can see the fact this one replaced.
                     if self.store.node_facts is not None:
-                        touched = touched_nodes(self.session)
                         if touched:
                             self.store.node_facts.forget(touched)
                         if self.session.info.get(NODES_WRITTEN_KEY):

@@ -445,8 +445,16 @@ class NodesPart(StoreCore):
             ]
 
     def list_nodes(self) -> list[Node]:
+        """Every node, by name. On SQLite from the views kept for the reconciler's
+        snapshot (``plan_nodes``): a read of the figures, not of every node."""
+        plan = self.plan_nodes
         with self.read() as s:
-            return [node_view(r) for r in s.scalars(select(NodeRow).order_by(NodeRow.name)).all()]
+            if plan is None:
+                query = select(NodeRow).order_by(NodeRow.name)
+                return [node_view(r) for r in s.scalars(query).all()]
+            # Taken before the transaction's first query (see plan_nodes.py).
+            before, figures_at = plan.generation, self.nodes_generation
+            return sorted(plan.nodes(s, before=before, figures_at=figures_at), key=_by_name)
 
     def get_node(self, id_or_name: str) -> Node:
         with self.read() as s:
@@ -602,6 +610,10 @@ class NodesPart(StoreCore):
     def node_removals_pending(self) -> list[str]:
         with self.read() as s:
             return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())
+
+
+def _by_name(node: Node) -> str:
+    return node.name
 
 
 def _apply_heartbeat(tx: WriteTx, row: NodeRow, hb: Heartbeat, now: datetime) -> None:

@@ -517,11 +517,17 @@ class ReplicasPart(StoreCore):
     def snapshot(self) -> tuple[list[Service], list[Node], list[Replica]]:
         """Everything the reconciler decides on, read in one transaction: the services
         not being removed, all nodes, all replicas (a removed service's too)."""
+        plan = self.plan_nodes
         with self.read() as s:
+            # Taken before the transaction's first query (see plan_nodes.py).
+            before, figures_at = (plan.generation, self.nodes_generation) if plan else (0, 0)
             live = s.scalars(select(ServiceRow).where(ServiceRow.deleting.is_(False))).all()
-            nodes = [node_view(r) for r in s.scalars(select(NodeRow)).all()]
-            names = {n.id: n.name for n in nodes}
             rows = s.scalars(select(ReplicaRow)).all()
+            if plan is not None:
+                nodes = plan.nodes(s, before=before, figures_at=figures_at)
+            else:
+                nodes = [node_view(r) for r in s.scalars(select(NodeRow)).all()]
+            names = {n.id: n.name for n in nodes}
             by_service: dict[str, list[ReplicaRow]] = {}
             for r in rows:
                 by_service.setdefault(r.service, []).append(r)
