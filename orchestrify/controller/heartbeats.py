@@ -60,6 +60,8 @@ class HeartbeatBuffer:
         # so it never reads the store before the heartbeats it follows are in it.
         self._flushing = asyncio.Lock()
         self.batches = 0  # batched writes made (for tests and the curious)
+        # What the last listing encoded: node id -> (node view, heartbeat, JSON).
+        self._overlaid: dict[str, tuple[Node, tuple[Heartbeat, datetime], bytes]] = {}
         # The heartbeats written before their answer, with those that arrive meanwhile.
         self.urgent = GroupCommit(self._write_urgent)
 
@@ -118,12 +120,21 @@ class HeartbeatBuffer:
         a client polling the node list of a thousand-node fleet costs a few encodings."""
         if not received.keys() & views.by_id.keys():
             return views.listing
-        parts = [
-            body
-            if node.id not in received
-            else encode(with_figures(node, *received[node.id]), NODE)
-            for node, body in views.by_id.values()
-        ]
+        # A node encoded with the same heartbeat over the same view by an earlier read is
+        # not encoded again: a poll of the list encodes the heartbeats new since the last.
+        before, overlaid = self._overlaid, {}
+        parts = []
+        for node, body in views.by_id.values():
+            beat = received.get(node.id)
+            if beat is not None:
+                known = before.get(node.id)
+                if known is not None and known[0] is node and known[1] is beat:
+                    body = known[2]
+                else:
+                    body = encode(with_figures(node, *beat), NODE)
+                overlaid[node.id] = (node, beat, body)
+            parts.append(body)
+        self._overlaid = overlaid
         return b"[" + b",".join(parts) + b"]"
 
     def node(

@@ -174,6 +174,7 @@ class ReadViews:
             store.data_version,
             version_costs_io=store.shares_changes,
         )
+        self._node_bodies: dict[str, tuple[Node, bytes]] = {}  # the last nodes view's
 
     async def services(self) -> ServiceViews:
         def build() -> ServiceViews:
@@ -198,12 +199,20 @@ class ReadViews:
         where other controllers write the nodes too."""
 
         def build() -> NodeViews:
-            pairs = [(n, encode(n, NODE)) for n in self.store.list_nodes()]
-            return NodeViews(
+            # A node the store kept unchanged since the last build is the same object
+            # (SQLite: see orchestrify/store/plan_nodes.py): its JSON is too.
+            before = self._node_bodies
+            pairs = []
+            for n in self.store.list_nodes():
+                known = before.get(n.id)
+                pairs.append((n, known[1] if known and known[0] is n else encode(n, NODE)))
+            views = NodeViews(
                 listing=b"[" + b",".join(body for _, body in pairs) + b"]",
                 by_id={n.id: (n, body) for n, body in pairs},
                 by_name={n.name: (n, body) for n, body in pairs},
             )
+            self._node_bodies = views.by_id
+            return views
 
         version = ("nodes", *self.store.nodes_version())  # no I/O on either engine
         return await self.cache.get("nodes", build, version=version)

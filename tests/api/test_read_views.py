@@ -5,10 +5,12 @@ each store engine."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from orchestrify.controller.deps import ControllerState
@@ -481,6 +483,64 @@ def test_the_node_list_is_read_again_only_when_a_node_changed(
     (shown,) = api.get("/v1/nodes").json()
     assert cache.reads["nodes"] == reads + 1
     assert shown["cpu_percent"] == 42.0
+
+
+def test_a_node_list_encodes_only_the_nodes_that_changed(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll of the node list encodes the heartbeats received since the last poll, not
+    every node with one; a batch's write makes the view encode the nodes it changed
+    (SQLite, where the store keeps the others' views; every node on PostgreSQL). What is
+    answered is what a fresh encoding of each node gives."""
+    from orchestrify.controller import heartbeats, views
+
+    encoded: list[str] = []
+
+    def counting(module: Any) -> None:
+        real = module.encode
+
+        def encode(value: Any, adapter: Any) -> bytes:
+            encoded.append(getattr(value, "id", "?"))
+            return real(value, adapter)
+
+        monkeypatch.setattr(module, "encode", encode)
+
+    api = make_client(run_reconciler=False)
+    state = _state(api)
+    _stop_flushing(api)
+    nodes = [register(api, f"w{i}") for i in range(4)]
+    for node_id, token in nodes:
+        assert api.post(f"/v1/nodes/{node_id}/heartbeat", json={}, headers=bearer(token)).is_success
+    api.get("/v1/nodes")
+    counting(views)
+    counting(heartbeats)
+
+    def beat(i: int, cpu: float) -> None:
+        node_id, token = nodes[i]
+        hb = {"cpu_percent": cpu}
+        assert api.post(f"/v1/nodes/{node_id}/heartbeat", json=hb, headers=bearer(token)).is_success
+
+    def listing() -> dict[str, float | None]:
+        return {n["id"]: n["cpu_percent"] for n in api.get("/v1/nodes").json()}
+
+    # On PostgreSQL each read reads the nodes again (other controllers write them too),
+    # so only what is answered is checked there.
+    kept = not state.store.shares_changes
+    expected = {node_id: None for node_id, _ in nodes}
+    beat(0, 42.0)
+    expected[nodes[0][0]] = 42.0
+    assert listing() == expected
+    assert encoded == [nodes[0][0]] or not kept  # the new heartbeat's node alone
+    beat(1, 7.0)
+    expected[nodes[1][0]] = 7.0
+    assert listing() == expected
+    assert encoded == [nodes[0][0], nodes[1][0]] or not kept  # node 0's JSON was kept
+    encoded.clear()
+    api.portal.call(state.heartbeats.flush)
+    assert listing() == expected
+    assert sorted(encoded) == sorted([nodes[0][0], nodes[1][0]]) or not kept
+    fresh = {n.id: json.loads(views.encode(n, views.NODE)) for n in state.store.list_nodes()}
+    assert {n["id"]: n for n in api.get("/v1/nodes").json()} == fresh
 
 
 def test_a_heartbeat_batch_leaves_no_cyclic_garbage(make_client: Callable[..., TestClient]) -> None:
