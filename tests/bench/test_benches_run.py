@@ -76,6 +76,20 @@ def test_scheduler_prints_its_table() -> None:
     )
 
 
+def test_node_reads_prints_its_table() -> None:
+    title, rows = run_bench("node_reads", timeout=120)
+    assert title.startswith("node reads")
+    figures = [
+        "snapshot, kept (median CPU)",
+        "node list, kept (median CPU)",
+        "snapshot, afresh (median CPU)",
+        "node list, afresh (median CPU)",
+        "snapshot: afresh / kept",
+        "node list: afresh / kept",
+    ]
+    assert_rows(rows, [("100 nodes", f) for f in figures])
+
+
 def test_alert_flood_prints_its_table() -> None:
     title, rows = run_bench("alert_flood", timeout=180)
     assert title.startswith("alert flood")
