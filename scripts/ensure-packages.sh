@@ -14,6 +14,7 @@ PACKAGES=(
     nginx:nginx
     prometheus:prometheus
     prometheus-alertmanager:prometheus-alertmanager
+    prometheus-node-exporter:prometheus-node-exporter
     busybox-static:busybox
     debootstrap:debootstrap
     wrk:wrk
