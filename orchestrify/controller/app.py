@@ -158,10 +158,12 @@ def create_app(
         lifespan=lifespan,
         default_response_class=SafeJSONResponse,
     )
+    # The nodes' router first: the agents' requests, most of a fleet's, are matched
+    # against fewer routes (a request is matched against them in order).
     for router in (
+        nodes.router,
         cluster.router,
         services.router,
-        nodes.router,
         replicas.router,
         events.router,
         discovery.router,

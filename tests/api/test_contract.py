@@ -47,6 +47,26 @@ def test_a_405_lists_every_method_of_the_path_in_allow(
     assert resp.json()["detail"] == "Method Not Allowed"
 
 
+def test_the_agents_routes_are_matched_first(api: TestClient) -> None:
+    """A request is matched against the app's routes in order; a fleet's heartbeats,
+    long-polls and reports are most of the requests, so they come before every other
+    route (a router included before the nodes' one would make each of them test its
+    routes first)."""
+    from fastapi.routing import APIRoute
+
+    from orchestrify.controller.routers import nodes
+
+    # FastAPI matches the app's own routes (the docs), then each included router in turn.
+    included = [r for r in api.app.router.routes if hasattr(r, "original_router")]  # type: ignore[attr-defined]
+    assert included and included[0].original_router is nodes.router
+    first = [(sorted(r.methods), r.path) for r in nodes.router.routes if isinstance(r, APIRoute)]
+    assert first[:3] == [
+        (["POST"], "/v1/nodes/{node_id}/heartbeat"),
+        (["GET"], "/v1/nodes/{node_id}/assignments"),
+        (["POST"], "/v1/nodes/{node_id}/replicas"),
+    ]
+
+
 # --- validators stated in the schema -------------------------------------------------------
 def test_the_schema_states_the_service_name_and_image_patterns(api: TestClient) -> None:
     spec = _schemas(api)["ServiceSpec"]["properties"]

@@ -38,6 +38,86 @@ from orchestrify.store.replicas import ReportBatchItem
 router = api_router(prefix="/v1/nodes", tags=["nodes"])
 NodeAuth = Depends(require_node)
 
+# The agents' routes first: a request is matched against the routes in order, and a
+# fleet's heartbeats, long-polls and reports are most of the controller's requests.
+
+
+@router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
+async def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
+    """Seen at once on this controller's monotonic clock (what liveness is judged on);
+    written to the store in the next batch (``heartbeat_flush_s``), or at once when it
+    changes the node's state or address."""
+    # Seen first: a cycle that judges meanwhile then finds the node alive, and the store
+    # write restores a silent node's state.
+    state.reconciler.liveness.seen(node_id)
+    return await state.heartbeats.receive(node_id, hb)
+
+
+@router.get("/{node_id}/assignments", response_model=Assignments, dependencies=[NodeAuth])
+async def watch_assignments(
+    node_id: str,
+    state: State,
+    version: int | None = Query(None, description="Last version seen; omit for an answer now."),
+    timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
+) -> Assignments:
+    """Long-poll: answers at once if the assignments' version differs from ``version``
+    (unless this controller answered ``version`` to this node and its assignments are
+    still the same), otherwise when they change or after ``timeout`` seconds."""
+    wait = min(timeout, state.settings.watch_timeout_s)
+    current = state.feed.version("spec")
+    if version is None or version != current:
+        # An agent that starts, registers, fails over or missed a change: its own
+        # assignments, read alone, as of ``current`` or later.
+        mine = await _own_assignments(state, node_id)
+        if version is None or not state.answered.unchanged(node_id, version, mine):
+            return _answer(state, node_id, current, mine)
+        baseline: NodeAssignments | None = mine
+        as_of = current
+    else:
+        baseline, as_of = state.answered.sent(node_id, version), version
+    # Woken only when this node's assignments change (AssignmentWatch), not at every
+    # change of another node's.
+    if await state.watch.wait(node_id, baseline=baseline, as_of=as_of, timeout=wait):
+        current, found = state.watch.version or current, state.watch.view.get(node_id)
+        if found is not None:
+            return _answer(state, node_id, current, found)
+    current = state.feed.version("spec")
+    found = (await state.views.assignments(current)).get(node_id)
+    mine = found if found is not None else await _own_assignments(state, node_id)
+    return _answer(state, node_id, current, mine)
+
+
+async def _own_assignments(state: ControllerState, node_id: str) -> NodeAssignments:
+    mine = await state.views.node_assignments(node_id)
+    if mine is None:
+        raise NotFound(f"no node with id {node_id!r}; register again")
+    return mine
+
+
+def _answer(
+    state: ControllerState, node_id: str, version: int, mine: NodeAssignments
+) -> Assignments:
+    state.answered.record(node_id, version, mine)
+    return Assignments(
+        version=version,
+        node=node_id,
+        replicas=mine.replicas,
+        cluster_id=state.store.cluster_id,
+        prune=mine.prune,
+    )
+
+
+@router.post("/{node_id}/replicas", status_code=204, dependencies=[NodeAuth])
+async def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
+    """Answered once stored: with the other reports that arrive meanwhile, in one write
+    (``GroupCommit``)."""
+    await state.reports.submit(
+        ReportBatchItem(
+            node_id=node_id, reports=body.replicas, full=body.full, orphans=body.orphans
+        )
+    )
+    return Response(status_code=204)
+
 
 @router.post(
     "/register",
@@ -150,80 +230,3 @@ def remove_node(
         message=f"node {node.name} removed"
         + (f"; its {before} replica(s) are placed elsewhere" if before else ""),
     )
-
-
-@router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
-async def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
-    """Seen at once on this controller's monotonic clock (what liveness is judged on);
-    written to the store in the next batch (``heartbeat_flush_s``), or at once when it
-    changes the node's state or address."""
-    # Seen first: a cycle that judges meanwhile then finds the node alive, and the store
-    # write restores a silent node's state.
-    state.reconciler.liveness.seen(node_id)
-    return await state.heartbeats.receive(node_id, hb)
-
-
-@router.get("/{node_id}/assignments", response_model=Assignments, dependencies=[NodeAuth])
-async def watch_assignments(
-    node_id: str,
-    state: State,
-    version: int | None = Query(None, description="Last version seen; omit for an answer now."),
-    timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
-) -> Assignments:
-    """Long-poll: answers at once if the assignments' version differs from ``version``
-    (unless this controller answered ``version`` to this node and its assignments are
-    still the same), otherwise when they change or after ``timeout`` seconds."""
-    wait = min(timeout, state.settings.watch_timeout_s)
-    current = state.feed.version("spec")
-    if version is None or version != current:
-        # An agent that starts, registers, fails over or missed a change: its own
-        # assignments, read alone, as of ``current`` or later.
-        mine = await _own_assignments(state, node_id)
-        if version is None or not state.answered.unchanged(node_id, version, mine):
-            return _answer(state, node_id, current, mine)
-        baseline: NodeAssignments | None = mine
-        as_of = current
-    else:
-        baseline, as_of = state.answered.sent(node_id, version), version
-    # Woken only when this node's assignments change (AssignmentWatch), not at every
-    # change of another node's.
-    if await state.watch.wait(node_id, baseline=baseline, as_of=as_of, timeout=wait):
-        current, found = state.watch.version or current, state.watch.view.get(node_id)
-        if found is not None:
-            return _answer(state, node_id, current, found)
-    current = state.feed.version("spec")
-    found = (await state.views.assignments(current)).get(node_id)
-    mine = found if found is not None else await _own_assignments(state, node_id)
-    return _answer(state, node_id, current, mine)
-
-
-async def _own_assignments(state: ControllerState, node_id: str) -> NodeAssignments:
-    mine = await state.views.node_assignments(node_id)
-    if mine is None:
-        raise NotFound(f"no node with id {node_id!r}; register again")
-    return mine
-
-
-def _answer(
-    state: ControllerState, node_id: str, version: int, mine: NodeAssignments
-) -> Assignments:
-    state.answered.record(node_id, version, mine)
-    return Assignments(
-        version=version,
-        node=node_id,
-        replicas=mine.replicas,
-        cluster_id=state.store.cluster_id,
-        prune=mine.prune,
-    )
-
-
-@router.post("/{node_id}/replicas", status_code=204, dependencies=[NodeAuth])
-async def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
-    """Answered once stored: with the other reports that arrive meanwhile, in one write
-    (``GroupCommit``)."""
-    await state.reports.submit(
-        ReportBatchItem(
-            node_id=node_id, reports=body.replicas, full=body.full, orphans=body.orphans
-        )
-    )
-    return Response(status_code=204)
