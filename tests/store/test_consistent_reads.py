@@ -6,15 +6,14 @@ REPEATABLE READ transaction. Runs on both engines (``store_url``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from orchestrify.models import NodeRegistration, ReplicaReport, ServiceSpec
 from orchestrify.store import Store
+from tests.store.hooks import write_during
 
 
 @pytest.fixture
@@ -24,20 +23,6 @@ def stores(tmp_path: Path, store_url: str) -> Iterator[tuple[Store, Store]]:
     yield reader, writer
     reader.close()
     writer.close()
-
-
-def _write_during(store: Store, table: str, write: Callable[[], None]) -> list[bool]:
-    """Run ``write`` (once) just before ``store`` queries ``table``, i.e. between the
-    queries of one of its reads. Returns a list that holds True once it ran."""
-    done: list[bool] = []
-
-    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if not done and f"FROM {table}" in statement:
-            done.append(True)
-            write()
-
-    event.listen(store.engine, "before_cursor_execute", hook)
-    return done
 
 
 def test_a_snapshot_sees_one_state_whatever_commits_between_its_queries(
@@ -54,7 +39,7 @@ def test_a_snapshot_sees_one_state_whatever_commits_between_its_queries(
         writer.create_replicas("web", [node.id], reason="meanwhile")
         writer.create_service(ServiceSpec(name="api", image="demo:1"))
 
-    ran = _write_during(reader, "replicas", meanwhile)
+    ran = write_during(reader, "replicas", meanwhile)
     services, _nodes, replicas = reader.snapshot()
     assert ran == [True]
     assert [s.name for s in services] == ["web"]
@@ -76,7 +61,7 @@ def test_upstreams_are_one_state_too(stores: tuple[Store, Store]) -> None:
         )
         writer.create_service(ServiceSpec(name="api", image="demo:1"))
 
-    ran = _write_during(reader, "services", meanwhile)
+    ran = write_during(reader, "services", meanwhile)
     _as_of, upstreams = reader.upstreams()
     assert ran == [True]
     # Neither the healthy replica nor the new service: both committed after it began.

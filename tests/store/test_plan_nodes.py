@@ -5,10 +5,9 @@ whatever was written before or during it, and a batch of heartbeats reads only f
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import event, select
@@ -18,6 +17,7 @@ from orchestrify.models import Heartbeat, Node, NodeRegistration, NodeState, Ser
 from orchestrify.store import Store
 from orchestrify.store.rows import node_view
 from orchestrify.store.tables import NodeRow
+from tests.store.hooks import write_during
 
 
 @pytest.fixture
@@ -100,19 +100,6 @@ def test_any_mix_of_writes_leaves_snapshots_equal_to_a_fresh_read(store: Store) 
     assert _snapshot_nodes(store) == _fresh(store)
 
 
-def _write_during(store: Store, table: str, write: Callable[[], None]) -> list[bool]:
-    """Run ``write`` once, just before ``store`` next queries ``table``."""
-    done: list[bool] = []
-
-    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if not done and f"FROM {table}" in statement:
-            done.append(True)
-            write()
-
-    event.listen(store.engine, "before_cursor_execute", hook)
-    return done
-
-
 def test_a_node_write_during_a_snapshot_is_in_the_next_one(store: Store) -> None:
     """The snapshot is one transaction: a drain committed between its queries is not in
     its nodes, as it is not in its replicas; the kept views are not used after it."""
@@ -120,7 +107,7 @@ def test_a_node_write_during_a_snapshot_is_in_the_next_one(store: Store) -> None
     store.create_service(ServiceSpec(name="web", image="demo:1", replicas=1))
     assert _snapshot_nodes(store)[node.id].state == NodeState.READY  # kept now
 
-    ran = _write_during(store, "replicas", lambda: store.set_node_draining(node.id, draining=True))
+    ran = write_during(store, "replicas", lambda: store.set_node_draining(node.id, draining=True))
     assert _snapshot_nodes(store)[node.id].state == NodeState.READY  # as of its start
     assert ran == [True]
     assert _snapshot_nodes(store)[node.id].state == NodeState.DRAINING
@@ -133,7 +120,7 @@ def test_a_removed_node_and_its_replicas_leave_one_snapshot_together(store: Stor
     _snapshot_nodes(store)
 
     # Removed just before the snapshot's first query (its transaction begun): in neither.
-    _write_during(store, "services", lambda: store.delete_node(gone.id, force=True))
+    write_during(store, "services", lambda: store.delete_node(gone.id, force=True))
     _services, nodes, replicas = store.snapshot()
     assert [n.id for n in nodes] == [keep.id]
     assert gone.id not in {r.node for r in replicas}
@@ -142,7 +129,7 @@ def test_a_removed_node_and_its_replicas_leave_one_snapshot_together(store: Stor
     gone = _register(store, "w3")
     store.create_replicas("web", [gone.id], reason="test")
     _snapshot_nodes(store)
-    _write_during(store, "replicas", lambda: store.delete_node(gone.id, force=True))
+    write_during(store, "replicas", lambda: store.delete_node(gone.id, force=True))
     _services, nodes, replicas = store.snapshot()
     assert {n.id for n in nodes} == {keep.id, gone.id}
     assert gone.id in {r.node for r in replicas}
