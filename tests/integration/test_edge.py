@@ -240,10 +240,30 @@ def test_service_without_healthy_replica_answers_503(lab: Lab) -> None:
     assert "no healthy replica" in by_host.text
 
 
+def _settled_health(lab: Lab) -> str:
+    """The edge's health answer (the id of the config Nginx serves) once the edge serves
+    every healthy replica of ``web`` and the answer holds for a second: a test that then
+    breaks a template must not race the apply of a change an earlier test left in
+    flight (a replica it scaled out turning healthy)."""
+    health = lab.nginx_url + "/__orchestrify/health"
+
+    def steady() -> str | None:
+        replicas = lab.controller.http.get("/v1/replicas", params={"service": "web"}).json()
+        healthy = {r["id"] for r in replicas if r["state"] == "healthy" and r["desired"] == "run"}
+        if not healthy or not healthy <= lab.edge.served_replicas("web"):
+            return None
+        first = httpx.get(health).text
+        time.sleep(1.0)
+        return first if httpx.get(health).text == first else None
+
+    answer: str = wait_for("the edge serving the current state", steady, timeout=60)
+    return answer
+
+
 def test_reload_nginx_cannot_take_is_rolled_back_and_an_event_says_why(lab: Lab) -> None:
     """`nginx -t` passes a listen on a port someone else holds; the reload then fails in
     the master. The edge notices the new config never serves and restores the old one."""
-    good_health = httpx.get(lab.nginx_url + "/__orchestrify/health").text
+    good_health = _settled_health(lab)
     main = lab.templates / "nginx.conf.j2"
     original = main.read_text()
     holder = socket.socket()
@@ -274,7 +294,7 @@ def test_reload_nginx_cannot_take_is_rolled_back_and_an_event_says_why(lab: Lab)
 
 
 def test_broken_template_keeps_the_old_config_and_an_event_says_why(lab: Lab) -> None:
-    good_health = httpx.get(lab.nginx_url + "/__orchestrify/health").text
+    good_health = _settled_health(lab)
     upstreams = lab.templates / "upstreams.conf.j2"
     original = upstreams.read_text()
     upstreams.write_text(
