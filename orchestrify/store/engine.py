@@ -643,7 +643,7 @@ class WriteTx:
                     # A write that changes nodes moves the snapshot's generation before
                     # and after its commit (see orchestrify/store/plan_nodes.py).
                     plan = self.store.plan_nodes
-                    touched = touched_nodes(self.session) if plan is not None else set()
+                    touched = touched_nodes(self.session)  # empty unless SQLite's
                     if plan is not None and touched:
                         plan.generation += 1
                     try:

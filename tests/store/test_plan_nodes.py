@@ -168,3 +168,15 @@ def test_a_snapshot_between_a_commit_and_its_count_reads_the_nodes(store: Store)
         event.remove(Session, "after_commit", after_commit)
     assert seen == [NodeState.DRAINING]
     assert _snapshot_nodes(store)[node.id].state == NodeState.DRAINING
+
+
+def test_node_facts_are_forgotten_whatever_the_kept_views(store: Store) -> None:
+    """Which nodes a write changed is told to the node facts on its own, not only when
+    the snapshot's views are kept too (a store without them still forgets facts)."""
+    node = _register(store, "w1")
+    fact = store.node_fact(node.id)
+    assert fact is not None and fact.state == NodeState.READY
+    store.plan_nodes = None
+    store.set_node_draining(node.id, draining=True)
+    fact = store.node_fact(node.id)
+    assert fact is not None and fact.state == NodeState.DRAINING
