@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -454,7 +455,9 @@ class NodesPart(StoreCore):
                 return [node_view(r) for r in s.scalars(query).all()]
             # Taken before the transaction's first query (see plan_nodes.py).
             before, figures_at = plan.generation, self.nodes_generation
-            return sorted(plan.nodes(s, before=before, figures_at=figures_at), key=_by_name)
+            return sorted(
+                plan.nodes(s, before=before, figures_at=figures_at), key=attrgetter("name")
+            )
 
     def get_node(self, id_or_name: str) -> Node:
         with self.read() as s:
@@ -610,10 +613,6 @@ class NodesPart(StoreCore):
     def node_removals_pending(self) -> list[str]:
         with self.read() as s:
             return list(s.scalars(select(NodeRow.id).where(NodeRow.removing.is_(True))).all())
-
-
-def _by_name(node: Node) -> str:
-    return node.name
 
 
 def _apply_heartbeat(tx: WriteTx, row: NodeRow, hb: Heartbeat, now: datetime) -> None:

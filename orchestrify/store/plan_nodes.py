@@ -108,6 +108,12 @@ class PlanNodes:
         self._keep(_Kept(generation=kept.generation, figures_at=figures_at, nodes=nodes))
         return [node for node, _ in nodes.values()]
 
+    def drop(self) -> None:
+        """Forget the kept views: the next read reads every node (``bench/node_reads.py``
+        times that read; the generation still counts every write)."""
+        with self._lock:
+            self._kept = None
+
     def _keep(self, kept: _Kept) -> None:
         with self._lock:
             # Two readers at once: the one of the newest generation stays.
