@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import uvloop
 
 from orchestrify.agent.settings import AgentSettings
 from orchestrify.client import check_controller_protocol, raise_for_status
@@ -509,4 +510,7 @@ def run_worker(config: FleetAgentsConfig, stop: Any, progress: Any, results: Any
         finally:
             watcher.cancel()
 
-    results.put((config.seed, asyncio.run(main())))
+    # libuv's loop, as the controller runs under uvicorn: the simulated agents' own CPU
+    # competes with the controller's on the same machine.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        results.put((config.seed, runner.run(main())))
