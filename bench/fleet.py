@@ -9,8 +9,8 @@ dir, SQLite unless ``--database-url`` names a PostgreSQL database), then:
   random times, as a fleet's agents start, not all at once), heartbeat every 5 s,
   long-poll their assignments and report their replicas ``starting`` then ``healthy``
   at a fake loopback address, or ``stopped``. No Docker. They run in ``--workers``
-  processes (asyncio, one keep-alive client per agent), apart from the bench's own
-  clients below;
+  processes (asyncio on uvloop, kept-alive connections per agent through the lean client
+  of ``bench/wire.py``), apart from the bench's own clients below;
 - once they are all registered (or a bounded wait passed) and a warm-up, for ``--seconds``:
   a churn loop creates, scales and deletes services (``drain_s`` 0) every
   ``--churn-interval`` seconds, so assignments change; ``--readers`` loops read the API

@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import random
 import secrets
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from typing import Any
 import httpx
 import uvloop
 
+from bench.wire import WireClient
 from orchestrify.agent.settings import AgentSettings
 from orchestrify.client import check_controller_protocol, raise_for_status
 from orchestrify.errors import NotFound, OrchestrifyError, Unauthorized
@@ -168,7 +168,7 @@ class SimAgent:
         *,
         index: int,
         config: FleetAgentsConfig,
-        http: httpx.AsyncClient,
+        http: WireClient,
         result: WorkerResult,
         stop: asyncio.Event,
         on_registered: Callable[[], None] | None = None,
@@ -193,7 +193,8 @@ class SimAgent:
         self._registering: asyncio.Lock = asyncio.Lock()
         self._registrations = 0
 
-    # --- the transport: one keep-alive client per agent, as a real agent has ---
+    # --- the transport: kept-alive connections per agent, as a real agent has; a lean
+    # client (bench/wire.py), so that the bench's CPU is not the controller's latency ---
     async def call(
         self,
         method: str,
@@ -201,11 +202,13 @@ class SimAgent:
         *,
         token: str | None = None,
         timeout: float | None = None,
-        **kwargs: Any,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> Any:
         headers = {"Authorization": f"Bearer {token or self.token}"}
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        resp = await self.http.request(method, path, headers=headers, **kwargs, **extra)
+        resp = await self.http.request(
+            method, path, headers=headers, json_body=json, params=params, timeout=timeout
+        )
         if resp.status_code != 426:
             check_controller_protocol(resp, minimum=MIN_PROTOCOL_VERSION)
         try:
@@ -455,18 +458,9 @@ async def run_agents(
     ``on_registered`` hears the number registered so far after each registration."""
     random.seed(config.seed)
     result = WorkerResult()
-    # One TLS context for every client (the URL is plain HTTP on loopback; httpx builds a
-    # context per client otherwise, which costs more than the client itself).
-    shared_tls = ssl.create_default_context()
     t = config.timings
     clients = [
-        httpx.AsyncClient(
-            base_url=config.url,
-            headers=announce("agent"),
-            timeout=t.request_timeout_s,
-            verify=shared_tls,
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-        )
+        WireClient(config.url, headers=announce("agent"), timeout=t.request_timeout_s)
         for _ in config.indices
     ]
 
