@@ -67,6 +67,27 @@ def test_the_agents_routes_are_matched_first(api: TestClient) -> None:
     ]
 
 
+def test_the_agents_routes_resolve_one_dependency_for_the_node_check_and_the_state() -> None:
+    """FastAPI's work per dependency it resolves was most of a heartbeat's CPU: the node
+    check and the state are one dependency (``node_state``) over the bearer credentials,
+    not a route dependency beside ``State``: with the routers' own query check, 3 are
+    resolved per request instead of 5."""
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    from orchestrify.controller.deps import node_state
+    from orchestrify.controller.routers import nodes
+
+    def resolved(d: Dependant) -> list[str]:
+        return [name for sub in d.dependencies for name in [sub.name or "", *resolved(sub)]]
+
+    agents = [r for r in nodes.router.routes if isinstance(r, APIRoute)][:3]
+    for route in agents:
+        calls = [d.call for d in route.dependant.dependencies]
+        assert node_state in calls, route.path
+        assert len(resolved(route.dependant)) == 3, (route.path, resolved(route.dependant))
+
+
 # --- validators stated in the schema -------------------------------------------------------
 def test_the_schema_states_the_service_name_and_image_patterns(api: TestClient) -> None:
     spec = _schemas(api)["ServiceSpec"]["properties"]

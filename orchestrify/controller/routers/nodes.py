@@ -14,9 +14,9 @@ from orchestrify.controller.deps import (
     Admin,
     ControllerState,
     Credentials,
+    NodeCaller,
     State,
     require_join,
-    require_node,
     same_token,
 )
 from orchestrify.controller.views import NodeAssignments, json_answer
@@ -36,14 +36,13 @@ from orchestrify.protocol import PROTOCOL_VERSION
 from orchestrify.store.replicas import ReportBatchItem
 
 router = api_router(prefix="/v1/nodes", tags=["nodes"])
-NodeAuth = Depends(require_node)
 
 # The agents' routes first: a request is matched against the routes in order, and a
 # fleet's heartbeats, long-polls and reports are most of the controller's requests.
 
 
-@router.post("/{node_id}/heartbeat", response_model=Node, dependencies=[NodeAuth])
-async def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
+@router.post("/{node_id}/heartbeat", response_model=Node)
+async def heartbeat(node_id: str, hb: Heartbeat, state: NodeCaller) -> Node:
     """Seen at once on this controller's monotonic clock (what liveness is judged on);
     written to the store in the next batch (``heartbeat_flush_s``), or at once when it
     changes the node's state or address."""
@@ -53,10 +52,10 @@ async def heartbeat(node_id: str, hb: Heartbeat, state: State) -> Node:
     return await state.heartbeats.receive(node_id, hb)
 
 
-@router.get("/{node_id}/assignments", response_model=Assignments, dependencies=[NodeAuth])
+@router.get("/{node_id}/assignments", response_model=Assignments)
 async def watch_assignments(
     node_id: str,
-    state: State,
+    state: NodeCaller,
     version: int | None = Query(None, description="Last version seen; omit for an answer now."),
     timeout: float = Query(30.0, ge=0, le=300, description="Longest wait, seconds."),
 ) -> Assignments:
@@ -107,8 +106,8 @@ def _answer(
     )
 
 
-@router.post("/{node_id}/replicas", status_code=204, dependencies=[NodeAuth])
-async def report_replicas(node_id: str, body: ReplicaReports, state: State) -> Response:
+@router.post("/{node_id}/replicas", status_code=204)
+async def report_replicas(node_id: str, body: ReplicaReports, state: NodeCaller) -> Response:
     """Answered once stored: with the other reports that arrive meanwhile, in one write
     (``GroupCommit``)."""
     await state.reports.submit(
