@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import bearer, reconcile, register, service_spec
+from tests.api.conftest import bearer, reconcile, register, service_spec, wait_for
 
 
 def test_answers_at_once_without_or_with_another_version(
@@ -67,6 +68,45 @@ def test_waits_then_returns_on_change(make_client: Callable[..., TestClient]) ->
     assert assignment["service"] == "web" and assignment["desired"] == "run"
     assert assignment["image"] == "nginx:1.27" and assignment["env"] == {"K": "v"}
     assert assignment["port"] == 80
+
+
+def test_a_long_poll_answered_at_once_takes_the_watchs_view_when_it_is_current(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that starts, or comes back after its long-poll timed out while the
+    version moved on, is answered from the view the watch read once for every node when
+    that view is as recent as the version; a node not in it (joined since) is read alone.
+    The answers are the same either way."""
+    api = make_client(run_reconciler=False)
+    state = api.app.state.controller  # type: ignore[attr-defined]
+    node_id, token = register(api, "a")
+    api.post("/v1/services", json=service_spec(replicas=1, env={"K": "v"}))
+    reconcile(api)  # places the replica on node a
+    wait_for(
+        lambda: state.watch.version == state.feed.version("spec"), what="the watch to catch up"
+    )
+    alone = state.store.node_assignments(node_id)
+    reads: list[str] = []
+    read_alone = state.store.node_assignments
+
+    def counted(node: str) -> Any:
+        reads.append(node)
+        return read_alone(node)
+
+    monkeypatch.setattr(state.store, "node_assignments", counted)
+    url = f"/v1/nodes/{node_id}/assignments"
+    first = api.get(url, headers=bearer(token)).json()
+    other = api.get(url, params={"version": 0, "timeout": 30}, headers=bearer(token)).json()
+    assert reads == []
+    for answer in (first, other):
+        assert answer["version"] == state.watch.version
+        assert [a["replica"] for a in answer["replicas"]] == [a.replica for a in alone[0]]
+        assert answer["replicas"][0]["env"] == {"K": "v"}
+    # Not in the view (a node that registered after the watch read it): read alone.
+    monkeypatch.setattr(state.watch, "view", {})
+    again = api.get(url, headers=bearer(token)).json()
+    assert reads == [node_id]
+    assert again["replicas"] == first["replicas"]
 
 
 def test_an_events_follower_waits_then_gets_the_new_event(
