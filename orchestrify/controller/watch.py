@@ -54,6 +54,7 @@ class AssignmentWatch:
         self.version: int | None = None
         self.view: dict[str, NodeAssignments] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
+        self._moved = asyncio.Event()  # set (and replaced) each time ``version`` moves
         self.woken = 0  # waiters woken by a change of their node's assignments (for tests)
 
     @property
@@ -68,6 +69,7 @@ class AssignmentWatch:
             current = await self.feed.wait("spec", since, RESYNC_S)
             if self.feed.closed:
                 self._wake_all()
+                self._moved.set()
                 return
             if current == since:
                 continue
@@ -80,8 +82,25 @@ class AssignmentWatch:
                 await asyncio.sleep(RETRY_S)
                 continue
             self.version, self.view = current, view
+            self._moved.set()
+            self._moved = asyncio.Event()
             self._dispatch(current)
             since = current
+
+    async def caught_up(self, version: int, *, timeout: float) -> bool:
+        """Wait until ``view`` is as of ``spec`` version ``version`` or later (True), for
+        at most ``timeout`` seconds (False: it is not, e.g. the store does not answer)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.version is None or self.version < version:
+            left = deadline - loop.time()
+            if self.feed.closed or left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._moved.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     def _dispatch(self, version: int) -> None:
         for node_id, waiters in list(self._waiters.items()):

@@ -109,6 +109,56 @@ def test_a_long_poll_answered_at_once_takes_the_watchs_view_when_it_is_current(
     assert again["replicas"] == first["replicas"]
 
 
+@pytest.mark.parametrize("catches_up", [True, False])
+def test_a_long_poll_answered_at_once_waits_for_the_watch_to_catch_up(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch, catches_up: bool
+) -> None:
+    """When the version has moved past the watch's view, a long-poll answered at once
+    waits for the watch to read the new one rather than read its node alone; if the
+    watch does not catch up in time (here: its read is held), it reads its node alone."""
+    import asyncio
+
+    from orchestrify.controller.routers import nodes
+
+    api = make_client(run_reconciler=False)
+    state = api.app.state.controller  # type: ignore[attr-defined]
+    node_id, token = register(api, "a")
+    wait_for(lambda: state.watch.version == state.feed.version("spec"), what="the watch")
+    held, release = state.views.assignments, threading.Event()
+
+    async def held_read(version: int) -> Any:
+        await asyncio.to_thread(release.wait, 30)
+        return await held(version)
+
+    monkeypatch.setattr(state.views, "assignments", held_read)
+    monkeypatch.setattr(nodes, "WATCH_CATCH_UP_S", 10.0 if catches_up else 0.3)
+    reads: list[str] = []
+    read_alone = state.store.node_assignments
+    monkeypatch.setattr(
+        state.store, "node_assignments", lambda node: reads.append(node) or read_alone(node)
+    )
+    api.post("/v1/services", json=service_spec(replicas=1))
+    reconcile(api)  # places the replica on node a: the version moves past the watch's view
+    assert state.watch.version < state.feed.version("spec")
+    answer: dict[str, Any] = {}
+    poll = threading.Thread(
+        target=lambda: answer.update(
+            api.get(f"/v1/nodes/{node_id}/assignments", headers=bearer(token)).json()
+        )
+    )
+    poll.start()
+    if catches_up:
+        time.sleep(0.5)
+        assert not answer  # waiting for the watch, not reading its node alone
+        release.set()
+    poll.join(timeout=30)
+    release.set()
+    assert not poll.is_alive()
+    assert reads == ([] if catches_up else [node_id])
+    (assignment,) = answer["replicas"]
+    assert assignment["service"] == "web" and assignment["desired"] == "run"
+
+
 def test_an_events_follower_waits_then_gets_the_new_event(
     make_client: Callable[..., TestClient],
 ) -> None:

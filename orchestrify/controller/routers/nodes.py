@@ -37,6 +37,10 @@ from orchestrify.store.replicas import ReportBatchItem
 
 router = api_router(prefix="/v1/nodes", tags=["nodes"])
 
+WATCH_CATCH_UP_S = 2.0
+"""Longest wait, seconds, for the watch's view of every node to reach the version a
+long-poll answered at once needs, before reading that node's alone."""
+
 # The agents' routes first: a request is matched against the routes in order, and a
 # fleet's heartbeats, long-polls and reports are most of the controller's requests.
 
@@ -91,14 +95,16 @@ async def _assignments_now(
     state: ControllerState, node_id: str, current: int
 ) -> tuple[int, NodeAssignments]:
     """Node ``node_id``'s assignments as of ``spec`` version ``current`` or later, and
-    that version. From the watch's view when it is that recent: read once per version
-    for every node, where a thousand agents' long-polls coming back after a change each
-    read their own (a sixth of the controller's worker threads' time at 1,000 agents).
-    A node that joined after that read is not in it: read alone."""
+    that version. From the watch's view, read once per version for every node, once it
+    is that recent (it follows the version: a change's wait), where a thousand agents'
+    long-polls coming back after a change each read their own (a sixth of the
+    controller's worker threads' time at 1,000 agents). Read alone for a node not in it
+    (joined after that read) or when the watch cannot catch up (the store not
+    answering it)."""
     watch = state.watch
-    if watch.version is not None and watch.version >= current:
+    if await watch.caught_up(current, timeout=WATCH_CATCH_UP_S):
         found = watch.view.get(node_id)
-        if found is not None:
+        if found is not None and watch.version is not None:
             return watch.version, found
     return current, await _own_assignments(state, node_id)
 
