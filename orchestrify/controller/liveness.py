@@ -35,7 +35,7 @@ Clock = Callable[[], float]
 
 
 class Beat(Protocol):
-    """What liveness reads of a node: a ``Node``, or the store's lighter ``NodeBeat``."""
+    """What liveness reads of a node (a ``Node`` of the reconciler's snapshot)."""
 
     @property
     def id(self) -> str: ...

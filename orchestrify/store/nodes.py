@@ -41,7 +41,6 @@ from orchestrify.store.tables import NodeRow, ReplicaRow
 __all__ = [
     "MIN_NODE_TOKEN_LENGTH",
     "REFUSAL_EVENT_INTERVAL_S",
-    "NodeBeat",
     "NodeEnrollment",
     "NodesPart",
     "RefusalLog",
@@ -60,15 +59,6 @@ NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 # A refused registration is recorded at most once per node name this often: an agent
 # retrying every few seconds (or a fleet of them) writes one event a minute, not one each.
 REFUSAL_EVENT_INTERVAL_S = 60.0
-
-
-@dataclass(frozen=True)
-class NodeBeat:
-    """What liveness is judged on: a node's id, state and stored heartbeat time."""
-
-    id: str
-    state: NodeState
-    last_heartbeat: datetime | None
 
 
 @dataclass(frozen=True)
@@ -434,16 +424,6 @@ class NodesPart(StoreCore):
             facts.reads += 1
             facts.keep(node_id, fact, epoch=epoch)
         return fact
-
-    def node_beats(self) -> list[NodeBeat]:
-        """Every node's id, state and stored heartbeat time, in one light query: what the
-        reconciler judges liveness on each cycle (a fleet's full node views are costly)."""
-        with self.read() as s:
-            query = select(NodeRow.id, NodeRow.state, NodeRow.last_heartbeat)
-            return [
-                NodeBeat(id=node_id, state=NodeState(state), last_heartbeat=as_utc(beat))
-                for node_id, state, beat in s.execute(query)
-            ]
 
     def list_nodes(self) -> list[Node]:
         """Every node, by name. On SQLite from the views kept for the reconciler's

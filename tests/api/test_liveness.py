@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -15,7 +16,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from orchestrify import clock
-from tests.api.conftest import JOIN, bearer, register, running, service_spec, wait_for
+from tests.api.conftest import (
+    JOIN,
+    bearer,
+    reconcile,
+    register,
+    replicas_of,
+    running,
+    service_spec,
+    wait_for,
+)
 
 
 @contextmanager
@@ -81,6 +91,37 @@ def test_silent_node_goes_not_ready_and_its_replicas_move(
         headers=bearer(a_token),
     )
     assert api.get(f"/v1/replicas/{old['id']}").status_code == 404
+
+
+def test_a_cycle_judges_liveness_on_its_snapshot_and_plans_after_its_marks(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler judges liveness on the nodes of its cycle's snapshot (one read of
+    every node a cycle); a cycle that marks a node not ready plans on a snapshot taken
+    after, so the silent node's replica moves in that same cycle."""
+    api = make_client(run_reconciler=False, node_timeout_s=0.3, node_startup_grace_s=0)
+    state = api.app.state.controller  # type: ignore[attr-defined]
+    snapshots: list[int] = []
+    snapshot = state.store.snapshot
+    monkeypatch.setattr(state.store, "snapshot", lambda: snapshots.append(1) or snapshot())
+    a, _ = register(api, "a")
+    api.post("/v1/services", json=service_spec(replicas=1))
+    reconcile(api)
+    (old,) = replicas_of(api, "web")
+    assert old["node"] == a
+    b, b_token = register(api, "b")
+    time.sleep(0.5)  # a and b fall silent; b beats again
+    api.post(f"/v1/nodes/{b}/heartbeat", json={}, headers=bearer(b_token))
+    snapshots.clear()
+    reconcile(api)  # one cycle: a marked not ready, its replica placed on b
+    assert len(snapshots) == 2  # the one judged on, and the one planned on after the mark
+    assert api.get(f"/v1/nodes/{a}").json()["state"] == "not_ready"
+    assert api.get(f"/v1/nodes/{b}").json()["state"] == "ready"
+    placed = [r for r in replicas_of(api, "web") if r["node"] == b]
+    assert len(placed) == 1, replicas_of(api, "web")
+    snapshots.clear()
+    reconcile(api)  # nothing to mark: one snapshot
+    assert len(snapshots) == 1
 
 
 def test_silent_draining_node_goes_not_ready_and_rm_completes(

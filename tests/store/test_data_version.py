@@ -74,15 +74,3 @@ def test_a_heartbeats_batch_makes_a_silent_node_ready_and_skips_a_gone_one(
     assert gone == ["nosuchnode"]
     assert store.get_node(node.id).state == "ready"
     assert store.data_version() != before  # a state change is a change for every view
-
-
-def test_node_beats_carry_what_the_full_node_views_say_about_liveness(store: Store) -> None:
-    """The reconciler judges liveness on ``node_beats`` (a light query): it must agree
-    with ``list_nodes`` on each node's state and stored heartbeat time."""
-    a, _ = store.register_node(NodeRegistration(name="w1", address="127.0.0.1"))
-    store.register_node(NodeRegistration(name="w2", address="127.0.0.2"))
-    store.record_heartbeats({a.id: (Heartbeat(cpu_percent=1.0), datetime.now(UTC))})
-    full = {n.id: (n.state, n.last_heartbeat) for n in store.list_nodes()}
-    light = {b.id: (b.state, b.last_heartbeat) for b in store.node_beats()}
-    assert light == full
-    assert full[a.id][1] is not None
