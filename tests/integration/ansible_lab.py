@@ -14,6 +14,12 @@ starting and provisioning hosts of its own:
 - :func:`worker_fleet`: two workers provisioned by ``playbooks/workers.yml`` twice (the
   second run must change nothing) for a real controller on this machine.
 
+The two labs share no host, no port and no file, and provisioning them is mostly waiting
+on SSH, apt and dpkg, so when a session needs both, the control plane starts the worker
+fleet's provisioning in a background thread before running its own site.yml (about 2 of
+the 6 minutes both take one after the other); the first test that asks for
+``worker_fleet`` waits for it. Nothing either lab's tests time runs during that overlap.
+
 The lab images, the SSH key and the wheelhouse are made once for both. The fixtures are
 session-scoped and made available to every integration test through
 tests/integration/conftest.py; a test that changes a lab (a playbook run with other
@@ -34,6 +40,8 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -171,8 +179,13 @@ class ControlPlane:
 
 
 @pytest.fixture(scope="session")
-def control_plane(lab_workspace: Workspace) -> Iterator[ControlPlane]:
+def control_plane(
+    lab_workspace: Workspace, request: pytest.FixtureRequest
+) -> Iterator[ControlPlane]:
     """site.yml with TLS and a PostgreSQL store: control host, worker, database host."""
+    if any("worker_fleet" in item.fixturenames for item in request.session.items):
+        # Provisioned beside this lab, in a background thread (see the module's docstring).
+        request.getfixturevalue("worker_fleet_provisioning")
     tmp = lab_workspace.tmp / "control-plane"
     tmp.mkdir()
     the_lab = lab.Lab(key=lab_workspace.key)
@@ -305,11 +318,38 @@ class WorkerFleet:
 
 
 @pytest.fixture(scope="session")
-def worker_fleet(lab_workspace: Workspace) -> Iterator[WorkerFleet]:
+def worker_fleet_provisioning(lab_workspace: Workspace) -> Iterator[Future[WorkerFleet]]:
+    """The worker fleet's provisioning, started in a background thread.
+
+    At the session's end it waits for the provisioning to finish (or fail) and then
+    removes the lab, whatever became of it.
+    """
+    stack = ExitStack()
+    with ThreadPoolExecutor(1, thread_name_prefix="worker-fleet") as executor:
+        future = executor.submit(stack.enter_context, provision_worker_fleet(lab_workspace))
+        try:
+            yield future
+        finally:
+            future.exception()  # waits; a failed set-up has already cleaned up after itself
+            stack.close()
+
+
+@pytest.fixture(scope="session")
+def worker_fleet(worker_fleet_provisioning: Future[WorkerFleet]) -> WorkerFleet:
     """Two workers provisioned twice by workers.yml for a controller on this machine."""
-    tmp = lab_workspace.tmp / "worker-fleet"
+    return worker_fleet_provisioning.result()
+
+
+@contextmanager
+def provision_worker_fleet(workspace: Workspace) -> Iterator[WorkerFleet]:
+    """Start and provision the worker fleet; remove it on leaving."""
+    tmp = workspace.tmp / "worker-fleet"
     tmp.mkdir()
-    the_lab = lab.Lab(key=lab_workspace.key)
+    # Its own copy of the wheelhouse: the roles pack the directory into a tar beside it
+    # on every run, and the control plane's playbook may be packing the shared one at the
+    # same moment.
+    wheelhouse = shutil.copytree(workspace.wheelhouse, tmp / "wheelhouse")
+    the_lab = lab.Lab(key=workspace.key)
     controller: Controller | None = None
     try:
         hosts = the_lab.start(2)
@@ -327,7 +367,7 @@ def worker_fleet(lab_workspace: Workspace) -> Iterator[WorkerFleet]:
         data["all"]["children"]["workers"]["vars"] = {
             "orchestrify_agent_controller_url": url,
             "orchestrify_agent_join_token": join_token,
-            "orchestrify_agent_wheelhouse_src": str(lab_workspace.wheelhouse),
+            "orchestrify_agent_wheelhouse_src": str(wheelhouse),
             "docker_engine_insecure_registries": [INSECURE_REGISTRY],
         }
         inventory.write_text(yaml.safe_dump(data, sort_keys=False))

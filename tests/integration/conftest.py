@@ -8,9 +8,20 @@ from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from tests.conftest import require, require_docker
 
 # The Ansible tests' shared, session-scoped labs (one set-up for all their modules).
-from tests.integration.ansible_lab import control_plane, lab_workspace, worker_fleet
+from tests.integration.ansible_lab import (
+    control_plane,
+    lab_workspace,
+    worker_fleet,
+    worker_fleet_provisioning,
+)
 
-__all__ = ["control_plane", "demo_image", "lab_workspace", "worker_fleet"]
+__all__ = [
+    "control_plane",
+    "demo_image",
+    "lab_workspace",
+    "worker_fleet",
+    "worker_fleet_provisioning",
+]
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,25 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # only to keep each test run short: the roles install them too when they are missing.
 # For the same reason the .debs the roles install are downloaded (not installed) into
 # apt's cache: each test still installs, configures and starts them for real, it just
-# does not fetch them from the mirror every time.
-PRELOADED_DEBS = "docker.io prometheus prometheus-alertmanager prometheus-node-exporter nginx"
+# does not fetch them from the mirror every time. (openssl, openssh-client and
+# python3-venv, which the roles also ask for, are installed already: ca-certificates,
+# openssh-server and the line above bring them.)
+PRELOADED_DEBS = (
+    "docker.io prometheus prometheus-alertmanager prometheus-node-exporter nginx"
+    " postgresql-15 postgresql-client-15"
+)
+# The roles' apt tasks update the package lists when they are older than an hour
+# (`update_cache` with `cache_valid_time`). Ansible's apt module takes their age from
+# /var/lib/apt/periodic/update-success-stamp, else from the mtime of /var/lib/apt/lists,
+# which an `apt-get update` that finds nothing new leaves as it was
+# (ansible/ansible#27798): on plain Debian every apt task then fetches the lists again,
+# about a second each, some 50 times a session. Ubuntu's update-notifier-common touches
+# that stamp after each successful update; the lab hosts do the same, so the first apt
+# task on a fresh host still updates the lists and the later ones trust them for an hour.
+APT_UPDATE_STAMP_HOOK = (
+    'APT::Update::Post-Invoke-Success {"touch /var/lib/apt/periodic/update-success-stamp'
+    ' 2>/dev/null || true";};'
+)
 HOST_DOCKERFILE = f"""\
 FROM {BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive container=docker
@@ -48,6 +65,7 @@ RUN apt-get update \\
  && apt-get install -y --no-install-recommends systemd systemd-sysv openssh-server \\
       python3 python3-apt python3-venv ca-certificates iproute2 \\
  && apt-get install -y --no-install-recommends --download-only {PRELOADED_DEBS} \\
+ && echo '{APT_UPDATE_STAMP_HOOK}' > /etc/apt/apt.conf.d/15update-stamp \\
  && systemctl enable ssh \\
  && mkdir -p /root/.ssh && chmod 700 /root/.ssh
 # systemd stops cleanly on SIGRTMIN+3, not on docker's default SIGTERM.
