@@ -154,7 +154,10 @@ def test_outage_prints_its_table() -> None:
     assert_rows(rows, [("controller-down (2 s)", f) for f in figures])
 
 
+# beside: its own PostgreSQL, controllers and Nginx on free ports, and only the rows are
+# checked, never a figure: it runs beside the timed integration tests.
 @pytest.mark.integration
+@pytest.mark.beside
 def test_failover_prints_its_table() -> None:
     why = postgres_available()
     require(why is None, why or "")

@@ -74,7 +74,10 @@ def test_part1_prints_its_table_without_the_test_extras() -> None:
     _check(("--parts", "1"), PART1, timeout=180)
 
 
+# beside: its own Docker containers, Nginx, Prometheus and Alertmanager on free ports, and
+# only the rows are checked, never a figure: it runs beside the timed integration tests.
 @pytest.mark.integration
+@pytest.mark.beside
 def test_the_whole_loop_prints_its_table_without_the_test_extras() -> None:
     require_docker().close()
     for binary in ("nginx", "prometheus", "prometheus-alertmanager"):
