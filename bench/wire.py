@@ -172,6 +172,12 @@ class WireClient:
             request=httpx.Request(method, f"http://{self.host}:{self.port}{target}"),
         )
 
+    async def __aenter__(self) -> WireClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         for conn in self._all:
             conn.close()

@@ -87,14 +87,13 @@ def test_a_request_carries_its_headers_query_and_json_and_the_answer_is_read(
     _, url = server
 
     async def go() -> httpx.Response:
-        client = WireClient(url, headers={"X-Orchestrify-Component": "agent"}, timeout=5)
-        try:
+        async with WireClient(
+            url, headers={"X-Orchestrify-Component": "agent"}, timeout=5
+        ) as client:
             return await client.request(
                 "POST", "/v1/x", headers={"Authorization": "Bearer t"},
                 params={"version": 3, "timeout": 30}, json_body={"a": [1, "é"]},
             )  # fmt: skip
-        finally:
-            await client.aclose()
 
     resp = asyncio.run(go())
     assert resp.status_code == 201
@@ -114,8 +113,7 @@ def test_requests_one_after_another_share_a_connection_and_concurrent_ones_do_no
     srv, url = server
 
     async def go() -> None:
-        client = WireClient(url, headers={}, timeout=5)
-        try:
+        async with WireClient(url, headers={}, timeout=5) as client:
             for _ in range(5):
                 assert (await client.request("GET", "/")).status_code == 201
             sequential = set(srv.client_ports)
@@ -124,8 +122,6 @@ def test_requests_one_after_another_share_a_connection_and_concurrent_ones_do_no
             assert [a.status_code for a in answers] == [201] * 3
             concurrent = srv.client_ports[5:]
             assert len(set(concurrent)) == 3, concurrent  # the idle one and two new ones
-        finally:
-            await client.aclose()
 
     asyncio.run(go())
 
@@ -136,15 +132,12 @@ def test_a_late_answer_is_a_read_timeout_and_the_next_request_gets_through(
     srv, url = server
 
     async def go() -> None:
-        client = WireClient(url, headers={}, timeout=5)
-        try:
+        async with WireClient(url, headers={}, timeout=5) as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.request("GET", "/slow", timeout=0.2)
             # the timed-out connection is dropped, never read half-way by the next request
             assert (await client.request("GET", "/after")).json()["path"] == "/after"
             assert len(set(srv.client_ports)) == 2
-        finally:
-            await client.aclose()
 
     asyncio.run(go())
 
@@ -153,13 +146,10 @@ def test_connection_close_and_a_chunked_body(server: tuple[_Server, str]) -> Non
     srv, url = server
 
     async def go() -> None:
-        client = WireClient(url, headers={}, timeout=5)
-        try:
+        async with WireClient(url, headers={}, timeout=5) as client:
             assert (await client.request("GET", "/close")).status_code == 201
             assert (await client.request("GET", "/chunked")).json() == {"part": 1}
             assert len(set(srv.client_ports)) == 2  # the closed one was not reused
-        finally:
-            await client.aclose()
 
     asyncio.run(go())
 
