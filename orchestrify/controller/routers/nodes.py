@@ -85,9 +85,7 @@ async def watch_assignments(
         current, found = state.watch.version or current, state.watch.view.get(node_id)
         if found is not None:
             return _answer(state, node_id, current, found)
-    current = state.feed.version("spec")
-    found = (await state.views.assignments(current)).get(node_id)
-    mine = found if found is not None else await _own_assignments(state, node_id)
+    current, mine = await _assignments_now(state, node_id, state.feed.version("spec"))
     return _answer(state, node_id, current, mine)
 
 
@@ -95,12 +93,12 @@ async def _assignments_now(
     state: ControllerState, node_id: str, current: int
 ) -> tuple[int, NodeAssignments]:
     """Node ``node_id``'s assignments as of ``spec`` version ``current`` or later, and
-    that version. From the watch's view, read once per version for every node, once it
-    is that recent (it follows the version: a change's wait), where a thousand agents'
-    long-polls coming back after a change each read their own (a sixth of the
-    controller's worker threads' time at 1,000 agents). Read alone for a node not in it
-    (joined after that read) or when the watch cannot catch up (the store not
-    answering it)."""
+    that version: what every answer but a woken long-poll's carries. From the watch's
+    view, read once per version for every node, once it is that recent (it follows the
+    version: a change's wait), where a thousand agents' long-polls coming back after a
+    change each read their own (a sixth of the controller's worker threads' time at
+    1,000 agents). Read alone for a node not in it (joined after that read) or when the
+    watch cannot catch up (the store not answering it)."""
     watch = state.watch
     if await watch.caught_up(current, timeout=WATCH_CATCH_UP_S):
         found = watch.view.get(node_id)
