@@ -99,7 +99,9 @@ def test_a_cycle_judges_liveness_on_its_snapshot_and_plans_after_its_marks(
     """The reconciler judges liveness on the nodes of its cycle's snapshot (one read of
     every node a cycle); a cycle that marks a node not ready plans on a snapshot taken
     after, so the silent node's replica moves in that same cycle."""
-    api = make_client(run_reconciler=False, node_timeout_s=0.3, node_startup_grace_s=0)
+    # b must stay within the timeout between its heartbeat and the cycle, a must not:
+    # a whole second of margin for a busy machine.
+    api = make_client(run_reconciler=False, node_timeout_s=1.0, node_startup_grace_s=0)
     state = api.app.state.controller  # type: ignore[attr-defined]
     snapshots: list[int] = []
     snapshot = state.store.snapshot
@@ -110,7 +112,7 @@ def test_a_cycle_judges_liveness_on_its_snapshot_and_plans_after_its_marks(
     (old,) = replicas_of(api, "web")
     assert old["node"] == a
     b, b_token = register(api, "b")
-    time.sleep(0.5)  # a and b fall silent; b beats again
+    time.sleep(1.2)  # a and b fall silent; b beats again
     api.post(f"/v1/nodes/{b}/heartbeat", json={}, headers=bearer(b_token))
     snapshots.clear()
     reconcile(api)  # one cycle: a marked not ready, its replica placed on b
