@@ -58,6 +58,9 @@ def run_playbook(
     proc = subprocess.run(
         [*command, str(REPO / "playbooks" / playbook), *args],
         cwd=REPO, env=run_env, capture_output=True, text=True, timeout=1800, check=False,
+        # Never the caller's stdin: Ansible refuses a non-blocking one ("requires blocking
+        # IO"), and two playbooks run at once (the labs' set-ups) must not share it.
+        stdin=subprocess.DEVNULL,
     )  # fmt: skip
     run = PlaybookRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
     print(f"{playbook} {' '.join(args)}: rc={run.rc} in {run.seconds:.1f}s")
