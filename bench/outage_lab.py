@@ -263,11 +263,13 @@ class RunningAgent:
 class Load:
     """GET ``url`` every 20 ms, each on a new connection (a keep-alive connection that a
     reload closes is not a failure of the fleet), until ``stop`` is set, for at most
-    ``at_most_s``. ``replicas`` lists who answered (X-Replica), in order."""
+    ``at_most_s``. ``replicas`` lists who answered (X-Replica), in order, and
+    ``greetings`` the first word of each answer (the demo app's ``$GREETING``)."""
 
     url: str
     at_most_s: float = 180.0
     replicas: list[str] = field(default_factory=list)
+    greetings: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -284,6 +286,7 @@ class Load:
                 else:
                     if resp.is_success:
                         self.replicas.append(resp.headers.get("x-replica", "?"))
+                        self.greetings.append((resp.text.split() or ["?"])[0])
                     else:
                         self.failures.append(f"{resp.status_code}: {resp.text[:100]}")
                 self.stop.wait(REQUEST_EVERY_S)

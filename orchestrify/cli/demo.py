@@ -30,12 +30,14 @@ def demo_image(
 
     \b
       ANY /...                 hello from <replica> (<METHOD>) and the path
+                               ("hello" is the GREETING env var's default)
       GET /health              200 ok, or 500 once switched off
       GET /admin/health?ok=0   switch /health to 500 (ok=1 switches it back)
       GET /admin/latency?ms=N  add N ms (0-60000) to every later app request
       GET /admin/state         show both switches
 
     <replica> is the ORCHESTRIFY_REPLICA env var if set, else the container's hostname.
+    Each request is one line of the container's log (docker logs).
 
     Try it: docker run --rm -p 8000:8000 orchestrify/demo:latest
     """

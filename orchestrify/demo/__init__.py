@@ -4,8 +4,11 @@ It is built without any registry: ``FROM scratch`` plus the host's static busybo
 shell scripts in ``app/``. Tests and demos rely on its contract (see ``app/serve.sh``):
 
 - port 8000; any method on any path other than the ones below answers 200
-  ``hello from <replica> (<METHOD>)`` and ``path: <path>``, where the replica is
-  ``$ORCHESTRIFY_REPLICA`` if set, else the container's hostname;
+  ``<greeting> from <replica> (<METHOD>)`` and ``path: <path>``, where the greeting is
+  ``$GREETING`` (default ``hello``: ``service update demo --env GREETING=hi`` shows a
+  rolling update taking effect) and the replica ``$ORCHESTRIFY_REPLICA`` if set, else
+  the container's hostname;
+- every request is one line on the container's stdout, ``METHOD TARGET STATUS``;
 - ``GET /health`` answers 200 ``ok``, or 500 after ``GET /admin/health?ok=0`` until
   ``GET /admin/health?ok=1``;
 - ``GET /admin/latency?ms=N`` (0..60000) delays every later application request by N ms;

@@ -123,6 +123,38 @@ def test_any_other_path_is_the_app_and_is_echoed(replicas: list[Replica]) -> Non
     assert response.text == "hello from demo-a (GET)\npath: /shop/cart\n"
 
 
+def test_greeting_comes_from_the_environment_and_each_request_is_a_line_of_stdout(
+    docker_client: docker.DockerClient, demo_tag: str, request: pytest.FixtureRequest
+) -> None:
+    """What the demo's hint (``service update demo --env GREETING=hi``) relies on, and
+    what ``docker logs`` (and ``orchestrify service logs``) of a replica shows."""
+    container = docker_client.containers.run(
+        demo_tag,
+        detach=True,
+        environment={"ORCHESTRIFY_REPLICA": "demo-greet", "GREETING": "hi"},
+        labels={TEST_LABEL: "1"},
+        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    )
+    request.addfinalizer(functools.partial(container.remove, force=True))
+    container.reload()
+    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
+    _wait_until_answering(url)
+    marker = uuid.uuid4().hex
+    response = httpx.get(f"{url}/greet/{marker}?x=1", timeout=5)
+    assert response.text == f"hi from demo-greet (GET)\npath: /greet/{marker}\n"
+
+    wanted = f"GET /greet/{marker}?x=1 200"
+    deadline = time.monotonic() + 5
+    while True:
+        stdout = container.logs(stdout=True, stderr=False).decode()
+        if wanted in stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert wanted in stdout.splitlines(), stdout
+    assert "GET /health 200" in stdout.splitlines()  # the readiness checks, one line each
+    assert wanted not in container.logs(stdout=False, stderr=True).decode()
+
+
 def test_head_has_headers_but_no_body(replicas: list[Replica]) -> None:
     response = httpx.head(f"{replicas[0].url}/", timeout=5)
     assert response.status_code == 200

@@ -135,7 +135,11 @@ def test_patching_env_rolls_every_replica_with_no_failed_request(fleet: Fleet) -
     sender.start()
     try:
         wait_for("requests flowing", lambda: len(load.replicas) >= 10, timeout=10)
-        svc = fleet.api.request("PATCH", "/v1/services/roll", json={"env": {"WAVE": "2"}})
+        # What the demo's hint does (service update demo --env GREETING=hi): seen in
+        # the answers once the new replicas serve.
+        svc = fleet.api.request(
+            "PATCH", "/v1/services/roll", json={"env": {"WAVE": "2", "GREETING": "hi"}}
+        )
         assert (svc["generation"], svc["update_state"]) == (2, "updating")
         new = wait_for(
             "every replica of generation 2", lambda: _all_of_generation(fleet, 2), timeout=35
@@ -154,6 +158,7 @@ def test_patching_env_rolls_every_replica_with_no_failed_request(fleet: Fleet) -
     assert not old & new
     answered = set(load.replicas)
     assert old <= answered and new <= answered, (old, new, answered)
+    assert load.greetings[0] == "hello" and load.greetings[-10:] == ["hi"] * 10, load.greetings
     svc = fleet.api.get("/v1/services/roll")
     assert (svc["updated_replicas"], svc["update_state"]) == (REPLICAS, "completed")
     messages = [e["message"] for e in fleet.api.get("/v1/events", service="roll")]

@@ -2,8 +2,9 @@
 # One HTTP request of the orchestrify demo app. busybox nc runs this once per
 # connection with the socket on stdin and stdout; every answer closes the connection.
 #
-#   ANY  /<anything else>        200 "hello from <replica> (<METHOD>)" + the path,
-#                                after the added latency
+#   ANY  /<anything else>        200 "<greeting> from <replica> (<METHOD>)" + the path,
+#                                after the added latency; <greeting> is $GREETING
+#                                (default "hello")
 #   GET  /health                 200 "ok", or 500 "unhealthy" once switched off
 #   GET  /admin/health?ok=0|1    switch /health off (500) or back on (200)
 #   GET  /admin/latency?ms=N     add N ms (0..60000) to every later app request
@@ -11,21 +12,28 @@
 #
 # State lives in files under /tmp so that it survives between requests (each request
 # is its own process) and is private to the container.
+#
+# Every request is one line of the container's stdout ("METHOD TARGET STATUS"), so
+# `docker logs` and `orchestrify service logs` have something to show.
 
 UNHEALTHY_FLAG=/tmp/demo-unhealthy
 LATENCY_FILE=/tmp/demo-latency-ms
 REPLICA=${ORCHESTRIFY_REPLICA:-${HOSTNAME:-$(hostname)}}
+GREETING=${GREETING:-hello}
 CR=$'\r'  # busybox ash understands $'...'; $(printf) would cost a fork per request
 set -f  # the request target must never glob
 
-# respond STATUS REASON BODY [HEADER]: answer, log one line to stderr, end the request.
+# respond STATUS REASON BODY [HEADER]: answer, log one line, end the request.
 respond() {
     printf 'HTTP/1.1 %s %s\r\nContent-Type: text/plain; charset=utf-8\r\n' "$1" "$2"
     printf 'Content-Length: %s\r\nX-Replica: %s\r\n' "${#3}" "$REPLICA"
     [ -n "${4:-}" ] && printf '%s\r\n' "$4"
     printf 'Connection: close\r\n\r\n'
     [ "$method" = HEAD ] || printf '%s' "$3"
-    printf '%s %s %s\n' "$method" "$target" "$1" >&2
+    # This process's stdout is the socket: the log line goes to PID 1's stdout, the
+    # container's (stderr, also in the container's log, if that cannot be opened).
+    printf '%s %s %s\n' "$method" "$target" "$1" 2>/dev/null >>/proc/1/fd/1 ||
+        printf '%s %s %s\n' "$method" "$target" "$1" >&2
     exit 0
 }
 
@@ -155,6 +163,6 @@ if [ "$ms" -gt 0 ]; then
     esac
     sleep "$((ms / 1000)).$fraction"
 fi
-respond 200 OK "hello from $REPLICA ($method)
+respond 200 OK "$GREETING from $REPLICA ($method)
 path: $path
 "
