@@ -26,6 +26,8 @@ from pydantic import (
     Strict as StrictType,
 )
 
+from orchestrify.logdrivers import DEFAULT_LOG_DRIVER, LOG_OPTS_MAX, LogDriver, log_opts_problem
+
 # Every pattern below is also the OpenAPI ``pattern`` of its field, so the schema is as
 # narrow as the code. They are matched with ``fullmatch`` (Python's ``$`` would also let a
 # trailing newline through) and use no look-around, which JSON Schema tools cannot draw.
@@ -245,6 +247,16 @@ class ServiceSpec(Strict):
     )
     policy: ScalingPolicy = Field(default_factory=ScalingPolicy)
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
+    log_driver: LogDriver = Field(
+        DEFAULT_LOG_DRIVER,
+        description="Docker logging driver of the replicas (json-file: rotated by the agent's "
+        "--log-max-size/--log-max-file unless log_opts set max-size/max-file).",
+    )
+    log_opts: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=LOG_OPTS_MAX,
+        description="The driver's --log-opt options, e.g. gelf-address: udp://HOST:12201.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -290,6 +302,9 @@ class ServiceSpec(Strict):
         check_bounds(self.replicas, self.min_replicas, self.max_replicas)
         if self.host_port is not None:
             self.max_per_node = 1
+        problem = log_opts_problem(self.log_driver, self.log_opts)
+        if problem is not None:
+            raise FieldError("log_opts", problem)
         return self
 
 
@@ -327,19 +342,46 @@ def error_location(err: dict[str, Any]) -> tuple[str, ...]:
 # The fields that define a replica's container. Changing one of them is an update (a new
 # generation, rolled out replica by replica); the others (replica counts, policy, drain,
 # placement caps) apply to the running replicas as they are.
-CONTAINER_FIELDS = ("image", "env", "port", "host_port", "health_path", "memory_mb", "cpus")
+CONTAINER_FIELDS = (
+    "image",
+    "env",
+    "port",
+    "host_port",
+    "health_path",
+    "memory_mb",
+    "cpus",
+    "log_driver",
+    "log_opts",
+)
+# Container fields added after specs were first stored, with the value a spec stored
+# before them means. They count in a spec's hash only when they differ from it: every
+# replica stored earlier keeps its hash, so an upgrade replaces no container.
+_LATER_FIELDS: dict[str, Any] = {"log_driver": DEFAULT_LOG_DRIVER, "log_opts": {}}
 
 
 def container_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The container-defining part of a stored service spec (what one replica runs)."""
-    return {key: spec.get(key) for key in CONTAINER_FIELDS}
+    """The container-defining part of a stored service spec (what one replica runs); a
+    field the spec predates has the value that means."""
+    out = {key: spec.get(key) for key in CONTAINER_FIELDS}
+    for key, default in _LATER_FIELDS.items():
+        if out[key] is None:
+            out[key] = default
+    return out
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
     """A short, stable hash of a replica's container spec (``container_spec``): equal
     specs hash equal whatever their key order, so an orphan is matched to a service."""
-    canonical = json.dumps(container_spec(spec), sort_keys=True, separators=(",", ":"))
+    fields = {
+        key: value
+        for key, value in container_spec(spec).items()
+        if _LATER_FIELDS.get(key, _UNSET) != value
+    }
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_UNSET = object()
 
 
 class UpdateState(StrEnum):
@@ -374,6 +416,12 @@ class ServicePatch(Strict):
     drain_s: JsonFloat | None = Field(None, ge=0, le=3600)
     stop_grace_s: JsonFloat | None = Field(None, ge=0, le=3600)
     policy: ScalingPolicy | None = None
+    log_driver: LogDriver | None = Field(
+        None, description="A new driver; log_opts are kept unless given too."
+    )
+    log_opts: dict[str, str] | None = Field(
+        None, max_length=LOG_OPTS_MAX, description="The driver's options, all of them."
+    )
 
 
 _CLEARABLE = frozenset({"max_per_node", "memory_mb", "cpus"})
@@ -627,6 +675,10 @@ class Assignment(BaseModel):
     health_path: str
     memory_mb: int | None
     cpus: float | None
+    log_driver: str = Field(
+        DEFAULT_LOG_DRIVER, description="Docker logging driver (older controllers: json-file)."
+    )
+    log_opts: dict[str, str] = Field(default_factory=dict, description="Its --log-opt options.")
     generation: int
     spec_hash: str | None = Field(
         None,

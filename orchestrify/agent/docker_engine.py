@@ -48,6 +48,16 @@ class ContainerSpec:
     cpus: float | None = None
     log_max_size: str = "10m"
     log_max_file: int = 3
+    log_driver: str = "json-file"
+    log_opts: dict[str, str] = field(default_factory=dict)
+
+    def log_config(self) -> LogConfig:
+        """The container's logging: the service's driver and options; json-file is
+        rotated at ``log_max_size`` x ``log_max_file`` unless the options say otherwise."""
+        config = dict(self.log_opts)
+        if self.log_driver == "json-file":
+            config = {"max-size": self.log_max_size, "max-file": str(self.log_max_file)} | config
+        return LogConfig(type=self.log_driver, config=config)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,10 +157,7 @@ class DockerEngine:
                 "labels": spec.labels,
                 "ports": {f"{spec.port}/tcp": (spec.bind_address, spec.host_port)},
                 "detach": True,
-                "log_config": LogConfig(
-                    type="json-file",
-                    config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_file)},
-                ),
+                "log_config": spec.log_config(),
             }
             if spec.memory_mb:
                 kwargs["mem_limit"] = f"{spec.memory_mb}m"

@@ -718,6 +718,8 @@ class NodeReconciler:
             cpus=a.cpus,
             log_max_size=self.log_max_size,
             log_max_file=self.log_max_file,
+            log_driver=a.log_driver,
+            log_opts=dict(a.log_opts),
         )
 
     # --- health probes ---

@@ -36,6 +36,27 @@ def parse_env(pairs: list[str], *, sep: str, flag: str) -> dict[str, str]:
     return env
 
 
+def parse_log_opts(pairs: list[str]) -> dict[str, str]:
+    """``--log-opt KEY=VALUE`` pairs (the controller checks them against the driver)."""
+    opts: dict[str, str] = {}
+    for pair in pairs:
+        key, found, value = pair.partition("=")
+        if not found or not key:
+            raise InvalidSpec(f"--log-opt {pair!r}: expected KEY=VALUE", field="log_opts")
+        opts[key] = value
+    return opts
+
+
+LOG_DRIVER_HELP = (
+    "Docker logging driver of the replicas: json-file (default, rotated), local, journald, "
+    "syslog, gelf or fluentd."
+)
+LOG_OPT_HELP = (
+    "The driver's option as KEY=VALUE, repeatable, e.g. gelf-address=udp://HOST:12201 "
+    "(docs/logs.md lists them)."
+)
+
+
 def parse_port(value: str) -> tuple[int | None, int]:
     """``8000`` (container port) or the seed tool's ``HOST:CONTAINER``."""
     host, sep, container = value.rpartition(":")
@@ -77,6 +98,8 @@ def create(
     ),
     memory_mb: int | None = typer.Option(None, "--memory", help="Memory limit per replica, MiB."),
     cpus: float | None = typer.Option(None, "--cpus", help="CPU limit per replica, cores."),
+    log_driver: str = typer.Option("json-file", "--log-driver", help=LOG_DRIVER_HELP),
+    log_opt: list[str] = typer.Option([], "--log-opt", help=LOG_OPT_HELP),
     json_out: bool = JsonOpt,
 ) -> None:
     """Create a service and start its replicas on the least busy ready nodes."""
@@ -96,6 +119,8 @@ def create(
         "stop_grace_s": stop_grace,
         "memory_mb": memory_mb,
         "cpus": cpus,
+        "log_driver": log_driver,
+        "log_opts": parse_log_opts(log_opt),
     }
     with config(ctx).client() as api:
         svc = api.request("POST", "/v1/services", json=spec)
@@ -184,11 +209,23 @@ def update(
         help="Seconds between SIGTERM and SIGKILL when a replica stops (0-3600); "
         "applies to the running replicas as they are, nothing is replaced.",
     ),
+    log_driver: str | None = typer.Option(
+        None,
+        "--log-driver",
+        help="New logging driver; the old driver's options are dropped (give its own "
+        "with --log-opt).",
+    ),
+    log_opt: list[str] = typer.Option(
+        [],
+        "--log-opt",
+        help="KEY=VALUE to set (the others are kept while the driver stays; KEY= removes "
+        "one), repeatable.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Change a service's image, env or health path: its replicas are replaced one at a
-    time (one extra replica first, an old one drained once the new one is healthy).
-    --stop-grace alone changes no container, so it replaces nothing."""
+    """Change a service's image, env, health path or logging: its replicas are replaced
+    one at a time (one extra replica first, an old one drained once the new one is
+    healthy). --stop-grace alone changes no container, so it replaces nothing."""
     changes: dict[str, Any] = {}
     if image is not None:
         changes["image"] = image
@@ -196,16 +233,25 @@ def update(
         changes["health_path"] = health_path
     if stop_grace is not None:
         changes["stop_grace_s"] = stop_grace
+    if log_driver is not None:
+        changes["log_driver"] = log_driver
     added = parse_env(env, sep="=", flag="--env")
-    if not changes and not added:
+    opts = parse_log_opts(log_opt)
+    if not changes and not added and not opts:
         raise InvalidSpec(
-            "nothing to update: give --image, --env KEY=VALUE, --health-path or --stop-grace",
+            "nothing to update: give --image, --env KEY=VALUE, --health-path, --stop-grace, "
+            "--log-driver or --log-opt KEY=VALUE",
             field="image",
         )
     with config(ctx).client() as api:
-        if added:
+        if added or opts or log_driver is not None:
             current = api.get(f"/v1/services/{name}")
+        if added:
             changes["env"] = {**current.get("env", {}), **added}
+        if opts or log_driver is not None:
+            same_driver = log_driver in (None, current.get("log_driver"))
+            kept = current.get("log_opts", {}) if same_driver else {}
+            changes["log_opts"] = {k: v for k, v in {**kept, **opts}.items() if v != ""}
         svc = api.request("PATCH", f"/v1/services/{name}", json=changes)
     if json_out:
         print_json(svc)

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from orchestrify.errors import InvalidSpec, NotFound
 from orchestrify.models import (
+    DEFAULT_LOG_DRIVER,
     DEFAULT_STOP_GRACE_S,
     Assignment,
     DesiredState,
@@ -591,6 +592,8 @@ def _assignment(row: ReplicaRow, specs: Mapping[str, ServiceRow]) -> Assignment 
         health_path=spec.get("health_path") or "/health",
         memory_mb=spec.get("memory_mb"),
         cpus=spec.get("cpus"),
+        log_driver=spec.get("log_driver") or DEFAULT_LOG_DRIVER,
+        log_opts=spec.get("log_opts") or {},
         generation=row.generation,
         spec_hash=row.spec_hash or spec_hash(spec),
         stop_grace_s=float(svc.spec.get("stop_grace_s", DEFAULT_STOP_GRACE_S)),

@@ -61,14 +61,15 @@ def _spec_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The container fields that differ, for an event: ``image a -> b, env (KEY)``. Env
     values are not shown (they may be secrets), only the keys that changed."""
     parts = []
+    before, after = container_spec(before), container_spec(after)
     for key in CONTAINER_FIELDS:
         old, new = before.get(key), after.get(key)
         if old == new:
             continue
-        if key == "env":
+        if key in ("env", "log_opts"):  # values may be secrets: only the keys
             old, new = old or {}, new or {}
             keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            parts.append(f"env ({', '.join(keys)})")
+            parts.append(f"{key} ({', '.join(keys)})")
         else:
             parts.append(f"{key} {old} -> {new}")
     return ", ".join(parts) or "no container field differs"

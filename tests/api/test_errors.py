@@ -150,6 +150,11 @@ INVALID = [
     ("name", {"name": "Bad_Name"}),
     ("stop_grace_s", {"stop_grace_s": -1}),
     ("stop_grace_s", {"stop_grace_s": 3601}),
+    ("log_driver", {"log_driver": "splunk"}),
+    ("log_opts", {"log_opts": {"max-szie": "10m"}}),
+    ("log_opts", {"log_driver": "gelf"}),  # gelf needs gelf-address
+    ("log_opts", {"log_opts": {f"k{n}": "v" for n in range(33)}}),
+    ("log_opts", {"log_opts": {"tag": 5}}),
 ]
 
 
@@ -181,6 +186,8 @@ PATCHES = [
     ("min_replicas", {"min_replicas": 20, "max_replicas": 10}),
     ("max_replicas", {"max_replicas": -1}),
     ("stop_grace_s", {"stop_grace_s": 4000}),
+    ("log_driver", {"log_driver": "none"}),
+    ("log_opts", {"log_driver": "syslog", "log_opts": {"gelf-address": "udp://h:1"}}),
 ]
 
 

@@ -331,3 +331,46 @@ def test_node_rm_drains_then_forgets_and_force_forgets_at_once(controller: Contr
     )
     assert "removed" in controller.ok("node", "rm", "rm-me-now", "--force")
     assert httpx.get(f"{controller.url}/v1/nodes/rm-me-now", headers=admin).status_code == 404
+
+
+def test_service_log_driver_and_options_from_the_command_line(controller: Controller) -> None:
+    controller.ok(
+        "service",
+        "create",
+        "nginx:1.27",
+        "--name",
+        "logs",
+        "--log-driver",
+        "gelf",
+        "--log-opt",
+        "gelf-address=udp://127.0.0.1:12201",
+        "--log-opt",
+        "tag=logs",
+    )
+    spec = json.loads(controller.ok("service", "inspect", "logs", "--json"))
+    assert (spec["log_driver"], spec["log_opts"]) == (
+        "gelf",
+        {"gelf-address": "udp://127.0.0.1:12201", "tag": "logs"},
+    )
+    # --log-opt merges into the options while the driver stays; KEY= removes one.
+    controller.ok("service", "update", "logs", "--log-opt", "gelf-compression-type=none")
+    controller.ok("service", "update", "logs", "--log-opt", "tag=")
+    spec = json.loads(controller.ok("service", "inspect", "logs", "--json"))
+    assert spec["log_opts"] == {
+        "gelf-address": "udp://127.0.0.1:12201",
+        "gelf-compression-type": "none",
+    }
+    # A new driver starts from its own options.
+    controller.ok("service", "update", "logs", "--log-driver", "local", "--log-opt", "max-size=5m")
+    spec = json.loads(controller.ok("service", "inspect", "logs", "--json"))
+    assert (spec["log_driver"], spec["log_opts"]) == ("local", {"max-size": "5m"})
+
+    for args, named in (
+        (("--log-opt", "max-szie=5m"), "max-szie"),
+        (("--log-driver", "splunk"), "log_driver"),
+        (("--log-opt", "novalue"), "--log-opt"),
+    ):
+        bad = controller.run("service", "update", "logs", *args)
+        assert bad.returncode == 2 and named in _error_line(bad), bad.stderr
+    after = json.loads(controller.ok("service", "inspect", "logs", "--json"))
+    assert after == spec
