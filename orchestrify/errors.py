@@ -47,6 +47,17 @@ class Fenced(Conflict):
     wakes up late changes nothing."""
 
 
+class LogsUnreadable(Conflict):
+    """Docker cannot read a container's logs back: its logging driver sends them
+    elsewhere (syslog, gelf, fluentd without Docker's local cache). ``log_driver`` and
+    ``log_address`` say where they went, so the caller can look there (HTTP 409)."""
+
+    def __init__(self, message: str, *, log_driver: str, log_address: str | None) -> None:
+        super().__init__(message)
+        self.log_driver = log_driver
+        self.log_address = log_address
+
+
 class TooLarge(OrchestrifyError):
     """A request asks for more work than the controller takes at once (HTTP 413)."""
 

@@ -526,6 +526,11 @@ class NodeCredentials(BaseModel):
         description="The id of the controller's store, made with it; every container "
         "carries it (label orchestrify.cluster).",
     )
+    agent_key: str | None = Field(
+        None,
+        description="What the controllers present to this node's agent API (its logs); "
+        "the agent keeps it in memory only.",
+    )
     known: bool = Field(
         False,
         description="True when the controller knew the node_id it was given (or the node by "

@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psutil
-from prometheus_client import start_http_server
 
 from orchestrify.agent.address import detect_address
 from orchestrify.agent.docker_engine import ContainerEvent, DockerEngine, Engine
+from orchestrify.agent.logs_api import AgentApp, LogsEngine, start_server
 from orchestrify.agent.metrics import AgentMetrics
 from orchestrify.agent.probe import HttpProber
 from orchestrify.agent.reconcile import NodeReconciler
@@ -81,6 +81,9 @@ class Agent:
         self.identity: NodeIdentity | None = None
         self.reconciler: NodeReconciler | None = None
         self.metrics_port: int | None = None
+        # The bearer key of the logs API (agent_url /v1/), from the controller's answer
+        # to registration: kept in memory only, never logged; None until then.
+        self.agent_key: str | None = None
         self._report_now = asyncio.Event()
         self._register_lock = asyncio.Lock()
         self._registrations = 0
@@ -121,7 +124,7 @@ class Agent:
         rec.on_change = self._report_now.set
         rec.on_orphans = lambda ids: save_orphans(s.state_dir, ids)
         self.reconciler = rec
-        stop_metrics = self._serve_metrics()
+        stop_metrics = self._serve_metrics(engine)
         stop_events: Callable[[], None] | None = None
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -216,21 +219,21 @@ class Agent:
                 attempt += 1
                 await asyncio.sleep(delay)
 
-    def _serve_metrics(self) -> Callable[[], None]:
+    def _serve_metrics(self, engine: Engine) -> Callable[[], None]:
+        """Serve /metrics and the logs API (``logs_api``) on ``metrics_port``; returns
+        the function that stops them."""
         port = self.settings.metrics_port
         if port is None:
             return lambda: None
-        server, thread = start_http_server(
-            port, addr=self.settings.bind_address, registry=self.metrics.registry
+        app = AgentApp(
+            registry=self.metrics.registry,
+            engine=engine if isinstance(engine, LogsEngine) else None,
+            node_id=lambda: self.identity.node_id if self.identity else None,
+            key=lambda: self.agent_key,
         )
-        self.metrics_port = int(server.server_port)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=2)
-
-        return stop
+        server = start_server(app, address=self.settings.bind_address, port=port)
+        self.metrics_port = server.port
+        return server.stop
 
     # --- controller side ---
     async def _with_controller(
@@ -353,6 +356,8 @@ class Agent:
             "POST", "/v1/nodes/register", json=reg.model_dump(), idempotent=True
         )
         creds = NodeCredentials.model_validate(body)
+        # A controller older than the logs API sends none: its /v1/ then answers 503.
+        self.agent_key = creds.agent_key
         identity = NodeIdentity(
             node_id=creds.node_id, node_token=creds.node_token, cluster_id=creds.cluster_id
         )

@@ -1,8 +1,9 @@
 """The agent's only door to Docker: the SDK's calls, errors translated at this border.
 
-Every method is async and runs the blocking SDK call in a thread. Every query filters
-by the ``orchestrify.node`` label, so the agent never sees (let alone touches) a
-container it did not create.
+Every method is async and runs the blocking SDK call in a thread, except the two the
+logs API calls from its own request threads (``replica_containers``, ``open_logs``).
+Every query filters by the ``orchestrify.node`` label, so the agent never sees (let
+alone touches) a container it did not create.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import docker
 import docker.errors
 from docker.types import LogConfig
 
-from orchestrify.errors import DockerFailure, ImagePullFailed
+from orchestrify.errors import DockerFailure, ImagePullFailed, LogsUnreadable, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ LABEL_GENERATION = "orchestrify.generation"
 LABEL_RESTARTS = "orchestrify.restarts"
 LABEL_CLUSTER = "orchestrify.cluster"  # the id of the controller's store that ordered it
 LABEL_SPEC = "orchestrify.spec"  # the hash of the container spec it runs (Assignment.spec_hash)
+
+LOG_CHUNK_BYTES = 64 * 1024  # the most read from a log stream at once (and handed on)
+# The log options that say where a driver that Docker cannot read back sends the logs.
+LOG_ADDRESS_OPTS = ("gelf-address", "syslog-address", "fluentd-address")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +89,63 @@ class ContainerInfo:
     def restarts(self) -> int:
         value = self.labels.get(LABEL_RESTARTS, "0")
         return int(value) if value.isdigit() else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaContainer:
+    """One of a service's containers on this node as the logs API lists it: which
+    replica it ran, its state, and where its logs are (``log_driver``, ``log_address``)."""
+
+    id: str
+    name: str
+    replica: str
+    service: str
+    state: str  # Docker's State.Status: running, exited, created...
+    created: str  # Docker's Created, RFC 3339 with nanoseconds
+    log_driver: str
+    log_address: str | None
+
+
+class LogStream:
+    """A container's log stream as Docker sends it (the raw multiplexed bytes).
+
+    Iterating yields byte chunks of at most ``LOG_CHUNK_BYTES`` as soon as the engine
+    sends them (Docker sends its stream chunked, one HTTP chunk per log message).
+    ``close()`` may be called from any thread: it shuts the connection's socket down,
+    which wakes a read blocked on a quiet container, so the iteration ends at once and
+    the connection is released (never reused: it may be mid-stream).
+    """
+
+    def __init__(self, response: Any, sock: Any, *, container_id: str) -> None:
+        self.container_id = container_id
+        self._response = response
+        self._socket = getattr(sock, "_sock", sock)  # the socket under http.client's SocketIO
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._response.raw.stream(LOG_CHUNK_BYTES, decode_content=False):
+                if chunk:
+                    yield chunk
+        except Exception as exc:  # urllib3 or the socket: the stream is over either way
+            if not self.closed:
+                log.warning(
+                    "docker log stream broke",
+                    extra={"container": self.container_id[:12], "error": str(exc)},
+                )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            self._response.close()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +257,90 @@ class DockerEngine:
 
         await asyncio.to_thread(self._call, f"remove {container_id[:12]}", remove)
 
+    def replica_containers(self, node_id: str, service: str) -> list[ReplicaContainer]:
+        """The node's containers of ``service``, running or not, oldest first.
+
+        Synchronous: the logs API calls it from its own request threads.
+        """
+
+        def list_() -> list[ReplicaContainer]:
+            containers = self._client.containers.list(
+                all=True,
+                filters={"label": [f"{LABEL_NODE}={node_id}", f"{LABEL_SERVICE}={service}"]},
+                ignore_removed=True,  # removed between the listing and its inspection
+            )
+            found = [_replica_container(c.attrs) for c in containers]
+            return sorted(found, key=lambda c: (_created_order(c.created), c.id))
+
+        result: list[ReplicaContainer] = self._call(f"list containers of {service}", list_)
+        return result
+
+    def open_logs(
+        self,
+        node_id: str,
+        container_id: str,
+        *,
+        follow: bool,
+        since: str | None = None,
+        until: str | None = None,
+        tail: str = "all",
+    ) -> LogStream:
+        """Open ``GET /containers/{id}/logs`` (stdout, stderr, timestamps) of one of the
+        node's containers; ``since``/``until`` are Unix seconds, ``tail`` a count or
+        ``all``, all passed to Docker as they are.
+
+        Synchronous, for the logs API's request threads. Raises ``NotFound`` for a
+        container that is not this node's (or none), ``LogsUnreadable`` when its logging
+        driver cannot be read back, ``DockerFailure`` when the engine fails.
+        """
+        api = self._client.api
+
+        def open_() -> LogStream:
+            try:
+                attrs = api.inspect_container(container_id)
+            except docker.errors.APIError as exc:
+                if exc.is_client_error():  # none, or a prefix naming several
+                    raise NotFound(f"no container {container_id} on this node") from exc
+                raise
+            labels = (attrs.get("Config") or {}).get("Labels") or {}
+            if labels.get(LABEL_NODE) != node_id:  # not ours to show, nor to confirm
+                raise NotFound(f"no container {container_id} on this node")
+            full_id = str(attrs["Id"])
+            params: dict[str, Any] = {
+                "stdout": 1,
+                "stderr": 1,
+                "timestamps": 1,
+                "follow": int(follow),
+                "tail": tail,
+            }
+            if since is not None:
+                params["since"] = since
+            if until is not None:
+                params["until"] = until
+            response = api._get(
+                api._url("/containers/{0}/logs", full_id), params=params, stream=True
+            )
+            try:
+                api._raise_for_status(response)
+            except docker.errors.APIError as exc:
+                response.close()
+                if exc.status_code == 404:
+                    raise NotFound(f"no container {container_id} on this node") from exc
+                if _cannot_read_logs(exc):
+                    driver, address = _log_config(attrs)
+                    raise LogsUnreadable(
+                        _explain(exc), log_driver=driver, log_address=address
+                    ) from exc
+                raise
+            sock = api._get_raw_response_socket(response)
+            if follow:
+                # A quiet container may send nothing for hours: only close() ends it.
+                api._disable_socket_timeout(sock)
+            return LogStream(response, sock, container_id=full_id)
+
+        stream: LogStream = self._call(f"logs of {container_id[:12]}", open_)
+        return stream
+
     def watch_events(
         self, node_id: str, on_event: Callable[[ContainerEvent], None]
     ) -> Callable[[], None]:
@@ -281,6 +428,43 @@ def _info(attrs: dict[str, Any], *, port: int | None = None) -> ContainerInfo:
         labels=dict(labels),
         image=str((attrs.get("Config") or {}).get("Image") or ""),
     )
+
+
+def _replica_container(attrs: dict[str, Any]) -> ReplicaContainer:
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    driver, address = _log_config(attrs)
+    return ReplicaContainer(
+        id=str(attrs["Id"]),
+        name=str(attrs.get("Name") or "").lstrip("/"),
+        replica=labels.get(LABEL_REPLICA, ""),
+        service=labels.get(LABEL_SERVICE, ""),
+        state=str((attrs.get("State") or {}).get("Status", "unknown")),
+        created=str(attrs.get("Created") or ""),
+        log_driver=driver,
+        log_address=address,
+    )
+
+
+def _log_config(attrs: dict[str, Any]) -> tuple[str, str | None]:
+    """The container's logging driver, and where it sends the logs when it says so."""
+    config = (attrs.get("HostConfig") or {}).get("LogConfig") or {}
+    opts = config.get("Config") or {}
+    address = next((opts[key] for key in LOG_ADDRESS_OPTS if opts.get(key)), None)
+    return str(config.get("Type") or ""), address
+
+
+def _created_order(created: str) -> tuple[str, str]:
+    """A sort key for Docker's ``Created`` (UTC, RFC 3339 with up to 9 fraction digits,
+    trailing zeros dropped): as strings, ``.5Z`` would sort after ``.51Z``."""
+    stamp = created.removesuffix("Z")
+    whole, _, fraction = stamp.partition(".")
+    return whole, fraction.ljust(9, "0")
+
+
+def _cannot_read_logs(exc: docker.errors.APIError) -> bool:
+    """Docker's answer for a logging driver it cannot read back: 501, "configured logging
+    driver does not support reading"."""
+    return exc.status_code == 501 or "does not support reading" in str(exc.explanation or "")
 
 
 def _published_port(attrs: dict[str, Any], port: int | None) -> int | None:

@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 CLUSTER_ID_KEY = "cluster_id"
+AGENT_SECRET_KEY = "agent_secret"
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,10 @@ class StoreCore:
                 raise
             raise translated from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, class_=BorderSession)
-        self.cluster_id = _ensure_cluster_id(self._sessions)
+        self.cluster_id = _ensure_meta(self._sessions, CLUSTER_ID_KEY, secrets.token_hex(8))
+        # What each node's agent key is made from (controller/logs.py ``agent_key``): in
+        # the store, so every controller of the cluster holds the same keys.
+        self.agent_secret = _ensure_meta(self._sessions, AGENT_SECRET_KEY, secrets.token_hex(32))
         self._write_lock = threading.RLock()
         self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
@@ -452,21 +456,22 @@ class StoreCore:
             yield session
 
 
-def _ensure_cluster_id(sessions: sessionmaker[BorderSession]) -> str:
-    """The store's cluster id, made (random) the first time the store is opened. Agents
-    label every container with it; a controller whose store has another one is a
-    stranger to them, whose silence about a container is no order to remove it."""
+def _ensure_meta(sessions: sessionmaker[BorderSession], key: str, new: str) -> str:
+    """A fact of the store, made (``new``) the first time the store is opened; the first
+    controller on a shared database to make it wins. The cluster id is one: agents label
+    every container with it, and a controller whose store has another one is a stranger
+    to them, whose silence about a container is no order to remove it."""
     with sessions() as s:
-        row = s.get(MetaRow, CLUSTER_ID_KEY)
+        row = s.get(MetaRow, key)
         if row is not None:
             return row.value
     try:
         with sessions() as s, s.begin():
-            s.add(MetaRow(key=CLUSTER_ID_KEY, value=secrets.token_hex(8)))
+            s.add(MetaRow(key=key, value=new))
     except (IntegrityError, Conflict):
         pass  # another controller on the same database made it first
     with sessions() as s:
-        made = s.get(MetaRow, CLUSTER_ID_KEY)
+        made = s.get(MetaRow, key)
         assert made is not None
         return made.value
 

@@ -19,6 +19,7 @@ from orchestrify.controller.deps import (
     require_join,
     same_token,
 )
+from orchestrify.controller.logs import agent_key
 from orchestrify.controller.views import NodeAssignments, json_answer
 from orchestrify.errors import NotFound
 from orchestrify.models import (
@@ -168,6 +169,7 @@ def register_node(reg: NodeRegistration, state: State, creds: Credentials) -> No
         node_id=enrolled.node.id,
         node_token=enrolled.token,
         cluster_id=state.store.cluster_id,
+        agent_key=agent_key(state.store.agent_secret, enrolled.node.id),
         known=enrolled.known,
         controller_version=__version__,
         protocol_version=PROTOCOL_VERSION,
