@@ -15,6 +15,14 @@ from orchestrify.cli.common import (
     print_json,
     print_table,
 )
+from orchestrify.cli.logs import (
+    FollowOpt,
+    NoPrefixOpt,
+    SinceOpt,
+    TailOpt,
+    TimestampsOpt,
+    logs_command,
+)
 
 replica_app = typer.Typer(help="Inspect or remove single replicas.", no_args_is_help=True)
 
@@ -78,6 +86,33 @@ def inspect(ctx: typer.Context, replica_id: str, json_out: bool = JsonOpt) -> No
         print_json(rep)
     else:
         print_fields(list(rep.items()))
+
+
+@replica_app.command("logs")
+@handle_errors
+def logs(
+    ctx: typer.Context,
+    replica_id: str,
+    follow: bool = FollowOpt,
+    since: str | None = SinceOpt,
+    tail: int | None = TailOpt,
+    timestamps: bool = TimestampsOpt,
+    no_prefix: bool = NoPrefixOpt,
+) -> None:
+    """Print one replica's stdout and stderr (its earlier containers' too, while Docker
+    keeps them), as `orchestrify service logs` does."""
+    with config(ctx).client() as api:
+        rep = api.get(f"/v1/replicas/{replica_id}")
+    logs_command(
+        ctx,
+        f"/v1/replicas/{replica_id}/logs",
+        service=rep.get("service"),
+        follow=follow,
+        since=since,
+        tail=tail,
+        timestamps=timestamps,
+        no_prefix=no_prefix,
+    )
 
 
 @replica_app.command("rm")

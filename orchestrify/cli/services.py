@@ -16,6 +16,14 @@ from orchestrify.cli.common import (
     print_json,
     print_table,
 )
+from orchestrify.cli.logs import (
+    FollowOpt,
+    NoPrefixOpt,
+    SinceOpt,
+    TailOpt,
+    TimestampsOpt,
+    logs_command,
+)
 from orchestrify.cli.replicas import print_replicas
 from orchestrify.errors import InvalidSpec
 from orchestrify.models import DEFAULT_DRAIN_S, DEFAULT_STOP_GRACE_S, SERVICE_NAME
@@ -327,6 +335,44 @@ def ps(ctx: typer.Context, name: str, json_out: bool = JsonOpt) -> None:
         api.get(f"/v1/services/{name}")  # a clear 404 for an unknown service
         replicas = api.get("/v1/replicas", service=name)
     print_replicas(replicas, json_out=json_out)
+
+
+@service_app.command("logs")
+@handle_errors
+def logs(
+    ctx: typer.Context,
+    name: str,
+    follow: bool = FollowOpt,
+    since: str | None = SinceOpt,
+    tail: int | None = TailOpt,
+    timestamps: bool = TimestampsOpt,
+    replica: str | None = typer.Option(None, "--replica", help="Only this replica's lines."),
+    no_prefix: bool = NoPrefixOpt,
+) -> None:
+    """Print the stdout and stderr of every replica of a service, on every node, merged by
+    time, each line prefixed SERVICE.REPLICA@NODE. Containers Docker still keeps of
+    replaced replicas are shown too, marked (replaced). A node that cannot be read, or a
+    log driver Docker cannot read back (syslog, gelf, fluentd), is said on stderr."""
+    path = f"/v1/services/{name}/logs"
+    if replica is not None:
+        with config(ctx).client() as api:
+            rep = api.get(f"/v1/replicas/{replica}")
+        if rep.get("service") != name:
+            raise InvalidSpec(
+                f"--replica {replica} is a replica of {rep.get('service')}, not of {name}",
+                field="replica",
+            )
+        path = f"/v1/replicas/{replica}/logs"
+    logs_command(
+        ctx,
+        path,
+        service=name,
+        follow=follow,
+        since=since,
+        tail=tail,
+        timestamps=timestamps,
+        no_prefix=no_prefix,
+    )
 
 
 @service_app.command("rm")

@@ -45,6 +45,7 @@ from orchestrify.controller.routers import (
     edges,
     events,
     jobs,
+    logs,
     nodes,
     replicas,
     services,
@@ -171,6 +172,7 @@ def create_app(
         alerts.router,
         upstreams.router,
         edges.router,
+        logs.router,
     ):
         app.include_router(router)
     _install_error_handlers(app)
