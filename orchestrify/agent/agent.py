@@ -206,6 +206,19 @@ class Agent:
                 log.warning("cannot list containers", extra={"error": str(exc)})
                 continue
             rec.observe(containers, epochs=epochs)
+            await self._prune_retired(rec, engine)
+
+    async def _prune_retired(self, rec: NodeReconciler, engine: Engine) -> None:
+        """Remove the replaced containers kept for their logs that are no longer kept."""
+        assert rec.node_id is not None
+        try:
+            for cid in rec.retired_to_remove(await engine.retired_containers(rec.node_id)):
+                await engine.remove(cid)
+                log.info(
+                    "removed a replaced container kept for its logs", extra={"container": cid[:12]}
+                )
+        except OrchestrifyError as exc:
+            log.warning("cannot prune replaced containers", extra={"error": str(exc)})
 
     async def _retry_engine(self, fn: Callable[[], Awaitable[T]]) -> T:
         delays = self.settings.controller_backoff_s

@@ -32,6 +32,7 @@ LABEL_NODE = "orchestrify.node"
 LABEL_GENERATION = "orchestrify.generation"
 LABEL_RESTARTS = "orchestrify.restarts"
 LABEL_CLUSTER = "orchestrify.cluster"  # the id of the controller's store that ordered it
+RETIRED_SUFFIX = "-retired"  # a replaced container kept (stopped) for its logs
 LABEL_SPEC = "orchestrify.spec"  # the hash of the container spec it runs (Assignment.spec_hash)
 
 LOG_CHUNK_BYTES = 64 * 1024  # the most read from a log stream at once (and handed on)
@@ -164,7 +165,10 @@ class Engine(Protocol):
     async def list_containers(self, node_id: str) -> list[ContainerInfo]: ...
     async def ensure_image(self, image: str) -> None: ...
     async def run(self, spec: ContainerSpec) -> ContainerInfo: ...
-    async def remove(self, container_id: str, *, grace_s: float = 0.0) -> None: ...
+    async def remove(
+        self, container_id: str, *, grace_s: float = 0.0, keep_logs: bool = False
+    ) -> None: ...
+    async def retired_containers(self, node_id: str) -> list[ContainerInfo]: ...
 
 
 class DockerEngine:
@@ -184,13 +188,36 @@ class DockerEngine:
         await asyncio.to_thread(self._call, "ping", self._client.ping)
 
     async def list_containers(self, node_id: str) -> list[ContainerInfo]:
+        """The node's replica containers, the retired ones (kept for their logs) aside."""
+
         def list_() -> list[ContainerInfo]:
             containers = self._client.containers.list(
                 all=True, filters={"label": [f"{LABEL_NODE}={node_id}"]}
             )
-            return [_info(c.attrs) for c in containers if c.labels.get(LABEL_REPLICA)]
+            return [
+                _info(c.attrs)
+                for c in containers
+                if c.labels.get(LABEL_REPLICA) and not c.name.endswith(RETIRED_SUFFIX)
+            ]
 
         return await asyncio.to_thread(self._call, "list containers", list_)
+
+    async def retired_containers(self, node_id: str) -> list[ContainerInfo]:
+        """The node's stopped containers kept for their logs (``remove(keep_logs=True)``)."""
+
+        def list_() -> list[ContainerInfo]:
+            containers = self._client.containers.list(
+                all=True,
+                filters={"label": [f"{LABEL_NODE}={node_id}"], "status": ["exited", "dead"]},
+                ignore_removed=True,
+            )
+            return [
+                _info(c.attrs)
+                for c in containers
+                if c.labels.get(LABEL_REPLICA) and c.name.endswith(RETIRED_SUFFIX)
+            ]
+
+        return await asyncio.to_thread(self._call, "list retired containers", list_)
 
     async def ensure_image(self, image: str) -> None:
         """Pull ``image`` unless the engine already has it."""
@@ -238,20 +265,41 @@ class DockerEngine:
 
         return await asyncio.to_thread(self._call, f"run {spec.name}", run)
 
-    async def remove(self, container_id: str, *, grace_s: float = 0.0) -> None:
+    async def remove(
+        self, container_id: str, *, grace_s: float = 0.0, keep_logs: bool = False
+    ) -> None:
         """Stop and remove; a container already gone is fine.
 
         With ``grace_s`` > 0 this is ``docker stop -t``: SIGTERM (the image's STOPSIGNAL),
         SIGKILL after ``grace_s`` seconds (rounded up: the engine counts whole seconds),
         so the application can finish its in-flight work; then the container is removed.
         With 0 it is killed at once.
+
+        With ``keep_logs`` (a replica's container replaced in place) the stopped container
+        is kept, renamed ``…-retired``, so that ``service logs`` still shows what it wrote
+        before it died: ``list_containers`` no longer lists it, ``retired_containers``
+        does, and the reconciler removes it later (``NodeReconciler.retired_to_remove``).
         """
 
         def remove() -> None:
+            api = self._client.api
             try:
-                if grace_s > 0:
-                    self._client.api.stop(container_id, timeout=math.ceil(grace_s))
-                self._client.api.remove_container(container_id, force=True)
+                if keep_logs:
+                    api.stop(container_id, timeout=math.ceil(grace_s))  # stopped: a no-op
+                    name = str(api.inspect_container(container_id)["Name"]).lstrip("/")
+                    if name.endswith(RETIRED_SUFFIX):
+                        return
+                    try:
+                        api.rename(container_id, name + RETIRED_SUFFIX)
+                        return
+                    except docker.errors.APIError as exc:
+                        log.warning(
+                            "cannot keep a replaced container for its logs; removing it",
+                            extra={"container": container_id[:12], "error": _explain(exc)},
+                        )
+                elif grace_s > 0:
+                    api.stop(container_id, timeout=math.ceil(grace_s))
+                api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 return
 

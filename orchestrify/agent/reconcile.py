@@ -69,6 +69,10 @@ STOPPED = "stopped"  # reported once a replica told to stop has no container any
 # its replacement cannot start before it is gone. A drained, scaled-in or replaced-by-
 # update replica gets its service's full stop_grace_s.
 REPLACE_GRACE_S = 2.0
+# Containers replaced in place (died, failed their probes, another spec) that are kept,
+# stopped, per replica, so that `service logs` shows what they wrote before they went.
+# Swarm keeps 5 tasks per slot; containers cost disk, so fewer.
+KEEP_RETIRED = 2
 
 
 # --- what to do: values -------------------------------------------------------------
@@ -265,6 +269,8 @@ class NodeReconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._next_due: float | None = None
+        # The controller's own list has arrived (not only the one saved before a restart).
+        self.assignments_current = False
 
     # --- inputs ---
     def set_assignments(
@@ -278,6 +284,8 @@ class NodeReconciler:
         removed. ``current=False``: the list saved before a restart, which only lets the
         agent adopt what runs (provisional replicas) until the controller answers."""
         wanted = {a.replica: a for a in assignments}
+        if current:
+            self.assignments_current = True
         for rid, a in wanted.items():
             rep = self.replicas.get(rid)
             if rep is None:
@@ -388,6 +396,22 @@ class NodeReconciler:
             self._remembered_orphans.clear()  # the ones not listed are gone
             self._orphans_changed()
         self.wake()
+
+    def retired_to_remove(self, retired: Iterable[ContainerInfo]) -> list[str]:
+        """Of the containers kept for their logs, those to remove now: all of a replica
+        this node no longer runs, and all but the ``KEEP_RETIRED`` newest of one it does.
+        Nothing before the controller's own assignments have arrived: the list saved
+        before a restart may lack a replica the node still runs."""
+        if not self.assignments_current:
+            return []
+        by_replica: dict[str, list[ContainerInfo]] = {}
+        for c in retired:
+            by_replica.setdefault(c.replica, []).append(c)
+        doomed: list[str] = []
+        for rid, kept in by_replica.items():
+            kept.sort(key=lambda c: c.restarts, reverse=True)
+            doomed += [c.id for c in kept[KEEP_RETIRED if rid in self.replicas else 0 :]]
+        return doomed
 
     def on_event(self, event: ContainerEvent) -> None:
         """A Docker event for one of the node's containers (called on the event loop)."""
@@ -642,11 +666,11 @@ class NodeReconciler:
                     # Each attempt has its own container name, so the replacement starts
                     # while the old container is removed: recovery is not serialized on it.
                     removing = asyncio.get_running_loop().create_task(
-                        self.engine.remove(old.id, grace_s=grace)
+                        self.engine.remove(old.id, grace_s=grace, keep_logs=True)
                     )
                 else:
                     # A fixed host port is free only then.
-                    await self.engine.remove(old.id, grace_s=grace)
+                    await self.engine.remove(old.id, grace_s=grace, keep_logs=True)
                 rep.container = None
             await self.engine.ensure_image(a.image)
             info = await self.engine.run(self._spec(a, restarts))

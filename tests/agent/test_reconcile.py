@@ -95,6 +95,7 @@ class FakeEngine:
         self.removed: list[str] = []
         self.graces: dict[str, float] = {}  # container id -> grace_s it was stopped with
         self.missing_images: set[str] = set()
+        self.retired: list[ContainerInfo] = []  # removed with keep_logs
         self._n = 0
 
     async def list_containers(self, node_id: str) -> list[ContainerInfo]:
@@ -119,10 +120,17 @@ class FakeEngine:
         self.containers[info.id] = info
         return info
 
-    async def remove(self, container_id: str, *, grace_s: float = 0.0) -> None:
+    async def remove(
+        self, container_id: str, *, grace_s: float = 0.0, keep_logs: bool = False
+    ) -> None:
         self.removed.append(container_id)
         self.graces[container_id] = grace_s
-        self.containers.pop(container_id, None)
+        gone = self.containers.pop(container_id, None)
+        if keep_logs and gone is not None:
+            self.retired.append(gone)
+
+    async def retired_containers(self, node_id: str) -> list[ContainerInfo]:
+        return list(self.retired)
 
 
 class FakeProber:
@@ -235,6 +243,30 @@ async def test_dead_container_is_replaced_with_restarts_counted() -> None:
     rec.on_event(ContainerEvent(container_id="new1", replica="r1", action="destroy"))
     await cycle(rec)
     assert rep.container.id == "new2"
+
+
+@sync
+async def test_replaced_containers_are_kept_for_their_logs_then_pruned() -> None:
+    engine, prober, clock = FakeEngine(), FakeProber(), Clock()
+    rec = make(engine, prober, clock)
+    assert rec.retired_to_remove([container("old")]) == []  # the controller not heard yet
+    rec.set_assignments([assignment(), assignment("r2")])
+    await cycle(rec)
+    rec.on_event(ContainerEvent(container_id="new1", replica="r1", action="die", exit_code=1))
+    await cycle(rec)
+    assert [c.id for c in engine.retired] == ["new1"]  # kept, stopped, for its logs
+    assert rec.replicas["r1"].container is not None
+    assert rec.replicas["r1"].container.id == "new3"
+
+    def retired(cid: str, restarts: int, replica: str = "r1") -> ContainerInfo:
+        c = container(cid, replica, running=False)
+        return dataclasses.replace(c, labels={**c.labels, "orchestrify.restarts": str(restarts)})
+
+    kept = [retired("a", 0), retired("b", 2), retired("c", 1), retired("x", 0, "gone")]
+    # The two newest of a replica the node runs stay; every one of a replica it does not.
+    assert sorted(rec.retired_to_remove(kept)) == ["a", "x"]
+    rec.set_assignments([assignment("r2")])
+    assert sorted(rec.retired_to_remove(kept)) == ["a", "b", "c", "x"]
 
 
 @sync

@@ -231,6 +231,29 @@ def test_follow_shows_new_lines_and_names_a_node_whose_agent_stops(fleet: Fleet)
     assert errors == []
 
 
+def test_a_killed_and_replaced_replicas_old_lines_are_still_shown_marked(fleet: Fleet) -> None:
+    tag = uuid.uuid4().hex[:8]
+    victim = _healthy(fleet.api)[0]
+    sent = _numbered(fleet, tag, count=5)[victim["id"]]
+    old = fleet.docker.containers.get(victim["container_id"])
+    old.kill()
+    wait_for(
+        "the replica replaced in place",
+        lambda: any(
+            r["id"] == victim["id"] and r["container_id"] != old.id for r in _healthy(fleet.api)
+        ),
+        timeout=30,
+    )
+    got = fleet.ndjson(f"/v1/replicas/{victim['id']}/logs")
+    mine = [o for o in got if tag in o.get("line", "")]
+    assert [o["line"] for o in mine] == sent
+    assert all(o.get("replaced") is True for o in mine)  # from the container that died
+    assert any(not o.get("replaced") for o in got)  # the new container's own lines
+    out = fleet.cli("replica", "logs", victim["id"])
+    assert out.returncode == 0, out.stderr
+    assert "(replaced) | GET /" in out.stdout and "no longer runs" in out.stderr
+
+
 def test_logs_are_refused_without_the_admin_token_and_name_a_bad_since(fleet: Fleet) -> None:
     url = f"{fleet.controller.url}/v1/services/{SERVICE}/logs"
     assert httpx.get(url).status_code == 401
