@@ -13,6 +13,8 @@ shell scripts in ``app/``. Tests and demos rely on its contract (see ``app/serve
   ``GET /admin/health?ok=1``;
 - ``GET /admin/latency?ms=N`` (0..60000) delays every later application request by N ms;
 - ``GET /admin/state`` shows both switches;
+- ``GET /admin/log?lines=N`` (1..1000000) prints N numbered lines on stdout,
+  ``<replica> line <i> of <N>``, for ``service logs`` and ``bench/logs.py``;
 - on SIGTERM (``docker stop``) it logs one line saying it received SIGTERM, stops
   accepting connections, lets the requests in flight finish, then exits 0.
 """
@@ -46,7 +48,20 @@ BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 
 # Applets the scripts call by name (the shell finds them on PATH), plus a few that make
 # `docker exec CONTAINER sh` useful when debugging.
-_APPLETS = ("sh", "nc", "sleep", "head", "rm", "mv", "hostname", "cat", "ls", "ps", "wget")
+_APPLETS = (
+    "sh",
+    "nc",
+    "sleep",
+    "head",
+    "rm",
+    "mv",
+    "hostname",
+    "cat",
+    "ls",
+    "ps",
+    "wget",
+    "awk",
+)
 
 _DOCKERFILE = f"""\
 FROM scratch

@@ -155,6 +155,28 @@ def test_greeting_comes_from_the_environment_and_each_request_is_a_line_of_stdou
     assert wanted not in container.logs(stdout=False, stderr=True).decode()
 
 
+def test_admin_log_prints_numbered_lines_on_stdout(
+    docker_client: docker.DockerClient, demo_tag: str, request: pytest.FixtureRequest
+) -> None:
+    container = docker_client.containers.run(
+        demo_tag,
+        detach=True,
+        environment={"ORCHESTRIFY_REPLICA": "demo-log"},
+        labels={TEST_LABEL: "1"},
+        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    )
+    request.addfinalizer(functools.partial(container.remove, force=True))
+    container.reload()
+    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
+    _wait_until_answering(url)
+    assert httpx.get(f"{url}/admin/log?lines=1000", timeout=30).text == "logged 1000 lines\n"
+    lines = container.logs(stdout=True, stderr=False).decode().splitlines()
+    numbered = [line for line in lines if " line " in line]
+    assert numbered == [f"demo-log line {i} of 1000" for i in range(1, 1001)]
+    for bad in ("0", "1000001", "x", "", "99999999"):
+        assert httpx.get(f"{url}/admin/log?lines={bad}", timeout=5).status_code == 400
+
+
 def test_head_has_headers_but_no_body(replicas: list[Replica]) -> None:
     response = httpx.head(f"{replicas[0].url}/", timeout=5)
     assert response.status_code == 200

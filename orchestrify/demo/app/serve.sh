@@ -9,6 +9,7 @@
 #   GET  /admin/health?ok=0|1    switch /health off (500) or back on (200)
 #   GET  /admin/latency?ms=N     add N ms (0..60000) to every later app request
 #   GET  /admin/state            the current switches
+#   GET  /admin/log?lines=N      print N (1..1000000) numbered lines on stdout
 #
 # State lives in files under /tmp so that it survives between requests (each request
 # is its own process) and is private to the container.
@@ -144,6 +145,23 @@ case $path in
         respond 200 OK "replica: $REPLICA
 health: $health
 latency: $ms ms
+"
+        ;;
+    /admin/log)
+        query_param lines
+        case $value in
+            '' | *[!0-9]*) respond 400 "Bad Request" "lines must be an integer from 1 to 1000000
+" ;;
+        esac
+        lines=${value#"${value%%[!0]*}"}
+        if [ -z "$lines" ] || [ "${#lines}" -gt 7 ] || [ "$lines" -gt 1000000 ]; then
+            respond 400 "Bad Request" "lines must be an integer from 1 to 1000000
+"
+        fi
+        # One awk, not a shell loop: a million lines in about a second.
+        awk -v r="$REPLICA" -v n="$lines" 'BEGIN { for (i = 1; i <= n; i++) print r " line " i " of " n }' \
+            2>/dev/null >>/proc/1/fd/1 || exit 0
+        respond 200 OK "logged $lines lines
 "
         ;;
     /admin | /admin/*)
