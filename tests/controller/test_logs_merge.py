@@ -98,15 +98,18 @@ def test_history_is_merged_by_time_and_a_failure_is_reported_in_place() -> None:
 
     async def run() -> list[tuple[str, str]]:
         out = []
-        async for source, item in merge_history(
+        async for segments in merge_history(
             [
                 (_source("a"), _chunks(a, 4)),
                 (_source("b"), _chunks(b, 5)),
                 (_source("c"), _failing()),
             ]
         ):
-            text = item.line if isinstance(item, LogLine) else f"error: {item}"
-            out.append((source.replica, text))
+            for source, item in segments:
+                if isinstance(item, AgentLogError):
+                    out.append((source.replica, f"error: {item}"))
+                else:
+                    out.extend((source.replica, line.line) for line in item)
         return out
 
     got = asyncio.run(run())
@@ -142,3 +145,30 @@ def test_a_since_that_is_none_of_them_says_what_is_accepted(value: str) -> None:
 def test_each_node_has_its_own_key() -> None:
     assert agent_key("s", "n1") != agent_key("s", "n2")
     assert agent_key("s", "n1") == agent_key("s", "n1") != agent_key("t", "n1")
+
+
+def test_the_ndjson_is_valid_json_whatever_the_line_holds() -> None:
+    import json
+
+    from orchestrify.controller.logs import _dump
+
+    src = ContainerSource(
+        container_id="c",
+        replica='we"b-1',
+        node="n\\1",
+        node_id="n",
+        agent_url="http://x",
+        key="k",
+        replaced=True,
+    )
+    nasty = 'quote " backslash \\ tab \t nul \x00 é \\xff \u2028'
+    out = _dump(src, [LogLine(ts="2026-12-02T01:10:22Z", key=1, stream="stderr", line=nasty)])
+    assert out.endswith("\n") and len(out.splitlines()) == 1 and out.isascii()
+    assert json.loads(out) == {
+        "ts": "2026-12-02T01:10:22Z",
+        "replica": 'we"b-1',
+        "node": "n\\1",
+        "stream": "stderr",
+        "line": nasty,
+        "replaced": True,
+    }
