@@ -126,6 +126,25 @@ def test_selfheal_prints_its_table() -> None:
 
 
 @pytest.mark.integration
+def test_logs_prints_its_table() -> None:
+    require_docker().close()
+    title, rows = run_bench("logs")
+    assert title.startswith("service logs: 3 replicas on 2 nodes")
+    api = "GET /v1/services/NAME/logs"
+    follow = "controller while following"
+    assert_rows(
+        rows,
+        [("docker logs, one replica", f) for f in ("lines", "lines/s")]
+        + [(api, f) for f in ("lines", "notices", "lines/s", "vs docker logs")]
+        + [("orchestrify service logs | wc", "lines/s")]
+        + [(follow, f) for f in ("lines followed", "RSS before", "RSS max", "RSS growth")],
+    )
+    lines = {r.figure: r.measured for r in rows if r.scenario == api}
+    # Every numbered line of the 3 replicas (3 x 3,000), plus their health checks' lines.
+    assert int(lines["lines"].replace(",", "")) >= 9_000 and lines["notices"] == "0"
+
+
+@pytest.mark.integration
 def test_reload_under_load_prints_its_table() -> None:
     require_docker().close()
     require_binary("nginx")
