@@ -247,7 +247,7 @@ async def _chunks(
                 lines = parser.feed(chunk)
                 if lines:
                     yield lines
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise AgentLogError(
             f"the agent of node {source.node} stopped answering ({type(exc).__name__}: "
             f"{exc or 'no detail'})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -142,7 +143,7 @@ async def _stream(
                         replica=replica,
                         node=node.name,
                         node_id=node_id,
-                        agent_url=str(node.agent_url),
+                        agent_url=str(node.agent_url).rstrip("/"),
                         key=agent_key(secret, node_id),
                         replaced=c["id"] not in current,
                         running=c.get("state") == "running",
@@ -161,6 +162,8 @@ async def _containers(
             f"node {node.name} serves no logs: its agent runs without --metrics-port, or "
             "predates logs (upgrade it)"
         )
+    if not _plain_agent_url(node.agent_url):
+        return [], f"node {node.name} registered an agent URL that is not http://HOST:PORT"
     try:
         resp = await http.get(
             f"{node.agent_url}/v1/containers",
@@ -168,7 +171,7 @@ async def _containers(
             headers={"Authorization": f"Bearer {key}"},
             timeout=10.0,
         )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         why = str(exc) or type(exc).__name__
         return [], f"node {node.name} is not reachable at {node.agent_url}: {why}"
     if resp.status_code == 404:
@@ -183,4 +186,29 @@ async def _containers(
         found = resp.json()
     except json.JSONDecodeError:
         return [], f"node {node.name}'s agent answered something that is not JSON"
-    return [c for c in found if isinstance(c, dict) and isinstance(c.get("id"), str)], None
+    if not isinstance(found, list):
+        return [], f"node {node.name}'s agent answered something that is not a list"
+    # What an agent says is data from another host: only well-formed entries, as strings.
+    return [
+        {k: str(v) if v is not None else None for k, v in c.items()}
+        for c in found
+        if isinstance(c, dict) and isinstance(c.get("id"), str) and _CONTAINER_ID.fullmatch(c["id"])
+    ], None
+
+
+_CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
+
+
+def _plain_agent_url(url: str) -> bool:
+    """``http(s)://HOST:PORT``, nothing else: the controller sends a node's key there."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return (
+        parsed.scheme in ("http", "https")
+        and bool(parsed.host)
+        and not parsed.userinfo
+        and parsed.path in ("", "/")
+        and not parsed.query
+    )
