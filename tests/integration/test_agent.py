@@ -144,7 +144,13 @@ def test_deploy_three_replicas_and_heal_kill_and_failing_health(cluster: Cluster
     httpx.get(f"http://{sick['address']}/admin/health?ok=0").raise_for_status()
     wait_for("the unhealthy replica replaced", lambda: replaced(sick), timeout=DEADLINE_S)
     wait_for("3 healthy again", lambda: cluster.healthy("web", 3), timeout=DEADLINE_S)
-    assert len(cluster.containers("web")) == 3
+    # The two replaced containers are kept, stopped, for their logs (service logs).
+    found = cluster.containers("web")
+    running = [c for c in found if c.status == "running"]
+    kept = [c for c in found if c.status != "running"]
+    assert len(running) == 3 and len(kept) == 2, [(c.name, c.status) for c in found]
+    assert all(c.name.endswith("-retired") for c in kept)
+    assert {c.id for c in kept} == {victim["container_id"], sick["container_id"]}
 
     metrics = httpx.get(
         f"http://127.0.0.1:{cluster.agent.agent and cluster.agent.agent.metrics_port}/metrics"
