@@ -71,6 +71,19 @@ def edge(
         help="on: per-request latency metrics for the alerts; off: none (only to "
         "measure what they cost).",
     ),
+    access_log: str | None = typer.Option(
+        None,
+        "--access-log",
+        envvar="ORCHESTRIFY_ACCESS_LOG",
+        metavar="PATH",
+        show_default=False,
+        help="Also write every request to a service through the edge to this file, one "
+        "JSON line each (time, service, replica, client, method, URI, status, timings, "
+        "user agent, request id), for ELK, Loki or any log shipper. Nginx writes it "
+        "itself, buffered (lines appear within a second), so requests are not slowed. "
+        "Off by default. An absolute path in an existing directory the edge's user can "
+        "write; rotate it with logrotate (docs/logs.md).",
+    ),
     tls_cert: Path | None = typer.Option(
         None,
         "--tls-cert",
@@ -122,6 +135,7 @@ def edge(
         templates_dir=templates_dir,
         nginx_start_command=nginx_start_command,
         telemetry=telemetry == "on",
+        access_log=access_log,
         tls_cert=tls_cert,
         tls_key=tls_key,
         ca=ca or root.ca,

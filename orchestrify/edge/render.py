@@ -17,7 +17,14 @@ import jinja2
 from orchestrify.edge.view import EdgeView
 from orchestrify.errors import InvalidSpec
 
-__all__ = ["FILES", "NginxRenderSettings", "RenderedConfig", "nginx_templates_dir", "render_nginx"]
+__all__ = [
+    "FILES",
+    "NginxRenderSettings",
+    "RenderedConfig",
+    "nginx_templates_dir",
+    "render_nginx",
+    "replica_of_address",
+]
 
 # Rendered file -> template. nginx.conf includes upstreams.conf by that relative name.
 FILES: dict[str, str] = {"upstreams.conf": "upstreams.conf.j2", "nginx.conf": "nginx.conf.j2"}
@@ -45,6 +52,9 @@ class NginxRenderSettings:
     error_log: str
     temp_dir: str
     access_log: str  # the file the edge reads its telemetry from, or "off"
+    # --access-log: the file Nginx writes one JSON line per request to (checked by
+    # orchestrify.edge.access_log), or None for none.
+    json_access_log: str | None = None
     # "USER GROUP" of Nginx's workers when its master runs as root; None: no `user`
     # directive (a master that is not root runs its workers as itself).
     worker_user: str | None = None
@@ -84,7 +94,12 @@ def render_nginx(
     )
     variables: dict[str, Any] = asdict(settings)
     config_id = view.fingerprint(variables)
-    context = {**variables, "services": view.services, "config_id": config_id}
+    context = {
+        **variables,
+        "services": view.services,
+        "replica_of_address": replica_of_address(view),
+        "config_id": config_id,
+    }
     files = {}
     for name, template in FILES.items():
         try:
@@ -96,4 +111,27 @@ def render_nginx(
                 f"template {where}{f':{line}' if line else ''} failed to render: {exc}",
                 field="templates",
             ) from exc
+    if settings.json_access_log and (
+        f"access_log {settings.json_access_log} orchestrify_json" not in files["nginx.conf"]
+    ):
+        # A template from --templates-dir older than --access-log would drop it silently.
+        raise InvalidSpec(
+            f"template {folder / FILES['nginx.conf']} does not write the access log "
+            f"{settings.json_access_log} (no `access_log ... orchestrify_json`); start from "
+            "the shipped nginx.conf.j2",
+            field="templates",
+        )
     return RenderedConfig(files=files, config_id=config_id)
+
+
+def replica_of_address(view: EdgeView) -> list[tuple[str, str]]:
+    """(address, replica id) of every upstream server, for the access log's ``replica``.
+
+    One entry per address, compared as Nginx's ``map`` compares (case-insensitively): a
+    key twice would make Nginx refuse the whole config. The view validated both parts.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    for svc in view.services:
+        for server in svc.servers:
+            found.setdefault(server.address.lower(), (server.address, server.replica))
+    return sorted(found.values())

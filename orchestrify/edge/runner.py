@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrify.client import AsyncControllerClient, parse_controller_urls
+from orchestrify.edge.access_log import check_access_log_path
 from orchestrify.edge.apply import ApplyResult, ConfigApplier
 from orchestrify.edge.debounce import Debouncer
 from orchestrify.edge.nginx import NginxProcess
@@ -170,6 +171,12 @@ class EdgeSettings(BaseModel):
         description="Log every proxied request to the edge for the latency metrics the "
         "alerts use. False only to measure what telemetry costs (bench/edge_hop.py).",
     )
+    access_log: Path | None = Field(
+        None,
+        description="File Nginx writes one JSON line per request to, for ELK or Loki "
+        "(orchestrify.edge.access_log); None or empty: none. Absolute, in an existing "
+        "directory this user can write; checked here because it goes into nginx.conf.",
+    )
     nginx_start_command: str | None = Field(
         None,
         description="Command that starts Nginx when none runs (e.g. `systemctl start "
@@ -203,6 +210,14 @@ class EdgeSettings(BaseModel):
     def _valid_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _valid_access_log(cls, value: object) -> object:
+        # Before pydantic makes it a Path: that would drop a trailing "/" and "//".
+        if value is None or value == "":
+            return None
+        return check_access_log_path(str(value))
 
     @model_validator(mode="after")
     def _tls_files(self) -> EdgeSettings:
@@ -290,6 +305,7 @@ class Edge:
             temp_dir=str(self.temp_dir),
             worker_user=root_worker_user(),
             access_log=str(self.access_log) if self.settings.telemetry else "off",
+            json_access_log=str(self.settings.access_log) if self.settings.access_log else None,
             connect_timeout=self.settings.connect_timeout,
             worker_processes=self.settings.worker_processes,
         )

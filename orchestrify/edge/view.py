@@ -24,6 +24,10 @@ _ADDRESS = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):\d{1,5}$"
 )
 
+# A replica id as the controller makes them (SERVICE-HEX): it goes into the config (a
+# comment in upstreams.conf, a value of the access log's map in nginx.conf).
+_REPLICA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
 
 @dataclass(frozen=True)
 class ServerView:
@@ -59,7 +63,7 @@ class EdgeView:
 
 
 def valid_address(address: str) -> bool:
-    if not _ADDRESS.match(address):
+    if not _ADDRESS.fullmatch(address):  # match: `$` would let a final "\n" through
         return False
     port = int(address.rsplit(":", 1)[1])
     return 1 <= port <= 65535
@@ -68,8 +72,8 @@ def valid_address(address: str) -> bool:
 def build_view(upstreams: Upstreams) -> EdgeView:
     """Turn ``GET /v1/upstreams`` into the view, sorted so the render is stable.
 
-    Replicas with an address Nginx could not parse are left out (and logged): one bad
-    report must not block every other service's update.
+    Replicas with an address Nginx could not parse, or an id that is not one, are left
+    out (and logged): one bad report must not block every other service's update.
     """
     services = []
     for svc in sorted(upstreams.services, key=lambda s: s.name):
@@ -82,6 +86,12 @@ def build_view(upstreams: Upstreams) -> EdgeView:
             if not valid_address(rep.address):
                 log.warning(
                     "replica address not usable in nginx, left out",
+                    extra={"service": svc.name, "replica": rep.id, "address": rep.address},
+                )
+                continue
+            if not _REPLICA_ID.fullmatch(rep.id):
+                log.warning(
+                    "replica id not usable in nginx, left out",
                     extra={"service": svc.name, "replica": rep.id, "address": rep.address},
                 )
                 continue
