@@ -56,6 +56,9 @@ LOGS_PATH = re.compile(r"/v1/containers/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})/logs"
 UNIX_SECONDS = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,64}))?")
 TAIL = re.compile(r"all|[0-9]{1,18}")
 CLIENT_SOCKET = "orchestrify.client_socket"  # environ key: the request's connection
+MAX_STREAMS = 64
+"""Log streams open at once (each holds a thread and a Docker connection): far more than
+`service logs` clients of one fleet; beyond it, 503 rather than an agent out of threads."""
 
 
 @runtime_checkable
@@ -200,11 +203,13 @@ class AgentApp:
         response = _LogResponse(stream, environ.get(CLIENT_SOCKET), forget=self._forget)
         with self._lock:
             stopping = self._stopping
-            if not stopping:
+            crowded = len(self._streams) >= MAX_STREAMS
+            if not stopping and not crowded:
                 self._streams.add(response)
-        if stopping:
+        if stopping or crowded:
             response.close()
-            return _error(start_response, 503, "the agent is stopping")
+            why = "the agent is stopping" if stopping else f"{MAX_STREAMS} log streams are open"
+            return _error(start_response, 503, why)
         response.watch()
         start_response("200 OK", [("Content-Type", MULTIPLEXED), ("Cache-Control", "no-store")])
         return response

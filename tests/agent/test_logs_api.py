@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from orchestrify.agent import Agent
+from orchestrify.agent import Agent, logs_api
 from orchestrify.agent.docker_engine import ReplicaContainer
 from orchestrify.agent.logs_api import MULTIPLEXED, AgentApp, AgentServer, start_server
 from orchestrify.agent.state import IDENTITY_FILE
@@ -467,3 +467,32 @@ def test_the_agent_keeps_the_key_from_its_registration_answer(tmp_path: Path) ->
     agent = asyncio.run(register())
     assert agent.agent_key == KEY
     assert KEY not in (tmp_path / "agent" / IDENTITY_FILE).read_text()
+
+
+def test_streams_beyond_the_cap_are_503_until_one_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs_api, "MAX_STREAMS", 3)
+    app = make_app()
+    path = f"/v1/containers/{CID}/logs"
+
+    def open_one() -> tuple[str, Any]:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "wsgi.input": io.BytesIO(),
+            "HTTP_AUTHORIZATION": f"Bearer {KEY}",
+        }
+        setup_testing_defaults(environ)
+        started: list[Any] = []
+        body = app(environ, lambda status, headers, exc_info=None: started.append(status))
+        return started[0], body
+
+    opened = [open_one() for _ in range(3)]
+    assert [status for status, _ in opened] == ["200 OK"] * 3
+    status, body = open_one()
+    assert status.startswith("503") and b"3 log streams are open" in b"".join(body)
+    opened[0][1].close()
+    status, body = open_one()
+    assert status == "200 OK"
+    for _, open_body in [*opened[1:], (status, body)]:
+        open_body.close()
