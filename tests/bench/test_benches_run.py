@@ -126,6 +126,7 @@ def test_selfheal_prints_its_table() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.beside  # its own controller, agents and containers; no figure is checked
 def test_logs_prints_its_table() -> None:
     require_docker().close()
     title, rows = run_bench("logs")

@@ -40,7 +40,9 @@ from orchestrify.demo import build_demo_image, find_static_busybox
 from orchestrify.errors import DockerFailure
 from tests.conftest import require, require_docker
 
-pytestmark = pytest.mark.integration
+# beside: its own controller and agents on free ports, containers of its own labels, and
+# no timing asserted: it runs beside the timed integration tests.
+pytestmark = [pytest.mark.integration, pytest.mark.beside]
 
 RUN = uuid.uuid4().hex[:12]
 NODE = f"node-{RUN}"

@@ -31,7 +31,9 @@ from orchestrify.client import ControllerClient
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
 from tests.conftest import require, require_docker
 
-pytestmark = pytest.mark.integration
+# beside: its own controller and agents on free ports, containers of its own labels, and
+# no timing asserted: it runs beside the timed integration tests.
+pytestmark = [pytest.mark.integration, pytest.mark.beside]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "chatty"
