@@ -120,6 +120,7 @@ class Agent:
             extra_labels=s.container_labels,
             log_max_size=s.log_max_size,
             log_max_file=s.log_max_file,
+            log_collector=s.log_collector,
         )
         rec.on_change = self._report_now.set
         rec.on_orphans = lambda ids: save_orphans(s.state_dir, ids)

@@ -47,6 +47,7 @@ from orchestrify.agent.docker_engine import (
     ContainerSpec,
     Engine,
 )
+from orchestrify.agent.log_collector import container_logging
 from orchestrify.agent.metrics import AgentMetrics
 from orchestrify.agent.probe import Prober
 from orchestrify.agent.settings import HealSettings
@@ -235,6 +236,7 @@ class NodeReconciler:
         extra_labels: dict[str, str] | None = None,
         log_max_size: str = "10m",
         log_max_file: int = 3,
+        log_collector: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -246,6 +248,7 @@ class NodeReconciler:
         self.extra_labels = dict(extra_labels or {})
         self.log_max_size = log_max_size
         self.log_max_file = log_max_file
+        self.log_collector = log_collector
         self.clock = clock
         self.node_id: str | None = None
         self.cluster_id: str | None = None  # of the controller whose orders it follows
@@ -729,7 +732,15 @@ class NodeReconciler:
         if self.cluster_id:
             labels[LABEL_CLUSTER] = self.cluster_id
         if a.spec_hash:
-            labels[LABEL_SPEC] = a.spec_hash
+            labels[LABEL_SPEC] = a.spec_hash  # the service's spec: the collector is not in it
+        log_setup = container_logging(
+            service=a.service,
+            log_driver=a.log_driver,
+            log_opts=a.log_opts,
+            collector=self.log_collector,
+            local_max_size=self.log_max_size,
+            local_max_file=self.log_max_file,
+        )
         return ContainerSpec(
             name=f"orchestrify-{a.replica}-{restarts}",
             image=a.image,
@@ -742,8 +753,8 @@ class NodeReconciler:
             cpus=a.cpus,
             log_max_size=self.log_max_size,
             log_max_file=self.log_max_file,
-            log_driver=a.log_driver,
-            log_opts=dict(a.log_opts),
+            log_driver=log_setup.driver,
+            log_opts=log_setup.opts,
         )
 
     # --- health probes ---

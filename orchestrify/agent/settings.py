@@ -97,6 +97,11 @@ class AgentSettings:
     """json-file rotation: size of one log file (Docker's own unit syntax)."""
     log_max_file: int = 3
     """json-file rotation: number of files kept."""
+    log_collector: str | None = None
+    """``udp://HOST:PORT`` or ``tcp://HOST:PORT`` of the fleet's log collector (role
+    log_collector); None: none. Services that chose no log driver of their own send their
+    lines there with Docker's syslog driver (see ``orchestrify.agent.log_collector``);
+    checked by ``parse_log_collector`` before it gets here."""
 
     @property
     def pinned(self) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from orchestrify.agent import Agent, AgentSettings, HealSettings, default_node_name
+from orchestrify.agent.log_collector import parse_log_collector
 from orchestrify.agent.settings import DEFAULT_DOCKER_URL, DEFAULT_METRICS_PORT, default_state_dir
 from orchestrify.cli.common import CaOpt, checked_ca, fail
 from orchestrify.cli.lifecycle import run_until_signalled
@@ -67,6 +68,18 @@ def agent(
     metrics_port: int = typer.Option(
         DEFAULT_METRICS_PORT, "--metrics-port", help="Port of the agent's Prometheus /metrics."
     ),
+    log_collector: str | None = typer.Option(
+        None,
+        "--log-collector",
+        envvar="ORCHESTRIFY_LOG_COLLECTOR",
+        metavar="ADDRESS",
+        help="Send the logs of services that chose no log driver of their own to this "
+        "syslog collector (the control host's rsyslog, role log_collector): "
+        "udp://HOST:PORT or tcp://HOST:PORT, e.g. udp://10.0.0.10:514. Their containers "
+        "then use Docker's syslog driver (RFC 5424, tag = the service's name); "
+        "`orchestrify service logs` still reads Docker's local copy. New containers only: "
+        "running ones are not replaced. Default: none (logs stay on this node).",
+    ),
     ca: Path | None = CaOpt,
 ) -> None:
     """Run the agent of this host: register with the controller, run the replicas it
@@ -76,6 +89,7 @@ def agent(
     """
     try:
         urls = parse_controller_urls(controller_url)
+        collector = parse_log_collector(log_collector) if log_collector else None
     except InvalidSpec as exc:
         raise fail(str(exc), code=2) from None
     settings = AgentSettings(
@@ -87,6 +101,7 @@ def agent(
         state_dir=state_dir,
         metrics_port=metrics_port,
         ca=checked_ca(ca),
+        log_collector=collector,
         heal=HealSettings(
             fault_interval_s=fault_interval,
             probe_timeout_s=min(0.8, fault_interval * 0.8),
