@@ -362,8 +362,10 @@ async def stream_logs(
     *,
     http: httpx.AsyncClient,
     started: float | None = None,
+    trailer: Sequence[str] = (),
 ) -> AsyncIterator[str]:
-    """NDJSON lines of every source: the history merged, then (``follow``) what comes."""
+    """NDJSON lines of every source: the history merged, then ``trailer`` (notices of
+    what could not be read), then (``follow``) what comes."""
     started = time.time() if started is None else started
     until = started if req.follow else None
     readers = [(s, _chunks(http, s, _params(req, follow=False, until=until))) for s in sources]
@@ -384,6 +386,8 @@ async def stream_logs(
         for _, it in readers:
             with contextlib.suppress(Exception):
                 await it.aclose()  # type: ignore[attr-defined]
+    if trailer:
+        yield "".join(trailer)
     if not req.follow:
         return
     live = [s for s in sources if s.running and s.container_id not in failed]

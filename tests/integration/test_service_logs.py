@@ -228,8 +228,10 @@ def test_follow_shows_new_lines_and_names_a_node_whose_agent_stops(fleet: Fleet)
     )
     # A new request names the node that cannot be read, and still gives the others.
     got = fleet.ndjson(f"/v1/services/{SERVICE}/logs", since="5m")
-    assert any(o.get("node") == victim_name and "notice" in o for o in got), got[-3:]
     assert any(after in o.get("line", "") for o in got)
+    # ...in a trailer, after the lines of the nodes that could be read.
+    assert "notice" in got[-1] and got[-1]["node"] == victim_name, got[-3:]
+    assert [o for o in got[:-1] if "notice" in o] == []
     assert errors == []
 
 

@@ -115,13 +115,16 @@ async def _stream(
     current = {r.container_id for r in reps if r.container_id}
     async with httpx.AsyncClient(timeout=AGENT_TIMEOUT, trust_env=False) as http:
         sources: list[ContainerSource] = []
+        # The nodes that cannot be read are named after the lines of the others (with
+        # follow: after the history, before what follows).
+        trailer: list[str] = []
         for node_id in sorted({r.node for r in reps}):
             node = nodes.get(node_id)
             if node is None:
                 continue
             found, problem = await _containers(http, node, service, agent_key(secret, node_id))
             if problem is not None:
-                yield notice(problem, node=node.name)
+                trailer.append(notice(problem, node=node.name))
                 continue
             for c in found:
                 if only is not None and c.get("replica") != only:
@@ -149,7 +152,7 @@ async def _stream(
                         running=c.get("state") == "running",
                     )
                 )
-        async for out in stream_logs(sources, req, http=http, started=started):
+        async for out in stream_logs(sources, req, http=http, started=started, trailer=trailer):
             yield out
 
 
