@@ -23,6 +23,7 @@ lost or shown twice between the two, and followed lines are written as they come
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import functools
 import hashlib
@@ -57,7 +58,21 @@ _HEADER = struct.Struct(">BxxxI")
 # a client that splits lines as str.splitlines() does (httpx's iter_lines).
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# What ``since`` takes, as one pattern: it is also the API parameter's OpenAPI
+# ``pattern``, so the schema is exactly as narrow as the parser (no look-around: JSON
+# Schema tools must draw it). A duration ago, Unix seconds, or an RFC 3339 time.
+_DURATION_RE = (
+    r"([0-9]{1,7})h(?:([0-9]{1,7})m)?(?:([0-9]{1,9})s)?"
+    r"|([0-9]{1,7})m(?:([0-9]{1,9})s)?|([0-9]{1,9})s"
+)
+_UNIX_RE = r"([0-9]{1,11})(\.[0-9]{1,9})?"
+_TIME_RE = (
+    r"([1-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]"
+    r"([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9])(\.[0-9]{1,9})?)?"
+    r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
+)
+SINCE_PATTERN = f"^(?:{_DURATION_RE}|{_UNIX_RE}|{_TIME_RE})$"
+_SINCE = re.compile(f"{_DURATION_RE}|{_UNIX_RE}|{_TIME_RE}")
 
 
 def agent_key(secret: str, node_id: str) -> str:
@@ -67,28 +82,32 @@ def agent_key(secret: str, node_id: str) -> str:
 
 
 def parse_since(value: str, *, now: float | None = None) -> float:
-    """``10m``, ``1h30m``, ``45s`` (that long ago), an RFC 3339 time, or Unix seconds, as
-    Unix seconds. Raises ``ValueError`` with what is accepted."""
-    text = value.strip()
-    now = time.time() if now is None else now
-    duration = _DURATION.fullmatch(text)
-    if text and duration is not None and any(duration.groups()):
-        h, m, s = (int(g or 0) for g in duration.groups())
-        return max(0.0, now - (h * 3600 + m * 60 + s))
-    with contextlib.suppress(ValueError):
-        seconds = float(text)
-        if seconds >= 0:
-            return seconds
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+    """``10m``, ``1h30m``, ``45s`` (that long ago), an RFC 3339 time (no offset: UTC),
+    or Unix seconds, as Unix seconds; never before the epoch. Raises ``ValueError``
+    saying what is accepted. Whatever ``SINCE_PATTERN`` matches parses: a day past the
+    month's end (February 31st) counts on into the next month."""
+    match = _SINCE.fullmatch(value)
+    if match is None:
         raise ValueError(
             f"{value!r} is neither a duration (10m, 1h30m, 45s), an RFC 3339 time "
             "(2026-12-02T10:00:00Z) nor Unix seconds"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp())
+        )
+    g = match.groups()
+    now = time.time() if now is None else now
+    if any(g[:6]):
+        h = int(g[0] or 0)
+        m = int(g[1] or g[3] or 0)
+        sec = int(g[2] or g[4] or g[5] or 0)
+        return max(0.0, now - (h * 3600 + m * 60 + sec))
+    if g[6] is not None:
+        return float(g[6] + (g[7] or ""))
+    year, month, day, hour, minute = (int(x) for x in g[8:13])
+    second, fraction, offset = int(g[13] or 0), float(g[14] or 0), g[15] or "Z"
+    seconds = calendar.timegm((year, month, 1, hour, minute, second)) + (day - 1) * 86400
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+    return max(0.0, seconds + fraction)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,10 @@ rejected". Negative cases are never filtered, and no check is turned off.
 - a service's counts: min_replicas <= replicas <= max_replicas (defaults 1, 1, 10);
 - a rule set: rule names are unique, and a regex matcher (=~, !~) compiles;
 - an alert's startsAt/endsAt: a date-time that still exists once converted to UTC
-  (0001-01-01T00:00:00+01:00 is before the year 1 in UTC).
+  (0001-01-01T00:00:00+01:00 is before the year 1 in UTC);
+- a service's log options are ones its log driver takes (orchestrify/logdrivers.py;
+  gelf needs gelf-address). A PATCH that changes either gives both (a PATCH of one
+  alone is checked against the stored other, which a case cannot know).
 
 One more, about a route rather than a rule: ``POST /v1/nodes/register`` with the
 ``node_id`` of a node the store does not know creates ``/v1/nodes/{node_id}`` under that
@@ -31,6 +34,7 @@ from typing import Any
 import schemathesis
 
 from orchestrify.alerting.rules import Matcher
+from orchestrify.logdrivers import DEFAULT_LOG_DRIVER, log_opts_problem
 from orchestrify.models import FieldError, check_bounds
 
 REPLICA_DEFAULTS = {"replicas": 1, "min_replicas": 1, "max_replicas": 10}
@@ -84,6 +88,21 @@ def _exists_in_utc(text: Any) -> bool:
     return True
 
 
+def log_opts_hold(body: dict[str, Any], *, create: bool) -> bool:
+    driver, opts = body.get("log_driver"), body.get("log_opts")
+    if not create and driver is None and opts is None:
+        return True
+    if not create and (driver is None or opts is None):
+        return False
+    driver = DEFAULT_LOG_DRIVER if driver is None else driver
+    opts = {} if opts is None else opts
+    if not isinstance(driver, str) or not isinstance(opts, dict):
+        return True  # the schema's own business
+    if not all(isinstance(v, str) for v in opts.values()):
+        return True
+    return log_opts_problem(driver, opts) is None
+
+
 def alerts_hold(body: dict[str, Any]) -> bool:
     alerts = body.get("alerts")
     if not isinstance(alerts, list):
@@ -118,9 +137,11 @@ def filter_case(context: schemathesis.HookContext, case: schemathesis.Case) -> b
         return True
     where = f"{case.operation.method.upper()} {case.operation.path}"
     if where == "POST /v1/services":
-        return counts_hold(case.body, defaults=REPLICA_DEFAULTS)
+        return counts_hold(case.body, defaults=REPLICA_DEFAULTS) and log_opts_hold(
+            case.body, create=True
+        )
     if where == "PATCH /v1/services/{name}":
-        return counts_hold(case.body, defaults=None)
+        return counts_hold(case.body, defaults=None) and log_opts_hold(case.body, create=False)
     if where == "PUT /v1/rules":
         return rules_hold(case.body)
     if where == "POST /v1/alerts":

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import docker
 import docker.errors
@@ -81,6 +82,27 @@ def replicas(
     return started
 
 
+def _start_demo(
+    docker_client: docker.DockerClient,
+    demo_tag: str,
+    request: pytest.FixtureRequest,
+    env: dict[str, str],
+) -> tuple[Any, str]:
+    """A demo container of its own (removed after the test) once it answers; its URL."""
+    container = docker_client.containers.run(
+        demo_tag,
+        detach=True,
+        environment=env,
+        labels={TEST_LABEL: "1"},
+        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    )
+    request.addfinalizer(functools.partial(container.remove, force=True))
+    container.reload()
+    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
+    _wait_until_answering(url)
+    return container, url
+
+
 def _wait_until_answering(url: str) -> None:
     deadline = time.monotonic() + STARTUP_DEADLINE_S
     while True:
@@ -128,17 +150,9 @@ def test_greeting_comes_from_the_environment_and_each_request_is_a_line_of_stdou
 ) -> None:
     """What the demo's hint (``service update demo --env GREETING=hi``) relies on, and
     what ``docker logs`` (and ``orchestrify service logs``) of a replica shows."""
-    container = docker_client.containers.run(
-        demo_tag,
-        detach=True,
-        environment={"ORCHESTRIFY_REPLICA": "demo-greet", "GREETING": "hi"},
-        labels={TEST_LABEL: "1"},
-        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    container, url = _start_demo(
+        docker_client, demo_tag, request, {"ORCHESTRIFY_REPLICA": "demo-greet", "GREETING": "hi"}
     )
-    request.addfinalizer(functools.partial(container.remove, force=True))
-    container.reload()
-    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
-    _wait_until_answering(url)
     marker = uuid.uuid4().hex
     response = httpx.get(f"{url}/greet/{marker}?x=1", timeout=5)
     assert response.text == f"hi from demo-greet (GET)\npath: /greet/{marker}\n"
@@ -158,21 +172,21 @@ def test_greeting_comes_from_the_environment_and_each_request_is_a_line_of_stdou
 def test_admin_log_prints_numbered_lines_on_stdout(
     docker_client: docker.DockerClient, demo_tag: str, request: pytest.FixtureRequest
 ) -> None:
-    container = docker_client.containers.run(
-        demo_tag,
-        detach=True,
-        environment={"ORCHESTRIFY_REPLICA": "demo-log"},
-        labels={TEST_LABEL: "1"},
-        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    container, url = _start_demo(
+        docker_client, demo_tag, request, {"ORCHESTRIFY_REPLICA": "demo-log"}
     )
-    request.addfinalizer(functools.partial(container.remove, force=True))
-    container.reload()
-    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
-    _wait_until_answering(url)
     assert httpx.get(f"{url}/admin/log?lines=1000", timeout=30).text == "logged 1000 lines\n"
-    lines = container.logs(stdout=True, stderr=False).decode().splitlines()
-    numbered = [line for line in lines if " line " in line]
-    assert numbered == [f"demo-log line {i} of 1000" for i in range(1, 1001)]
+
+    def numbered() -> list[str]:
+        lines = container.logs(stdout=True, stderr=False).decode().splitlines()
+        return [line for line in lines if " line " in line]
+
+    # Docker copies the container's stdout into its log on its own time: wait for the
+    # last line (a loaded machine takes a moment), then check them all.
+    deadline = time.monotonic() + 10
+    while len(numbered()) < 1000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert numbered() == [f"demo-log line {i} of 1000" for i in range(1, 1001)]
     for bad in ("0", "1000001", "x", "", "99999999"):
         assert httpx.get(f"{url}/admin/log?lines={bad}", timeout=5).status_code == 400
 
@@ -262,17 +276,9 @@ def _timed_get(url: str) -> float:
 def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(
     docker_client: docker.DockerClient, demo_tag: str, request: pytest.FixtureRequest
 ) -> None:
-    container = docker_client.containers.run(
-        demo_tag,
-        detach=True,
-        environment={"ORCHESTRIFY_REPLICA": "demo-stop"},
-        labels={TEST_LABEL: "1"},
-        ports={f"{DEMO_PORT}/tcp": ("127.0.0.1", None)},
+    container, url = _start_demo(
+        docker_client, demo_tag, request, {"ORCHESTRIFY_REPLICA": "demo-stop"}
     )
-    request.addfinalizer(functools.partial(container.remove, force=True))
-    container.reload()
-    url = f"http://127.0.0.1:{container.ports[f'{DEMO_PORT}/tcp'][0]['HostPort']}"
-    _wait_until_answering(url)
     assert httpx.get(f"{url}/admin/latency?ms=2000", timeout=5).status_code == 200
 
     with ThreadPoolExecutor(max_workers=3) as pool:

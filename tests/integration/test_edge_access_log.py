@@ -39,7 +39,8 @@ from orchestrify.edge import EdgeSettings
 from orchestrify.edge.access_log import ACCESS_LOG_FIELDS
 from tests.conftest import require_binary
 
-pytestmark = pytest.mark.integration
+# beside: its own Nginx, edge and backend on free ports, and no timing asserted.
+pytestmark = [pytest.mark.integration, pytest.mark.beside]
 LOG_NAME = "access.json"
 
 

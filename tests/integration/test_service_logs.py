@@ -3,7 +3,6 @@ service of three replicas of the demo app, whose request lines are the log."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,8 +22,8 @@ import httpx
 import pytest
 
 from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
-from bench.labels import RUN_LABEL, TEST_LABEL
 from bench.net import free_port
+from bench.outage_lab import remove_containers
 from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
@@ -105,10 +104,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             agent.kill()
         api.close()
         controller.stop()
-        labels = [f"{TEST_LABEL}=1", f"{RUN_LABEL}={run_id}"]
-        for container in client.containers.list(all=True, filters={"label": labels}):
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+        remove_containers(client, run_id)
         client.close()
 
 

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from orchestrify.controller.border import api_router, errors
 from orchestrify.controller.deps import Admin, State
 from orchestrify.controller.logs import (
+    SINCE_PATTERN,
     ContainerSource,
     LogRequest,
     agent_key,
@@ -36,6 +37,7 @@ _FOLLOW = Query(False, description="Keep streaming new lines until the client go
 _SINCE = Query(
     None,
     max_length=64,
+    pattern=SINCE_PATTERN,
     description="Only lines since: a duration ago (10m, 1h30m, 45s), an RFC 3339 time, or "
     "Unix seconds.",
 )
