@@ -203,18 +203,28 @@ class DockerEngine:
         return await asyncio.to_thread(self._call, "list containers", list_)
 
     async def retired_containers(self, node_id: str) -> list[ContainerInfo]:
-        """The node's stopped containers kept for their logs (``remove(keep_logs=True)``)."""
+        """The node's stopped containers kept for their logs (``remove(keep_logs=True)``).
+
+        One call to the engine's list (its summaries carry names, labels and state): the
+        SDK's ``containers.list`` would inspect every container again, every resync."""
 
         def list_() -> list[ContainerInfo]:
-            containers = self._client.containers.list(
+            found = self._client.api.containers(
                 all=True,
                 filters={"label": [f"{LABEL_NODE}={node_id}"], "status": ["exited", "dead"]},
-                ignore_removed=True,
             )
             return [
-                _info(c.attrs)
-                for c in containers
-                if c.labels.get(LABEL_REPLICA) and c.name.endswith(RETIRED_SUFFIX)
+                ContainerInfo(
+                    id=c["Id"],
+                    replica=labels[LABEL_REPLICA],
+                    service=labels.get(LABEL_SERVICE, ""),
+                    running=False,
+                    status=str(c.get("State", "exited")),
+                    labels=labels,
+                )
+                for c in found
+                if (labels := c.get("Labels") or {}).get(LABEL_REPLICA)
+                and any(str(n).endswith(RETIRED_SUFFIX) for n in c.get("Names") or [])
             ]
 
         return await asyncio.to_thread(self._call, "list retired containers", list_)
