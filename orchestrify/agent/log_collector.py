@@ -1,7 +1,7 @@
 """The fleet's log collector, as the agent sees it: where to send the lines of services
 that chose no log driver of their own.
 
-With ``--log-collector udp://HOST:PORT`` (or ``tcp://``) every container of a service
+With ``--log-collector udp://HOST:PORT`` every container of a service
 left at the default (``json-file``, no options) runs with Docker's ``syslog`` driver
 instead, in RFC 5424 with the service's name as its tag, which the ``log_collector``
 role's rsyslog on the control host files as ``<service>.log``. Docker 20.10 keeps a
@@ -25,18 +25,22 @@ from orchestrify.logdrivers import DEFAULT_LOG_DRIVER
 
 __all__ = ["ContainerLogging", "container_logging", "parse_log_collector"]
 
-COLLECTOR_SCHEMES = ("udp", "tcp")
+# UDP only: Docker's syslog driver connects a TCP address when a container starts and
+# refuses to start it if nobody answers, so a collector that is down would keep every
+# replica of the node from being replaced. Over UDP lines are lost instead, never a
+# replica. (A service may still choose tcp:// for itself with --log-opt.)
+COLLECTOR_SCHEMES = ("udp",)
 # A DNS name or an IPv4 address (IPv6 comes in brackets, which urlsplit takes off).
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def parse_log_collector(address: str) -> str:
-    """``address`` checked as ``udp://HOST:PORT`` or ``tcp://HOST:PORT`` (the form of
+    """``address`` checked as ``udp://HOST:PORT`` (the form of
     Docker's ``syslog-address``), returned as given; ``InvalidSpec`` says what is wrong.
 
     The port is required (Docker would default to 514; the inventory says it once)."""
     value = address.strip()
-    example = "e.g. udp://10.0.0.10:514 or tcp://logs.example:514"
+    example = "e.g. udp://10.0.0.10:514"
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -46,7 +50,10 @@ def parse_log_collector(address: str) -> str:
         ) from None
     host = parts.hostname or ""
     if parts.scheme not in COLLECTOR_SCHEMES:
-        problem = "the scheme must be udp:// or tcp://"
+        problem = (
+            "the scheme must be udp:// (over tcp:// a collector that is down would keep "
+            "replicas from starting)"
+        )
     elif not host or not (_HOST.match(host) or ":" in host):
         problem = "a host is required"
     elif port is None or not 1 <= port <= 65535:

@@ -75,7 +75,8 @@ def agent(
         metavar="ADDRESS",
         help="Send the logs of services that chose no log driver of their own to this "
         "syslog collector (the control host's rsyslog, role log_collector): "
-        "udp://HOST:PORT or tcp://HOST:PORT, e.g. udp://10.0.0.10:514. Their containers "
+        "udp://HOST:PORT, e.g. udp://10.0.0.10:514 (UDP only: a TCP collector that is "
+        "down would keep replicas from starting). Their containers "
         "then use Docker's syslog driver (RFC 5424, tag = the service's name); "
         "`orchestrify service logs` still reads Docker's local copy. New containers only: "
         "running ones are not replaced. Default: none (logs stay on this node).",

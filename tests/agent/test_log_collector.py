@@ -89,7 +89,7 @@ def test_the_service_options_are_copied_not_shared() -> None:
 # --- parse_log_collector -----------------------------------------------------------------
 @pytest.mark.parametrize(
     "address",
-    ["udp://10.0.0.10:514", "tcp://logs.example:6514", "udp://[fd00::10]:514", " udp://h:1 "],
+    ["udp://10.0.0.10:514", "udp://logs.example:6514", "udp://[fd00::10]:514", " udp://h:1 "],
 )
 def test_collector_addresses_accepted(address: str) -> None:
     assert parse_log_collector(address) == address.strip()
@@ -98,9 +98,10 @@ def test_collector_addresses_accepted(address: str) -> None:
 @pytest.mark.parametrize(
     ("address", "problem"),
     [
-        ("10.0.0.10:514", "scheme must be udp:// or tcp://"),
-        ("tcp+tls://h:514", "scheme must be udp:// or tcp://"),
-        ("http://h:514", "scheme must be udp:// or tcp://"),
+        ("10.0.0.10:514", "scheme must be udp://"),
+        ("tcp://h:514", "would keep replicas from starting"),
+        ("tcp+tls://h:514", "scheme must be udp://"),
+        ("http://h:514", "scheme must be udp://"),
         ("udp://:514", "a host is required"),
         ("udp://h_x:514", "a host is required"),
         ("udp://10.0.0.10", "a port from 1 to 65535 is required"),
@@ -185,13 +186,13 @@ def test_the_cli_takes_the_collector_from_the_flag_or_the_env(
     fake_agent: list[AgentSettings],
 ) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, [*BASE, "--log-collector", "tcp://10.0.0.10:514"])
+    result = runner.invoke(app, [*BASE, "--log-collector", "udp://10.0.0.11:514"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, BASE, env={"ORCHESTRIFY_LOG_COLLECTOR": COLLECTOR})
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, BASE, env={"ORCHESTRIFY_LOG_COLLECTOR": ""})  # the role's unset
     assert result.exit_code == 0, result.output
-    assert [s.log_collector for s in fake_agent] == ["tcp://10.0.0.10:514", COLLECTOR, None]
+    assert [s.log_collector for s in fake_agent] == ["udp://10.0.0.11:514", COLLECTOR, None]
 
 
 def test_a_bad_collector_is_one_line_and_exit_2(fake_agent: list[AgentSettings]) -> None:
