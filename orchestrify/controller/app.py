@@ -28,8 +28,10 @@ from orchestrify.controller.border import (
     SafeJSONResponse,
     body_validation_errors,
     errors,
+    every_route,
 )
 from orchestrify.controller.deps import ControllerState
+from orchestrify.controller.fastpath import HeartbeatFastPath
 from orchestrify.controller.feed import connect_feed
 from orchestrify.controller.heartbeats import HeartbeatBuffer
 from orchestrify.controller.leadership import Leadership
@@ -90,8 +92,11 @@ def create_app(
     registry: CollectorRegistry | None = None,
     run_reconciler: bool = True,
     extra_startup: list[Startup] | None = None,
+    fast_heartbeats: bool = True,
 ) -> FastAPI:
-    """Build the app. State is opened in ``lifespan`` so a test can build many apps."""
+    """Build the app. State is opened in ``lifespan`` so a test can build many apps.
+    ``fast_heartbeats=False`` leaves every heartbeat to the framework's route (tests
+    compare the two answers)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -176,6 +181,10 @@ def create_app(
     ):
         app.include_router(router)
     _install_error_handlers(app)
+    if fast_heartbeats:
+        # Innermost of ours: its answers pass the latency histogram, the version headers
+        # and the body limit as the app's do.
+        app.add_middleware(HeartbeatFastPath, owner=app)
     _install_metrics(app)
     _document_limits(app, settings)
     # Outermost of ours: an oversized body is refused before anything reads it.
@@ -528,7 +537,7 @@ def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
     """Every method some route serves at this request's path (HEAD with GET, as served)."""
     literal: set[str] = set()  # routes whose path has no parameter: /v1/nodes/register
     templated: set[str] = set()  # /v1/nodes/{node_id}, which "register" matches too
-    for route in _every_route(app.router.routes):
+    for route in every_route(app.router.routes):
         match, _ = route.matches(scope)
         if match != Match.NONE:
             route = getattr(route, "original_route", route)
@@ -536,17 +545,6 @@ def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
             (templated if "{" in getattr(route, "path", "") else literal).update(found)
     # As OpenAPI matches paths: a concrete path wins over a template that also fits it.
     return sorted(literal or templated)
-
-
-def _every_route(routes: list[Any]) -> Iterator[Any]:
-    """The routes themselves: FastAPI (0.13x on) wraps each included router in one route
-    object whose ``effective_route_contexts`` are its routes, prefix applied."""
-    for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if callable(contexts):
-            yield from contexts()
-        else:
-            yield route
 
 
 class _MeasureLatency:

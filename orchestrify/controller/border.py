@@ -22,7 +22,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -123,7 +123,8 @@ def deferred_body_errors(request: Request) -> list[dict[str, Any]] | None:
     return errors
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
+    """Whether the border reads a body of this Content-Type as JSON."""
     if not content_type:
         return True  # FastAPI reads a body without a Content-Type as JSON too
     kind = content_type.split(";", 1)[0].strip().lower()
@@ -278,7 +279,7 @@ class BorderRoute(APIRoute):
         )
 
         async def border(request: Request) -> Response:
-            if takes_body and _is_json(request.headers.get("content-type")):
+            if takes_body and is_json(request.headers.get("content-type")):
                 raw = await request.body()
                 if raw:
                     value, errors = decode_json_body(raw)
@@ -297,6 +298,17 @@ def api_router(*, auth: bool = True, **kwargs: Any) -> APIRouter:
     the errors any route can answer (401 when ``auth``, 413, 422, 426, 503)."""
     common = errors(401, 413, 422, 426, 503) if auth else errors(413, 422, 426, 503)
     return APIRouter(route_class=BorderRoute, responses=common, **kwargs)
+
+
+def every_route(routes: list[Any]) -> Iterator[Any]:
+    """The routes themselves: FastAPI (0.13x on) wraps each included router in one route
+    object whose ``effective_route_contexts`` are its routes, prefix applied."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            yield from contexts()
+        else:
+            yield route
 
 
 def body_validation_errors(request: Request, exc: RequestValidationError) -> list[Any]:
