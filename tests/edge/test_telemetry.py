@@ -413,3 +413,50 @@ def test_the_edge_reads_its_access_log_in_the_niced_thread_and_ends_it_before_cl
     name, nice = polls[0]
     assert name.startswith("edge-telemetry")
     assert nice == min(19, base + TELEMETRY_NICE)
+
+
+def test_duration_histogram_exposes_what_prometheus_clients_histogram_does() -> None:
+    """Same samples (buckets, sum, count) as ``prometheus_client.Histogram`` for the same
+    requests, counted one by one there and as repeated lines here: bounds included in
+    their bucket, values past the last bound only in +Inf."""
+    import random
+
+    from prometheus_client import Histogram
+
+    from orchestrify.edge.telemetry import DURATION_BUCKETS
+
+    rng = random.Random(14)
+    values = [*DURATION_BUCKETS, 0.0, 11.0, 99.5] + [
+        rng.choice((0.003, 0.2, 0.31)) for _ in range(50)
+    ]
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "orchestrify_http_request_duration_seconds",
+        "x",
+        ["service", "replica", "node"],
+        buckets=DURATION_BUCKETS,
+        registry=reference_registry,
+    ).labels("web", "unknown", "unknown")
+    for v in values:
+        reference.observe(v)
+    metrics = EdgeMetrics()
+    lines = [f"orchestrify-v1|web|10.0.0.1:31000|200|200|{v:.3f}|{v:.3f}|GET" for v in values]
+    assert metrics.ingest_lines(lines, AddressBook()) == len(values)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if family.name == "orchestrify_http_request_duration_seconds"
+            and not s.name.endswith("_created")
+        }
+
+    expected, got = samples(reference_registry), samples(metrics.registry)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+    requests = metrics.registry.get_sample_value(
+        "orchestrify_http_requests_total", {"service": "web", "status": "200"}
+    )
+    assert requests == len(values)
