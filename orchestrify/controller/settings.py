@@ -203,6 +203,15 @@ class ControllerSettings(BaseSettings):
         "incidents, and far longer than Alertmanager re-sends a notification (hours).",
     )
 
+    ui_session_s: int = Field(
+        28_800,
+        gt=60,
+        le=30 * 86_400,
+        description="Seconds a sign-in to the web status page (/ui/) lasts: the session "
+        "cookie's Max-Age and the expiry signed into it. 8 h is a working day; a new admin "
+        "token ends every session at once.",
+    )
+
     tls_cert: Path | None = Field(
         None,
         description="PEM certificate (with its chain) the API serves: set with tls_key, the "
