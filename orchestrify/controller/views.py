@@ -29,7 +29,7 @@ from pydantic import TypeAdapter
 
 from orchestrify.controller.border import SafeJSONResponse
 from orchestrify.errors import NotFound
-from orchestrify.models import Assignment, Node, Service, Upstreams
+from orchestrify.models import Assignment, Node, Replica, Service, Upstreams
 from orchestrify.store import Store
 from orchestrify.store.node_facts import NodeFact
 
@@ -216,6 +216,11 @@ class ReadViews:
 
         version = ("nodes", *self.store.nodes_version())  # no I/O on either engine
         return await self.cache.get("nodes", build, version=version)
+
+    async def replicas(self) -> list[Replica]:
+        """Every replica, by service: read once per store version (the status page's
+        viewers, polling every few seconds, share one read)."""
+        return await self.cache.get("replicas", self.store.list_replicas)
 
     async def upstreams(self, state_version: int) -> bytes:
         """``GET /v1/upstreams``'s answer at the feed's ``state`` version ``state_version``
