@@ -54,6 +54,7 @@ from orchestrify.controller.routers import (
     upstreams,
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
+from orchestrify.controller.ui import router as ui_router
 from orchestrify.controller.views import ReadViews
 from orchestrify.controller.watch import AssignmentWatch
 from orchestrify.errors import (
@@ -180,6 +181,9 @@ def create_app(
         logs.router,
     ):
         app.include_router(router)
+    # The web status page last (the API's requests never test its routes), and not in
+    # the OpenAPI: it is pages for a browser, not the API.
+    app.include_router(ui_router, include_in_schema=False)
     _install_error_handlers(app)
     if fast_heartbeats:
         # Innermost of ours: its answers pass the latency histogram, the version headers
@@ -575,7 +579,8 @@ class _MeasureLatency:
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             state: ControllerState | None = getattr(self.owner.state, "controller", None)
-            long_poll = path.endswith(("/assignments", "/upstreams"))  # waits would skew it
+            # waits would skew it
+            long_poll = path.endswith(("/assignments", "/upstreams", "/fleet/live"))
             if state is not None and not long_poll:
                 state.metrics.api_latency.labels(scope["method"], path, str(status)).observe(
                     time.perf_counter() - start
