@@ -112,8 +112,14 @@ def test_requests_reach_all_replicas_by_host_and_by_path_for_every_method(lab: L
             assert set(seen) == replicas, (route.__name__, method, seen)
     # The /web prefix is stripped before the request reaches the replica.
     assert "path: /some/where" in lab.via_path("GET", "/some/where").text
-    resp = lab.via_host("GET")
-    assert resp.headers["x-request-id"]
+    # Each request gets an id of its own (also on one kept-alive connection, and across
+    # the workers), passed back to the client; a caller's own id is kept.
+    with httpx.Client(timeout=5) as client:
+        ids = [client.get(f"{lab.nginx_url}/web/").headers["x-request-id"] for _ in range(30)]
+    ids += [httpx.get(f"{lab.nginx_url}/web/").headers["x-request-id"] for _ in range(10)]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    own = httpx.get(f"{lab.nginx_url}/web/", headers={"X-Request-Id": "trace-7"})
+    assert own.headers["x-request-id"] == "trace-7"
 
 
 def test_large_request_bodies_are_buffered_by_nginx_workers(lab: Lab) -> None:
