@@ -6,6 +6,17 @@
 // RETRY_MS; when the sign-in has ended it goes to the sign-in page.
 "use strict";
 
+// Every action's form asks first: a form with data-confirm is sent only once the
+// browser's confirmation dialog is accepted (listened on the document, so the rows the
+// live poll swaps in ask too).
+document.addEventListener("submit", function (event) {
+  const form = event.target;
+  const question = form instanceof HTMLFormElement ? form.getAttribute("data-confirm") : null;
+  if (question && !window.confirm(question)) {
+    event.preventDefault();
+  }
+});
+
 (function () {
   const RETRY_MS = 2000;
   const VERSION_HEADER = "X-Orchestrify-Fleet-Version";
