@@ -22,6 +22,7 @@ PACKAGES=(
     curl:curl
     python3-venv:python3-venv
     postgresql:postgresql
+    chromium:chromium
 )
 
 is_installed() {  # PACKAGE COMMAND

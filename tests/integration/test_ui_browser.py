@@ -1,0 +1,233 @@
+"""The status page in a real browser: Debian's Chromium driven by Playwright, against a
+real controller and two real agents on the Docker engine, the demo app as the service.
+
+Sign-in (and a refused token), a service created from the CLI appearing on the fleet
+page without a reload, a drain from the page moving its replicas, and a forged form
+without its CSRF token refused. With ORCHESTRIFY_UI_SCREENSHOTS=DIR the fleet page is
+saved there as ``ui-fleet.png`` (the README's picture comes from that)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
+from bench.net import free_port
+from bench.outage_lab import remove_containers
+from bench.wait import wait_for
+from orchestrify.agent import HealSettings
+from orchestrify.client import ControllerClient
+from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from tests.conftest import require, require_docker
+
+# beside: its own controller and agents on free ports, containers of its own labels, and
+# no timing asserted: it runs beside the timed integration tests.
+pytestmark = [pytest.mark.integration, pytest.mark.beside]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+SERVICE = "hello"
+WAIT_MS = 30_000  # a guard against a hang, not a goal: the page is live within 2 s
+
+
+@dataclass
+class Fleet:
+    controller: RunningController
+    api: ControllerClient
+    names: list[str]
+    node_ids: dict[str, str]  # name -> id
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "ORCHESTRIFY_URL": self.controller.url,
+            "ORCHESTRIFY_TOKEN": self.controller.admin_token,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrify", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def replicas(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.api.get("/v1/replicas", service=SERVICE)
+        return [r for r in found if r["desired"] == "run"]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    client = require_docker()
+    try:
+        build_demo_image()
+    except Exception as exc:
+        require(False, f"the demo image can be built ({exc})")
+    tmp = tmp_path_factory.mktemp("ui")
+    run_id = uuid.uuid4().hex[:10]
+    controller = start_controller(tmp / "controller", free_port(), reconcile_interval_s=0.2)
+    api = controller.client()
+    names = [f"ui{i}-{run_id}" for i in (1, 2)]
+    agents = [
+        RunningAgent(
+            agent_settings(
+                controller,
+                name=name,
+                state_dir=tmp / name,
+                run_id=run_id,
+                heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
+            )
+        ).start()
+        for name in names
+    ]
+    try:
+
+        def registered() -> dict[str, str] | None:
+            nodes = {n["name"]: n["id"] for n in api.get("/v1/nodes")}
+            return nodes if set(names) <= set(nodes) else None
+
+        node_ids = wait_for("both agents registered", registered, timeout=60)
+        yield Fleet(controller, api, names, node_ids)
+    finally:
+        for agent in agents:
+            agent.kill()
+        api.close()
+        controller.stop()
+        remove_containers(client, run_id)
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require(shutil.which("chromium") is not None, "Debian's chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "Playwright for Python (the test extras: pip install -e '.[test]')")
+        raise
+    with sync_playwright() as p:
+        # The system's browser (no download); no sandbox: the tests run as root.
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Any, fleet: Fleet) -> Iterator[Any]:
+    context = browser.new_context(
+        base_url=fleet.controller.url, viewport={"width": 1366, "height": 768}
+    )
+    opened = context.new_page()
+    opened.set_default_timeout(WAIT_MS)
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+def sign_in(page: Any, token: str) -> None:
+    page.goto("/ui/")
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def row(page: Any, name: str) -> Any:
+    return page.locator("#fleet-body tr", has=page.locator(".node-name", has_text=name))
+
+
+def test_sign_in_refuses_a_wrong_token_then_shows_the_fleet(page: Any, fleet: Fleet) -> None:
+    page.goto("/ui/")
+    assert "/ui/login" in page.url  # no session: the sign-in page
+    sign_in(page, "not-the-token")
+    page.get_by_text("That is not the admin token").wait_for()
+    assert "/ui/login" in page.url
+    sign_in(page, fleet.controller.admin_token)
+    page.wait_for_url("**/ui/")
+    for name in fleet.names:
+        # The state is a word next to the badge, not a color alone.
+        row(page, name).locator(".state-word", has_text="ready").wait_for()
+
+
+def test_a_service_created_from_the_cli_appears_without_a_reload(page: Any, fleet: Fleet) -> None:
+    sign_in(page, fleet.controller.admin_token)
+    page.wait_for_url("**/ui/")
+    page.evaluate("window.__notReloaded = true")  # gone if the page were loaded again
+    created = fleet.cli(
+        "service", "create", DEFAULT_TAG, "--name", SERVICE, "--replicas", "2", "--drain", "0"
+    )
+    assert created.returncode == 0, created.stderr
+    chips = page.locator("#fleet-body .chip", has_text=SERVICE)
+    wait_for("both replicas placed", lambda: len(fleet.replicas()) == 2, timeout=60)
+    placed = time.monotonic()
+    page.wait_for_function(
+        f"document.querySelectorAll('#fleet-body .chip').length >= 2 "
+        f"&& [...document.querySelectorAll('#fleet-body .chip-name')]"
+        f".filter(c => c.textContent.includes('{SERVICE}')).length == 2"
+    )
+    print(f"replicas on the page {time.monotonic() - placed:.2f} s after the API had them")
+    assert chips.count() == 2
+    assert page.evaluate("window.__notReloaded === true")
+    shots = os.environ.get("ORCHESTRIFY_UI_SCREENSHOTS")
+    if shots:
+        page.locator("#fleet-body .chip-state", has_text="healthy").first.wait_for()
+        page.screenshot(path=str(Path(shots) / "ui-fleet.png"), full_page=True)
+
+
+def test_drain_from_the_page_moves_its_replicas(page: Any, fleet: Fleet) -> None:
+    if not fleet.replicas():
+        created = fleet.cli("service", "create", DEFAULT_TAG, "--name", SERVICE, "--replicas", "2")
+        assert created.returncode == 0, created.stderr
+    wait_for("2 replicas placed", lambda: len(fleet.replicas()) == 2, timeout=60)
+    sign_in(page, fleet.controller.admin_token)
+    page.wait_for_url("**/ui/")
+    first, second = fleet.names
+    questions: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    row(page, first).get_by_role("button", name=f"Drain node {first}").click()
+    row(page, first).locator(".state-word", has_text="draining").wait_for()
+    assert questions and first in questions[0]  # asked before it acted
+    # Its replicas move: none left on the drained node, both on the other one.
+    page.wait_for_function(
+        "([a, b, svc]) => {"
+        "  const rows = [...document.querySelectorAll('#fleet-body tr')];"
+        "  const on = (n) => rows.filter(r => r.querySelector('.node-name')?.textContent === n)"
+        "    .flatMap(r => [...r.querySelectorAll('.chip')])"
+        "    .filter(c => c.textContent.includes(svc) && c.textContent.includes('desired run'));"
+        "  return on(a).length === 0 && on(b).length === 2;"
+        "}",
+        arg=[first, second, SERVICE],
+    )
+    on_second = [r for r in fleet.replicas() if r["node"] == fleet.node_ids[second]]
+    assert len(on_second) == 2
+    row(page, first).get_by_role("button", name=f"Activate node {first}").click()
+    row(page, first).locator(".state-word", has_text="ready").wait_for()
+
+
+def test_a_forged_form_without_its_csrf_token_is_refused(page: Any, fleet: Fleet) -> None:
+    sign_in(page, fleet.controller.admin_token)
+    page.wait_for_url("**/ui/")
+    first = fleet.names[0]
+    # The browser's own session cookie, but no CSRF token: what another site could send.
+    resp = page.request.post(f"/ui/nodes/{fleet.node_ids[first]}/drain", form={"x": "1"})
+    assert resp.status == 403
+    nodes = {n["name"]: n for n in fleet.api.get("/v1/nodes")}
+    assert nodes[first]["state"] != "draining"
