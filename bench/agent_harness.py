@@ -24,7 +24,13 @@ from orchestrify.client import ControllerClient
 from orchestrify.controller.app import ControllerServer, create_app
 from orchestrify.controller.settings import ControllerSettings
 
-__all__ = ["RunningAgent", "RunningController", "agent_settings", "start_controller"]
+__all__ = [
+    "RunningAgent",
+    "RunningController",
+    "agent_settings",
+    "start_agents",
+    "start_controller",
+]
 
 
 @dataclass
@@ -122,3 +128,23 @@ def agent_settings(
         ca=controller.ca,
         container_labels={TEST_LABEL: "1", RUN_LABEL: run_id},
     )
+
+
+def start_agents(
+    controller: RunningController,
+    state_root: Path,
+    *,
+    names: list[str],
+    run_id: str,
+    heal: HealSettings | None = None,
+) -> list[RunningAgent]:
+    """One started agent per name, each with its state dir under ``state_root`` and
+    its containers labelled with ``run_id`` (``remove_containers`` finds them)."""
+    return [
+        RunningAgent(
+            agent_settings(
+                controller, name=name, state_dir=state_root / name, run_id=run_id, heal=heal
+            )
+        ).start()
+        for name in names
+    ]

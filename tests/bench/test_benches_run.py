@@ -90,6 +90,20 @@ def test_node_reads_prints_its_table() -> None:
     assert_rows(rows, [("100 nodes", f) for f in figures])
 
 
+def test_ui_fleet_prints_its_table() -> None:
+    title, rows = run_bench("ui_fleet", timeout=120)
+    assert title.startswith("status page")
+    figures = [
+        "GET /ui/ median",
+        "GET /ui/ slowest",
+        "  page size",
+        "live table body median",
+        "live table body slowest",
+        "  body size",
+    ]
+    assert_rows(rows, [("20 nodes, 100 replicas", f) for f in figures])
+
+
 def test_alert_flood_prints_its_table() -> None:
     title, rows = run_bench("alert_flood", timeout=180)
     assert title.startswith("alert flood")

@@ -21,7 +21,7 @@ import docker.errors
 import httpx
 import pytest
 
-from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
+from bench.agent_harness import RunningAgent, RunningController, start_agents, start_controller
 from bench.net import free_port
 from bench.outage_lab import remove_containers
 from bench.wait import wait_for
@@ -79,18 +79,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     controller = start_controller(tmp_path / "controller", free_port(), reconcile_interval_s=0.2)
     api = controller.client()
     names = [f"n{i}-{run_id}" for i in (1, 2)]
-    agents = [
-        RunningAgent(
-            agent_settings(
-                controller,
-                name=name,
-                state_dir=tmp_path / name,
-                run_id=run_id,
-                heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
-            )
-        ).start()
-        for name in names
-    ]
+    agents = start_agents(
+        controller,
+        tmp_path,
+        names=names,
+        run_id=run_id,
+        heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
+    )
     try:
         api.request(
             "POST",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.agent_harness import RunningAgent, RunningController, agent_settings, start_controller
+from bench.agent_harness import RunningController, start_agents, start_controller
 from bench.net import free_port
 from bench.outage_lab import remove_containers
 from bench.wait import wait_for
@@ -80,18 +80,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     controller = start_controller(tmp / "controller", free_port(), reconcile_interval_s=0.2)
     api = controller.client()
     names = [f"ui{i}-{run_id}" for i in (1, 2)]
-    agents = [
-        RunningAgent(
-            agent_settings(
-                controller,
-                name=name,
-                state_dir=tmp / name,
-                run_id=run_id,
-                heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
-            )
-        ).start()
-        for name in names
-    ]
+    agents = start_agents(
+        controller,
+        tmp,
+        names=names,
+        run_id=run_id,
+        heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
+    )
     try:
 
         def registered() -> dict[str, str] | None:
