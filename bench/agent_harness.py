@@ -19,6 +19,7 @@ import uvicorn
 
 from bench.labels import RUN_LABEL, TEST_LABEL
 from bench.outage_lab import RunningAgent
+from bench.wait import wait_for
 from orchestrify.agent import AgentSettings, HealSettings
 from orchestrify.client import ControllerClient
 from orchestrify.controller.app import ControllerServer, create_app
@@ -30,6 +31,7 @@ __all__ = [
     "agent_settings",
     "start_agents",
     "start_controller",
+    "wait_ready",
 ]
 
 
@@ -148,3 +150,18 @@ def start_agents(
         ).start()
         for name in names
     ]
+
+
+def wait_ready(
+    client: ControllerClient, names: list[str], *, timeout: float = 60
+) -> dict[str, str]:
+    """Wait until every node in ``names`` is registered and ready; their ids by name.
+    (A service created before then is placed on the nodes ready so far, and stays there.)"""
+
+    def ready() -> dict[str, str] | None:
+        nodes = {n["name"]: n for n in client.get("/v1/nodes")}
+        if all(name in nodes and nodes[name]["state"] == "ready" for name in names):
+            return {name: nodes[name]["id"] for name in names}
+        return None
+
+    return wait_for(f"nodes {', '.join(names)} ready", ready, timeout=timeout)

@@ -21,7 +21,13 @@ import docker.errors
 import httpx
 import pytest
 
-from bench.agent_harness import RunningAgent, RunningController, start_agents, start_controller
+from bench.agent_harness import (
+    RunningAgent,
+    RunningController,
+    start_agents,
+    start_controller,
+    wait_ready,
+)
 from bench.net import free_port
 from bench.outage_lab import remove_containers
 from bench.wait import wait_for
@@ -87,6 +93,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
     )
     try:
+        wait_ready(api, names)  # else the replicas may all go to the first node up
         api.request(
             "POST",
             "/v1/services",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.agent_harness import RunningController, start_agents, start_controller
+from bench.agent_harness import RunningController, start_agents, start_controller, wait_ready
 from bench.net import free_port
 from bench.outage_lab import remove_containers
 from bench.wait import wait_for
@@ -88,13 +88,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         heal=HealSettings(fault_interval_s=0.5, probe_timeout_s=0.4),
     )
     try:
-
-        def registered() -> dict[str, str] | None:
-            nodes = {n["name"]: n["id"] for n in api.get("/v1/nodes")}
-            return nodes if set(names) <= set(nodes) else None
-
-        node_ids = wait_for("both agents registered", registered, timeout=60)
-        yield Fleet(controller, api, names, node_ids)
+        yield Fleet(controller, api, names, wait_ready(api, names))
     finally:
         for agent in agents:
             agent.kill()
