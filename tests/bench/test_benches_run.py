@@ -96,10 +96,10 @@ def test_ui_fleet_prints_its_table() -> None:
     figures = [
         "GET /ui/ median",
         "GET /ui/ slowest",
-        "  page size",
+        "page size",
         "live table body median",
         "live table body slowest",
-        "  body size",
+        "body size",
     ]
     assert_rows(rows, [("20 nodes, 100 replicas", f) for f in figures])
 
