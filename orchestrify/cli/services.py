@@ -27,6 +27,7 @@ from orchestrify.cli.logs import (
 from orchestrify.cli.replicas import print_replicas
 from orchestrify.errors import InvalidSpec
 from orchestrify.models import DEFAULT_DRAIN_S, DEFAULT_STOP_GRACE_S, SERVICE_NAME
+from orchestrify.rollout import healthy_counts, rollout_text
 
 service_app = typer.Typer(
     help="Deploy and manage services (an image run as N replicas behind Nginx).",
@@ -151,10 +152,7 @@ def ls(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
     if json_out:
         print_json(services)
         return
-    healthy: dict[str, int] = {}
-    for r in replicas:
-        if r["state"] == "healthy" and r["desired"] == "run":
-            healthy[r["service"]] = healthy.get(r["service"], 0) + 1
+    healthy = healthy_counts((r["service"], r["state"], r["desired"]) for r in replicas)
     print_table(
         ["NAME", "IMAGE", "REPLICAS", "UP-TO-DATE", "MIN", "MAX", "PORT", "HEALTH", "UPDATED"],
         (
@@ -195,10 +193,13 @@ def inspect(ctx: typer.Context, name: str, json_out: bool = JsonOpt) -> None:
 
 
 def rollout(svc: dict[str, Any]) -> str:
-    """Updated/desired replicas, with the rolling update's state when one is under way."""
-    text = f"{svc.get('updated_replicas', 0)}/{svc['replicas']}"
-    state = svc.get("update_state") or "completed"
-    return text if state == "completed" else f"{text} ({state})"
+    """Updated/desired replicas, with the rolling update's state when one is under way
+    (as the status page shows it: ``orchestrify.rollout``)."""
+    return rollout_text(
+        updated=svc.get("updated_replicas", 0),
+        desired=svc["replicas"],
+        state=svc.get("update_state"),
+    )
 
 
 @service_app.command("update")
