@@ -130,10 +130,12 @@ class ViewCache:
 
 @dataclass(frozen=True)
 class ServiceViews:
-    """Every live service: the list's JSON and each one's, by name."""
+    """Every live service: the list's JSON and each one's, by name; and the models, in
+    the listing's order (the status page renders them)."""
 
     listing: bytes
     by_name: dict[str, bytes]
+    services: tuple[Service, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class ReadViews:
             return ServiceViews(
                 listing=encode(services, _SERVICES),
                 by_name={s.name: encode(s, _SERVICE) for s in services},
+                services=tuple(services),
             )
 
         return await self.cache.get("services", build)
