@@ -29,7 +29,7 @@ from pydantic import TypeAdapter
 
 from orchestrify.controller.border import SafeJSONResponse
 from orchestrify.errors import NotFound
-from orchestrify.models import Assignment, Node, Replica, Service, Upstreams
+from orchestrify.models import Assignment, Event, Node, Replica, Service, Upstreams
 from orchestrify.store import Store
 from orchestrify.store.node_facts import NodeFact
 
@@ -224,6 +224,18 @@ class ReadViews:
         """Every replica, by service: read once per store version (the status page's
         viewers, polling every few seconds, share one read)."""
         return await self.cache.get("replicas", self.store.list_replicas)
+
+    async def service_events(self, name: str, *, limit: int, events_version: int) -> list[Event]:
+        """Service ``name``'s last ``limit`` events (oldest first, as the store lists
+        them) as of the feed's ``events`` version ``events_version`` (taken before the
+        call): the status page's viewers of one service share one read per new event."""
+
+        def build() -> list[Event]:
+            return self.store.list_events(service=name, limit=limit)
+
+        return await self.cache.get(
+            f"events:{name}:{limit}", build, version=("events", events_version)
+        )
 
     async def upstreams(self, state_version: int) -> bytes:
         """``GET /v1/upstreams``'s answer at the feed's ``state`` version ``state_version``

@@ -1,0 +1,184 @@
+"""The services pages' view models: each service's figures, its replicas and its event
+timeline, already written out as words (a colour only repeats what a word says)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrify.controller.ui.fleet import REPLICA_TONES
+from orchestrify.models import DesiredState, Event, Replica, Service, UpdateState
+from orchestrify.rollout import healthy_counts, rollout_text
+
+__all__ = [
+    "EventRow",
+    "ReplicaRow",
+    "ServiceRow",
+    "event_rows",
+    "replica_rows",
+    "service_row",
+    "service_rows",
+]
+
+ROLLOUT_TONES = {
+    UpdateState.COMPLETED: "ok",
+    UpdateState.UPDATING: "pending",
+    UpdateState.PAUSED: "bad",
+}
+# An event's outcome as its tone: words the store writes (ok | refused | failed | info).
+OUTCOME_TONES = {"ok": "ok", "refused": "pending", "failed": "bad", "info": "info"}
+DATA_VALUE_MAX = 500  # characters of one data value shown; the API has the whole of it
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """One service's figures, as the list and its detail page show them."""
+
+    name: str
+    image: str
+    healthy: int
+    desired: int
+    min_replicas: int
+    max_replicas: int
+    rollout: str  # the rolling update's state, as the API says it: completed | updating | paused
+    rollout_tone: str
+    up_to_date: str  # the CLI's UP-TO-DATE column: "2/3 (updating)"
+    update_message: str | None
+    generation: int
+    latency_target_ms: str
+    scaling_tone: str  # "ok" when every desired replica is healthy, else "pending"
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    """One replica of a service."""
+
+    id: str
+    node: str
+    address: str
+    generation: int
+    state: str
+    tone: str
+    desired: str
+    restarts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event of a service's timeline."""
+
+    id: int
+    time: str  # ISO 8601, for <time datetime>
+    time_text: str
+    kind: str
+    action: str
+    outcome: str
+    tone: str
+    reason: str | None
+    message: str
+    data: tuple[tuple[str, str], ...]
+
+
+def _ms(value: float) -> str:
+    return f"{value:g} ms"
+
+
+def service_row(service: Service, healthy: int) -> ServiceRow:
+    state = service.update_state
+    return ServiceRow(
+        name=service.name,
+        image=service.image,
+        healthy=healthy,
+        desired=service.replicas,
+        min_replicas=service.min_replicas,
+        max_replicas=service.max_replicas,
+        rollout=str(state),
+        rollout_tone=ROLLOUT_TONES.get(state, "pending"),
+        up_to_date=rollout_text(
+            updated=service.updated_replicas, desired=service.replicas, state=str(state)
+        ),
+        update_message=service.update_message,
+        generation=service.generation,
+        latency_target_ms=_ms(service.policy.latency_target_ms),
+        scaling_tone="ok" if healthy >= service.replicas else "pending",
+    )
+
+
+def service_rows(services: Iterable[Service], replicas: Iterable[Replica]) -> list[ServiceRow]:
+    """The list's rows, in the order of ``services``."""
+    healthy = healthy_counts((r.service, str(r.state), str(r.desired)) for r in replicas)
+    return [service_row(s, healthy.get(s.name, 0)) for s in services]
+
+
+def replica_rows(replicas: Iterable[Replica]) -> list[ReplicaRow]:
+    """A service's replicas: those meant to run first, then by id."""
+    rows = []
+    ordered = sorted(replicas, key=lambda r: (r.desired != DesiredState.RUN, r.id))
+    for replica in ordered:
+        tone = REPLICA_TONES.get(replica.state, "pending")
+        if replica.desired != DesiredState.RUN:
+            tone = "leaving"
+        rows.append(
+            ReplicaRow(
+                id=replica.id,
+                node=replica.node_name or replica.node,
+                address=replica.address or "—",
+                generation=replica.generation,
+                state=str(replica.state),
+                tone=tone,
+                desired=str(replica.desired),
+                restarts=replica.restarts,
+                error=replica.error,
+            )
+        )
+    return rows
+
+
+def _value(value: Any) -> str:
+    """A data value as text: scalars as they are, lists and objects as compact JSON."""
+    if value is None:
+        text = "—"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+    if len(text) > DATA_VALUE_MAX:
+        text = text[: DATA_VALUE_MAX - 1] + "…"
+    return text
+
+
+def _data(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple((str(key), _value(value)) for key, value in data.items())
+
+
+def _when(time: datetime) -> datetime:
+    return time.replace(tzinfo=UTC) if time.tzinfo is None else time.astimezone(UTC)
+
+
+def event_rows(events: Iterable[Event]) -> list[EventRow]:
+    """A service's events, newest first (as given oldest first by the store)."""
+    rows = []
+    for event in sorted(events, key=lambda e: e.id, reverse=True):
+        when = _when(event.time)
+        outcome = event.outcome or "info"
+        rows.append(
+            EventRow(
+                id=event.id,
+                time=when.isoformat(),
+                time_text=when.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                kind=event.kind,
+                action=event.action or "—",
+                outcome=outcome,
+                tone=OUTCOME_TONES.get(outcome, "info"),
+                reason=event.reason,
+                message=event.message,
+                data=_data(event.data),
+            )
+        )
+    return rows
