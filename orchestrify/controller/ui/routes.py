@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from orchestrify import clock
 from orchestrify.controller.deps import ControllerState, same_token
 from orchestrify.controller.heartbeats import with_figures
+from orchestrify.controller.routers.services import check_replica_ceiling
 from orchestrify.controller.ui.fleet import NodeRow, fleet_rows
+from orchestrify.controller.ui.services import (
+    ServiceRow,
+    event_rows,
+    replica_rows,
+    service_row,
+    service_rows,
+)
 from orchestrify.controller.ui.session import (
     LOGIN_CSRF_COOKIE,
     LOGIN_PATH,
@@ -40,9 +48,11 @@ from orchestrify.controller.ui.session import (
     set_cookie,
     usable_login_csrf,
 )
-from orchestrify.errors import NotFound, StoreUnavailable
+from orchestrify.errors import Conflict, InvalidSpec, NotFound, StoreUnavailable
+from orchestrify.models import SERVICE_NAME, FieldError, Service, ServicePatch, check_bounds
+from orchestrify.rollout import healthy_counts
 
-__all__ = ["LIVE_WAIT_S", "VERSION_HEADER", "router"]
+__all__ = ["EVENTS_SHOWN", "LIVE_WAIT_S", "VERSION_HEADER", "router"]
 
 router = APIRouter(prefix="/ui")
 
@@ -75,14 +85,23 @@ SECURITY_HEADERS = {
 PAGE_HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
 
 LIVE_KINDS = ("spec", "state", "nodes")
+# What the services pages show moves with these: counts and bounds (spec), replicas'
+# states (state), and the timeline (events).
+SERVICE_LIVE_KINDS = ("spec", "state", "events")
+EVENTS_SHOWN = 100  # a service page's timeline: its last events, newest first
 LIVE_WAIT_S = 5.0
 """Longest a live poll waits for a change, seconds: the table is re-rendered at least
 this often, so the heartbeat ages move."""
 LIVE_WAIT_MAX_S = 25.0  # never longer, whatever LIVE_WAIT_S is set to (proxies' timeouts)
+# Every live answer's versions (the fleet's and the services pages'): the name is the
+# fleet's, which came first.
 VERSION_HEADER = "X-Orchestrify-Fleet-Version"
 _VERSION = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20}){2}")
 
 FORM_MAX_BYTES = 16_384  # a sign-in or a button's form is well under 1 KiB
+# A replica count as a form gives it: digits, maybe signed (a negative one is refused by
+# the same validation as the API's, naming the field); nothing longer than a count.
+_COUNT = re.compile(r"[+-]?[0-9]{1,12}")
 FORM_MAX_FIELDS = 16
 # Node ids as the store makes them (orchestrify.store.nodes.NODE_ID): anything else is
 # no node, answered without a store read.
@@ -151,7 +170,9 @@ def _error_page(
     *,
     signed_in: bool = True,
     headers: Mapping[str, str] | None = None,
+    back: tuple[str, str] | None = None,
 ) -> HTMLResponse:
+    """The error page; ``back``: the link (path, words) back to where the user was."""
     titles = {
         400: "The form could not be read",
         401: "Not signed in",
@@ -159,6 +180,7 @@ def _error_page(
         404: "Not found",
         413: "Too large",
         415: "Not a form",
+        422: "Not a valid value",
         429: "Too many tries",
         503: "The controller cannot answer now",
     }
@@ -170,6 +192,7 @@ def _error_page(
         code=status,
         message=message,
         signed_in=signed_in,
+        back=back,
     )
 
 
@@ -338,13 +361,13 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def _checked_form(
-    request: Request, access: UIAccess, session: Session
-) -> HTMLResponse | None:
-    """None when the POST's form carries this session's CSRF token; else the error page
-    to answer (nothing has been done)."""
+async def _signed_form(
+    request: Request, access: UIAccess, session: Session, *, fields: frozenset[str]
+) -> dict[str, str] | HTMLResponse:
+    """The POST's form (``fields`` and its ``csrf``) when it carries this session's CSRF
+    token; else the error page to answer (nothing has been done)."""
     try:
-        form = await read_form(request, fields=frozenset({"csrf"}))
+        form = await read_form(request, fields=fields | {"csrf"})
     except FormError as exc:
         return _error_page(exc.status, exc.message)
     if not access.signer.csrf_ok(session, form.get("csrf")):
@@ -353,7 +376,16 @@ async def _checked_form(
             "Refused: the form's CSRF token is missing or wrong, so nothing was done. "
             "Load the page again and use its buttons.",
         )
-    return None
+    return form
+
+
+async def _checked_form(
+    request: Request, access: UIAccess, session: Session
+) -> HTMLResponse | None:
+    """None when the POST's form carries this session's CSRF token; else the error page
+    to answer (nothing has been done)."""
+    form = await _signed_form(request, access, session, fields=frozenset())
+    return form if isinstance(form, HTMLResponse) else None
 
 
 @router.post("/logout")
@@ -414,6 +446,7 @@ async def fleet(request: Request) -> Response:
         return _error_page(503, f"The store cannot be read now ({exc}). Try again shortly.")
     return _html(
         "fleet.html",
+        page="fleet",
         rows=rows,
         csrf=access.signer.csrf(session),
         version=_encode_versions(versions),
@@ -426,24 +459,11 @@ async def fleet_live(request: Request) -> Response:
     versions in ``v`` (at once when ``v`` is not the current one), or after
     ``LIVE_WAIT_S`` (so the heartbeat ages move); the new versions in
     ``X-Orchestrify-Fleet-Version``. 401 without a session: the page then reloads."""
-    access = _access(request)
-    session = access.session(request)
-    if session is None:
-        return _error_page(401, "Your sign-in has ended: sign in again.", signed_in=False)
-    state = access.owner
-    since = _decode_versions(request.query_params.get("v"))
-    wait = min(LIVE_WAIT_S, LIVE_WAIT_MAX_S)
-    versions = await state.feed.wait_any(LIVE_KINDS, since, wait)
-    if state.feed.closed:
-        return _error_page(503, "The controller is shutting down.", headers={"Retry-After": "2"})
-    try:
-        rows = await _rows(state)
-    except StoreUnavailable as exc:
-        return _error_page(503, f"The store cannot be read now ({exc}).")
-    return HTMLResponse(
-        _fragment(rows, access.signer.csrf(session)),
-        headers={**PAGE_HEADERS, VERSION_HEADER: _encode_versions(versions)},
-    )
+
+    async def render(state: ControllerState, _versions: tuple[int, ...], csrf: str) -> str:
+        return _fragment(await _rows(state), csrf)
+
+    return await _live(request, LIVE_KINDS, render)
 
 
 async def _set_draining(request: Request, node_id: str, *, draining: bool) -> Response:
@@ -477,6 +497,225 @@ async def drain(request: Request, node_id: str) -> Response:
 @router.post("/nodes/{node_id}/activate")
 async def activate(request: Request, node_id: str) -> Response:
     return await _set_draining(request, node_id, draining=False)
+
+
+# --- services ----------------------------------------------------------------------------
+async def _service_list(state: ControllerState) -> list[ServiceRow]:
+    """The services table's rows as of now (``GET /v1/services`` and ``/v1/replicas``)."""
+    services = (await state.views.services()).services
+    return service_rows(services, await state.views.replicas())
+
+
+def _find_service(services: tuple[Service, ...], name: str) -> Service | None:
+    return next((s for s in services if s.name == name), None)
+
+
+async def _service_parts(
+    state: ControllerState, name: str, *, events_version: int
+) -> dict[str, Any] | None:
+    """What service ``name``'s page shows as of now (None: no such service): its
+    figures, its replicas and its last ``EVENTS_SHOWN`` events, newest first."""
+    found = _find_service((await state.views.services()).services, name)
+    if found is None:
+        return None
+    replicas = [r for r in await state.views.replicas() if r.service == name]
+    events = await state.views.service_events(
+        name, limit=EVENTS_SHOWN, events_version=events_version
+    )
+    healthy = healthy_counts((r.service, str(r.state), str(r.desired)) for r in replicas)
+    return {
+        "svc": service_row(found, healthy.get(name, 0)),
+        "replicas": replica_rows(replicas),
+        "events": event_rows(events),
+        "events_shown": EVENTS_SHOWN,
+    }
+
+
+def _no_service(name: str) -> HTMLResponse:
+    return _error_page(
+        404,
+        f"There is no service named {name!r} (it may have been deleted).",
+        back=("/ui/services", "Back to the services"),
+    )
+
+
+@router.get("/services")
+async def services_page(request: Request) -> Response:
+    access = _access(request)
+    session = access.session(request)
+    if session is None:
+        return _to_login(request.url.path)
+    state = access.owner
+    versions = state.feed.versions(SERVICE_LIVE_KINDS)  # before the read
+    try:
+        rows = await _service_list(state)
+    except StoreUnavailable as exc:
+        return _error_page(503, f"The store cannot be read now ({exc}). Try again shortly.")
+    return _html(
+        "services.html",
+        page="services",
+        rows=rows,
+        csrf=access.signer.csrf(session),
+        version=_encode_versions(versions),
+    )
+
+
+@router.get("/services/{name}")
+async def service_page(request: Request, name: str) -> Response:
+    access = _access(request)
+    session = access.session(request)
+    if session is None:
+        return _to_login(request.url.path)
+    if SERVICE_NAME.fullmatch(name) is None:
+        return _no_service(name)  # no service can have that name: no store read
+    state = access.owner
+    versions = state.feed.versions(SERVICE_LIVE_KINDS)  # before the read
+    try:
+        parts = await _service_parts(state, name, events_version=versions[2])
+    except StoreUnavailable as exc:
+        return _error_page(503, f"The store cannot be read now ({exc}). Try again shortly.")
+    if parts is None:
+        return _no_service(name)
+    return _html(
+        "service.html",
+        page="service",
+        csrf=access.signer.csrf(session),
+        version=_encode_versions(versions),
+        **parts,
+    )
+
+
+async def _live(
+    request: Request,
+    kinds: tuple[str, ...],
+    render: Callable[[ControllerState, tuple[int, ...], str], Awaitable[str | None]],
+) -> Response:
+    """A live poll: ``render``'s fragment once any of ``kinds`` has moved past the
+    versions in ``v`` (at once when ``v`` is not the current one), or after
+    ``LIVE_WAIT_S``; the new versions in ``VERSION_HEADER``. 401 without a session (the
+    page then goes to the sign-in), 404 when ``render`` finds nothing to show. Every
+    live page's poll: ``render`` is given the feed's versions and the session's CSRF
+    token (for the forms in the fragment)."""
+    access = _access(request)
+    session = access.session(request)
+    if session is None:
+        return _error_page(401, "Your sign-in has ended: sign in again.", signed_in=False)
+    state = access.owner
+    since = _decode_versions(request.query_params.get("v"))
+    if since is not None and len(since) != len(kinds):
+        since = None
+    wait = min(LIVE_WAIT_S, LIVE_WAIT_MAX_S)
+    versions = await state.feed.wait_any(kinds, since, wait)
+    if state.feed.closed:
+        return _error_page(503, "The controller is shutting down.", headers={"Retry-After": "2"})
+    try:
+        body = await render(state, versions, access.signer.csrf(session))
+    except StoreUnavailable as exc:
+        return _error_page(503, f"The store cannot be read now ({exc}).")
+    if body is None:
+        return _error_page(404, "There is no such service (it may have been deleted).")
+    return HTMLResponse(body, headers={**PAGE_HEADERS, VERSION_HEADER: _encode_versions(versions)})
+
+
+@router.get("/live/services")
+async def services_live(request: Request) -> Response:
+    """The services table's body, live (see ``_live``)."""
+
+    async def render(state: ControllerState, _versions: tuple[int, ...], _csrf: str) -> str:
+        rows = await _service_list(state)
+        return TEMPLATES.get_template("services_body.html").render(rows=rows)
+
+    return await _live(request, SERVICE_LIVE_KINDS, render)
+
+
+@router.get("/live/services/{name}")
+async def service_live(request: Request, name: str) -> Response:
+    """Service ``name``'s figures, replicas and timeline, live (see ``_live``)."""
+
+    async def render(state: ControllerState, versions: tuple[int, ...], _csrf: str) -> str | None:
+        if SERVICE_NAME.fullmatch(name) is None:
+            return None  # no service can have that name: no store read
+        parts = await _service_parts(state, name, events_version=versions[2])
+        if parts is None:
+            return None
+        return TEMPLATES.get_template("service_body.html").render(**parts)
+
+    return await _live(request, SERVICE_LIVE_KINDS, render)
+
+
+def _count(text: str | None) -> int | str:
+    """The form's replica count, or what is wrong with it (naming the field)."""
+    if text is None or not text.strip():
+        return "replicas: enter the number of replicas."
+    if _COUNT.fullmatch(text.strip()) is None:
+        return f"replicas: {text[:40]!r} is not a whole number."
+    return int(text.strip())
+
+
+@router.post("/services/{name}/scale")
+async def scale(request: Request, name: str) -> Response:
+    """What ``PATCH /v1/services/{name}`` with ``{"replicas": N}`` does (the same
+    checks, the same store call), from a signed-in form with its CSRF token; then back
+    to the service's page, where the new count and its event show. A count that is not
+    valid, or outside the service's bounds, is a 422 page naming the field."""
+    access = _access(request)
+    session = access.session(request)
+    if session is None:
+        return _to_login(f"/ui/services/{name}" if SERVICE_NAME.fullmatch(name) else "/ui/services")
+    form = await _signed_form(request, access, session, fields=frozenset({"replicas"}))
+    if isinstance(form, HTMLResponse):
+        return form
+    if SERVICE_NAME.fullmatch(name) is None:
+        return _no_service(name)
+    page = f"/ui/services/{name}"
+    back = (page, f"Back to service {name}")
+
+    def invalid(message: str) -> HTMLResponse:
+        return _error_page(422, f"Nothing was changed. {message}", back=back)
+
+    count = _count(form.get("replicas"))
+    if isinstance(count, str):
+        return invalid(count)
+    state = access.owner
+    try:
+        patch = ServicePatch.model_validate({"replicas": count})
+        check_replica_ceiling(state, patch)
+    except InvalidSpec as exc:
+        return invalid(str(exc))
+    except ValueError as exc:  # pydantic's ValidationError: the API's 422
+        return invalid(f"replicas: {count} is not a valid count ({_first_error(exc)}).")
+    try:
+        found = _find_service((await state.views.services()).services, name)
+        if found is None:
+            return _no_service(name)
+        # The API's 409 for a count that clashes with the stored bounds is this page's
+        # 422: here the bounds are the service's own, not another field of the request.
+        check_bounds(count, found.min_replicas, found.max_replicas)
+        await asyncio.to_thread(
+            state.store.update_service, name, patch, reason="requested from the status page"
+        )
+    except FieldError as exc:
+        return invalid(f"{exc.field}: {exc}.")
+    except InvalidSpec as exc:
+        return invalid(str(exc))
+    except Conflict as exc:  # the bounds changed since the check above
+        return invalid(str(exc))
+    except NotFound:
+        return _no_service(name)
+    except StoreUnavailable as exc:
+        return _error_page(
+            503, f"The store cannot write now ({exc}); nothing was changed.", back=back
+        )
+    return _redirect(page)
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        found = errors()
+        if found:
+            return str(found[0].get("msg", exc))
+    return str(exc)
 
 
 # --- static files and the rest -----------------------------------------------------------

@@ -1,8 +1,10 @@
-// orchestrify status page: keeps the fleet table current without reloading the page.
+// orchestrify status page: keeps each page's live parts current without reloading it.
 //
-// Long-polls /ui/fleet/live with the versions the table is as of; the controller answers
-// the table's new body (rendered on the server, escaped there) once something changed,
-// or after a few seconds so the heartbeat ages move. On an error it tries again after
+// A page's element with data-live (the fleet table, the services table, a service's
+// page) names its long-poll URL (the fleet's: /ui/fleet/live) and data-version the
+// versions it is as of. The controller answers the live parts again (rendered on the
+// server, escaped there) once something changed, or after a few seconds; each part
+// received replaces the page's element of the same id. On an error it tries again after
 // RETRY_MS; when the sign-in has ended it goes to the sign-in page.
 "use strict";
 
@@ -20,14 +22,14 @@ document.addEventListener("submit", function (event) {
 (function () {
   const RETRY_MS = 2000;
   const VERSION_HEADER = "X-Orchestrify-Fleet-Version";
-  const table = document.getElementById("fleet");
-  if (!table) {
+  const live = document.querySelector("[data-live]");
+  if (!live) {
     return;
   }
   const status = document.getElementById("live-status");
   const updated = document.getElementById("live-updated");
-  const url = table.getAttribute("data-live") || "/ui/fleet/live";
-  let version = table.getAttribute("data-version") || "";
+  const url = live.getAttribute("data-live");
+  let version = live.getAttribute("data-version") || "";
   let connected = null;
 
   // The status line is a live region: it changes only when the connection does, so a
@@ -39,19 +41,28 @@ document.addEventListener("submit", function (event) {
     }
   }
 
-  // Replace the table's body by the one received, keeping the keyboard focus on the
-  // same button (buttons have stable ids) so a refresh never loses one's place.
+  // Replace each part received (an element with an id: a table body, a list of
+  // figures) by the page's element of that id, keeping the keyboard focus on the same
+  // element (buttons and links have stable ids) so a refresh never loses one's place.
   function swap(html) {
     const template = document.createElement("template");
     template.innerHTML = html.trim();
-    const fresh = template.content.querySelector("tbody");
-    const current = document.getElementById("fleet-body");
-    if (!fresh || !current) {
-      throw new Error("no table body in the answer");
+    const parts = Array.from(template.content.children).filter((part) => part.id);
+    if (parts.length === 0) {
+      throw new Error("no part to replace in the answer");
     }
     const active = document.activeElement;
-    const focusId = active && current.contains(active) ? active.id : "";
-    current.replaceWith(fresh);
+    let focusId = "";
+    for (const part of parts) {
+      const current = document.getElementById(part.id);
+      if (!current || !live.contains(current)) {
+        throw new Error("no element " + part.id + " on the page");
+      }
+      if (active && active.id && current.contains(active)) {
+        focusId = active.id;
+      }
+      current.replaceWith(part);
+    }
     if (focusId) {
       const again = document.getElementById(focusId);
       if (again) {
@@ -67,7 +78,11 @@ document.addEventListener("submit", function (event) {
       headers: { Accept: "text/html" },
     });
     if (resp.status === 401) {
-      window.location.assign("/ui/login?next=" + encodeURIComponent("/ui/"));
+      window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname));
+      return false;
+    }
+    if (resp.status === 404) {
+      say(false, "What this page shows no longer exists (it was deleted): it updates no more.");
       return false;
     }
     if (!resp.ok) {
@@ -76,7 +91,7 @@ document.addEventListener("submit", function (event) {
     const html = await resp.text();
     swap(html);
     version = resp.headers.get(VERSION_HEADER) || "";
-    say(true, "Live: the table updates by itself.");
+    say(true, "Live: the page updates by itself.");
     updated.textContent = "Updated at " + new Date().toLocaleTimeString() + ".";
     return true;
   }
