@@ -99,10 +99,10 @@ VERSION_HEADER = "X-Orchestrify-Fleet-Version"
 _VERSION = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20}){2}")
 
 FORM_MAX_BYTES = 16_384  # a sign-in or a button's form is well under 1 KiB
+FORM_MAX_FIELDS = 16
 # A replica count as a form gives it: digits, maybe signed (a negative one is refused by
 # the same validation as the API's, naming the field); nothing longer than a count.
 _COUNT = re.compile(r"[+-]?[0-9]{1,12}")
-FORM_MAX_FIELDS = 16
 # Node ids as the store makes them (orchestrify.store.nodes.NODE_ID): anything else is
 # no node, answered without a store read.
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
@@ -534,7 +534,7 @@ async def _service_parts(
 def _no_service(name: str) -> HTMLResponse:
     return _error_page(
         404,
-        f"There is no service named {name!r} (it may have been deleted).",
+        f"There is no service named {name[:80]!r} (it may have been deleted).",
         back=("/ui/services", "Back to the services"),
     )
 
