@@ -420,11 +420,19 @@ async def _rows(state: ControllerState) -> list[NodeRow]:
     received = state.heartbeats.received()  # before the read: none is missed by both
     views = await state.views.nodes()
     replicas = await state.views.replicas()
-    nodes = [
-        with_figures(node, *received[node.id]) if node.id in received else node
-        for node, _ in views.by_id.values()
-    ]
-    return fleet_rows(nodes, replicas, now=clock.utcnow())
+    by_id = list(views.by_id.values())
+
+    def build() -> list[NodeRow]:
+        nodes = [
+            with_figures(node, *received[node.id]) if node.id in received else node
+            for node, _ in by_id
+        ]
+        return fleet_rows(nodes, replicas, now=clock.utcnow())
+
+    # A worker thread, as every read of the fleet's size: a thousand replicas' rows are
+    # tens of ms of Python, which the thread gives up every few ms (the GIL's switch
+    # interval) while the event loop answers the agents.
+    return await asyncio.to_thread(build)
 
 
 def _fragment(rows: list[NodeRow], csrf: str) -> str:
@@ -444,7 +452,8 @@ async def fleet(request: Request) -> Response:
         rows = await _rows(state)
     except StoreUnavailable as exc:
         return _error_page(503, f"The store cannot be read now ({exc}). Try again shortly.")
-    return _html(
+    return await asyncio.to_thread(  # rendered off the event loop, as the rows are read
+        _html,
         "fleet.html",
         page="fleet",
         rows=rows,
@@ -461,7 +470,7 @@ async def fleet_live(request: Request) -> Response:
     ``X-Orchestrify-Fleet-Version``. 401 without a session: the page then reloads."""
 
     async def render(state: ControllerState, _versions: tuple[int, ...], csrf: str) -> str:
-        return _fragment(await _rows(state), csrf)
+        return await asyncio.to_thread(_fragment, await _rows(state), csrf)
 
     return await _live(request, LIVE_KINDS, render)
 
