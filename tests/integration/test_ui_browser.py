@@ -211,6 +211,41 @@ def test_drain_from_the_page_moves_its_replicas(page: Any, fleet: Fleet) -> None
     row(page, first).locator(".state-word", has_text="ready").wait_for()
 
 
+def test_scale_from_the_service_page_shows_the_change_and_its_event(
+    page: Any, fleet: Fleet
+) -> None:
+    if not fleet.replicas():
+        created = fleet.cli("service", "create", DEFAULT_TAG, "--name", SERVICE, "--replicas", "2")
+        assert created.returncode == 0, created.stderr
+    wait_for("2 replicas placed", lambda: len(fleet.replicas()) == 2, timeout=60)
+    sign_in(page, fleet.controller.admin_token)
+    page.wait_for_url("**/ui/")
+    page.get_by_role("link", name="Services").click()
+    page.get_by_role("link", name=SERVICE, exact=True).click()
+    page.wait_for_url(f"**/ui/services/{SERVICE}")
+    questions: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    page.get_by_role("spinbutton", name="Replicas").fill("3")
+    page.get_by_role("button", name="Scale").click()
+    assert questions and SERVICE in questions[0]  # asked before it acted
+    page.locator("#service-figures .desired", has_text="3").wait_for()
+    # The decision is on the service's timeline, and the third replica on its table.
+    page.locator("#events-body .event", has_text="status page").first.wait_for()
+    page.wait_for_function("document.querySelectorAll('#replicas-body tr.replica').length >= 3")
+    assert len(fleet.replicas()) == 3
+    shots = os.environ.get("ORCHESTRIFY_UI_SCREENSHOTS")
+    if shots:
+        page.screenshot(path=str(Path(shots) / "ui-service.png"), full_page=True)
+    page.get_by_role("spinbutton", name="Replicas").fill("2")
+    page.get_by_role("button", name="Scale").click()
+    page.locator("#service-figures .desired", has_text="2").wait_for()
+
+
 def test_a_forged_form_without_its_csrf_token_is_refused(page: Any, fleet: Fleet) -> None:
     sign_in(page, fleet.controller.admin_token)
     page.wait_for_url("**/ui/")
