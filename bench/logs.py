@@ -192,6 +192,14 @@ def main() -> None:
                 ).start()
             )
         with controller.api() as api:
+            names = {f"{run_id}-n{n}" for n in (1, 2)}
+
+            def both_ready() -> bool:
+                nodes = api.get("/v1/nodes").json()
+                return {n["name"] for n in nodes if n["state"] == "ready"} >= names
+
+            # Else the replicas may all go to the first node up, and stay there.
+            wait_for("both nodes ready", both_ready, timeout=60)
             api.post(
                 "/v1/services",
                 json={
