@@ -579,8 +579,10 @@ class _MeasureLatency:
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             state: ControllerState | None = getattr(self.owner.state, "controller", None)
-            # waits would skew it
-            long_poll = path.endswith(("/assignments", "/upstreams", "/fleet/live"))
+            # Long-polls (the agents', the edges', the status page's): waits would skew it.
+            long_poll = path.endswith(("/assignments", "/upstreams")) or path.startswith(
+                ("/ui/fleet/live", "/ui/live/")
+            )
             if state is not None and not long_poll:
                 state.metrics.api_latency.labels(scope["method"], path, str(status)).observe(
                     time.perf_counter() - start

@@ -410,3 +410,22 @@ def test_the_openapi_document_still_has_no_ui_path(api: TestClient) -> None:
     paths = api.get("/openapi.json").json()["paths"]
     assert paths and not [p for p in paths if p.startswith("/ui")]
     assert "/v1/services/{name}" in paths
+
+
+def test_the_pages_long_polls_stay_out_of_the_api_latency_histogram(api: TestClient) -> None:
+    """A live poll waits up to LIVE_WAIT_S by design: counted as API latency it would
+    look like a slow API. Pages are counted; their long-polls are not."""
+    browser = _signed_in(api)
+    assert api.post("/v1/services", json=service_spec(name="web")).status_code == 201
+    for path in ("/ui/live/services?v=bad", "/ui/live/services/web?v=bad", "/ui/fleet/live?v=bad"):
+        assert browser.get(path).status_code == 200, path
+    assert browser.get("/ui/services").status_code == 200
+    registry = api.app.state.controller.metrics.registry  # type: ignore[attr-defined]
+    routes = {
+        s.labels["route"]
+        for family in registry.collect()
+        if family.name == "orchestrify_api_request_duration_seconds"
+        for s in family.samples
+    }
+    assert "/ui/services" in routes
+    assert not {r for r in routes if "live" in r}, routes
