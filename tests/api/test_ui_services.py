@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrify.controller.ui import routes
+from orchestrify.controller.ui import pages
 from tests.api.conftest import reconcile, register, service_spec
 from tests.api.test_ui import CSP, _browser, _csrf, _signed_in
 from tests.api.test_ui import api as api  # the controller without its reconciler
@@ -324,7 +324,7 @@ def test_a_service_s_live_poll_answers_at_once_when_behind(api: TestClient) -> N
         assert '<div id="service-history">' in resp.text
         assert '<span class="desired">2</span>' in resp.text
         assert "<h1>" not in resp.text and 'name="csrf"' not in resp.text  # the parts only
-        assert re.fullmatch(r"\d+-\d+-\d+", resp.headers[routes.VERSION_HEADER])
+        assert re.fullmatch(r"\d+-\d+-\d+", resp.headers[pages.VERSION_HEADER])
         assert resp.headers["content-security-policy"] == CSP
     resp, took = _live(browser, "/ui/live/services", None)
     assert resp.status_code == 200 and took < 2.0
@@ -336,14 +336,14 @@ def test_a_service_s_live_poll_waits_when_current_and_answers_after_a_scale(
     api: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _create(api, replicas=2, max_replicas=5)
-    monkeypatch.setattr(routes, "LIVE_WAIT_S", 1.5)
+    monkeypatch.setattr(pages, "LIVE_WAIT_S", 1.5)
     browser = _signed_in(api)
     current = _version(browser.get("/ui/services/web"))
     resp, took = _live(browser, "/ui/live/services/web", current)
     assert resp.status_code == 200 and took >= 1.3  # nothing moved: at its deadline
-    assert resp.headers[routes.VERSION_HEADER] == current
+    assert resp.headers[pages.VERSION_HEADER] == current
     # A scale through the API wakes it at once, with the new count and its event.
-    monkeypatch.setattr(routes, "LIVE_WAIT_S", 20.0)
+    monkeypatch.setattr(pages, "LIVE_WAIT_S", 20.0)
     later = threading.Timer(0.3, lambda: api.patch("/v1/services/web", json={"replicas": 4}))
     later.start()
     try:
@@ -353,7 +353,7 @@ def test_a_service_s_live_poll_waits_when_current_and_answers_after_a_scale(
     assert resp.status_code == 200 and 0.2 < took < 2.0
     assert '<span class="desired">4</span>' in resp.text
     assert "service web scaled from 2 to 4" in resp.text
-    assert resp.headers[routes.VERSION_HEADER] != current
+    assert resp.headers[pages.VERSION_HEADER] != current
     # The list's poll, current since that scale, waits for the next change too.
     listing = _version(browser.get("/ui/services"))
     later = threading.Timer(0.3, lambda: _create(api, "late"))
@@ -370,7 +370,7 @@ def test_a_new_event_alone_wakes_a_service_s_live_poll(
     api: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _create(api)
-    monkeypatch.setattr(routes, "LIVE_WAIT_S", 20.0)
+    monkeypatch.setattr(pages, "LIVE_WAIT_S", 20.0)
     browser = _signed_in(api)
     current = _version(browser.get("/ui/services/web"))
     store = api.app.state.controller.store  # type: ignore[attr-defined]

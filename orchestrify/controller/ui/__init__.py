@@ -1,6 +1,15 @@
-"""The controller's web status page under /ui/ (sign-in, the fleet table, drain and
-activate), served by the controller itself; not part of the /v1 API or its OpenAPI."""
+"""The controller's web status page under /ui/ (sign-in, the fleet, services, jobs and
+alerts), served by the controller itself; not part of the /v1 API or its OpenAPI.
 
-from orchestrify.controller.ui.routes import router
+``router`` is every page module's routes, then the static files and the catch-all 404
+(which must come last: it would hide any route after it)."""
+
+from fastapi import APIRouter
+
+from orchestrify.controller.ui import routes, static_files
+
+router = APIRouter()
+for part in (routes.router, static_files.router):
+    router.include_router(part)
 
 __all__ = ["router"]
