@@ -90,6 +90,9 @@ class Decision:
     dry_run: bool = False
     # The policy state to store after this decision; None keeps it as it is.
     new_state: PolicyState | None = None
+    # The alert it was decided on (None: the timer's settling, no alert): recorded with
+    # the decision, so "why did it scale" names the alert episode.
+    alert: AlertFacts | None = None
 
     @property
     def acts(self) -> bool:
@@ -211,10 +214,22 @@ def decide(
     now: datetime,
 ) -> Decision | None:
     """What to do about one alert notification; None when there is nothing to decide.
+    The decision carries ``alert`` (what it was decided on).
 
     ``inputs.state.last_scale_out_firing_at`` must already account for this alert when
     it is a firing scale-out alert (the glue sets it to ``now``).
     """
+    decision = _decide_alert(alert, rule, inputs, now=now)
+    return None if decision is None else replace(decision, alert=alert)
+
+
+def _decide_alert(
+    alert: AlertFacts,
+    rule: AlertRule | None,
+    inputs: Inputs,
+    *,
+    now: datetime,
+) -> Decision | None:
     service_name = alert.labels.get("service")
     firing = alert.status == "firing"
     if rule is None:

@@ -321,6 +321,13 @@ class AlertProcessor:
     ) -> Commit:
         rule = self.rules.match(receipt.labels)
         service_name = receipt.labels.get("service")
+        facts = AlertFacts(
+            alertname=receipt.alertname,
+            status="firing" if receipt.status == "firing" else "resolved",
+            labels=receipt.labels,
+            starts_at=receipt.starts_at,
+            instance=receipt.instance,
+        )
         if receipt.status == "firing" and receipt.instance in view.resolved:
             late = Decision(
                 action=str(rule.action) if rule else "none",
@@ -329,6 +336,7 @@ class AlertProcessor:
                 reason=f"{receipt.alertname} fired after its resolution had arrived; ignored",
                 service=service_name,
                 rule=rule.name if rule else None,
+                alert=facts,
             )
             return Commit(receipt, self._note(late, quiet=False), None)
         svc = view.services.get(service_name) if service_name else None
@@ -340,13 +348,6 @@ class AlertProcessor:
             extra_state = (svc.name, state)
         inputs = Inputs(
             service=svc, replicas=view.replicas, nodes=view.nodes, state=state, dry_run=self.dry_run
-        )
-        facts = AlertFacts(
-            alertname=receipt.alertname,
-            status="firing" if receipt.status == "firing" else "resolved",
-            labels=receipt.labels,
-            starts_at=receipt.starts_at,
-            instance=receipt.instance,
         )
         decision = decide(facts, rule, inputs, now=now)
         if _is_step(decision) and svc is not None and svc.name in stepped:
@@ -599,6 +600,7 @@ def _one_step(decision: Decision, receipt: Receipt, *, already: str) -> Decision
         "together are one step per cooldown, not one per replica",
         service=decision.service,
         rule=decision.rule,
+        alert=decision.alert,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select
@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrify.alerting.payload import AlertBatch, AlertmanagerAlert
-from orchestrify.alerting.policy import Decision, PolicyState
+from orchestrify.alerting.policy import AlertFacts, Decision, PolicyState
 from orchestrify.models import Event, check_bounds
 from orchestrify.store import Store, utcnow
 from orchestrify.store.alert_tables import (
@@ -174,6 +174,59 @@ def _alert_event(batch: AlertBatch, alert: AlertmanagerAlert, *, duplicate: bool
             "groupKey": batch.group_key,
             "duplicate": duplicate,
         },
+    }
+
+
+def decision_alert(alert: AlertFacts) -> dict[str, Any]:
+    """What a decision event says of the alert it was decided on: its name, status, the
+    episode (instance id and when it began) and the labels that name what it is about."""
+    return {
+        "name": alert.alertname,
+        "status": alert.status,
+        "instance": alert.instance,
+        "starts_at": _utc_req(alert.starts_at).isoformat(),
+        **{k: alert.labels[k] for k in ("service", "replica", "node") if k in alert.labels},
+    }
+
+
+def _iso(dt: datetime | None) -> str | None:
+    found = _utc(dt)
+    return None if found is None else found.isoformat()
+
+
+def _policy_at(tx: WriteTx, service: str) -> dict[str, Any] | None:
+    """The scaling policy of ``service`` as the decision met it: its windows (cooldown,
+    stabilization) and what the policy remembered (the last action, the last firing
+    scale-out alert, the episode's baseline), read from the rows the commit already
+    holds (preloaded); the times the windows end, so the event says until when. None
+    for a service that is gone."""
+    svc = tx.get(ServiceRow, service)
+    if svc is None:
+        return None
+    spec_policy = svc.spec.get("policy") or {}
+    state = tx.get(ScalingStateRow, service)
+    last_action = _utc(state.last_action_at) if state is not None else None
+    last_firing = _utc(state.last_scale_out_firing_at) if state is not None else None
+    cooldown = spec_policy.get("cooldown_s")
+    down = spec_policy.get("scale_down_stabilization_s")
+
+    def after(start: datetime | None, seconds: Any) -> str | None:
+        if start is None or not isinstance(seconds, int | float):
+            return None
+        try:
+            return (start + timedelta(seconds=seconds)).isoformat()
+        except OverflowError:
+            return None
+
+    return {
+        "cooldown_s": cooldown,
+        "scale_up_stabilization_s": spec_policy.get("scale_up_stabilization_s"),
+        "scale_down_stabilization_s": down,
+        "last_action_at": _iso(last_action),
+        "cooldown_until": after(last_action, cooldown),
+        "last_scale_out_firing_at": _iso(last_firing),
+        "scale_in_not_before": after(last_firing, down),
+        "baseline": state.baseline if state is not None else None,
     }
 
 
@@ -474,6 +527,7 @@ class AlertStore:
                     f"{manual.manual_replicas}); not applied",
                     service=d.service,
                     rule=d.rule,
+                    alert=d.alert,
                 )
             if svc is None or current != d.replicas_from:
                 return Decision(
@@ -483,6 +537,7 @@ class AlertStore:
                     reason=f"{d.service} changed while deciding (now {current}); not applied",
                     service=d.service,
                     rule=d.rule,
+                    alert=d.alert,
                 )
             check_bounds(d.replicas_to, svc.spec["min_replicas"], svc.spec["max_replicas"])
             svc.spec = {**svc.spec, "replicas": d.replicas_to}
@@ -504,6 +559,21 @@ class AlertStore:
         return d
 
     def _record(self, tx: WriteTx, d: Decision) -> None:
+        data: dict[str, Any] = {
+            "rule": d.rule,
+            "refusal": d.refusal,
+            "from": d.replicas_from,
+            "to": d.replicas_to,
+            "avoid_nodes": sorted(d.avoid_nodes),
+            "drain": list(d.drain),
+            "dry_run": d.dry_run,
+        }
+        if d.alert is not None:
+            data["alert"] = decision_alert(d.alert)
+        if d.service:
+            policy = _policy_at(tx, d.service)
+            if policy is not None:
+                data["policy"] = policy
         tx.add_event(
             d.reason,
             kind="decision",
@@ -511,15 +581,7 @@ class AlertStore:
             action=str(d.action),
             outcome=d.outcome,
             reason=d.refusal or (f"rule {d.rule}" if d.rule else None),
-            data={
-                "rule": d.rule,
-                "refusal": d.refusal,
-                "from": d.replicas_from,
-                "to": d.replicas_to,
-                "avoid_nodes": sorted(d.avoid_nodes),
-                "drain": list(d.drain),
-                "dry_run": d.dry_run,
-            },
+            data=data,
         )
 
     # --- rules ---------------------------------------------------------------------

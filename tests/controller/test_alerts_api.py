@@ -557,3 +557,37 @@ def test_a_late_notice_from_before_a_manual_scale_does_not_undo_it(client: TestC
     clock.advance(61)
     proc.tick()
     assert desired(client) == 2
+
+
+def test_a_decision_names_its_alert_episode_and_the_policy_state_it_met(
+    client: TestClient,
+) -> None:
+    """"Why did it scale": each decision event carries the alert it was decided on (name,
+    status, episode) and the policy's windows as it met them (the cooldown and until when)."""
+    deploy(client, policy={"cooldown_s": 30, "scale_down_stabilization_s": 300})
+    proc = state_of(client).alerts
+    clock = Clock()
+    proc.clock = clock
+    post(client, rate_high())
+    clock.advance(10)
+    proc.tick()  # the same episode, re-evaluated by the timer: refused, cooldown
+    first, refused = decisions(client)
+    assert (first["outcome"], refused["reason"]) == ("ok", "cooldown")
+    for d in (first, refused):
+        alert = d["data"]["alert"]
+        assert (alert["name"], alert["status"], alert["service"]) == (
+            "ServiceRequestRateHigh",
+            "firing",
+            "web",
+        )
+        assert alert["instance"] and alert["starts_at"]
+    assert first["data"]["alert"]["instance"] == refused["data"]["alert"]["instance"]
+    # The first decision met no earlier action; the refusal met the first one's cooldown.
+    assert first["data"]["policy"]["last_action_at"] is None
+    assert first["data"]["policy"]["cooldown_s"] == 30
+    policy = refused["data"]["policy"]
+    acted = datetime.fromisoformat(policy["last_action_at"])
+    until = datetime.fromisoformat(policy["cooldown_until"])
+    assert until - acted == timedelta(seconds=30)
+    assert policy["scale_down_stabilization_s"] == 300 and policy["baseline"] == 1
+    assert datetime.fromisoformat(policy["scale_in_not_before"]) > acted
