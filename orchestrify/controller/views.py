@@ -31,10 +31,12 @@ from orchestrify.controller.border import SafeJSONResponse
 from orchestrify.errors import NotFound
 from orchestrify.models import Assignment, Event, Node, Replica, Service, Upstreams
 from orchestrify.store import Store
+from orchestrify.store.alerts import AlertInstance, AlertStore
 from orchestrify.store.node_facts import NodeFact
 
 __all__ = [
     "NODE",
+    "AlertEpisodes",
     "AnsweredAssignments",
     "NodeAssignments",
     "NodeViews",
@@ -167,6 +169,15 @@ _SERVICE = TypeAdapter(Service)
 NODE = TypeAdapter(Node)
 
 
+@dataclass(frozen=True)
+class AlertEpisodes:
+    """Alert episodes (each with its latest summary) and recent decisions (oldest first)."""
+
+    firing: list[tuple[AlertInstance, str | None]]
+    resolved: list[tuple[AlertInstance, str | None]]
+    decisions: list[Event]
+
+
 class ReadViews:
     """The controller's cached reads of ``store`` (see the module's docstring)."""
 
@@ -236,6 +247,22 @@ class ReadViews:
         return await self.cache.get(
             f"events:{name}:{limit}", build, version=("events", events_version)
         )
+
+    async def alert_episodes(self, *, limit: int, decisions: int) -> AlertEpisodes:
+        """The alert episodes firing and the latest resolved (``limit`` of each), with
+        the last ``decisions`` decision events, as of the store's version (an episode
+        can be resolved by a notice that leads to no decision, so no event): the status
+        page's alerts list, one read per change for every viewer."""
+
+        def build() -> AlertEpisodes:
+            alerts = AlertStore(self.store)
+            return AlertEpisodes(
+                firing=alerts.episodes(status="firing", limit=limit),
+                resolved=alerts.episodes(status="resolved", limit=limit),
+                decisions=self.store.list_events(kind="decision", limit=decisions),
+            )
+
+        return await self.cache.get(f"alerts:{limit}:{decisions}", build)
 
     async def upstreams(self, state_version: int) -> bytes:
         """``GET /v1/upstreams``'s answer at the feed's ``state`` version ``state_version``

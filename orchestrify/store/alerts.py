@@ -365,6 +365,36 @@ class AlertStore:
             row = s.get(AlertInstanceRow, instance_id)
             return _instance(row) if row is not None else None
 
+    def episodes(self, *, status: str, limit: int) -> list[tuple[AlertInstance, str | None]]:
+        """Alert episodes of ``status`` (firing: newest start first; resolved: latest
+        resolution first), at most ``limit``, each with the ``summary`` annotation of its
+        latest notice (None when it had none): what the status page's alerts list shows."""
+        order = (
+            AlertInstanceRow.starts_at.desc()
+            if status == "firing"
+            else AlertInstanceRow.resolved_at.desc()
+        )
+        with self.store.read() as s:
+            rows = s.scalars(
+                select(AlertInstanceRow)
+                .where(AlertInstanceRow.status == status)
+                .order_by(order, AlertInstanceRow.id)
+                .limit(limit)
+            ).all()
+            summaries: dict[str, str] = {}
+            ids = [r.id for r in rows]
+            if ids:
+                notices = s.execute(
+                    select(AlertReceiptRow.instance, AlertReceiptRow.annotations)
+                    .where(AlertReceiptRow.instance.in_(ids))
+                    .order_by(AlertReceiptRow.id)
+                ).all()
+                for instance, annotations in notices:  # the latest notice's wins
+                    summary = (annotations or {}).get("summary")
+                    if isinstance(summary, str) and summary:
+                        summaries[instance] = summary
+            return [(_instance(r), summaries.get(r.id)) for r in rows]
+
     def firing(self) -> list[AlertInstance]:
         with self.store.read() as s:
             rows = s.scalars(

@@ -17,10 +17,13 @@ __all__ = [
     "EventRow",
     "ReplicaRow",
     "ServiceRow",
+    "alert_words",
     "event_rows",
+    "policy_words",
     "replica_rows",
     "service_row",
     "service_rows",
+    "time_text",
 ]
 
 ROLLOUT_TONES = {
@@ -154,11 +157,81 @@ def _value(value: Any) -> str:
 
 
 def _data(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple((str(key), _value(value)) for key, value in data.items())
+    words = {"alert": alert_words, "policy": policy_words}
+    return tuple(
+        (str(key), words[key](value) if key in words else _value(value))
+        for key, value in data.items()
+    )
 
 
 def _when(time: datetime) -> datetime:
     return time.replace(tzinfo=UTC) if time.tzinfo is None else time.astimezone(UTC)
+
+
+def time_text(time: datetime) -> str:
+    """A time as the pages write it: UTC, to the second."""
+    return _when(time).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso_text(value: Any) -> str | None:
+    """An ISO 8601 time of an event's data as the pages write times (None: not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return time_text(datetime.fromisoformat(value))
+    except ValueError:
+        return None
+
+
+def alert_words(alert: Any) -> str:
+    """A decision's alert (``orchestrify.store.alerts.decision_alert``) in words: which
+    alert, in what status, about what, and when its episode began."""
+    if not isinstance(alert, Mapping):
+        return _value(alert)
+    about = ", ".join(f"{k} {alert[k]}" for k in ("service", "replica", "node") if alert.get(k))
+    began = _iso_text(alert.get("starts_at"))
+    return _value(
+        f"{alert.get('name', '?')} {alert.get('status', '?')}"
+        + (f" ({about})" if about else "")
+        + (f", episode began {began}" if began else "")
+    )
+
+
+def _number(value: Any) -> str:
+    """A count or a number of seconds as words: 600.0 as "600", 0.5 as "0.5"."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return _value(value)
+
+
+def policy_words(policy: Any) -> str:
+    """The policy state a decision met, in words: its cooldown (and until when it ran),
+    its scale-in stabilization (and the earliest scale-in), the episode's baseline."""
+    if not isinstance(policy, Mapping):
+        return _value(policy)
+    parts = []
+    cooldown = policy.get("cooldown_s")
+    if cooldown is not None:
+        until = _iso_text(policy.get("cooldown_until"))
+        last = _iso_text(policy.get("last_action_at"))
+        parts.append(
+            f"cooldown {_number(cooldown)} s"
+            + (f", last action {last}, until {until}" if until and last else ", no action yet")
+        )
+    up = policy.get("scale_up_stabilization_s")
+    if up:
+        parts.append(f"scale-out stabilization {_number(up)} s")
+    down = policy.get("scale_down_stabilization_s")
+    if down is not None:
+        not_before = _iso_text(policy.get("scale_in_not_before"))
+        parts.append(
+            f"scale-in stabilization {_number(down)} s"
+            + (f", no scale-in before {not_before}" if not_before else "")
+        )
+    baseline = policy.get("baseline")
+    if baseline is not None:
+        parts.append(f"baseline {_number(baseline)} replicas (where scale-in returns)")
+    return _value("; ".join(parts) or "no scaling state yet")
 
 
 def event_rows(events: Iterable[Event]) -> list[EventRow]:
@@ -171,7 +244,7 @@ def event_rows(events: Iterable[Event]) -> list[EventRow]:
             EventRow(
                 id=event.id,
                 time=when.isoformat(),
-                time_text=when.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                time_text=time_text(when),
                 kind=event.kind,
                 action=event.action or "—",
                 outcome=outcome,
