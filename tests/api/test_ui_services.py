@@ -157,7 +157,7 @@ def test_a_decision_shows_its_data_escaped(api: TestClient) -> None:
         outcome="refused",
         reason="cooldown <b>60 s</b>",
         data={
-            "alert": {"alertname": "<img src=x onerror=alert(2)>"},
+            "alert": {"name": "<img src=x onerror=alert(2)>", "status": "firing"},
             "cooldown_s": 60,
             "<i>key</i>": "<u>value</u>",
             "refusal": None,
@@ -172,7 +172,7 @@ def test_a_decision_shows_its_data_escaped(api: TestClient) -> None:
     assert "cooldown &lt;b&gt;60 s&lt;/b&gt;" in row
     assert "<div><dt>cooldown_s</dt><dd>60</dd></div>" in row
     assert "<dt>&lt;i&gt;key&lt;/i&gt;</dt><dd>&lt;u&gt;value&lt;/u&gt;</dd>" in row
-    assert "<dt>alert</dt>" in row and "&lt;img src=x onerror=alert(2)&gt;" in row
+    assert "<dt>alert</dt><dd>&lt;img src=x onerror=alert(2)&gt; firing</dd>" in row
     assert "<div><dt>refusal</dt><dd>—</dd></div>" in row
     for raw in ("<script>", "<b>60", "<i>key", "<u>value", "<img"):
         assert raw not in text
