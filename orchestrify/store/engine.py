@@ -347,6 +347,8 @@ class StoreCore:
         self._write_lock = threading.RLock()
         self._change_listeners: list[Callable[[set[ChangeKind]], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
+        # The events committed by this thread's writes inside ``capturing_events``.
+        self._captures = threading.local()
         # Changes across controllers (PostgreSQL): see orchestrify/store/listen.py.
         self.origin = listen.new_origin()
         self._commit_listeners: list[listen.Deliver] = []
@@ -428,6 +430,20 @@ class StoreCore:
 
     def on_event(self, listener: Callable[[Event], None]) -> None:
         self._event_listeners.append(listener)
+
+    @contextmanager
+    def capturing_events(self) -> Iterator[list[Event]]:
+        """The events that this thread's writes commit inside the block, in order (a
+        write retried after a race counts once: only its committed attempt): how the
+        status page shows the event its own action wrote, not another one written at
+        the same moment."""
+        captured: list[Event] = []
+        outer = getattr(self._captures, "events", None)
+        self._captures.events = captured
+        try:
+            yield captured
+        finally:
+            self._captures.events = outer
 
     def on_commit(self, listener: listen.Deliver) -> None:
         """``listener(kinds, sequence)`` after each write that changed something commits
@@ -682,6 +698,9 @@ class WriteTx:
             self.session.close()
             self.store._write_lock.release()
         if exc_type is None:
+            captured = getattr(self.store._captures, "events", None)
+            if captured is not None:
+                captured.extend(self.events)
             for ev in self.events:
                 for listener in self.store._event_listeners:
                     listener(ev)

@@ -50,6 +50,12 @@ class EventsPart(StoreCore):
             )
         return tx.events[-1]
 
+    def get_event(self, event_id: int) -> Event | None:
+        """The event of id ``event_id``, or None (never written, or pruned)."""
+        with self.read() as s:
+            row = s.get(EventRow, event_id)
+            return event_view(row) if row is not None else None
+
     def list_events(
         self,
         *,

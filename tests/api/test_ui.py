@@ -341,9 +341,18 @@ def test_drain_and_activate_from_the_page(api: TestClient) -> None:
     browser = _signed_in(api)
     csrf = _csrf(browser.get("/ui/"))
     resp = browser.post(f"/ui/nodes/{node_id}/drain", data={"csrf": csrf}, follow_redirects=False)
-    assert resp.status_code == 303 and resp.headers["location"] == "/ui/"
+    assert resp.status_code == 303
+    # Back to the fleet, naming the event the drain wrote: the page shows it at the top.
+    location = resp.headers["location"]
+    assert re.fullmatch(r"/ui/\?done=[0-9]+", location), location
+    (event,) = [
+        e for e in api.get("/v1/events", params={"kind": "node"}).json() if e["action"] == "drain"
+    ]
+    assert location == f"/ui/?done={event['id']}"
     assert _nodes(api)["w1"]["state"] == "draining"
-    page = browser.get("/ui/").text
+    page = browser.get(location).text
+    assert '<span class="done-message">node w1: draining</span>' in page
+    assert "<strong>Done:</strong>" not in browser.get("/ui/").text
     assert 'class="node node-draining"' in page
     assert '<span class="state-word">draining</span>' in page
     assert f'action="/ui/nodes/{node_id}/activate"' in page
@@ -352,6 +361,8 @@ def test_drain_and_activate_from_the_page(api: TestClient) -> None:
     )
     assert resp.status_code == 303
     assert _nodes(api)["w1"]["state"] == "ready"
+    page = browser.get(resp.headers["location"]).text
+    assert '<span class="done-message">node w1: active again</span>' in page
 
 
 def test_a_drain_without_the_csrf_token_does_nothing(api: TestClient) -> None:

@@ -223,10 +223,11 @@ def test_scaling_from_the_form_does_what_the_api_does(api: TestClient) -> None:
         data={"csrf": _csrf(browser.get("/ui/services/web")), "replicas": "3"},
         follow_redirects=False,
     )
-    assert resp.status_code == 303 and resp.headers["location"] == "/ui/services/web"
     assert _service(api)["replicas"] == 3
     scaled = [e for e in _events(api) if e["action"] == "scale"]
     assert len(scaled) == 1 and scaled[0]["data"] == {"from": 1, "to": 3}
+    location = f"/ui/services/web?done={scaled[0]['id']}"  # the page shows the scale's event
+    assert resp.status_code == 303 and resp.headers["location"] == location
     assert scaled[0]["reason"] == "requested from the status page"
     page = browser.get("/ui/services/web").text
     assert '<span class="desired">3</span>' in page

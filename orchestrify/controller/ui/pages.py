@@ -8,11 +8,13 @@ static files and the catch-all 404 last.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote
 
 import jinja2
@@ -29,6 +31,7 @@ from orchestrify.controller.ui.session import (
     SessionSigner,
 )
 from orchestrify.errors import StoreUnavailable
+from orchestrify.store import Store
 
 __all__ = [
     "LIVE_WAIT_S",
@@ -36,10 +39,14 @@ __all__ = [
     "SECURITY_HEADERS",
     "TEMPLATES",
     "VERSION_HEADER",
+    "DoneNotice",
     "FormError",
     "UIAccess",
+    "act",
+    "after_action",
     "checked_form",
     "decode_versions",
+    "done_notice",
     "encode_versions",
     "error_page",
     "first_error",
@@ -155,6 +162,7 @@ def error_page(
         401: "Not signed in",
         403: "Refused",
         404: "Not found",
+        409: "Not possible now",
         413: "Too large",
         415: "Not a form",
         422: "Not a valid value",
@@ -170,6 +178,56 @@ def error_page(
         message=message,
         signed_in=signed_in,
         back=back,
+    )
+
+
+_T = TypeVar("_T")
+# An action's event, named in the page's ``done`` parameter after the action: digits only.
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
+
+
+@dataclass(frozen=True)
+class DoneNotice:
+    """The event an action wrote, as the page it returns to shows it at the top."""
+
+    id: int
+    message: str
+    outcome: str
+    time_text: str
+
+
+def act(store: Store, call: Callable[[], _T], *, action: str) -> tuple[_T, int | None]:
+    """``call()`` (a store write, run in this worker thread) and the id of the event it
+    wrote for ``action`` (None if it wrote none): what the page then shows as done."""
+    with store.capturing_events() as seen:
+        result = call()
+    return result, next((e.id for e in seen if e.action == action), None)
+
+
+def after_action(page: str, event_id: int | None) -> RedirectResponse:
+    """Back to ``page`` after an action, naming the event it wrote (shown at the top)."""
+    return redirect(page if event_id is None else f"{page}?done={event_id}")
+
+
+async def done_notice(request: Request, state: ControllerState) -> DoneNotice | None:
+    """The event named by the page's ``done`` parameter (an action's own, given by
+    ``after_action``), or None: none named, not a number, gone, or the store not
+    readable now (the page shows without it)."""
+    text = request.query_params.get("done")
+    if text is None or _EVENT_ID.fullmatch(text) is None:
+        return None
+    try:
+        event = await asyncio.to_thread(state.store.get_event, int(text))
+    except StoreUnavailable:
+        return None
+    if event is None:
+        return None
+    when = event.time if event.time.tzinfo is not None else event.time.replace(tzinfo=UTC)
+    return DoneNotice(
+        id=event.id,
+        message=event.message,
+        outcome=event.outcome or "info",
+        time_text=when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
 
 

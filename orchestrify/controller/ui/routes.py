@@ -27,7 +27,10 @@ from orchestrify.controller.ui.pages import (
     TEMPLATES,
     FormError,
     UIAccess,
+    act,
+    after_action,
     checked_form,
+    done_notice,
     encode_versions,
     error_page,
     first_error,
@@ -71,6 +74,7 @@ LIVE_KINDS = ("spec", "state", "nodes")
 # What the services pages show moves with these: counts and bounds (spec), replicas'
 # states (state), and the timeline (events).
 SERVICE_LIVE_KINDS = ("spec", "state", "events")
+FROM_THE_PAGE = "requested from the status page"  # the reason of the pages' actions
 EVENTS_SHOWN = 100  # a service page's timeline: its last events, newest first
 # A replica count as a form gives it: digits, maybe signed (a negative one is refused by
 # the same validation as the API's, naming the field); nothing longer than a count.
@@ -253,6 +257,7 @@ async def fleet(request: Request) -> Response:
         rows=rows,
         csrf=access.signer.csrf(session),
         version=encode_versions(versions),
+        done=await done_notice(request, state),
     )
 
 
@@ -284,12 +289,17 @@ async def _set_draining(request: Request, node_id: str, *, draining: bool) -> Re
         return error_page(404, missing)
     store = access.owner.store
     try:
-        await asyncio.to_thread(store.set_node_draining, node_id, draining=draining)
+        _, done = await asyncio.to_thread(
+            act,
+            store,
+            lambda: store.set_node_draining(node_id, draining=draining),
+            action="drain" if draining else "activate",
+        )
     except NotFound:
         return error_page(404, missing)
     except StoreUnavailable as exc:
         return error_page(503, f"The store cannot write now ({exc}); nothing was changed.")
-    return redirect("/ui/")
+    return after_action("/ui/", done)
 
 
 @router.post("/nodes/{node_id}/drain")
@@ -384,6 +394,7 @@ async def service_page(request: Request, name: str) -> Response:
         page="service",
         csrf=access.signer.csrf(session),
         version=encode_versions(versions),
+        done=await done_notice(request, state),
         **parts,
     )
 
@@ -462,8 +473,11 @@ async def scale(request: Request, name: str) -> Response:
         # The API's 409 for a count that clashes with the stored bounds is this page's
         # 422: here the bounds are the service's own, not another field of the request.
         check_bounds(count, found.min_replicas, found.max_replicas)
-        await asyncio.to_thread(
-            state.store.update_service, name, patch, reason="requested from the status page"
+        _, done = await asyncio.to_thread(
+            act,
+            state.store,
+            lambda: state.store.update_service(name, patch, reason=FROM_THE_PAGE),
+            action="scale",
         )
     except FieldError as exc:
         return invalid(f"{exc.field}: {exc}.")
@@ -477,4 +491,42 @@ async def scale(request: Request, name: str) -> Response:
         return error_page(
             503, f"The store cannot write now ({exc}); nothing was changed.", back=back
         )
-    return redirect(page)
+    return after_action(page, done)
+
+
+@router.post("/services/{name}/rollback")
+async def rollback(request: Request, name: str) -> Response:
+    """What ``POST /v1/services/{name}/rollback`` does (the same store call), from a
+    signed-in form with its CSRF token; then back to the service's page, where the
+    rollback's event shows. A service never updated has nothing to roll back to: a 409
+    page saying so, nothing changed."""
+    access = ui_access(request)
+    session = access.session(request)
+    if session is None:
+        return to_login(f"/ui/services/{name}" if SERVICE_NAME.fullmatch(name) else "/ui/services")
+    refused = await checked_form(request, access, session)
+    if refused is not None:
+        return refused
+    if SERVICE_NAME.fullmatch(name) is None:
+        return _no_service(name)
+    page = f"/ui/services/{name}"
+    back = (page, f"Back to service {name}")
+    store = access.owner.store
+    try:
+        _, done = await asyncio.to_thread(
+            act,
+            store,
+            lambda: store.rollback_service(name, reason=FROM_THE_PAGE),
+            action="rollback",
+        )
+    except NotFound:
+        return _no_service(name)
+    except Conflict as exc:
+        return error_page(409, f"Nothing was changed: {exc}.", back=back)
+    except InvalidSpec as exc:
+        return error_page(422, f"Nothing was changed: {exc}", back=back)
+    except StoreUnavailable as exc:
+        return error_page(
+            503, f"The store cannot write now ({exc}); nothing was changed.", back=back
+        )
+    return after_action(page, done)

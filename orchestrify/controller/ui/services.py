@@ -53,6 +53,10 @@ class ServiceRow:
     generation: int
     latency_target_ms: str
     scaling_tone: str  # "ok" when every desired replica is healthy, else "pending"
+    # What a rollback returns to: the generation before the last update and its image
+    # (None: never updated, nothing to roll back to).
+    previous_generation: int | None = None
+    previous_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,14 @@ def service_row(service: Service, healthy: int) -> ServiceRow:
         generation=service.generation,
         latency_target_ms=_ms(service.policy.latency_target_ms),
         scaling_tone="ok" if healthy >= service.replicas else "pending",
+        previous_generation=service.previous_generation if service.previous_spec else None,
+        previous_image=_previous_image(service.previous_spec),
     )
+
+
+def _previous_image(previous: Mapping[str, Any] | None) -> str | None:
+    image = (previous or {}).get("image")
+    return image if isinstance(image, str) else None
 
 
 def service_rows(services: Iterable[Service], replicas: Iterable[Replica]) -> list[ServiceRow]:
