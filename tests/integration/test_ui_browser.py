@@ -2,9 +2,11 @@
 real controller and two real agents on the Docker engine, the demo app as the service.
 
 Sign-in (and a refused token), a service created from the CLI appearing on the fleet
-page without a reload, a drain from the page moving its replicas, and a forged form
-without its CSRF token refused. With ORCHESTRIFY_UI_SCREENSHOTS=DIR the fleet page is
-saved there as ``ui-fleet.png`` (the README's picture comes from that)."""
+page without a reload, a drain from the page moving its replicas, a scale from a
+service's page, an alert's decision with its reason on the service's timeline and on the
+alerts page, and a forged form without its CSRF token refused. With
+ORCHESTRIFY_UI_SCREENSHOTS=DIR the fleet page, a service's timeline and the alerts page
+are saved there (the README's pictures come from that)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from bench.wait import wait_for
 from orchestrify.agent import HealSettings
 from orchestrify.client import ControllerClient
 from orchestrify.demo import DEFAULT_TAG, build_demo_image
+from tests.alerting.payloads import am_alert, am_payload
 from tests.conftest import require, require_docker
 
 # beside: its own controller and agents on free ports, containers of its own labels, and
@@ -194,6 +198,8 @@ def test_drain_from_the_page_moves_its_replicas(page: Any, fleet: Fleet) -> None
     row(page, first).get_by_role("button", name=f"Drain node {first}").click()
     row(page, first).locator(".state-word", has_text="draining").wait_for()
     assert questions and first in questions[0]  # asked before it acted
+    # The event the drain wrote, at the top of the page it returned to.
+    page.locator("#done .done-message", has_text=f"node {first}: draining").wait_for()
     # Its replicas move: none left on the drained node, both on the other one.
     page.wait_for_function(
         "([a, b, svc]) => {"
@@ -238,12 +244,62 @@ def test_scale_from_the_service_page_shows_the_change_and_its_event(
     page.locator("#events-body .event", has_text="status page").first.wait_for()
     page.wait_for_function("document.querySelectorAll('#replicas-body tr.replica').length >= 3")
     assert len(fleet.replicas()) == 3
-    shots = os.environ.get("ORCHESTRIFY_UI_SCREENSHOTS")
-    if shots:
-        page.screenshot(path=str(Path(shots) / "ui-service.png"), full_page=True)
+    page.locator("#done .done-message", has_text="scaled from 2 to 3").wait_for()
     page.get_by_role("spinbutton", name="Replicas").fill("2")
     page.get_by_role("button", name="Scale").click()
     page.locator("#service-figures .desired", has_text="2").wait_for()
+
+
+def test_an_alert_shows_its_decision_and_reason_on_the_timeline(page: Any, fleet: Fleet) -> None:
+    """Alertmanager's webhook as it sends it; the page, already open, shows the decision
+    with its reason, its alert and the policy state without a reload."""
+    if len(fleet.replicas()) != 2:
+        fleet.api.request("PATCH", f"/v1/services/{SERVICE}", json={"replicas": 2})
+    wait_for(
+        "2 healthy replicas",
+        lambda: [r["state"] for r in fleet.replicas()] == ["healthy", "healthy"],
+        timeout=60,
+    )
+    sign_in(page, fleet.controller.admin_token)
+    page.wait_for_url("**/ui/")
+    page.goto(f"/ui/services/{SERVICE}")
+    page.evaluate("window.__notReloaded = true")
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    fingerprint = uuid.uuid4().hex[:16]
+    alert = am_alert(
+        "ServiceRequestRateHigh", service=SERVICE, starts_at=started, fingerprint=fingerprint
+    )
+    fleet.api.request("POST", "/v1/alerts", json=am_payload(alert))
+    decision = page.locator("#events-body tr.event-decision", has_text="scale_out").first
+    decision.wait_for()
+    assert decision.locator(".state-word").inner_text() == "ok"
+    assert "rule load-scale-out" in decision.inner_text()  # the reason: the rule that acted
+    details = decision.locator(".event-data").inner_text()
+    assert f"ServiceRequestRateHigh firing (service {SERVICE})" in details
+    assert "cooldown" in details  # the policy state it met
+    page.locator("#service-figures .desired", has_text="3").wait_for()
+    assert page.evaluate("window.__notReloaded === true")
+    shots = os.environ.get("ORCHESTRIFY_UI_SCREENSHOTS")
+    if shots:
+        page.screenshot(path=str(Path(shots) / "ui-service.png"), full_page=True)
+    # The alerts page: the episode, firing, with the decision it led to.
+    page.get_by_role("link", name="Alerts").click()
+    episode = page.locator("#firing tr.episode", has_text="ServiceRequestRateHigh").first
+    episode.locator(".decision", has_text="scale_out").wait_for()
+    if shots:
+        page.screenshot(path=str(Path(shots) / "ui-alerts.png"), full_page=True)
+    ended = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    resolved = am_alert(
+        "ServiceRequestRateHigh",
+        status="resolved",
+        service=SERVICE,
+        starts_at=started,
+        ends_at=ended,
+        fingerprint=fingerprint,
+    )
+    fleet.api.request("POST", "/v1/alerts", json=am_payload(resolved))
+    page.locator("#resolved tr.episode", has_text="ServiceRequestRateHigh").first.wait_for()
+    fleet.api.request("PATCH", f"/v1/services/{SERVICE}", json={"replicas": 2})
 
 
 def test_a_forged_form_without_its_csrf_token_is_refused(page: Any, fleet: Fleet) -> None:
