@@ -59,12 +59,15 @@ def start_controller(
     admin_token: str | None = None,
     join_token: str | None = None,
     ca: Path | None = None,
+    run_reconciler: bool = True,
     **overrides: Any,
 ) -> RunningController:
     """The real controller app on uvicorn in a thread; ``overrides`` are settings. The
     tokens are random unless given (``admin_token`` or ``token``, and ``join_token``):
     give a previous run's to restart it as it was. With the ``tls_cert`` and ``tls_key``
-    settings it serves HTTPS only, and ``ca`` is what its clients verify it with."""
+    settings it serves HTTPS only, and ``ca`` is what its clients verify it with. Without
+    ``run_reconciler`` nothing but the requests moves the fleet (a bench's seeded store
+    stays as seeded)."""
     from prometheus_client import CollectorRegistry
 
     settings = ControllerSettings(
@@ -78,7 +81,7 @@ def start_controller(
             **overrides,
         },
     )
-    app = create_app(settings, registry=CollectorRegistry())
+    app = create_app(settings, registry=CollectorRegistry(), run_reconciler=run_reconciler)
     server = ControllerServer(
         uvicorn.Config(
             app,

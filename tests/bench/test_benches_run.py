@@ -139,6 +139,34 @@ def test_selfheal_prints_its_table() -> None:
     )
 
 
+# beside: its own controller on a free port and its own browser, and no figure is checked.
+@pytest.mark.integration
+@pytest.mark.beside
+def test_ui_fleet_in_a_browser_prints_its_table() -> None:
+    require_binary("chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        require(False, "Playwright for Python (the test extras: pip install -e '.[test]')")
+    title, rows = run_bench("ui_fleet", "--browser", timeout=180)
+    assert title.startswith("status page: the fleet page in Chromium")
+    figures = [
+        "page loaded (loadEventEnd) median",
+        "page loaded (loadEventEnd) slowest",
+        "response end median",
+        "DOMContentLoaded median",
+        "first frame after load median",
+        "first frame after load slowest",
+        "last row and load, wall clock median",
+        "last row and load, wall clock slowest",
+        "live update shown median",
+        "live update shown slowest",
+    ]
+    assert_rows(rows, [("20 nodes, 100 replicas", f) for f in figures])
+    # Every figure measured (a missing timing prints n/a), whatever its value.
+    assert all(row.measured.endswith(" ms") for row in rows), rows
+
+
 @pytest.mark.integration
 @pytest.mark.beside  # its own controller, agents and containers; no figure is checked
 def test_logs_prints_its_table() -> None:
