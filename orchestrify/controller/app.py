@@ -29,6 +29,7 @@ from orchestrify.controller.border import (
     body_validation_errors,
     errors,
     every_route,
+    too_large,
 )
 from orchestrify.controller.deps import ControllerState
 from orchestrify.controller.fastpath import HeartbeatFastPath
@@ -55,6 +56,7 @@ from orchestrify.controller.routers import (
 )
 from orchestrify.controller.settings import ControllerSettings, load_or_create_token
 from orchestrify.controller.ui import router as ui_router
+from orchestrify.controller.ui.errors import method_not_allowed, ui_error, under_ui
 from orchestrify.controller.views import ReadViews
 from orchestrify.controller.watch import AssignmentWatch
 from orchestrify.errors import (
@@ -192,8 +194,20 @@ def create_app(
     _install_metrics(app)
     _document_limits(app, settings)
     # Outermost of ours: an oversized body is refused before anything reads it.
-    app.add_middleware(BodyLimit, max_bytes=lambda: settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=lambda: settings.max_body_bytes, answer=_body_too_large)
     return app
+
+
+def _body_too_large(scope: MutableMapping[str, Any], limit: int) -> Response:
+    """The 413 of a body over ``max_body_bytes``: the status page's HTML page under /ui,
+    the API's JSON elsewhere."""
+    if under_ui(scope.get("path", "")):
+        return ui_error(
+            413,
+            f"The request's body is larger than {limit} bytes "
+            "(the controller's max_body_bytes): nothing was done.",
+        )
+    return too_large(limit)
 
 
 class ControllerServer(uvicorn.Server):
@@ -452,7 +466,13 @@ def _error(
     *,
     field: str | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+    path: str = "",
+) -> Response:
+    """The answer to a refused request: the API's JSON (``detail`` and ``message``; a
+    ``field``'s error located in ``detail``), or under /ui (``path``) the status page's
+    HTML error page with the same status, message and headers."""
+    if under_ui(path):
+        return ui_error(status, f"{field}: {message}" if field else message, headers=headers)
     body: dict[str, Any] = {"detail": message, "message": message}
     if field is not None:
         body["detail"] = [
@@ -470,22 +490,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     ]
 
     @app.exception_handler(OrchestrifyError)
-    async def orchestrify_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def orchestrify_error(request: Request, exc: Exception) -> Response:
+        path = request.url.path
         if isinstance(exc, InvalidSpec):
-            return _error(422, str(exc), field=exc.field)
+            return _error(422, str(exc), field=exc.field, path=path)
         if isinstance(exc, Busy):
-            return _error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+            retry = {"Retry-After": str(exc.retry_after_s)}
+            return _error(429, str(exc), headers=retry, path=path)
         if isinstance(exc, StoreUnavailable):
             log.warning("store unavailable", extra={"error": str(exc)})
-            return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+            retry = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+            return _error(503, str(exc), headers=retry, path=path)
         for cls, status in statuses:
             if isinstance(exc, cls):
-                return _error(status, str(exc))
+                return _error(status, str(exc), path=path)
         log.error("request failed", extra={"error": str(exc), "type": type(exc).__name__})
-        return _error(500, str(exc))
+        return _error(500, str(exc), path=path)
 
     @app.exception_handler(Exception)
-    async def last_resort(request: Request, exc: Exception) -> JSONResponse:
+    async def last_resort(request: Request, exc: Exception) -> Response:
         """A genuine bug (or a store error that escaped its border): logged with its
         traceback, answered with JSON, never a dropped connection."""
         translated = translate_store_error(exc)
@@ -497,25 +520,34 @@ def _install_error_handlers(app: FastAPI) -> None:
             extra={"path": request.url.path, "method": request.method},
         )
         message = f"internal error ({type(exc).__name__}); the controller's log has the details"
-        return _error(500, message)
+        return _error(500, message, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> Response:
         """FastAPI's answer to an HTTPException, with ``message`` beside ``detail``, and a
         405's ``Allow`` listing every method of the path: Starlette lists only those of
         the first route that matched it (GET /v1/services and POST /v1/services are two
         routes), which RFC 9110 and schemathesis' allow_header_conformance refuse."""
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers or {})
+        allowed: list[str] = []
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+            allowed = allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allowed)
+        if under_ui(request.url.path):
+            message = (
+                method_not_allowed(request.method, allowed)
+                if exc.status_code == 405
+                else str(exc.detail)
+            )
+            return ui_error(exc.status_code, message, headers=headers)
         body: dict[str, Any] = {"detail": exc.detail}
         if isinstance(exc.detail, str):
             body["message"] = exc.detail
         return SafeJSONResponse(status_code=exc.status_code, content=body, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = body_validation_errors(request, exc)
         parts = []
@@ -532,6 +564,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             "request rejected",
             extra={"path": request.url.path, "method": request.method, "error": "; ".join(parts)},
         )
+        if under_ui(request.url.path):
+            return ui_error(422, "Not a valid value: " + "; ".join(parts) + ".")
         return SafeJSONResponse(
             status_code=422, content={"detail": detail, "message": "; ".join(parts)}
         )
@@ -625,9 +659,12 @@ class _AnnounceVersion:
 
         if why is not None:
             log.warning("request refused", extra={"path": scope.get("path"), "error": why})
-            await JSONResponse(status_code=426, content={"detail": why, "message": why})(
-                scope, receive, announce
+            refused: Response = (
+                ui_error(426, why)
+                if under_ui(scope.get("path", ""))
+                else JSONResponse(status_code=426, content={"detail": why, "message": why})
             )
+            await refused(scope, receive, announce)
             return
         await self.app(scope, receive, announce)
 

@@ -327,11 +327,20 @@ class BodyLimit:
     """Pure ASGI middleware: a request body larger than ``max_bytes`` is a 413.
 
     Checked on the Content-Length before anything is read, and on the bytes as they
-    stream in (a chunked body has no length), so no more than the cap is ever held."""
+    stream in (a chunked body has no length), so no more than the cap is ever held.
+    ``answer`` makes the 413 for a request (its scope and the cap): the API's JSON
+    unless given (the app answers its status page's paths with an HTML page)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: Callable[[], int],
+        answer: Callable[[Scope, int], Response] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.answer = answer or (lambda _scope, limit: too_large(limit))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -340,7 +349,7 @@ class BodyLimit:
         limit = self.max_bytes()
         length = _content_length(scope)
         if length is not None and length > limit:
-            await _too_large(limit)(scope, receive, send)
+            await self.answer(scope, limit)(scope, receive, send)
             return
         seen = 0
         started = False
@@ -365,7 +374,7 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await _too_large(limit)(scope, receive, send)
+            await self.answer(scope, limit)(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -378,6 +387,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large(limit: int) -> JSONResponse:
+def too_large(limit: int) -> JSONResponse:
+    """The API's 413 for a body over ``limit`` bytes."""
     message = f"request body larger than {limit} bytes (the controller's max_body_bytes)"
     return JSONResponse(status_code=413, content={"detail": message, "message": message})

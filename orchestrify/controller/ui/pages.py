@@ -162,11 +162,14 @@ def error_page(
         401: "Not signed in",
         403: "Refused",
         404: "Not found",
+        405: "Not allowed here",
         409: "Not possible now",
         413: "Too large",
         415: "Not a form",
         422: "Not a valid value",
+        426: "Protocol version not served",
         429: "Too many tries",
+        500: "Internal error",
         503: "The controller cannot answer now",
     }
     return html_page(
