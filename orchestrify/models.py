@@ -722,6 +722,25 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class AlertEpisode(BaseModel):
+    """One firing of one alert (Alertmanager's fingerprint and ``startsAt``), as the
+    controller stored it, with the decisions it led to."""
+
+    id: str = Field(description="The episode: fingerprint@startsAt.")
+    alertname: str
+    status: str = Field(description="firing | resolved")
+    labels: dict[str, str]
+    summary: str | None = Field(None, description="The summary annotation of its last notice.")
+    starts_at: datetime
+    last_seen_at: datetime = Field(description="When its last notice arrived.")
+    resolved_at: datetime | None = None
+    decisions: list[Event] = Field(
+        default_factory=list,
+        description="The decisions taken on it, newest first (among the controller's last "
+        "1,000 decisions; `GET /v1/events?kind=decision` has every one).",
+    )
+
+
 class NodeRemoval(BaseModel):
     """What ``DELETE /v1/nodes/{id}`` did: the node is forgotten now (a GET of it is a 404
     from then on)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from orchestrify.cli.agent import agent
+from orchestrify.cli.alerts import alert_app
 from orchestrify.cli.cluster import cluster_app
 from orchestrify.cli.common import CaOpt, CliConfig, checked_ca
 from orchestrify.cli.config import config_app
@@ -83,6 +84,7 @@ app.command("events")(events)
 app.command("demo-image")(demo_image)
 app.add_typer(config_app, name="config")
 app.add_typer(rules_app, name="rules")
+app.add_typer(alert_app, name="alert")
 app.command("edge")(edge)
 
 

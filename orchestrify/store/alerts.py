@@ -10,6 +10,7 @@ the controller processes pending receipts at start-up.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -187,6 +188,18 @@ def decision_alert(alert: AlertFacts) -> dict[str, Any]:
         "starts_at": _utc_req(alert.starts_at).isoformat(),
         **{k: alert.labels[k] for k in ("service", "replica", "node") if k in alert.labels},
     }
+
+
+def decisions_by_episode(decisions: Iterable[Event]) -> dict[str, list[Event]]:
+    """Decision events by the episode they name (``data.alert.instance``, written by
+    ``decision_alert``), newest first."""
+    found: dict[str, list[Event]] = {}
+    for event in sorted(decisions, key=lambda e: e.id, reverse=True):
+        alert = event.data.get("alert")
+        instance = alert.get("instance") if isinstance(alert, dict) else None
+        if isinstance(instance, str):
+            found.setdefault(instance, []).append(event)
+    return found
 
 
 def _iso(dt: datetime | None) -> str | None:

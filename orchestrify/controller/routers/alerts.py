@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel
 
 from orchestrify.alerting.payload import AlertBatch
@@ -11,6 +12,10 @@ from orchestrify.alerting.rules import RuleSet
 from orchestrify.controller.border import api_router
 from orchestrify.controller.deps import Admin, State
 from orchestrify.errors import TooLarge
+from orchestrify.models import AlertEpisode
+from orchestrify.store.alerts import AlertStore, decisions_by_episode
+
+DECISIONS_MATCHED = 1000  # the last decisions matched to episodes (as the status page)
 
 router = api_router(tags=["alerts"], dependencies=[Admin])
 
@@ -43,6 +48,40 @@ def receive_alerts(batch: AlertBatch, state: State) -> IntakeAnswer:
         )
     intake = state.alerts.receive(batch)
     return IntakeAnswer(received=intake.received, new=intake.new, duplicates=intake.duplicates)
+
+
+@router.get("/v1/alerts", response_model=list[AlertEpisode])
+def list_alerts(
+    state: State,
+    status: Literal["firing", "resolved"] | None = Query(
+        None, description="Only episodes in this status (default: both, firing first)."
+    ),
+    limit: int = Query(
+        100, ge=1, le=1000, description="At most this many of each status, newest first."
+    ),
+) -> list[AlertEpisode]:
+    """Alert episodes as the controller stored them (one per firing of one alert), the
+    firing ones (newest start first) then the resolved ones (latest resolution first),
+    each with the decisions it led to, newest first: what the status page's alerts page
+    shows."""
+    alerts = AlertStore(state.store)
+    wanted = [status] if status is not None else ["firing", "resolved"]
+    episodes = [found for kind in wanted for found in alerts.episodes(status=kind, limit=limit)]
+    taken = decisions_by_episode(state.store.list_events(kind="decision", limit=DECISIONS_MATCHED))
+    return [
+        AlertEpisode(
+            id=episode.id,
+            alertname=episode.alertname,
+            status=episode.status,
+            labels=episode.labels,
+            summary=summary,
+            starts_at=episode.starts_at,
+            last_seen_at=episode.last_seen_at,
+            resolved_at=episode.resolved_at,
+            decisions=taken.get(episode.id, []),
+        )
+        for episode, summary in episodes
+    ]
 
 
 def _view(state: State) -> RulesView:

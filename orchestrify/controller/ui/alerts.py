@@ -27,7 +27,7 @@ from orchestrify.controller.ui.pages import (
 from orchestrify.controller.ui.services import OUTCOME_TONES, time_text
 from orchestrify.errors import StoreUnavailable
 from orchestrify.models import SERVICE_NAME, Event
-from orchestrify.store.alerts import AlertInstance
+from orchestrify.store.alerts import AlertInstance, decisions_by_episode
 
 __all__ = ["DECISIONS_READ", "EPISODES_SHOWN", "EpisodeRow", "episode_rows", "router"]
 
@@ -88,23 +88,12 @@ def _decision_row(event: Event) -> DecisionRow:
     )
 
 
-def _by_episode(decisions: Iterable[Event]) -> dict[str, list[Event]]:
-    """The decision events by the episode they name, newest first."""
-    found: dict[str, list[Event]] = {}
-    for event in sorted(decisions, key=lambda e: e.id, reverse=True):
-        alert = event.data.get("alert")
-        instance = alert.get("instance") if isinstance(alert, dict) else None
-        if isinstance(instance, str):
-            found.setdefault(instance, []).append(event)
-    return found
-
-
 def episode_rows(
     episodes: Iterable[tuple[AlertInstance, str | None]], decisions: Iterable[Event]
 ) -> list[EpisodeRow]:
     """The rows of ``episodes`` (each with its summary), in the order given, each with
     the ``decisions`` that name it."""
-    taken = _by_episode(decisions)
+    taken = decisions_by_episode(decisions)
     rows = []
     for episode, summary in episodes:
         labels = episode.labels
