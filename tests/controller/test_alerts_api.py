@@ -562,7 +562,7 @@ def test_a_late_notice_from_before_a_manual_scale_does_not_undo_it(client: TestC
 def test_a_decision_names_its_alert_episode_and_the_policy_state_it_met(
     client: TestClient,
 ) -> None:
-    """"Why did it scale": each decision event carries the alert it was decided on (name,
+    """ "Why did it scale": each decision event carries the alert it was decided on (name,
     status, episode) and the policy's windows as it met them (the cooldown and until when)."""
     deploy(client, policy={"cooldown_s": 30, "scale_down_stabilization_s": 300})
     proc = state_of(client).alerts
