@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -29,6 +31,15 @@ EXTRA_VAR_NAMES: dict[str, Any] = {
         ]
     },
 }
+
+
+# A job's id, as ``new_job_id`` makes it: 12 lowercase hex digits (48 random bits). A
+# path or form naming anything else names no job, and is answered without a store read.
+JOB_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)
 
 
 class JobStatus(StrEnum):

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import re
-import secrets
 import shutil
 import socket
 import stat
@@ -40,7 +39,7 @@ from typing import Any
 from orchestrify.errors import Busy, Conflict, Fenced, OrchestrifyError
 from orchestrify.jobs.handoff import job_environment, write_extra_vars
 from orchestrify.jobs.hosts import EVERY_HOST, Inventory, overlaps, read_inventory
-from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus
+from orchestrify.jobs.models import HostStats, Job, JobEvent, JobStatus, new_job_id
 from orchestrify.jobs.validation import check_extra_vars, check_limit, resolve_playbook
 from orchestrify.store import Store
 from orchestrify.store.files import ensure_private_dir
@@ -238,7 +237,7 @@ class JobRunner:
         if self._stopping:
             raise Conflict("the controller is shutting down; submit the job again")
         job = self.jobs.create(
-            job_id=secrets.token_hex(6),
+            job_id=new_job_id(),
             playbook=str(PurePosixPath(playbook)),
             limit=limit,
             extra_vars=extra,
@@ -276,6 +275,10 @@ class JobRunner:
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         return self.jobs.events(job_id, after=after, limit=limit)
+
+    def output_tail(self, job_id: str, *, limit: int) -> tuple[list[JobEvent], bool]:
+        """The last ``limit`` events with output, and whether earlier ones were cut."""
+        return self.jobs.output_tail(job_id, limit=limit)
 
     # --- dispatching ---------------------------------------------------------------
     def _configured(self) -> tuple[Path, Path]:

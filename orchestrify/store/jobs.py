@@ -334,3 +334,17 @@ class JobStore:
                 .limit(limit)
             )
             return [_job_event(r) for r in s.scalars(q).all()]
+
+    def output_tail(self, job_id: str, *, limit: int) -> tuple[list[JobEvent], bool]:
+        """The job's last ``limit`` events that printed something (``stdout``), oldest
+        first, and whether earlier ones were left out: what a page shows of a long run's
+        output (the whole of it is ``events``)."""
+        with self.store.read() as s:
+            q = (
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id, JobEventRow.stdout != "")
+                .order_by(JobEventRow.counter.desc())
+                .limit(limit + 1)
+            )
+            rows = s.scalars(q).all()
+            return [_job_event(r) for r in reversed(rows[:limit])], len(rows) > limit
