@@ -6,10 +6,10 @@ alerts), served by the controller itself; not part of the /v1 API or its OpenAPI
 
 from fastapi import APIRouter
 
-from orchestrify.controller.ui import alerts, routes, static_files
+from orchestrify.controller.ui import alerts, jobs, routes, static_files
 
 router = APIRouter()
-for part in (routes.router, alerts.router, static_files.router):
+for part in (routes.router, alerts.router, jobs.router, static_files.router):
     router.include_router(part)
 
 __all__ = ["router"]

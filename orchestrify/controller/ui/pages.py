@@ -34,6 +34,7 @@ from orchestrify.errors import StoreUnavailable
 from orchestrify.store import Store
 
 __all__ = [
+    "LIVE_END_HEADER",
     "LIVE_WAIT_S",
     "PAGE_HEADERS",
     "SECURITY_HEADERS",
@@ -90,6 +91,9 @@ LIVE_WAIT_MAX_S = 25.0  # never longer, whatever LIVE_WAIT_S is set to (proxies'
 # Every live answer's versions (the fleet's and the services pages'): the name is the
 # fleet's, which came first.
 VERSION_HEADER = "X-Orchestrify-Fleet-Version"
+# On a live answer: what the page shows is final (a finished job), so its script stops
+# polling; the page's data-final says so in words.
+LIVE_END_HEADER = "X-Orchestrify-Live-End"
 # One to eight versions, as the pages' live polls send them back.
 _VERSION = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20}){0,7}")
 

@@ -1,11 +1,14 @@
 // orchestrify status page: keeps each page's live parts current without reloading it.
 //
 // A page's element with data-live (the fleet table, the services table, a service's
-// page) names its long-poll URL (the fleet's: /ui/fleet/live) and data-version the
-// versions it is as of. The controller answers the live parts again (rendered on the
-// server, escaped there) once something changed, or after a few seconds; each part
-// received replaces the page's element of the same id. On an error it tries again after
-// RETRY_MS; when the sign-in has ended it goes to the sign-in page.
+// page, the jobs table, a job's page) names its long-poll URL (the fleet's:
+// /ui/fleet/live) and data-version the versions it is as of. The controller answers the
+// live parts again (rendered on the server, escaped there) once something changed, or
+// after a few seconds; each part received replaces the page's element of the same id,
+// or, when it has data-append (a job's new output), is added to the end of it. An
+// answer with the X-Orchestrify-Live-End header is final (a finished job): the poll
+// stops. On an error it tries again after RETRY_MS; when the sign-in has ended it goes
+// to the sign-in page.
 "use strict";
 
 // Every action's form asks first: a form with data-confirm is sent only once the
@@ -22,6 +25,7 @@ document.addEventListener("submit", function (event) {
 (function () {
   const RETRY_MS = 2000;
   const VERSION_HEADER = "X-Orchestrify-Fleet-Version";
+  const END_HEADER = "X-Orchestrify-Live-End";
   const live = document.querySelector("[data-live]");
   if (!live) {
     return;
@@ -38,6 +42,27 @@ document.addEventListener("submit", function (event) {
     if (connected !== ok) {
       connected = ok;
       status.textContent = text;
+    }
+  }
+
+  // Add an appended part's children to the end of the page's element: it stays
+  // scrolled to its end if it was there, and keeps only its last data-keep children
+  // (its "-cut" note shown once some were dropped).
+  function append(current, part) {
+    const atEnd = current.scrollHeight - current.scrollTop - current.clientHeight < 32;
+    current.append(...Array.from(part.childNodes));
+    const keep = parseInt(current.getAttribute("data-keep") || "0", 10);
+    if (keep > 0 && current.children.length > keep) {
+      while (current.children.length > keep) {
+        current.firstElementChild.remove();
+      }
+      const note = document.getElementById(current.id + "-cut");
+      if (note) {
+        note.hidden = false;
+      }
+    }
+    if (atEnd) {
+      current.scrollTop = current.scrollHeight;
     }
   }
 
@@ -61,7 +86,11 @@ document.addEventListener("submit", function (event) {
       if (active && active.id && current.contains(active)) {
         focusId = active.id;
       }
-      current.replaceWith(part);
+      if (part.hasAttribute("data-append")) {
+        append(current, part);
+      } else {
+        current.replaceWith(part);
+      }
     }
     if (focusId) {
       const again = document.getElementById(focusId);
@@ -91,8 +120,13 @@ document.addEventListener("submit", function (event) {
     const html = await resp.text();
     swap(html);
     version = resp.headers.get(VERSION_HEADER) || "";
-    say(true, "Live: the page updates by itself.");
     updated.textContent = "Updated at " + new Date().toLocaleTimeString() + ".";
+    if (resp.headers.get(END_HEADER)) {
+      connected = false;
+      status.textContent = live.getAttribute("data-final") || "What this page shows is final.";
+      return false;
+    }
+    say(true, "Live: the page updates by itself.");
     return true;
   }
 
