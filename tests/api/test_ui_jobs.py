@@ -356,11 +356,14 @@ def test_cancel_a_pending_job_from_its_page(api: TestClient) -> None:
         f"/ui/jobs/{job.id}/cancel", data={"csrf": _csrf(page)}, follow_redirects=False
     )
     assert resp.status_code == 303
-    assert resp.headers["location"] == f"/ui/jobs/{job.id}?cancel=asked"
     assert _status(api, job.id) == "canceled"
+    # Back to its page, naming the event the cancel wrote, shown at the top.
+    event = api.get("/v1/events", params={"kind": "job"}).json()[-1]
+    assert event["action"] == "job_finish" and event["data"]["job"] == job.id
+    assert resp.headers["location"] == f"/ui/jobs/{job.id}?done={event['id']}"
     after = browser.get(resp.headers["location"]).text
     assert '<span class="state-word">canceled</span>' in after
-    assert "The job was canceled." in after and "cancel-job" not in after
+    assert f"job {job.id} canceled: ping.yml" in after and "cancel-job" not in after
     # A finished job cannot be canceled again: a 409 page, nothing changed.
     resp = browser.post(f"/ui/jobs/{job.id}/cancel", data={"csrf": _csrf(page)})
     assert resp.status_code == 409 and "already finished" in resp.text

@@ -35,8 +35,11 @@ from orchestrify.controller.ui.pages import (
     PAGE_HEADERS,
     TEMPLATES,
     VERSION_HEADER,
+    act,
+    after_action,
     checked_form,
     decode_versions,
+    done_notice,
     encode_versions,
     error_page,
     html_page,
@@ -242,6 +245,7 @@ async def job_page(request: Request, job_id: str) -> Response:
         csrf=access.signer.csrf(session),
         version=encode_versions((parts["last"], _status_number(job))),
         cancel_asked=canceled,
+        done=await done_notice(request, state),
         **parts,
     )
 
@@ -315,7 +319,8 @@ async def job_live_poll(request: Request, job_id: str) -> Response:
 async def cancel_job(request: Request, job_id: str) -> Response:
     """What ``POST /v1/jobs/{id}/cancel`` does (``state.jobs.cancel``): a pending job
     never starts, a running one is stopped and ends ``canceled``; then back to the
-    job's page. A finished job is a 409 page, and nothing is done."""
+    job's page, which shows the event of a pending job's cancel at its top, or that a
+    running job was asked to stop. A finished job is a 409 page, and nothing is done."""
     access = ui_access(request)
     session = access.session(request)
     valid = JOB_ID.fullmatch(job_id) is not None
@@ -327,8 +332,11 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     if not valid:
         return _no_job(job_id)
     page = f"/ui/jobs/{job_id}"
+    state = access.owner
     try:
-        await asyncio.to_thread(access.owner.jobs.cancel, job_id)
+        _, done = await asyncio.to_thread(
+            act, state.store, lambda: state.jobs.cancel(job_id), action="job_finish"
+        )
     except NotFound:
         return _no_job(job_id)
     except Conflict as exc:  # finished already
@@ -339,4 +347,8 @@ async def cancel_job(request: Request, job_id: str) -> Response:
             f"The store cannot write now ({exc}); nothing was done.",
             back=(page, f"Back to job {job_id}"),
         )
+    if done is not None:  # a pending job: canceled at once, its event written
+        return after_action(page, done)
+    # A running job: asked to stop (here, or through the store for the controller
+    # running it); its event comes when its run has stopped, and the page follows it.
     return redirect(f"{page}?cancel=asked")
