@@ -56,6 +56,16 @@ CaOpt = typer.Option(
     "default: the system's trust store.",
 )
 
+PrometheusUrlOpt = typer.Option(
+    None,
+    "--prometheus-url",
+    envvar="ORCHESTRIFY_PROMETHEUS_URL",
+    show_default=False,
+    help="Base URL of the Prometheus that scrapes this fleet, e.g. http://127.0.0.1:9090: "
+    "the status page (/ui/services) then charts each service's p95 latency and request "
+    "rate over the last hour against its targets. Unset: no charts.",
+)
+
 DatabaseUrlOpt = typer.Option(
     None,
     "--database-url",

@@ -8,6 +8,7 @@ import typer
 
 from orchestrify.cli.common import (
     DatabaseUrlOpt,
+    PrometheusUrlOpt,
     TlsCertOpt,
     TlsKeyOpt,
     build_settings,
@@ -146,6 +147,15 @@ def controller(
         "--rules",
         help="Alert -> action rules (YAML), applied at every start; default: the shipped ones.",
     ),
+    prometheus_url: str | None = PrometheusUrlOpt,
+    alerting_profile: str | None = typer.Option(
+        None,
+        "--alerting-profile",
+        envvar="ORCHESTRIFY_ALERTING_PROFILE",
+        help="The profile Prometheus' rules were rendered with (`config render --profile`): "
+        "'standard' (the default) or 'fast'. The status page's charts take the p95 and the "
+        "request rate over its windows, as the alerts do.",
+    ),
     tls_cert: Path | None = TlsCertOpt,
     tls_key: Path | None = TlsKeyOpt,
 ) -> None:
@@ -180,6 +190,8 @@ def controller(
                 "controller_id": controller_id,
                 "advertise_url": advertise_url,
                 "lease_s": lease_s,
+                "prometheus_url": prometheus_url,
+                "alerting_profile": alerting_profile,
             }.items()
             if value is not None  # unset: the settings' own default
         },

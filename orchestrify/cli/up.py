@@ -21,6 +21,7 @@ from orchestrify.agent.settings import DEFAULT_METRICS_PORT
 from orchestrify.cli.common import (
     CaOpt,
     DatabaseUrlOpt,
+    PrometheusUrlOpt,
     TlsCertOpt,
     TlsKeyOpt,
     build_settings,
@@ -92,6 +93,7 @@ def up(
         18082, "--edge-metrics-port", help="Port of the edge's Prometheus /metrics."
     ),
     no_edge: bool = typer.Option(False, "--no-edge", help="Do not run the edge and Nginx."),
+    prometheus_url: str | None = PrometheusUrlOpt,
     tls_cert: Path | None = TlsCertOpt,
     tls_key: Path | None = TlsKeyOpt,
     ca: Path | None = CaOpt,  # with --tls-cert: what this agent and edge verify it with
@@ -112,6 +114,7 @@ def up(
         port=port,
         data_dir=data_dir,
         **({"database_url": database_url} if database_url is not None else {}),
+        **({"prometheus_url": prometheus_url} if prometheus_url is not None else {}),
         tls_cert=tls_cert,
         tls_key=tls_key,
     )

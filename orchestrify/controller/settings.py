@@ -6,8 +6,10 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrify.tls import check_server_pair
@@ -17,6 +19,31 @@ def default_playbook_dir() -> Path | None:
     """The checkout's top-level ``playbooks/`` when the package runs from a checkout."""
     candidate = Path(__file__).resolve().parents[2] / "playbooks"
     return candidate if candidate.is_dir() else None
+
+
+def check_prometheus_url(value: str | None) -> str | None:
+    """``value`` as the base URL of a Prometheus (http(s)://HOST[:PORT][/PATH], no
+    trailing slash), None when unset or empty; ValueError saying what is wrong, in one
+    line. A user or password in it is refused (it would show wherever the settings do)
+    and never repeated in the message."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    wanted = (
+        "must be Prometheus' base URL, http(s)://HOST[:PORT][/PATH] such as http://127.0.0.1:9090"
+    )
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - ValueError when the port is not a number in 0-65535
+    except ValueError:
+        raise ValueError(f"{wanted}; got one whose host or port cannot be read") from None
+    if "@" in text:  # checked first: a password is never repeated in a message
+        raise ValueError("must not hold a user or password: give Prometheus' plain URL")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{wanted}; got {text[:100]!r}")
+    if parts.query or parts.fragment or any(c.isspace() for c in text):
+        raise ValueError(f"{wanted}, with no query, fragment or space; got {text[:100]!r}")
+    return text.rstrip("/")
 
 
 def default_data_dir() -> Path:
@@ -212,6 +239,21 @@ class ControllerSettings(BaseSettings):
         "token ends every session at once.",
     )
 
+    prometheus_url: str | None = Field(
+        None,
+        description="Base URL of the Prometheus that scrapes this fleet "
+        "(http(s)://HOST:PORT, maybe with a path prefix): the status page then charts "
+        "each service's p95 latency and request rate over the last hour against its "
+        "targets, from Prometheus' query API. Unset: no charts.",
+    )
+    alerting_profile: Literal["standard", "fast"] = Field(
+        "standard",
+        description="The alerting profile that Prometheus' rules were rendered with "
+        "(`orchestrify config render --profile`): the charts take the p95 and the request "
+        "rate over that profile's windows (standard: 1m and 2m; fast: 3s and 10s), so a "
+        "chart crosses its target line when the alert's expression does.",
+    )
+
     tls_cert: Path | None = Field(
         None,
         description="PEM certificate (with its chain) the API serves: set with tls_key, the "
@@ -222,6 +264,13 @@ class ControllerSettings(BaseSettings):
         description="Unencrypted PEM private key of tls_cert (mode 0600, readable by "
         "the controller's user only).",
     )
+
+    @field_validator("prometheus_url", mode="before")
+    @classmethod
+    def _prometheus_url(cls, value: object) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a URL (text)")
+        return check_prometheus_url(value)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ControllerSettings:

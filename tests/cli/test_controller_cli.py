@@ -183,3 +183,83 @@ def test_a_bad_node_exporter_port_exits_2_naming_the_option(
     assert result.exit_code == 2
     assert "--node-exporter-port" in result.output
     assert served == []
+
+
+# --- the status page's Prometheus ----------------------------------------------------------
+def test_no_prometheus_by_default(tmp_path: Path, served: list[ControllerSettings]) -> None:
+    result = controller(tmp_path, env={"ORCHESTRIFY_PROMETHEUS_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert [(s.prometheus_url, s.alerting_profile) for s in served] == [(None, "standard")]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "url"),
+    [
+        (["--prometheus-url", "http://127.0.0.1:9090/"], None, "http://127.0.0.1:9090"),
+        (
+            ["--prometheus-url", "https://mon.example:443/prom"],
+            None,
+            "https://mon.example:443/prom",
+        ),
+        ([], {"ORCHESTRIFY_PROMETHEUS_URL": "http://[::1]:9090"}, "http://[::1]:9090"),
+    ],
+)
+def test_the_prometheus_url_from_the_flag_or_the_environment(
+    tmp_path: Path,
+    served: list[ControllerSettings],
+    args: list[str],
+    env: dict[str, str] | None,
+    url: str,
+) -> None:
+    result = controller(tmp_path, *args, "--alerting-profile", "fast", env=env)
+    assert result.exit_code == 0, result.output
+    assert [(s.prometheus_url, s.alerting_profile) for s in served] == [(url, "fast")]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("ftp://127.0.0.1:9090", "got 'ftp://127.0.0.1:9090'"),
+        ("127.0.0.1:9090", "got '127.0.0.1:9090'"),
+        ("http://", "got 'http://'"),
+        ("http://127.0.0.1:99999", "host or port cannot be read"),
+        ("http://127.0.0.1:9090/?x=1", "no query, fragment or space"),
+        ("http://admin:s3cret@127.0.0.1:9090", "must not hold a user or password"),
+        ("admin:s3cret@127.0.0.1:9090", "must not hold a user or password"),
+    ],
+)
+def test_a_bad_prometheus_url_is_one_line_and_exit_2(
+    tmp_path: Path, served: list[ControllerSettings], value: str, said: str
+) -> None:
+    result = controller(tmp_path, "--prometheus-url", value)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line, line
+    assert line.startswith(
+        "error: invalid setting prometheus_url (or env ORCHESTRIFY_PROMETHEUS_URL): "
+    ), line
+    assert said in line
+    assert "s3cret" not in line  # a password is never repeated
+    assert served == []
+
+
+def test_a_bad_alerting_profile_exits_2(tmp_path: Path, served: list[ControllerSettings]) -> None:
+    result = controller(tmp_path, "--alerting-profile", "quick")
+    assert result.exit_code == 2, result.output
+    assert "alerting_profile" in result.output and "'standard' or 'fast'" in result.output
+    assert served == []
+
+
+def test_up_takes_the_prometheus_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ControllerSettings] = []
+
+    async def run_up(settings: ControllerSettings, *_: object) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(importlib.import_module("orchestrify.cli.up"), "run_up", run_up)
+    args = ["up", "--no-edge", "--data-dir", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--prometheus-url", "http://127.0.0.1:9090"])
+    assert result.exit_code == 0, result.output
+    assert [s.prometheus_url for s in seen] == ["http://127.0.0.1:9090"]
+    bad = runner.invoke(app, [*args, "--prometheus-url", "gopher://x"])
+    assert bad.exit_code == 2 and "ORCHESTRIFY_PROMETHEUS_URL" in bad.output
