@@ -110,3 +110,14 @@ class ControllerError(OrchestrifyError):
 class VersionMismatch(OrchestrifyError):
     """A peer speaks a protocol version this build cannot serve (HTTP 426); the message
     names both versions. Retried, never acted on."""
+
+
+class MetricsUnavailable(OrchestrifyError):
+    """Prometheus could not answer a query of the status page's charts: not reachable,
+    too slow, an error answer, or one that cannot be read. ``unreachable`` when nothing
+    came back at all (refused, timed out): the next queries are then not even tried for
+    a while. The page says so and stays up."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
