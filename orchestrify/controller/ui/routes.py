@@ -22,6 +22,16 @@ from orchestrify import clock
 from orchestrify.controller.deps import ControllerState, same_token
 from orchestrify.controller.heartbeats import with_figures
 from orchestrify.controller.routers.services import check_replica_ceiling
+from orchestrify.controller.ui.charts import (
+    LARGE,
+    PAGE_WAIT_S,
+    SMALL,
+    ChartSize,
+    ChartSource,
+    ServiceCharts,
+    build_charts,
+    chart_source,
+)
 from orchestrify.controller.ui.fleet import NodeRow, fleet_rows
 from orchestrify.controller.ui.pages import (
     TEMPLATES,
@@ -319,6 +329,18 @@ async def _service_list(state: ControllerState) -> list[ServiceRow]:
     return service_rows(services, await state.views.replicas())
 
 
+async def _charts(
+    source: ChartSource | None, rows: list[ServiceRow], *, wait_s: float, size: ChartSize
+) -> dict[str, ServiceCharts] | None:
+    """The rows' charts (None without a Prometheus): a page waits up to ``wait_s`` for
+    Prometheus, a live poll (``wait_s=0``) takes what the cache has. Drawn in a worker
+    thread."""
+    if source is None:
+        return None
+    answers = await source.fetch([row.name for row in rows], wait_s=wait_s)
+    return await asyncio.to_thread(build_charts, rows, answers, size=size)
+
+
 def _find_service(services: tuple[Service, ...], name: str) -> Service | None:
     return next((s for s in services if s.name == name), None)
 
@@ -364,10 +386,13 @@ async def services_page(request: Request) -> Response:
         rows = await _service_list(state)
     except StoreUnavailable as exc:
         return error_page(503, f"The store cannot be read now ({exc}). Try again shortly.")
-    return html_page(
+    charts = await _charts(chart_source(request), rows, wait_s=PAGE_WAIT_S, size=SMALL)
+    return await asyncio.to_thread(
+        html_page,
         "services.html",
         page="services",
         rows=rows,
+        charts=charts,
         csrf=access.signer.csrf(session),
         version=encode_versions(versions),
     )
@@ -389,30 +414,39 @@ async def service_page(request: Request, name: str) -> Response:
         return error_page(503, f"The store cannot be read now ({exc}). Try again shortly.")
     if parts is None:
         return _no_service(name)
-    return html_page(
+    charts = await _charts(chart_source(request), [parts["svc"]], wait_s=PAGE_WAIT_S, size=LARGE)
+    return await asyncio.to_thread(
+        html_page,
         "service.html",
         page="service",
         csrf=access.signer.csrf(session),
         version=encode_versions(versions),
         done=await done_notice(request, state),
+        charts=None if charts is None else charts[name],
         **parts,
     )
 
 
 @router.get("/live/services")
 async def serviceslive_poll(request: Request) -> Response:
-    """The services table's body, live (see ``_live``)."""
+    """The services table's body, live (see ``_live``), with the charts the cache has."""
+    source = chart_source(request)
 
     async def render(state: ControllerState, _versions: tuple[int, ...], _csrf: str) -> str:
         rows = await _service_list(state)
-        return TEMPLATES.get_template("services_body.html").render(rows=rows)
+        charts = await _charts(source, rows, wait_s=0, size=SMALL)
+        return await asyncio.to_thread(
+            TEMPLATES.get_template("services_body.html").render, rows=rows, charts=charts
+        )
 
     return await live_poll(request, SERVICE_LIVE_KINDS, render)
 
 
 @router.get("/live/services/{name}")
 async def servicelive_poll(request: Request, name: str) -> Response:
-    """Service ``name``'s figures, replicas and timeline, live (see ``_live``)."""
+    """Service ``name``'s figures, charts (as the cache has them), replicas and
+    timeline, live (see ``_live``)."""
+    source = chart_source(request)
 
     async def render(state: ControllerState, versions: tuple[int, ...], _csrf: str) -> str | None:
         if SERVICE_NAME.fullmatch(name) is None:
@@ -420,7 +454,12 @@ async def servicelive_poll(request: Request, name: str) -> Response:
         parts = await _service_parts(state, name, events_version=versions[2])
         if parts is None:
             return None
-        return TEMPLATES.get_template("service_body.html").render(**parts)
+        charts = await _charts(source, [parts["svc"]], wait_s=0, size=LARGE)
+        return await asyncio.to_thread(
+            TEMPLATES.get_template("service_body.html").render,
+            charts=None if charts is None else charts[name],
+            **parts,
+        )
 
     return await live_poll(request, SERVICE_LIVE_KINDS, render)
 

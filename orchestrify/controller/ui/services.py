@@ -53,6 +53,10 @@ class ServiceRow:
     generation: int
     latency_target_ms: str
     scaling_tone: str  # "ok" when every desired replica is healthy, else "pending"
+    # The policy's figures the charts draw their lines from (ui.charts).
+    latency_target_s: float
+    requests_per_replica: int
+    request_window_s: int
     # What a rollback returns to: the generation before the last update and its image
     # (None: never updated, nothing to roll back to).
     previous_generation: int | None = None
@@ -112,6 +116,9 @@ def service_row(service: Service, healthy: int) -> ServiceRow:
         generation=service.generation,
         latency_target_ms=_ms(service.policy.latency_target_ms),
         scaling_tone="ok" if healthy >= service.replicas else "pending",
+        latency_target_s=service.policy.latency_target_ms / 1000,
+        requests_per_replica=service.policy.requests_per_replica,
+        request_window_s=service.policy.request_window_s,
         previous_generation=service.previous_generation if service.previous_spec else None,
         previous_image=_previous_image(service.previous_spec),
     )
