@@ -5,6 +5,7 @@ that take them from the cache without waiting for Prometheus; on both store engi
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -182,3 +183,17 @@ def test_a_slow_prometheus_delays_a_page_by_its_wait_at_most(
     page = browser.get(path)
     assert time.monotonic() - started < 1.2
     assert page.status_code == 200 and "Prometheus has not answered yet" in page.text
+
+
+def test_a_name_that_cannot_be_queried_is_a_note_not_a_failed_page(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """The store only holds service names; a name outside the pattern, were one there,
+    is never put into a query."""
+    api, fake, _ = _faked(make_client)
+    source: Any = api.app.state.ui_charts  # type: ignore[attr-defined]
+    fetch = functools.partial(source.fetch, ["web", 'x"} or up{'], wait_s=0.5)
+    got = api.portal.call(fetch)  # type: ignore[attr-defined]
+    assert got['x"} or up{'][0].error == "not a service name that can be queried"
+    assert all('x"' not in query for query in fake.asked)
+    assert got["web"][0] is not None and got["web"][0].series is not None

@@ -30,6 +30,7 @@ from orchestrify.controller.ui.prometheus import (
     rate_query,
 )
 from orchestrify.controller.ui.services import ServiceRow
+from orchestrify.models import SERVICE_NAME
 
 __all__ = [
     "LARGE",
@@ -270,9 +271,18 @@ class ChartSource:
         self, names: Iterable[str], *, wait_s: float
     ) -> dict[str, tuple[Fetched | None, Fetched | None]]:
         """Each service's (latency, rate) answers, waiting at most ``wait_s``."""
-        pairs = {name: self.queries(name) for name in names}
+        names = list(names)
+        # The store holds no other names; were one there, it is never queried, and its
+        # row says so rather than failing the page.
+        odd = [name for name in names if SERVICE_NAME.fullmatch(name) is None]
+        pairs = {name: self.queries(name) for name in names if name not in odd}
         answers = await self.cache.get([q for pair in pairs.values() for q in pair], wait_s=wait_s)
-        return {name: (answers[lat], answers[rate]) for name, (lat, rate) in pairs.items()}
+        found: dict[str, tuple[Fetched | None, Fetched | None]] = {
+            name: (answers[lat], answers[rate]) for name, (lat, rate) in pairs.items()
+        }
+        refused = Fetched(series=None, error="not a service name that can be queried", at=0)
+        found.update((name, (refused, refused)) for name in odd)
+        return found
 
 
 def chart_source(request: Request) -> ChartSource | None:

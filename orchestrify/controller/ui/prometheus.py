@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from orchestrify import clock
 from orchestrify.errors import MetricsUnavailable
 from orchestrify.models import SERVICE_NAME
 
@@ -285,7 +286,7 @@ class SeriesCache:
         range_s: float = CHART_RANGE_S,
         step_s: float = CHART_STEP_S,
         monotonic: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] = lambda: clock.utcnow().timestamp(),
     ) -> None:
         self.api = api
         self.ttl_s = ttl_s
