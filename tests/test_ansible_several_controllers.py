@@ -158,6 +158,9 @@ def test_every_controller_points_at_the_shared_database(rendered: Path) -> None:
     unit = (rendered / "orchestrify-controller.service.j2").read_text()
     assert "--controller-id control2 \\" in unit
     assert "--advertise-url http://10.0.0.11:18080" in unit
+    # The status page's charts ask the Prometheus of the same host, with the rules' windows.
+    assert "--alerting-profile standard \\" in unit
+    assert "--prometheus-url http://127.0.0.1:9090" in unit
     assert "s3cret" not in unit and "DATABASE" not in unit.split("ExecStart=")[1]
 
 
