@@ -431,7 +431,7 @@ def check_tools() -> None:
         if shutil.which(tool) is None:
             raise BenchError(
                 f"{tool} not found on PATH; install it: apt-get install {package} "
-                "(or bash scripts/ensure-packages.sh)"
+                "(or bash scripts/ensure-packages.sh --test)"
             )
 
 

@@ -31,7 +31,10 @@ TEMPLATE = "orchestrify_template"
 def postgres_available() -> str | None:
     """Why a cluster cannot be started here (None: it can)."""
     if not (PG_BIN / "initdb").exists():
-        return f"PostgreSQL 15 in {PG_BIN} (Debian package postgresql; scripts/ensure-packages.sh)"
+        return (
+            f"PostgreSQL 15 in {PG_BIN} "
+            "(Debian package postgresql; scripts/ensure-packages.sh --test)"
+        )
     try:
         pwd.getpwnam(PG_USER)
     except KeyError:

@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
-# Install the Debian packages orchestrify's real components and tests need, skipping
-# any already present; safe to run any number of times. Used by .ci/run and the README.
+# Install the Debian packages orchestrify's real components need, skipping any already
+# present; safe to run any number of times.
+#
+#   bash scripts/ensure-packages.sh          # what the single-host demo runs on (demo.sh)
+#   bash scripts/ensure-packages.sh --test   # and what the tests run too (test.sh, CI)
 #
 # Installing them starts nothing: scripts/ensure-docker.sh starts the Docker engine, and
 # tests run nginx, Prometheus and Alertmanager as their own processes.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
-# package:command that proves it is installed
+# package:command that proves it is installed. The demo (`orchestrify up`, the demo
+# image, the edge's Nginx) needs these:
 PACKAGES=(
     docker.io:dockerd
     iptables:iptables
     nginx:nginx
+    busybox-static:busybox
+    curl:curl
+    python3-venv:python3-venv
+)
+# The tests add the monitoring stack, lab hosts (debootstrap, ssh), load (wrk), a
+# throwaway PostgreSQL and the status page's browser.
+TEST_PACKAGES=(
     prometheus:prometheus
     prometheus-alertmanager:prometheus-alertmanager
     prometheus-node-exporter:prometheus-node-exporter
-    busybox-static:busybox
     debootstrap:debootstrap
     wrk:wrk
     openssh-client:ssh
-    curl:curl
-    python3-venv:python3-venv
     postgresql:postgresql
     chromium:chromium
 )
+case "${1:-}" in
+    "") ;;
+    --test) PACKAGES+=("${TEST_PACKAGES[@]}") ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+esac
 
 is_installed() {  # PACKAGE COMMAND
     if [ "$1" = python3-venv ]; then

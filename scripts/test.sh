@@ -8,7 +8,7 @@
 #   bash scripts/test.sh -k agent   # extra arguments go to pytest (one process then)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/ensure-packages.sh
+bash scripts/ensure-packages.sh --test
 bash scripts/ensure-docker.sh
 bash scripts/setup-venv.sh --test
 export PATH="$PWD/.venv/bin:$PATH"   # ansible-runner calls ansible-playbook from PATH
