@@ -156,6 +156,13 @@ def controller(
         "'standard' (the default) or 'fast'. The status page's charts take the p95 and the "
         "request rate over its windows, as the alerts do.",
     ),
+    ui_session_s: int | None = typer.Option(
+        None,
+        "--ui-session-s",
+        envvar="ORCHESTRIFY_UI_SESSION_S",
+        help="Seconds a sign-in to the status page (/ui/) lasts (default 28800, 8 h; "
+        "61 to 2592000). Restarting with a new admin token ends every session at once.",
+    ),
     tls_cert: Path | None = TlsCertOpt,
     tls_key: Path | None = TlsKeyOpt,
 ) -> None:
@@ -192,6 +199,7 @@ def controller(
                 "lease_s": lease_s,
                 "prometheus_url": prometheus_url,
                 "alerting_profile": alerting_profile,
+                "ui_session_s": ui_session_s,
             }.items()
             if value is not None  # unset: the settings' own default
         },

@@ -263,3 +263,34 @@ def test_up_takes_the_prometheus_url(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [s.prometheus_url for s in seen] == ["http://127.0.0.1:9090"]
     bad = runner.invoke(app, [*args, "--prometheus-url", "gopher://x"])
     assert bad.exit_code == 2 and "ORCHESTRIFY_PROMETHEUS_URL" in bad.output
+
+
+# --- the status page's sessions -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "env", "seconds"),
+    [
+        ([], None, 28_800),
+        (["--ui-session-s", "3600"], None, 3600),
+        ([], {"ORCHESTRIFY_UI_SESSION_S": "900"}, 900),
+    ],
+)
+def test_the_ui_session_from_the_flag_or_the_environment(
+    tmp_path: Path,
+    served: list[ControllerSettings],
+    args: list[str],
+    env: dict[str, str] | None,
+    seconds: int,
+) -> None:
+    result = controller(tmp_path, *args, env=env)
+    assert result.exit_code == 0, result.output
+    assert [s.ui_session_s for s in served] == [seconds]
+
+
+@pytest.mark.parametrize("value", ["60", "2592001", "an hour"])
+def test_a_bad_ui_session_is_one_line_and_exit_2(
+    tmp_path: Path, served: list[ControllerSettings], value: str
+) -> None:
+    result = controller(tmp_path, "--ui-session-s", value)
+    assert result.exit_code == 2, result.output
+    assert "ui_session_s" in result.output or "--ui-session-s" in result.output
+    assert served == []
