@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from orchestrify.controller.ui.services import as_utc, time_text
 from orchestrify.jobs.models import Job, JobEvent, JobStatus
 
 __all__ = [
@@ -104,8 +105,7 @@ class OutputLine:
 def _when(time: datetime | None) -> tuple[str | None, str]:
     if time is None:
         return None, "—"
-    utc = time.replace(tzinfo=UTC) if time.tzinfo is None else time.astimezone(UTC)
-    return utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S")
+    return as_utc(time).isoformat(), time_text(time, zone=False)
 
 
 def job_row(job: Job) -> JobRow:

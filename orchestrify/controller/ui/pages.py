@@ -12,7 +12,6 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote
@@ -23,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from orchestrify import clock
 from orchestrify.controller.deps import ControllerState
+from orchestrify.controller.ui.services import time_text
 from orchestrify.controller.ui.session import (
     LOGIN_PATH,
     SESSION_COOKIE,
@@ -229,12 +229,11 @@ async def done_notice(request: Request, state: ControllerState) -> DoneNotice | 
         return None
     if event is None:
         return None
-    when = event.time if event.time.tzinfo is not None else event.time.replace(tzinfo=UTC)
     return DoneNotice(
         id=event.id,
         message=event.message,
         outcome=event.outcome or "info",
-        time_text=when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        time_text=time_text(event.time),
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "ReplicaRow",
     "ServiceRow",
     "alert_words",
+    "as_utc",
     "event_rows",
     "policy_words",
     "replica_rows",
@@ -182,13 +183,15 @@ def _data(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _when(time: datetime) -> datetime:
+def as_utc(time: datetime) -> datetime:
+    """A stored time in UTC (the store keeps naive UTC on SQLite)."""
     return time.replace(tzinfo=UTC) if time.tzinfo is None else time.astimezone(UTC)
 
 
-def time_text(time: datetime) -> str:
-    """A time as the pages write it: UTC, to the second."""
-    return _when(time).strftime("%Y-%m-%d %H:%M:%S UTC")
+def time_text(time: datetime, *, zone: bool = True) -> str:
+    """A time as the pages write it: UTC, to the second (``zone``: with "UTC" after it;
+    without, for a column whose heading says so)."""
+    return as_utc(time).strftime("%Y-%m-%d %H:%M:%S" + (" UTC" if zone else ""))
 
 
 def _iso_text(value: Any) -> str | None:
@@ -256,7 +259,7 @@ def event_rows(events: Iterable[Event]) -> list[EventRow]:
     """A service's events, newest first (as given oldest first by the store)."""
     rows = []
     for event in sorted(events, key=lambda e: e.id, reverse=True):
-        when = _when(event.time)
+        when = as_utc(event.time)
         outcome = event.outcome or "info"
         rows.append(
             EventRow(
